@@ -1,0 +1,1 @@
+"""``ifab``: the InfraFabric command line (a client of the public API)."""

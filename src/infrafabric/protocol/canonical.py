@@ -1,0 +1,183 @@
+"""RFC 8785 JSON Canonicalization Scheme (JCS), fast and exact.
+
+One function, :func:`canonical_json`, turns a JSON value (``dict``, ``list``, ``str``,
+``int``, ``float``, ``bool``, ``None``) into its canonical UTF-8 bytes:
+
+* no whitespace (RFC 8785 section 3.2.1);
+* strings escaped minimally: ``\\"``, ``\\\\``, the short forms ``\\b \\t \\n \\f \\r``, other
+  control characters as ``\\u00xx`` in lowercase hex, everything else literal (section 3.2.2.2);
+* numbers as ECMAScript's ``Number.prototype.toString`` prints IEEE 754 doubles
+  (section 3.2.2.3); integers must be exactly representable (magnitude below 2**53),
+  NaN and infinities have no form;
+* object members sorted by the UTF-16 code units of their names (section 3.2.3).
+
+Why not the ``rfc8785`` package: it is correct (the tests use it as a differential
+oracle) but writes token by token into a ``BytesIO`` and costs 58 us for a 600-byte
+envelope here, as much as the Ed25519 verification itself. This module reuses CPython's
+C string escaper and costs about 8 us (``make bench`` prints both).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from json.encoder import encode_basestring as _quote  # C-accelerated; JCS-compatible escaping
+
+from infrafabric.errors import CanonicalizationError
+
+__all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "canonical_json", "format_number"]
+
+#: Largest integer magnitude a double holds exactly (I-JSON, RFC 7493 section 2.2).
+MAX_SAFE_INTEGER = 2**53 - 1
+#: Deepest nesting accepted; deeper input is refused instead of exhausting the stack.
+MAX_DEPTH = 64
+
+# Code point order equals UTF-16 code unit order unless a name holds a character at or
+# above U+E000: supplementary characters sort after U+E000..U+FFFF by code point but
+# before them by UTF-16 (their lead surrogates are D800..DBFF).
+_UTF16_ORDER_DIFFERS_FROM = "\ue000"
+
+
+def canonical_json(value: object) -> bytes:
+    """Return the RFC 8785 canonical UTF-8 bytes of ``value``.
+
+    Raises :class:`~infrafabric.errors.CanonicalizationError` when ``value`` has no
+    canonical form: a non-finite float, an integer of magnitude 2**53 or more, a
+    non-string object key, a lone surrogate, nesting deeper than :data:`MAX_DEPTH`, or
+    a type JSON does not have.
+    """
+    parts: list[str] = []
+    _emit(value, parts, 0)
+    try:
+        return "".join(parts).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CanonicalizationError("string holds a lone surrogate, not UTF-8") from exc
+
+
+def format_number(number: float) -> str:
+    """Format a number as ECMAScript ``Number.prototype.toString`` does (RFC 8785 3.2.2.3).
+
+    Raises :class:`~infrafabric.errors.CanonicalizationError` for NaN, infinities, booleans
+    and integers a double cannot hold exactly.
+    """
+    if isinstance(number, bool):
+        raise CanonicalizationError("a boolean is not a number")
+    if isinstance(number, int):
+        return _format_int(int(number))
+    return _format_float(float(number))
+
+
+def _emit(value: object, parts: list[str], depth: int) -> None:
+    kind = type(value)
+    if kind is str:
+        parts.append(_quote(value))  # type: ignore[arg-type]
+    elif kind is dict:
+        _emit_object(value, parts, depth)  # type: ignore[arg-type]
+    elif kind is list or kind is tuple:
+        _emit_array(value, parts, depth)  # type: ignore[arg-type]
+    elif kind is int:
+        parts.append(_format_int(value))  # type: ignore[arg-type]
+    elif kind is float:
+        parts.append(_format_float(value))  # type: ignore[arg-type]
+    elif value is True:
+        parts.append("true")
+    elif value is False:
+        parts.append("false")
+    elif value is None:
+        parts.append("null")
+    else:
+        _emit(_plain(value), parts, depth)
+
+
+def _emit_object(obj: dict[object, object], parts: list[str], depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise CanonicalizationError(f"nesting deeper than {MAX_DEPTH}")
+    for key in obj:
+        if type(key) is not str:
+            raise CanonicalizationError(f"object key {key!r} is not a string")
+    names: list[str] = sorted(obj)  # type: ignore[arg-type]
+    joined = "".join(names)
+    if not joined.isascii() and max(joined) >= _UTF16_ORDER_DIFFERS_FROM:
+        names.sort(key=_utf16_units)
+    parts.append("{")
+    separator = ""
+    for name in names:
+        parts.append(separator)
+        parts.append(_quote(name))
+        parts.append(":")
+        _emit(obj[name], parts, depth + 1)
+        separator = ","
+    parts.append("}")
+
+
+def _emit_array(items: list[object] | tuple[object, ...], parts: list[str], depth: int) -> None:
+    if depth >= MAX_DEPTH:
+        raise CanonicalizationError(f"nesting deeper than {MAX_DEPTH}")
+    parts.append("[")
+    separator = ""
+    for item in items:
+        parts.append(separator)
+        _emit(item, parts, depth + 1)
+        separator = ","
+    parts.append("]")
+
+
+def _utf16_units(name: str) -> bytes:
+    return name.encode("utf-16-be", "surrogatepass")
+
+
+def _format_int(number: int) -> str:
+    if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        return str(number)
+    raise CanonicalizationError(f"integer {number} is not exactly representable as a double")
+
+
+def _format_float(number: float) -> str:
+    if not math.isfinite(number):
+        raise CanonicalizationError(f"{number} has no JSON form")
+    if number == 0.0:
+        return "0"  # ECMAScript prints -0 as "0"
+    text = repr(number)  # shortest round-tripping digits, as ECMAScript requires
+    if "e" not in text:
+        # Python uses positional notation for 1e-4 <= |x| < 1e16, a range ECMAScript also
+        # prints positionally, with the same digits; only a trailing ".0" differs.
+        return text[:-2] if text.endswith(".0") else text
+    sign = "-" if number < 0 else ""
+    mantissa, exponent = text.lstrip("-").split("e")
+    return sign + _ecmascript_layout(mantissa.replace(".", ""), int(exponent) + 1)
+
+
+def _ecmascript_layout(digits: str, point: int) -> str:
+    """Lay out ``0.digits * 10**point`` as ECMA-262 Number::toString, steps 6 to 10.
+
+    ``digits`` has no trailing zeros; ``point`` is ECMA's ``n`` (digits before the point).
+    """
+    count = len(digits)
+    if count <= point <= 21:
+        return digits + "0" * (point - count)
+    if 0 < point <= 21:
+        return digits[:point] + "." + digits[point:]
+    if -6 < point <= 0:
+        return "0." + "0" * -point + digits
+    exponent = point - 1
+    exponent_text = ("e+" if exponent >= 0 else "e-") + str(abs(exponent))
+    if count == 1:
+        return digits + exponent_text
+    return digits[0] + "." + digits[1:] + exponent_text
+
+
+def _plain(value: object) -> object:
+    """Map subclasses and other containers onto the plain JSON types, or refuse."""
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise CanonicalizationError(f"{type(value).__name__} is not a JSON type")

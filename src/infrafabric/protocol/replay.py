@@ -1,0 +1,113 @@
+"""Replay protection: a bounded nonce cache and per-sender sequence windows.
+
+Both are pure state with time passed in. The verifier consults them only after a
+signature has verified, so a forged message can never fill the cache or move a window.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+from infrafabric.types import AgentId, Timestamp
+
+__all__ = ["NonceCache", "SequenceWindow", "SequenceWindows"]
+
+
+class NonceCache:
+    """Nonces seen recently, each kept until its message would have expired anyway.
+
+    Memory is bounded twice: by time (an entry leaves when ``timestamp + ttl`` passes,
+    after which the clock check rejects the message before the cache is asked) and by
+    ``max_entries``. When full, the entry closest to expiry is evicted and counted in
+    ``evictions``; the per-sender sequence window still refuses a replay of it.
+    """
+
+    def __init__(self, max_entries: int = 1_000_000) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self.max_entries = max_entries
+        self.evictions = 0
+        self._expiry: dict[tuple[AgentId, str], Timestamp] = {}
+        self._heap: list[tuple[Timestamp, AgentId, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def seen(self, sender: AgentId, nonce: str, now: Timestamp) -> bool:
+        """True if ``sender`` used ``nonce`` in a message that has not yet expired."""
+        expires_at = self._expiry.get((sender, nonce))
+        return expires_at is not None and expires_at >= now
+
+    def add(self, sender: AgentId, nonce: str, expires_at: Timestamp, now: Timestamp) -> None:
+        """Remember ``nonce`` until ``expires_at``; prunes expired entries as it goes."""
+        self._prune(now)
+        if len(self._expiry) >= self.max_entries:
+            _, old_sender, old_nonce = heapq.heappop(self._heap)
+            del self._expiry[(old_sender, old_nonce)]
+            self.evictions += 1
+        self._expiry[(sender, nonce)] = expires_at
+        heapq.heappush(self._heap, (expires_at, sender, nonce))
+
+    def _prune(self, now: Timestamp) -> None:
+        heap = self._heap
+        while heap and heap[0][0] < now:
+            _, sender, nonce = heapq.heappop(heap)
+            del self._expiry[(sender, nonce)]
+
+
+@dataclass(slots=True)
+class SequenceWindow:
+    """Anti-replay window over one sender's sequence numbers (as IPsec, RFC 4303 3.4.3).
+
+    ``highest`` is the highest accepted number; bit ``i`` of ``seen`` records whether
+    ``highest - i`` was accepted. With ``size == 1`` only rising numbers pass; a larger
+    window also accepts a message that overtook an earlier one on the way, once.
+    """
+
+    size: int
+    highest: int = 0
+    seen: int = field(default=0)
+
+    def would_accept(self, number: int) -> bool:
+        if number > self.highest:
+            return True
+        offset = self.highest - number
+        return offset < self.size and not (self.seen >> offset) & 1
+
+    def accept(self, number: int) -> None:
+        """Record ``number``; call only after :meth:`would_accept` said yes."""
+        mask = (1 << self.size) - 1
+        if number > self.highest:
+            self.seen = ((self.seen << (number - self.highest)) | 1) & mask
+            self.highest = number
+        else:
+            self.seen |= 1 << (self.highest - number)
+
+
+class SequenceWindows:
+    """One :class:`SequenceWindow` per sender, created on first accepted message."""
+
+    def __init__(self, window: int = 64) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.window = window
+        self._windows: dict[AgentId, SequenceWindow] = {}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def would_accept(self, sender: AgentId, number: int) -> bool:
+        window = self._windows.get(sender)
+        return window is None or window.would_accept(number)
+
+    def accept(self, sender: AgentId, number: int) -> None:
+        window = self._windows.get(sender)
+        if window is None:
+            window = self._windows[sender] = SequenceWindow(self.window)
+        window.accept(number)
+
+    def highest(self, sender: AgentId) -> int:
+        """The highest number accepted from ``sender`` (0 if none)."""
+        window = self._windows.get(sender)
+        return 0 if window is None else window.highest

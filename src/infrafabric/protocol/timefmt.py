@@ -1,0 +1,43 @@
+"""RFC 3339 UTC timestamps as IFMessage carries them (``2026-11-23T16:11:09.123Z``).
+
+Only the ``Z`` form is accepted so that one instant has few spellings and
+every implementation can parse it; fractions of a second may have 1 to 9 digits.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from infrafabric.types import Timestamp
+
+__all__ = ["format_timestamp", "parse_timestamp"]
+
+_RFC3339_UTC = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?Z"
+)  # ASCII digits only
+
+
+def parse_timestamp(text: str) -> Timestamp:
+    """Return the POSIX time of an RFC 3339 UTC timestamp.
+
+    Raises ``ValueError`` if ``text`` is not ``YYYY-MM-DDTHH:MM:SS[.fraction]Z`` naming a
+    real instant (no February 30, no leap second 60, year 1 or later).
+    """
+    match = _RFC3339_UTC.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 UTC timestamp: {text[:40]!r}")
+    year, month, day, hour, minute, second, fraction = match.groups()
+    instant = datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC
+    )
+    seconds = instant.timestamp()
+    if fraction:
+        seconds += int(fraction) / 10 ** len(fraction)
+    return seconds
+
+
+def format_timestamp(posix: Timestamp) -> str:
+    """Format POSIX time as RFC 3339 UTC with millisecond precision (``...T16:11:09.123Z``)."""
+    instant = datetime.fromtimestamp(posix, tz=UTC)
+    return instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"

@@ -1,0 +1,257 @@
+"""The verification pipeline every incoming IFMessage goes through, whatever its transport.
+
+Checks run cheapest first, replay state last, so a forged message can never touch the
+nonce cache or a sequence window:
+
+1. size and structure: ``TOO_LARGE``, ``MALFORMED``, ``UNSUPPORTED_VERSION``
+2. clock: ``EXPIRED`` (``timestamp + ttl < now``), ``FROM_FUTURE`` (``timestamp > now + skew``)
+3. key: ``UNKNOWN_KEY``, ``KEY_REVOKED``, ``KEY_EXPIRED`` (deprecated past its grace)
+4. signature: ``UNSIGNED``, ``BAD_SIGNATURE``
+5. replay: ``REPLAY`` (nonce or sequence number seen), ``OUT_OF_SEQUENCE`` (below the window)
+6. authorization: ``UNAUTHORIZED``
+
+:meth:`Verifier.check` never raises for any input bytes: it returns a :class:`Verdict`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final, Protocol
+
+from msgspec import UNSET
+
+from infrafabric.errors import MessageError
+from infrafabric.protocol.identity import b64url_decode, verify_signature
+from infrafabric.protocol.keyring import KeyRecord, Keyring
+from infrafabric.protocol.message import IFMessage, decode_with_signing_input
+from infrafabric.protocol.reasons import Reason
+from infrafabric.protocol.replay import NonceCache, SequenceWindows
+from infrafabric.protocol.timefmt import parse_timestamp
+from infrafabric.types import Timestamp
+
+__all__ = [
+    "DEFAULT_CLOCK_SKEW",
+    "DEFAULT_MAX_BYTES",
+    "AllowAll",
+    "Authorizer",
+    "Mode",
+    "Rule",
+    "RuleAuthorizer",
+    "Verdict",
+    "Verifier",
+]
+
+#: 64 KiB: far above any envelope an agent needs (content is for instructions and
+#: results, not bulk data) and small enough that parsing cannot be used to exhaust memory.
+DEFAULT_MAX_BYTES: Final = 64 * 1024
+#: Clocks of agents on NTP agree within well under a second; 30 s tolerates a laptop
+#: that just woke up without letting messages be pre-dated by much.
+DEFAULT_CLOCK_SKEW: Final = 30.0
+
+
+class Mode(StrEnum):
+    STRICT = "strict"  # reject on any failed check
+    PERMISSIVE = "permissive"  # also accept unsigned messages from local agents, with a reason
+    AUDIT = "audit"  # accept every message that parses; report each would-be rejection
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one check.
+
+    ``accepted`` says whether to act on ``message``. ``reason`` is the first check that
+    failed, or ``None`` when all passed; in permissive and audit modes a message can be
+    accepted *with* a reason, which the caller should log (or witness).
+    """
+
+    accepted: bool
+    reason: Reason | None
+    detail: str
+    message: IFMessage | None
+    key: KeyRecord | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Accepted with every check passed."""
+        return self.accepted and self.reason is None
+
+
+class Authorizer(Protocol):
+    """Decides whether a verified sender may send this message (step 6)."""
+
+    def authorize(self, message: IFMessage) -> str | None:
+        """``None`` to allow, or a short reason for the refusal."""
+
+
+class AllowAll:
+    """Every verified sender may send anything (the default until policies exist)."""
+
+    def authorize(self, message: IFMessage) -> str | None:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Senders matching ``sender`` (fnmatch pattern) may use ``performatives`` (``None``:
+    any) towards receivers matching one of ``receivers``."""
+
+    sender: str
+    performatives: frozenset[str] | None = None
+    receivers: tuple[str, ...] = ("*",)
+
+    def allows(self, message: IFMessage) -> bool:
+        if not fnmatch.fnmatchcase(message.sender, self.sender):
+            return False
+        if self.performatives is not None and message.performative not in self.performatives:
+            return False
+        return all(
+            any(fnmatch.fnmatchcase(receiver, pattern) for pattern in self.receivers)
+            for receiver in message.receivers
+        )
+
+
+class RuleAuthorizer:
+    """Allow a message when some rule allows it; deny everything else."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = tuple(rules)
+
+    def authorize(self, message: IFMessage) -> str | None:
+        if any(rule.allows(message) for rule in self.rules):
+            return None
+        return f"no rule lets {message.sender} send {message.performative} to {message.receiver}"
+
+
+class Verifier:
+    """Runs the pipeline against a keyring, holding the replay state of one receiver.
+
+    Not thread-safe: give each event loop or worker its own, or guard it.
+    ``on_reject`` is called with every verdict that has a reason, accepted or not
+    (audit mode records those in the witness).
+    """
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        mode: Mode = Mode.STRICT,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
+        authorizer: Authorizer | None = None,
+        nonces: NonceCache | None = None,
+        sequences: SequenceWindows | None = None,
+        on_reject: Callable[[Verdict], None] | None = None,
+    ) -> None:
+        self.keyring = keyring
+        self.mode = Mode(mode)
+        self.max_bytes = max_bytes
+        self.clock_skew = clock_skew
+        self.authorizer: Authorizer = authorizer or AllowAll()
+        self.nonces = nonces or NonceCache()
+        self.sequences = sequences or SequenceWindows()
+        self.on_reject = on_reject
+        #: verdicts by reason (``None`` for clean accepts), for metrics
+        self.counts: Counter[Reason | None] = Counter()
+
+    def check(
+        self, data: bytes | bytearray | memoryview | str, *, now: Timestamp, local: bool = False
+    ) -> Verdict:
+        """Verify one wire message received at ``now`` (POSIX seconds).
+
+        ``local`` tells whether the sender is connected from this host (in-process, Unix
+        socket or loopback); only permissive mode uses it.
+        """
+        raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+        if len(raw) > self.max_bytes:
+            return self._finish(Reason.TOO_LARGE, f"{len(raw)} bytes > {self.max_bytes}", None)
+        try:
+            message, signed_bytes = decode_with_signing_input(raw)
+        except MessageError as exc:
+            return self._finish(Reason(exc.reason), exc.detail, None)
+        reason, detail = self._check_clock(message, now)
+        if reason is not None:
+            return self._finish(reason, detail, message)
+        if message.signature is UNSET:
+            return self._unsigned(message, now, local)
+        resolution = self.keyring.resolve(message.sender, message.signature.kid, now)
+        if resolution.verify_key is None:
+            reason = resolution.reason or Reason.UNKNOWN_KEY
+            return self._finish(reason, resolution.detail, message, resolution.record)
+        signature = b64url_decode(message.signature.sig)  # the schema admits canonical text only
+        if not verify_signature(resolution.verify_key, signed_bytes, signature):
+            return self._finish(
+                Reason.BAD_SIGNATURE, "signature does not verify", message, resolution.record
+            )
+        reason, detail = self._check_replay(message, now, record=True)
+        if reason is None:
+            refusal = self.authorizer.authorize(message)
+            if refusal is not None:
+                reason, detail = Reason.UNAUTHORIZED, refusal
+        return self._finish(reason, detail or resolution.detail, message, resolution.record)
+
+    def _check_clock(self, message: IFMessage, now: Timestamp) -> tuple[Reason | None, str]:
+        try:
+            sent_at = parse_timestamp(message.timestamp)
+        except ValueError as exc:
+            return Reason.MALFORMED, str(exc)
+        if sent_at + message.ttl < now:
+            return Reason.EXPIRED, f"expired {now - sent_at - message.ttl:.3f}s ago"
+        if sent_at > now + self.clock_skew:
+            return Reason.FROM_FUTURE, f"dated {sent_at - now:.3f}s ahead (skew {self.clock_skew}s)"
+        return None, ""
+
+    def _check_replay(
+        self, message: IFMessage, now: Timestamp, *, record: bool
+    ) -> tuple[Reason | None, str]:
+        sender = message.sender
+        if self.nonces.seen(sender, message.nonce, now):
+            return Reason.REPLAY, f"nonce {message.nonce} already used"
+        number = message.sequence_num
+        if not self.sequences.would_accept(sender, number):
+            highest = self.sequences.highest(sender)
+            if number > highest - self.sequences.window:
+                return Reason.REPLAY, f"sequence {number} already accepted"
+            return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})"
+        if record:
+            self.nonces.add(
+                sender, message.nonce, parse_timestamp(message.timestamp) + message.ttl, now
+            )
+            self.sequences.accept(sender, number)
+        return None, ""
+
+    def _unsigned(self, message: IFMessage, now: Timestamp, local: bool) -> Verdict:
+        """An unsigned message: rejected in strict mode; in permissive mode accepted from a
+        local sender. Unsigned messages are checked against, never recorded in, replay state:
+        anyone could have written them."""
+        if self.mode is Mode.PERMISSIVE and local:
+            reason, detail = self._check_replay(message, now, record=False)
+            if reason is None:
+                refusal = self.authorizer.authorize(message)
+                if refusal is not None:
+                    reason, detail = Reason.UNAUTHORIZED, refusal
+            if reason is not None:
+                return self._finish(reason, detail, message)
+            return self._finish(
+                Reason.UNSIGNED, "unsigned, accepted from a local sender", message, lenient=True
+            )
+        return self._finish(Reason.UNSIGNED, "message carries no signature", message)
+
+    def _finish(
+        self,
+        reason: Reason | None,
+        detail: str,
+        message: IFMessage | None,
+        key: KeyRecord | None = None,
+        *,
+        lenient: bool = False,
+    ) -> Verdict:
+        accepted = reason is None or lenient or (self.mode is Mode.AUDIT and message is not None)
+        verdict = Verdict(accepted, reason, detail, message, key)
+        self.counts[reason] += 1
+        if reason is not None and self.on_reject is not None:
+            self.on_reject(verdict)
+        return verdict
