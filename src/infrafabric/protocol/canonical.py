@@ -7,8 +7,12 @@ One function, :func:`canonical_json`, turns a JSON value (``dict``, ``list``, ``
 * strings escaped minimally: ``\\"``, ``\\\\``, the short forms ``\\b \\t \\n \\f \\r``, other
   control characters as ``\\u00xx`` in lowercase hex, everything else literal (section 3.2.2.2);
 * numbers as ECMAScript's ``Number.prototype.toString`` prints IEEE 754 doubles
-  (section 3.2.2.3); integers must be exactly representable (magnitude below 2**53),
-  NaN and infinities have no form;
+  (section 3.2.2.3); NaN and infinities have no form;
+* integers, and doubles that would print as integers, must lie within +-(2**53 - 1)
+  (I-JSON, RFC 7493 section 2.2). The ``rfc8785`` package refuses the same integers; we
+  also refuse doubles from 2**53 up to 1e21, which it accepts, because their text reads
+  back as an integer beyond 2**53 in any language with exact integers. Nothing accepted
+  is printed differently from RFC 8785.
 * object members sorted by the UTF-16 code units of their names (section 3.2.3).
 
 Why not the ``rfc8785`` package: it is correct (the tests use it as a differential
@@ -31,6 +35,8 @@ __all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "canonical_json", "format_number"]
 MAX_SAFE_INTEGER = 2**53 - 1
 #: Deepest nesting accepted; deeper input is refused instead of exhausting the stack.
 MAX_DEPTH = 64
+# ECMAScript switches to exponent notation at 1e21 (ECMA-262 Number::toString, step 7).
+_EXPONENT_FORM_FROM = 1e21
 
 # Code point order equals UTF-16 code unit order unless a name holds a character at or
 # above U+E000: supplementary characters sort after U+E000..U+FFFF by code point but
@@ -57,7 +63,8 @@ def canonical_json(value: object) -> bytes:
 def format_number(number: float) -> str:
     """Format a number as ECMAScript ``Number.prototype.toString`` does (RFC 8785 3.2.2.3).
 
-    Raises :class:`~infrafabric.errors.CanonicalizationError` for NaN, infinities, booleans
+    Every finite double has a form here, including those :func:`canonical_json` refuses
+    inside documents (from 2**53 up to 1e21). Raises :class:`~infrafabric.errors.CanonicalizationError` for NaN, infinities, booleans
     and integers a double cannot hold exactly.
     """
     if isinstance(number, bool):
@@ -78,7 +85,7 @@ def _emit(value: object, parts: list[str], depth: int) -> None:
     elif kind is int:
         parts.append(_format_int(value))  # type: ignore[arg-type]
     elif kind is float:
-        parts.append(_format_float(value))  # type: ignore[arg-type]
+        parts.append(_format_document_float(value))  # type: ignore[arg-type]
     elif value is True:
         parts.append("true")
     elif value is False:
@@ -130,6 +137,15 @@ def _format_int(number: int) -> str:
     if -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
         return str(number)
     raise CanonicalizationError(f"integer {number} is not exactly representable as a double")
+
+
+def _format_document_float(number: float) -> str:
+    if MAX_SAFE_INTEGER < abs(number) < _EXPONENT_FORM_FROM:
+        # ECMAScript prints these as plain integers, which a parser with exact integers
+        # (Python, Go, Rust) reads back as an integer a double cannot hold: refuse them, so
+        # that every canonical text re-parses to a value with the same canonical text.
+        raise CanonicalizationError(f"{number!r} would print as an integer beyond 2**53")
+    return _format_float(number)
 
 
 def _format_float(number: float) -> str:

@@ -151,8 +151,8 @@ class Verifier:
         self.max_bytes = max_bytes
         self.clock_skew = clock_skew
         self.authorizer: Authorizer = authorizer or AllowAll()
-        self.nonces = nonces or NonceCache()
-        self.sequences = sequences or SequenceWindows()
+        self.nonces = NonceCache() if nonces is None else nonces
+        self.sequences = SequenceWindows() if sequences is None else sequences
         self.on_reject = on_reject
         #: verdicts by reason (``None`` for clean accepts), for metrics
         self.counts: Counter[Reason | None] = Counter()

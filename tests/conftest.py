@@ -1,0 +1,49 @@
+"""Shared fixtures: a fixed clock, identities, and a keyring that knows them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from infrafabric import Keyring, KeyRole, Outbox, SigningIdentity, agent_id, new_key_record
+from infrafabric.protocol.timefmt import parse_timestamp
+
+# No deadlines: speed is measured by `make bench`, never asserted in tests.
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=5_000)
+settings.load_profile(os.environ.get("IFAB_HYPOTHESIS_PROFILE", "default"))
+
+#: The instant every deterministic test runs at.
+NOW = parse_timestamp("2026-11-23T12:00:00Z")
+
+
+@pytest.fixture
+def now() -> float:
+    return NOW
+
+
+@pytest.fixture
+def keyring() -> Keyring:
+    return Keyring()
+
+
+@pytest.fixture
+def make_agent(keyring: Keyring) -> Callable[..., Outbox]:
+    """Create an identity named ``name``, trust it in ``keyring``, return its outbox."""
+
+    def make(name: str, *, role: KeyRole = KeyRole.AGENT, trusted: bool = True) -> Outbox:
+        identity = SigningIdentity.generate(agent_id(name))
+        if trusted:
+            keyring.add(
+                new_key_record(
+                    identity.agent, identity.public_key, version=1, now=NOW - 86_400, role=role
+                )
+            )
+        return Outbox(identity)
+
+    return make

@@ -1,0 +1,219 @@
+"""Key rotation announcements: scheduled, emergency and compromised, and forgeries of each."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from infrafabric import (
+    Keyring,
+    KeyRole,
+    KeyState,
+    RotationError,
+    RotationKind,
+    SigningIdentity,
+    Verifier,
+    agent_id,
+    announce_rotation,
+    apply_rotation,
+    build_message,
+    encode_json,
+    new_key_record,
+)
+from infrafabric.protocol.keyring import DEFAULT_GRACE_SECONDS
+from infrafabric.protocol.reasons import Reason
+from tests.conftest import NOW
+
+
+class World:
+    def __init__(self) -> None:
+        self.alice = SigningIdentity.generate(agent_id("alice"))
+        self.operator = SigningIdentity.generate(agent_id("ops"))
+        self.keyring = Keyring(
+            [
+                new_key_record(self.alice.agent, self.alice.public_key, version=1, now=NOW - 100),
+                new_key_record(
+                    self.operator.agent,
+                    self.operator.public_key,
+                    version=1,
+                    now=NOW - 100,
+                    role=KeyRole.OPERATOR,
+                ),
+            ]
+        )
+        self.new = SigningIdentity.generate(self.alice.agent, version=2)
+
+    def announce(
+        self, kind: RotationKind, countersigner: SigningIdentity | None = None, **kwargs: object
+    ):  # type: ignore[no-untyped-def]
+        return announce_rotation(
+            self.alice.kid,
+            1,
+            kwargs.pop("new", self.new),  # type: ignore[arg-type]
+            countersigner=countersigner or self.alice,
+            kind=kind,
+            now=kwargs.pop("now", NOW),  # type: ignore[arg-type]
+            sequence_num=5,
+        )
+
+    def message_from(self, identity: SigningIdentity, sequence: int, now: float = NOW) -> bytes:
+        message = build_message(
+            performative="inform",
+            sender=identity.agent,
+            receiver="if://agent/bob",
+            content={},
+            now=now,
+            sequence_num=sequence,
+        )
+        return encode_json(identity.sign(message))
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_scheduled_rotation_keeps_the_old_key_for_the_grace_period(world: World) -> None:
+    record = apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED), NOW)
+    assert record.kid == world.new.kid
+    assert record.version == 2
+    assert record.state is KeyState.ACTIVE
+    old = world.keyring.get(world.alice.kid)
+    assert old is not None
+    assert old.state is KeyState.DEPRECATED
+    assert old.replaced_by == world.new.kid
+    later = NOW + DEFAULT_GRACE_SECONDS
+    assert Verifier(world.keyring).check(world.message_from(world.alice, 1, later), now=later).ok
+    assert Verifier(world.keyring).check(world.message_from(world.new, 2, later), now=later).ok
+    too_late = later + 1
+    verdict = Verifier(world.keyring).check(
+        world.message_from(world.alice, 1, too_late), now=too_late
+    )
+    assert verdict.reason is Reason.KEY_EXPIRED
+
+
+def test_emergency_rotation_revokes_at_once(world: World) -> None:
+    apply_rotation(world.keyring, world.announce(RotationKind.EMERGENCY), NOW)
+    assert world.keyring.get(world.alice.kid).state is KeyState.REVOKED  # type: ignore[union-attr]
+    assert (
+        Verifier(world.keyring).check(world.message_from(world.alice, 1), now=NOW).reason
+        is Reason.KEY_REVOKED
+    )
+
+
+def test_compromised_rotation_needs_an_operator(world: World) -> None:
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, world.announce(RotationKind.COMPROMISED), NOW)
+    assert caught.value.reason == Reason.UNAUTHORIZED
+    assert world.keyring.get(world.new.kid) is None  # nothing applied
+    apply_rotation(world.keyring, world.announce(RotationKind.COMPROMISED, world.operator), NOW)
+    assert world.keyring.get(world.alice.kid).state is KeyState.COMPROMISED  # type: ignore[union-attr]
+
+
+def test_an_operator_cannot_countersign_an_ordinary_rotation(world: World) -> None:
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED, world.operator), NOW)
+    assert caught.value.reason == Reason.UNAUTHORIZED
+
+
+def test_applying_twice_is_a_no_op(world: World) -> None:
+    announcement = world.announce(RotationKind.SCHEDULED)
+    first = apply_rotation(world.keyring, announcement, NOW)
+    assert apply_rotation(world.keyring, announcement, NOW + 10 * 86_400) == first
+    assert len(world.keyring) == 3
+
+
+def test_a_stale_announcement_is_applied_late_with_its_own_time(world: World) -> None:
+    announcement = world.announce(RotationKind.SCHEDULED)
+    apply_rotation(world.keyring, announcement, NOW + 3 * 86_400)  # the keyring was offline
+    old = world.keyring.get(world.alice.kid)
+    assert old is not None
+    assert old.deprecated_at == announcement.timestamp
+
+
+def test_an_old_announcement_cannot_roll_back_a_later_rotation(world: World) -> None:
+    apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED), NOW)
+    third = SigningIdentity.generate(world.alice.agent, version=2)
+    with pytest.raises(RotationError) as caught:  # alice's v1 key is no longer active
+        apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED, new=third), NOW)
+    assert caught.value.reason == Reason.KEY_REVOKED
+
+
+def test_predated_announcements_are_refused(world: World) -> None:
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED, now=NOW + 3600), NOW)
+    assert caught.value.reason == Reason.FROM_FUTURE
+
+
+def test_a_forged_countersignature_is_refused(world: World) -> None:
+    mallory = SigningIdentity.generate(world.alice.agent)  # claims alice's old kid, wrong key
+    announcement = world.announce(RotationKind.SCHEDULED)
+    forged_sig = announce_rotation(
+        world.alice.kid,
+        1,
+        world.new,
+        countersigner=mallory,
+        kind=RotationKind.SCHEDULED,
+        now=NOW,
+        sequence_num=5,
+    ).content["countersignature"]["sig"]
+    content = {
+        **announcement.content,
+        "countersignature": {"kid": world.alice.kid, "sig": forged_sig},
+    }
+    forged = world.new.sign(
+        msgspec.structs.replace(announcement, content=content, signature=msgspec.UNSET)
+    )
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, forged, NOW)
+    assert caught.value.reason == Reason.BAD_SIGNATURE
+
+
+def test_the_envelope_must_be_signed_by_the_new_key(world: World) -> None:
+    announcement = world.announce(RotationKind.SCHEDULED)
+    resigned = world.alice.sign(msgspec.structs.replace(announcement, signature=msgspec.UNSET))
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, resigned, NOW)
+    assert caught.value.reason == Reason.BAD_SIGNATURE
+    unsigned = msgspec.structs.replace(announcement, signature=msgspec.UNSET)
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, unsigned, NOW)
+    assert caught.value.reason == Reason.UNSIGNED
+
+
+def test_an_agent_cannot_rotate_someone_elses_key(world: World) -> None:
+    bob_new = SigningIdentity.generate(agent_id("bob"), version=2)
+    announcement = announce_rotation(
+        world.alice.kid,
+        1,
+        bob_new,
+        countersigner=world.alice,
+        kind=RotationKind.SCHEDULED,
+        now=NOW,
+        sequence_num=1,
+    )
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, announcement, NOW)
+    assert caught.value.reason == Reason.UNKNOWN_KEY
+
+
+def test_content_that_is_not_a_rotation_is_malformed(world: World) -> None:
+    announcement = world.announce(RotationKind.SCHEDULED)
+    tampered = world.new.sign(
+        msgspec.structs.replace(
+            announcement, content={"rotation": "please"}, signature=msgspec.UNSET
+        )
+    )
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, tampered, NOW)
+    assert caught.value.reason == Reason.MALFORMED
+
+
+def test_the_announcement_is_an_ordinary_verifiable_message_once_applied(world: World) -> None:
+    announcement = world.announce(RotationKind.SCHEDULED)
+    assert (
+        Verifier(world.keyring).check(encode_json(announcement), now=NOW).reason
+        is Reason.UNKNOWN_KEY
+    )
+    apply_rotation(world.keyring, announcement, NOW)
+    assert Verifier(world.keyring).check(encode_json(announcement), now=NOW).ok
