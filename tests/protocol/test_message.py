@@ -296,3 +296,32 @@ def test_fresh_ids_and_nonces_differ() -> None:
     assert len({new_message_id() for _ in range(1000)}) == 1000
     assert len({new_nonce() for _ in range(1000)}) == 1000
     assert all(len(new_message_id()) == 26 for _ in range(10))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"x": object()}, {"x": {1, 2}}, {"x": float("nan")}, {"x": 2**60}],
+    ids=["object", "set", "nan", "unsafe-int"],
+)
+def test_built_messages_must_have_signable_content(content: dict[str, Any]) -> None:
+    with pytest.raises(MessageError):
+        build_message(
+            performative="inform",
+            sender=agent_id("a"),
+            receiver="if://agent/b",
+            content=content,
+            now=NOW,
+            sequence_num=1,
+        )
+
+
+def test_deep_or_invalid_utf8_input_is_malformed_not_a_crash() -> None:
+    deep = wire(minimal(content={"x": 0})).replace(
+        b'{"x": 0}', b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    )
+    with pytest.raises(MessageError, match="deep"):
+        decode_json(deep)
+    with pytest.raises(MessageError, match="UTF-8"):
+        decode_json(wire(minimal()).replace(b"hello", b"hel\x80lo"))
+    with pytest.raises(MessageError):
+        decode_msgpack(b"\x91" * 5000 + b"\x90")

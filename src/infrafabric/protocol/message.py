@@ -177,8 +177,15 @@ class IFMessage(_Frozen, frozen=True):
         token = _VALIDATING.set(True)
         try:
             msgspec.convert(msgspec.to_builtins(self), IFMessage)
+            canonical_json(self.content)  # content must be signable, not just JSON-ish
         except msgspec.ValidationError as exc:
             raise MessageError(str(exc)) from None
+        except CanonicalizationError as exc:
+            raise MessageError(f"content has no canonical form: {exc}") from None
+        except RecursionError:
+            raise MessageError("content nesting too deep") from None
+        except TypeError as exc:  # to_builtins meets a value JSON does not have
+            raise MessageError(f"content is not JSON: {exc}") from None
         finally:
             _VALIDATING.reset(token)
 
@@ -282,9 +289,17 @@ def build_message(
 
 
 def body_builtins(message: IFMessage) -> dict[str, Any]:
-    """The envelope as plain JSON values, without ``signature``: what gets canonicalized."""
-    body: dict[str, Any] = msgspec.to_builtins(message)
-    body.pop("signature", None)
+    """The envelope as plain JSON values, without ``signature``: what gets canonicalized.
+
+    ``content`` is passed through as it is, not copied: :func:`canonical_json` bounds its
+    depth with a clear error, where a recursive copy could exhaust the stack first.
+    """
+    body: dict[str, Any] = {}
+    for name in message.__struct_fields__:
+        value = getattr(message, name)
+        if value is UNSET or name == "signature":
+            continue
+        body[name] = msgspec.to_builtins(value) if isinstance(value, Struct) else value
     return body
 
 
@@ -334,8 +349,10 @@ def decode_msgpack(data: bytes) -> IFMessage:
         return _MSGPACK_DECODER.decode(data)
     except msgspec.ValidationError as exc:
         raise MessageError(str(exc)) from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MessageError(f"not MessagePack: {exc}") from None
+    except RecursionError:
+        raise MessageError("nesting too deep") from None
     finally:
         _VALIDATING.reset(token)
 
@@ -354,6 +371,10 @@ def decode_with_signing_input(data: bytes) -> tuple[IFMessage, bytes]:
         raise _structure_error(data, str(exc)) from None
     except msgspec.DecodeError as exc:
         raise MessageError(f"not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise MessageError("nesting too deep") from None
     finally:
         _VALIDATING.reset(token)
     try:
@@ -370,7 +391,7 @@ def _structure_error(data: bytes, detail: str) -> MessageError:
     if "$.v" in detail:
         try:
             version = msgspec.json.decode(data).get("v")
-        except (msgspec.DecodeError, AttributeError):
+        except (msgspec.DecodeError, AttributeError, UnicodeDecodeError, RecursionError):
             version = None
         if isinstance(version, str):
             return MessageError(

@@ -1,0 +1,55 @@
+"""Replay state: the sequence window against a reference model, and the bounded nonce cache."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infrafabric.protocol.replay import NonceCache, SequenceWindow, SequenceWindows
+
+
+@given(size=st.integers(1, 70), numbers=st.lists(st.integers(1, 200), max_size=120))
+def test_window_matches_a_set_based_model(size: int, numbers: list[int]) -> None:
+    window = SequenceWindow(size)
+    accepted: set[int] = set()
+    for number in numbers:
+        highest = max(accepted, default=0)
+        expected = number not in accepted and (number > highest or highest - number < size)
+        assert window.would_accept(number) == expected
+        if expected:
+            window.accept(number)
+            accepted.add(number)
+        assert window.highest == max(accepted, default=0)
+
+
+def test_windows_are_per_sender() -> None:
+    windows = SequenceWindows(window=1)
+    windows.accept("if://agent/a", 5)
+    assert windows.would_accept("if://agent/b", 1)
+    assert not windows.would_accept("if://agent/a", 5)
+    assert windows.highest("if://agent/a") == 5
+    assert len(windows) == 1
+
+
+def test_nonce_cache_is_bounded_by_time_and_size() -> None:
+    cache = NonceCache(max_entries=3)
+    for index in range(3):
+        cache.add("s", f"n{index}", expires_at=100 + index, now=0)
+    assert cache.seen("s", "n0", now=50)
+    assert not cache.seen("t", "n0", now=50)  # nonces are per sender
+    cache.add("s", "n3", expires_at=200, now=50)  # full: evicts the entry closest to expiry
+    assert not cache.seen("s", "n0", now=50)
+    assert cache.evictions == 1
+    assert len(cache) == 3
+    cache.add("s", "n4", expires_at=300, now=150)  # everything else expired by now
+    assert len(cache) == 2
+    assert not cache.seen("s", "n3", now=201)  # expired entries never count as seen
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_bounds_must_be_positive(bad: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        NonceCache(max_entries=bad)
+    with pytest.raises(ValueError, match="at least 1"):
+        SequenceWindows(window=bad)
