@@ -172,7 +172,7 @@ class IFMessage(_Frozen, frozen=True):
 
     def __post_init__(self) -> None:
         if _VALIDATING.get():
-            _check_receivers(self.receiver)
+            _check_semantics(self)
             return
         token = _VALIDATING.set(True)
         try:
@@ -209,10 +209,13 @@ class IFMessage(_Frozen, frozen=True):
         return self.signature is not UNSET
 
 
-def _check_receivers(receiver: str | tuple[str, ...]) -> None:
+def _check_semantics(message: IFMessage) -> None:
+    """What msgspec's constraints cannot say: receiver addresses, a real calendar date."""
+    receiver = message.receiver
     for address in (receiver,) if isinstance(receiver, str) else receiver:
         if _ADDRESS.match(address) is None:
             raise ValueError(f"receiver {address[:80]!r} is not an if:// agent, service or topic")
+    parse_timestamp(message.timestamp)  # ValueError for February 30 and such
 
 
 def agent_id(name: str) -> AgentId:

@@ -30,7 +30,6 @@ from infrafabric.protocol.keyring import KeyRecord, Keyring
 from infrafabric.protocol.message import IFMessage, decode_with_signing_input
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.replay import NonceCache, SequenceWindows
-from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.types import Timestamp
 
 __all__ = [
@@ -194,10 +193,7 @@ class Verifier:
         return self._finish(reason, detail or resolution.detail, message, resolution.record)
 
     def _check_clock(self, message: IFMessage, now: Timestamp) -> tuple[Reason | None, str]:
-        try:
-            sent_at = parse_timestamp(message.timestamp)
-        except ValueError as exc:
-            return Reason.MALFORMED, str(exc)
+        sent_at = message.sent_at  # decoding already refused impossible dates
         if sent_at + message.ttl < now:
             return Reason.EXPIRED, f"expired {now - sent_at - message.ttl:.3f}s ago"
         if sent_at > now + self.clock_skew:
@@ -217,9 +213,7 @@ class Verifier:
                 return Reason.REPLAY, f"sequence {number} already accepted"
             return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})"
         if record:
-            self.nonces.add(
-                sender, message.nonce, parse_timestamp(message.timestamp) + message.ttl, now
-            )
+            self.nonces.add(sender, message.nonce, message.expires_at, now)
             self.sequences.accept(sender, number)
         return None, ""
 
