@@ -19,6 +19,7 @@ from infrafabric.protocol.canonical import (
     MAX_DEPTH,
     MAX_SAFE_INTEGER,
     canonical_json,
+    canonical_json_of_data,
     format_number,
 )
 
@@ -183,3 +184,47 @@ def test_subclasses_serialize_as_their_base_type() -> None:
 def test_format_number_refuses_booleans() -> None:
     with pytest.raises(CanonicalizationError):
         format_number(True)
+
+
+# -- the fast path for JSON data --------------------------------------------------------
+
+any_float = st.floats(allow_nan=False, allow_infinity=False)
+escapes = st.text(
+    st.sampled_from(['"', "\\", "[", "]", "{", "}", "\n", "\x01", "a", "\ue000", "é"]), max_size=6
+)
+data_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | any_float | escapes | tricky_text,
+    lambda inner: (
+        st.lists(inner, max_size=5) | st.dictionaries(escapes | tricky_text, inner, max_size=5)
+    ),
+    max_leaves=40,
+)
+
+
+def _same_outcome(value: Any) -> None:
+    try:
+        expected = canonical_json(value)
+    except CanonicalizationError:
+        with pytest.raises(CanonicalizationError):
+            canonical_json_of_data(value)
+    else:
+        assert canonical_json_of_data(value) == expected
+
+
+@given(data_values)
+@example([1.0, -0.0, 1e16, 1e21, 1.5e-7, 0.000015, 2**53, 123.0])
+@example({"\ue000": '\\"[', "\U0001f600": ["]\\\\", '"']})
+def test_fast_path_gives_the_exact_bytes(value: Any) -> None:
+    _same_outcome(value)
+
+
+@given(any_float)
+def test_fast_path_numbers(value: float) -> None:
+    _same_outcome([value])
+
+
+@given(st.integers(1, MAX_DEPTH + 3), st.sampled_from(['"]"', '"[["', '"\\\\"', '"\\""', "1"]))
+def test_fast_path_counts_nesting_like_the_exact_path(depth: int, leaf: str) -> None:
+    value = json.loads("[" * (depth - 1) + '{"k":' + leaf + "}" + "]" * (depth - 1))
+    _same_outcome(value)
+    _same_outcome([value] * 40)  # enough brackets to skip the shortcut count

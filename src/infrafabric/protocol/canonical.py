@@ -27,9 +27,17 @@ import math
 from collections.abc import Mapping
 from json.encoder import encode_basestring as _quote  # C-accelerated; JCS-compatible escaping
 
+import msgspec
+
 from infrafabric.errors import CanonicalizationError
 
-__all__ = ["MAX_DEPTH", "MAX_SAFE_INTEGER", "canonical_json", "format_number"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_SAFE_INTEGER",
+    "canonical_json",
+    "canonical_json_of_data",
+    "format_number",
+]
 
 #: Largest integer magnitude a double holds exactly (I-JSON, RFC 7493 section 2.2).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -58,6 +66,73 @@ def canonical_json(value: object) -> bytes:
         return "".join(parts).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise CanonicalizationError("string holds a lone surrogate, not UTF-8") from exc
+
+
+# msgspec writes sorted, compact JSON with JCS's string escaping, ten to twenty times
+# faster than any Python walk. Outside strings its output can differ from RFC 8785 only
+# in numbers: integral doubles ("1.0", "-0.0"), exponents ("1e16", "7.2e-6"), positional
+# numbers below 1e-6 ("0.0000001"), runs of 16 digits (near or beyond 2**53). Inside
+# strings and names, only characters at or above U+E000 (UTF-8 lead bytes EE to F4) can
+# sort differently, since their code point order is not their UTF-16 order.
+_SORTED_ENCODER = msgspec.json.Encoder(order="sorted")
+_HIGH_LEAD_BYTES = tuple(bytes([lead]) for lead in range(0xEE, 0xF5))
+# Everything that can stand next to a number, as a comma, so one pattern finds each case.
+_SEPARATORS_AS_COMMAS = bytes.maketrans(b":[]{}-", b",,,,,,")
+_DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9999999999")
+_LONG_INTEGER = b"," + b"9" * 16  # an integer part of 16 digits: 1e15 or more
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[{]}")))
+
+
+def canonical_json_of_data(value: object) -> bytes:
+    """:func:`canonical_json` for values known to be JSON data, several times faster.
+
+    "JSON data" means what a JSON parser returns, or what :func:`canonical_json` has
+    accepted once: string keys, no NaN or infinity (msgspec would write those as
+    ``null``). Wherever msgspec's output could differ from RFC 8785, and whenever
+    nesting is deeper than :data:`MAX_DEPTH`, the value takes the exact path instead, so
+    the bytes are always those of :func:`canonical_json` (property tests check it).
+    """
+    try:
+        text = _SORTED_ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):
+        return canonical_json(value)  # raises the precise CanonicalizationError
+    if not text.isascii() and any(lead in text for lead in _HIGH_LEAD_BYTES):
+        return canonical_json(value)
+    between = _between_strings(text)
+    if _numbers_may_differ(between) or _too_deep(text, between):
+        return canonical_json(value)
+    return text
+
+
+def _between_strings(text: bytes) -> bytes:
+    """What lies outside the strings of compact JSON ``text``: punctuation, numbers, literals."""
+    if b"\\" in text:
+        # Drop escaped backslashes, then escaped quotes: every quote left delimits a string.
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(text.split(b'"')[::2])
+
+
+def _numbers_may_differ(between: bytes) -> bool:
+    if between.count(b"e") != between.count(b"true") + between.count(b"false"):
+        return True  # an "e" outside strings and literals: an exponent
+    numbers = between.translate(_SEPARATORS_AS_COMMAS)
+    if b".0," in numbers or numbers.endswith(b".0") or b"0.000000" in numbers:
+        return True  # an integral double, or a positional number below 1e-6
+    nines = numbers.translate(_DIGITS_AS_NINES)
+    return _LONG_INTEGER in nines or nines.startswith(_LONG_INTEGER[1:])
+
+
+def _too_deep(text: bytes, between: bytes) -> bool:
+    """True if the arrays and objects of ``text`` nest deeper than MAX_DEPTH."""
+    if text.count(b"[") + text.count(b"{") <= MAX_DEPTH:
+        return False  # even counting brackets inside strings there are too few
+    skeleton = between.translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(MAX_DEPTH):
+        if not skeleton:
+            return False
+        skeleton = skeleton.replace(b"()", b"")  # peel one level: every innermost pair
+    return bool(skeleton)
 
 
 def format_number(number: float) -> str:

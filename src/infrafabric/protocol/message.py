@@ -15,6 +15,7 @@ signed and verified come from one function, :func:`signing_input`.
 from __future__ import annotations
 
 import contextvars
+import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +25,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from infrafabric.errors import CanonicalizationError, MessageError
-from infrafabric.protocol.canonical import MAX_SAFE_INTEGER, canonical_json
+from infrafabric.protocol.canonical import MAX_SAFE_INTEGER, canonical_json, canonical_json_of_data
 from infrafabric.protocol.patterns import (
     ADDRESS_PATTERN,
     AgentField,
@@ -291,18 +292,31 @@ def build_message(
     return IFMessage(**fields)
 
 
+_OPTIONAL_FIELDS: Final = ("hazard", "trace_id", "provenance", "citation_ids")
+_NESTED_STRUCTS: Final = ("scope", "hazard", "provenance")
+
+
 def body_builtins(message: IFMessage) -> dict[str, Any]:
     """The envelope as plain JSON values, without ``signature``: what gets canonicalized.
 
-    ``content`` is passed through as it is, not copied: :func:`canonical_json` bounds its
+    ``content`` is passed through as it is, not copied: the canonicalizer bounds its
     depth with a clear error, where a recursive copy could exhaust the stack first.
     """
-    body: dict[str, Any] = {}
-    for name in message.__struct_fields__:
-        value = getattr(message, name)
-        if value is UNSET or name == "signature":
-            continue
-        body[name] = msgspec.to_builtins(value) if isinstance(value, Struct) else value
+    body: dict[str, Any] = msgspec.structs.asdict(message)  # shallow
+    del body["signature"]
+    for name in _OPTIONAL_FIELDS:
+        if body[name] is UNSET:
+            del body[name]
+    for name in _NESTED_STRUCTS:
+        if name in body:
+            body[name] = msgspec.to_builtins(body[name])
+    provenance = body.get("provenance")
+    if (
+        provenance is not None
+        and isinstance(cost := provenance.get("cost_usd"), float)
+        and cost.is_integer()
+    ):
+        provenance["cost_usd"] = int(cost)  # same canonical text; keeps the fast path fast
     return body
 
 
@@ -314,14 +328,31 @@ def signing_input(message: IFMessage) -> bytes:
     form (a non-finite float, an integer beyond 2**53, nesting deeper than 64).
     """
     try:
-        return SIGNING_PREFIX + canonical_json(body_builtins(message))
+        return SIGNING_PREFIX + canonical_json_of_data(body_builtins(message))
     except CanonicalizationError as exc:
         raise MessageError(f"content has no canonical form: {exc}") from None
 
 
 _JSON_ENCODER = msgspec.json.Encoder()
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
-_JSON_DECODER = msgspec.json.Decoder(IFMessage)
+
+
+def _json_number(text: str) -> int | float:
+    """Decode a JSON number written with a fraction or exponent (msgspec's float_hook).
+
+    An integral value within +-(2**53 - 1) becomes an ``int``: RFC 8785 prints it as an
+    integer anyway, so ``1.0`` and ``1`` are the same signed value, and the fast canonical
+    path needs no detour for it. Overflow to infinity is refused: JSON has no infinity.
+    """
+    number = float(text)
+    if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        return int(number)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return number
+
+
+_JSON_DECODER = msgspec.json.Decoder(IFMessage, float_hook=_json_number)
 _MSGPACK_DECODER = msgspec.msgpack.Decoder(IFMessage)
 
 
@@ -349,7 +380,11 @@ def decode_msgpack(data: bytes) -> IFMessage:
     """Decode and validate one MessagePack envelope; raises :class:`MessageError`."""
     token = _VALIDATING.set(True)
     try:
-        return _MSGPACK_DECODER.decode(data)
+        message = _MSGPACK_DECODER.decode(data)
+        canonical_json(message.content)  # MessagePack, unlike JSON, can carry NaN and infinities
+        return message
+    except CanonicalizationError as exc:
+        raise MessageError(f"content has no canonical form: {exc}") from None
     except msgspec.ValidationError as exc:
         raise MessageError(str(exc)) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -381,7 +416,7 @@ def decode_with_signing_input(data: bytes) -> tuple[IFMessage, bytes]:
     finally:
         _VALIDATING.reset(token)
     try:
-        canonical = canonical_json(body_builtins(message))
+        canonical = canonical_json_of_data(body_builtins(message))
     except CanonicalizationError as exc:
         raise MessageError(f"content has no canonical form: {exc}") from None
     if _has_duplicate_names(data, canonical, message):
@@ -403,6 +438,11 @@ def _structure_error(data: bytes, detail: str) -> MessageError:
     return MessageError(detail)
 
 
+# "signature":{"alg":..,"kid":..,"sig":..}: four members; the patterns of alg, kid and sig
+# admit no colon.
+_SIGNATURE_COLONS: Final = 4
+
+
 def _has_duplicate_names(raw: bytes, canonical_body: bytes, message: IFMessage) -> bool:
     """True if ``raw`` repeats a member name somewhere, in about a microsecond.
 
@@ -417,7 +457,7 @@ def _has_duplicate_names(raw: bytes, canonical_body: bytes, message: IFMessage) 
         return _has_duplicate_names_exact(raw)
     expected = canonical_body.count(b":")
     if message.signature is not UNSET:
-        expected += 1 + canonical_json(msgspec.to_builtins(message.signature)).count(b":")
+        expected += _SIGNATURE_COLONS
     return raw.count(b":") != expected
 
 

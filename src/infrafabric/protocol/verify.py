@@ -171,11 +171,12 @@ class Verifier:
             message, signed_bytes = decode_with_signing_input(raw)
         except MessageError as exc:
             return self._finish(Reason(exc.reason), exc.detail, None)
-        reason, detail = self._check_clock(message, now)
+        sent_at = message.sent_at
+        reason, detail = self._check_clock(sent_at, message.ttl, now)
         if reason is not None:
             return self._finish(reason, detail, message)
         if message.signature is UNSET:
-            return self._unsigned(message, now, local)
+            return self._unsigned(message, sent_at, now, local)
         resolution = self.keyring.resolve(message.sender, message.signature.kid, now)
         if resolution.verify_key is None:
             reason = resolution.reason or Reason.UNKNOWN_KEY
@@ -185,23 +186,24 @@ class Verifier:
             return self._finish(
                 Reason.BAD_SIGNATURE, "signature does not verify", message, resolution.record
             )
-        reason, detail = self._check_replay(message, now, record=True)
+        reason, detail = self._check_replay(message, sent_at, now, record=True)
         if reason is None:
             refusal = self.authorizer.authorize(message)
             if refusal is not None:
                 reason, detail = Reason.UNAUTHORIZED, refusal
         return self._finish(reason, detail or resolution.detail, message, resolution.record)
 
-    def _check_clock(self, message: IFMessage, now: Timestamp) -> tuple[Reason | None, str]:
-        sent_at = message.sent_at  # decoding already refused impossible dates
-        if sent_at + message.ttl < now:
-            return Reason.EXPIRED, f"expired {now - sent_at - message.ttl:.3f}s ago"
+    def _check_clock(
+        self, sent_at: Timestamp, ttl: int, now: Timestamp
+    ) -> tuple[Reason | None, str]:
+        if sent_at + ttl < now:
+            return Reason.EXPIRED, f"expired {now - sent_at - ttl:.3f}s ago"
         if sent_at > now + self.clock_skew:
             return Reason.FROM_FUTURE, f"dated {sent_at - now:.3f}s ahead (skew {self.clock_skew}s)"
         return None, ""
 
     def _check_replay(
-        self, message: IFMessage, now: Timestamp, *, record: bool
+        self, message: IFMessage, sent_at: Timestamp, now: Timestamp, *, record: bool
     ) -> tuple[Reason | None, str]:
         sender = message.sender
         if self.nonces.seen(sender, message.nonce, now):
@@ -213,16 +215,18 @@ class Verifier:
                 return Reason.REPLAY, f"sequence {number} already accepted"
             return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})"
         if record:
-            self.nonces.add(sender, message.nonce, message.expires_at, now)
+            self.nonces.add(sender, message.nonce, sent_at + message.ttl, now)
             self.sequences.accept(sender, number)
         return None, ""
 
-    def _unsigned(self, message: IFMessage, now: Timestamp, local: bool) -> Verdict:
+    def _unsigned(
+        self, message: IFMessage, sent_at: Timestamp, now: Timestamp, local: bool
+    ) -> Verdict:
         """An unsigned message: rejected in strict mode; in permissive mode accepted from a
         local sender. Unsigned messages are checked against, never recorded in, replay state:
         anyone could have written them."""
         if self.mode is Mode.PERMISSIVE and local:
-            reason, detail = self._check_replay(message, now, record=False)
+            reason, detail = self._check_replay(message, sent_at, now, record=False)
             if reason is None:
                 refusal = self.authorizer.authorize(message)
                 if refusal is not None:

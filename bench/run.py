@@ -1,0 +1,192 @@
+"""InfraFabric benchmarks: `make bench` (or `python bench/run.py [--quick]`).
+
+Every figure is measured in this run beside its baseline, a raw library call on the same
+bytes, so the ratio means something on any machine. One process, one core; each row is
+the best of several rounds (the least disturbed by the rest of the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import nacl.signing
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from infrafabric import (
+    Keyring,
+    Outbox,
+    SigningIdentity,
+    Verifier,
+    agent_id,
+    canonical_json,
+    encode_json,
+    new_key_record,
+    signing_input,
+)
+from infrafabric.protocol.canonical import canonical_json_of_data
+from infrafabric.protocol.identity import b64url_decode
+from infrafabric.protocol.message import body_builtins, build_message, decode_with_signing_input
+from infrafabric.protocol.replay import NonceCache
+
+
+@dataclass(frozen=True)
+class Row:
+    group: str
+    name: str
+    seconds_per_op: float
+    baseline: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return 1.0 / self.seconds_per_op
+
+
+def measure(operation: Callable[[int], None], count: int, rounds: int) -> float:
+    """Best seconds per operation over ``rounds`` runs of ``operation(count)``."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        operation(count)
+        best = min(best, (time.perf_counter() - start) / count)
+    return best
+
+
+def content_of_size(target: int) -> dict[str, object]:
+    """A realistic payload (text, numbers, a list of records) of about ``target`` bytes."""
+    content: dict[str, object] = {"task": "review PR 17", "confidence": 0.82, "items": []}
+    items: list[dict[str, object]] = content["items"]  # type: ignore[assignment]
+    index = 0
+    while len(canonical_json(content)) < target:
+        items.append(
+            {
+                "file": f"src/module_{index}.py",
+                "line": index * 7,
+                "score": index / 7,
+                "ok": index % 3 == 0,
+            }
+        )
+        index += 1
+    return content
+
+
+def bench_size(label: str, target: int, count: int, rounds: int) -> list[Row]:
+    now = time.time()
+    identity = SigningIdentity.generate(agent_id("bench"))
+    keyring = Keyring(
+        [new_key_record(identity.agent, identity.public_key, version=1, now=now - 60)]
+    )
+    content = content_of_size(target)
+    total = rounds * count
+    outbox = Outbox(identity)
+    messages = [
+        outbox.message(now=now, performative="inform", receiver="if://agent/peer", content=content)
+        for _ in range(total)
+    ]
+    wires = [encode_json(message) for message in messages]
+    signed_inputs = [signing_input(message) for message in messages]
+    signatures = [b64url_decode(message.signature.sig) for message in messages]  # type: ignore[union-attr]
+    unsigned = build_message(
+        performative="inform",
+        sender=identity.agent,
+        receiver="if://agent/peer",
+        content=content,
+        now=now,
+        sequence_num=1,
+    )
+
+    nacl_key = nacl.signing.VerifyKey(identity.public_key)
+    ossl_private = Ed25519PrivateKey.from_private_bytes(identity.seed)
+    ossl_public = ossl_private.public_key()
+    ossl_signatures = [ossl_private.sign(data) for data in signed_inputs]
+    body = body_builtins(messages[0])
+
+    verifier = Verifier(keyring, nonces=NonceCache(max_entries=total + 1))
+    position = {"verify": 0}
+
+    def envelope_verify(n: int) -> None:
+        start = position["verify"]
+        for wire in wires[start : start + n]:
+            verdict = verifier.check(wire, now=now)
+            if not verdict.ok:
+                raise AssertionError(verdict)
+        position["verify"] = start + n
+
+    def raw_nacl_verify(n: int) -> None:
+        for data, signature in zip(signed_inputs[:n], signatures[:n], strict=True):
+            nacl_key.verify(data, signature)
+
+    def raw_ossl_verify(n: int) -> None:
+        for data, signature in zip(signed_inputs[:n], ossl_signatures[:n], strict=True):
+            ossl_public.verify(signature, data)
+
+    def envelope_sign(n: int) -> None:
+        for _ in range(n):
+            encode_json(identity.sign(unsigned))
+
+    data = signed_inputs[0]
+    size = len(wires[0])
+    group = f"{label} content, {size} B envelope"
+    return [
+        Row(group, "raw verify, PyNaCl (libsodium)", measure(raw_nacl_verify, count, rounds)),
+        Row(group, "raw verify, cryptography (OpenSSL)", measure(raw_ossl_verify, count, rounds)),
+        Row(group, "envelope verify (Verifier.check, all 6 steps)", measure(envelope_verify, count, rounds), "verify"),
+        Row(group, "raw sign, PyNaCl (libsodium)", measure(lambda n: [identity.sign_bytes(data) for _ in range(n)] and None, count, rounds)),
+        Row(group, "raw sign, cryptography (OpenSSL)", measure(lambda n: [ossl_private.sign(data) for _ in range(n)] and None, count, rounds)),
+        Row(group, "envelope sign (sign + encode_json)", measure(envelope_sign, count, rounds), "sign"),
+        Row(group, "canonical JSON, rfc8785 package", measure(lambda n: [rfc8785.dumps(body) for _ in range(n)] and None, count, rounds)),
+        Row(group, "canonical JSON, infrafabric exact path", measure(lambda n: [canonical_json(body) for _ in range(n)] and None, count, rounds), "canonical"),
+        Row(group, "canonical JSON, infrafabric data path", measure(lambda n: [canonical_json_of_data(body) for _ in range(n)] and None, count, rounds), "canonical"),
+        Row(group, "decode + signing input (no signature check)", measure(lambda n: [decode_with_signing_input(wires[0]) for _ in range(n)] and None, count, rounds)),
+    ]  # fmt: skip
+
+
+def render(rows: Sequence[Row]) -> str:
+    lines: list[str] = []
+    group = None
+    for row in rows:
+        if row.group != group:
+            group = row.group
+            lines.append(f"\n{group}")
+            lines.append(f"  {'operation':<48} {'ops/s':>10} {'us/op':>9}  vs baseline")
+        in_group = [r for r in rows if r.group == group]
+        comparison = ""
+        if row.baseline in ("verify", "sign"):
+            fastest = max(r.rate for r in in_group if r.name.startswith(f"raw {row.baseline}"))
+            comparison = f"{row.rate / fastest:6.1%} of the fastest raw {row.baseline}"
+        elif row.baseline == "canonical":
+            other = next(r for r in in_group if r.name.startswith("canonical JSON, rfc8785"))
+            comparison = f"{row.rate / other.rate:6.1f}x the rfc8785 package"
+        lines.append(
+            f"  {row.name:<48} {row.rate:>10,.0f} {row.seconds_per_op * 1e6:>9.1f}  {comparison}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    args = parser.parse_args()
+    count, rounds = (200, 2) if args.quick else (2000, 5)
+    print(
+        f"InfraFabric benchmarks: Python {platform.python_version()} on {platform.machine()}, one core"
+    )
+    rows = bench_size("~300 B", 300, count, rounds) + bench_size("~4 KiB", 4096, count, rounds)
+    print(render(rows))
+    if args.json:
+        print(
+            json.dumps(
+                [{"group": r.group, "name": r.name, "ops_per_s": round(r.rate)} for r in rows],
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
