@@ -25,6 +25,7 @@ from infrafabric import (
     Verifier,
     agent_id,
     canonical_json,
+    decode_json,
     encode_json,
     new_key_record,
     signing_input,
@@ -57,9 +58,15 @@ def measure(operation: Callable[[int], None], count: int, rounds: int) -> float:
     return best
 
 
-def content_of_size(target: int) -> dict[str, object]:
-    """A realistic payload (text, numbers, a list of records) of about ``target`` bytes."""
-    content: dict[str, object] = {"task": "review PR 17", "confidence": 0.82, "items": []}
+def records_content(target: int) -> dict[str, object]:
+    """A payload shaped like an agent's review result: text, numbers (integral doubles
+    such as 0.0 among them, as Python agents write them), a list of small records."""
+    content: dict[str, object] = {
+        "task": "review PR 17",
+        "summary": "Two findings; the retry loop can spin when the broker is down.",
+        "confidence": 0.82,
+        "items": [],
+    }
     items: list[dict[str, object]] = content["items"]  # type: ignore[assignment]
     index = 0
     while len(canonical_json(content)) < target:
@@ -75,13 +82,26 @@ def content_of_size(target: int) -> dict[str, object]:
     return content
 
 
-def bench_size(label: str, target: int, count: int, rounds: int) -> list[Row]:
+def text_content(target: int) -> dict[str, object]:
+    """A payload shaped like an LLM's answer: a few fields and one long text."""
+    sentence = (
+        "The retry loop backs off exponentially but never gives up when the broker is down.\n"
+    )
+    content: dict[str, object] = {
+        "task": "explain the outage",
+        "model": "local-7b",
+        "confidence": 0.7,
+    }
+    content["answer"] = sentence * max(1, (target - len(canonical_json(content))) // len(sentence))
+    return content
+
+
+def bench_size(label: str, content: dict[str, object], count: int, rounds: int) -> list[Row]:
     now = time.time()
     identity = SigningIdentity.generate(agent_id("bench"))
     keyring = Keyring(
         [new_key_record(identity.agent, identity.public_key, version=1, now=now - 60)]
     )
-    content = content_of_size(target)
     total = rounds * count
     outbox = Outbox(identity)
     messages = [
@@ -104,7 +124,7 @@ def bench_size(label: str, target: int, count: int, rounds: int) -> list[Row]:
     ossl_private = Ed25519PrivateKey.from_private_bytes(identity.seed)
     ossl_public = ossl_private.public_key()
     ossl_signatures = [ossl_private.sign(data) for data in signed_inputs]
-    body = body_builtins(messages[0])
+    body = body_builtins(decode_json(wires[0]))  # what the verifier canonicalizes
 
     verifier = Verifier(keyring, nonces=NonceCache(max_entries=total + 1))
     position = {"verify": 0}
@@ -177,7 +197,11 @@ def main() -> None:
     print(
         f"InfraFabric benchmarks: Python {platform.python_version()} on {platform.machine()}, one core"
     )
-    rows = bench_size("~300 B", 300, count, rounds) + bench_size("~4 KiB", 4096, count, rounds)
+    rows = [
+        *bench_size("~300 B records", records_content(300), count, rounds),
+        *bench_size("~4 KiB records", records_content(4096), count, rounds),
+        *bench_size("~4 KiB text", text_content(4096), count, rounds),
+    ]
     print(render(rows))
     if args.json:
         print(

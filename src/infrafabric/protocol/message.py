@@ -248,6 +248,47 @@ def new_conversation_id() -> str:
     return f"if://conversation/{new_message_id()}"
 
 
+def _json_number(text: str) -> int | float:
+    """Decode a JSON number written with a fraction or exponent (msgspec's float_hook).
+
+    An integral value within +-(2**53 - 1) becomes an ``int``: RFC 8785 prints it as an
+    integer anyway, so ``1.0`` and ``1`` are the same signed value, and the fast canonical
+    path needs no detour for it. Overflow to infinity is refused: JSON has no infinity.
+    """
+    number = float(text)
+    if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
+        return int(number)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return number
+
+
+_CONTENT_ENCODER = msgspec.json.Encoder()
+_CONTENT_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=_json_number)
+
+
+def content_copy(content: Mapping[str, Any]) -> dict[str, Any]:
+    """A fresh deep copy of ``content`` as plain JSON data, numbers as decoding gives them.
+
+    The copy makes the envelope independent of the caller's dict (mutating it after
+    signing cannot change what the message says) and lets signing take the fast
+    canonical path. Raises :class:`MessageError` when ``content`` has no canonical form.
+    """
+    try:
+        copy = _CONTENT_DECODER.decode(_CONTENT_ENCODER.encode(content))
+    except (TypeError, ValueError, RecursionError, msgspec.DecodeError):
+        copy = None
+    try:
+        if copy is None or copy != content:
+            # Not plain JSON data (tuples, enums; or NaN, non-string keys, objects that
+            # msgspec writes as text): the exact canonicalizer accepts or refuses it.
+            copy = _CONTENT_DECODER.decode(canonical_json(content))
+        canonical_json_of_data(copy)  # integers beyond 2**53, nesting deeper than 64
+    except CanonicalizationError as exc:
+        raise MessageError(f"content has no canonical form: {exc}") from None
+    return copy
+
+
 def build_message(
     *,
     performative: Performative,
@@ -268,8 +309,10 @@ def build_message(
 ) -> IFMessage:
     """Build an unsigned, validated envelope; fresh id, nonce and conversation by default.
 
-    ``now`` is the send time (POSIX seconds). Raises :class:`MessageError` on any invalid
-    field. Sign the result with :meth:`~infrafabric.protocol.identity.SigningIdentity.sign`.
+    ``now`` is the send time (POSIX seconds). ``content`` is copied as plain JSON data
+    (see :func:`content_copy`: ``1.0`` becomes ``1``, tuples become lists). Raises
+    :class:`MessageError` on any invalid field. Sign the result with
+    :meth:`~infrafabric.protocol.identity.SigningIdentity.sign`.
     """
     fields: dict[str, Any] = {
         "v": VERSION,
@@ -278,7 +321,7 @@ def build_message(
         "sender": sender,
         "receiver": receiver if isinstance(receiver, str) else tuple(receiver),
         "conversation_id": conversation_id or new_conversation_id(),
-        "content": dict(content),
+        "content": content_copy(content),
         "timestamp": format_timestamp(now),
         "sequence_num": sequence_num,
         "nonce": nonce or new_nonce(),
@@ -289,7 +332,13 @@ def build_message(
     fields.update((name, value) for name, value in optional.items() if value is not None)
     if citation_ids is not None:
         fields["citation_ids"] = tuple(citation_ids)
-    return IFMessage(**fields)
+    token = _VALIDATING.set(True)  # content is checked above; msgspec checks the rest
+    try:
+        return msgspec.convert(fields, IFMessage)
+    except msgspec.ValidationError as exc:
+        raise MessageError(str(exc)) from None
+    finally:
+        _VALIDATING.reset(token)
 
 
 _OPTIONAL_FIELDS: Final = ("hazard", "trace_id", "provenance", "citation_ids")
@@ -335,21 +384,6 @@ def signing_input(message: IFMessage) -> bytes:
 
 _JSON_ENCODER = msgspec.json.Encoder()
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
-
-
-def _json_number(text: str) -> int | float:
-    """Decode a JSON number written with a fraction or exponent (msgspec's float_hook).
-
-    An integral value within +-(2**53 - 1) becomes an ``int``: RFC 8785 prints it as an
-    integer anyway, so ``1.0`` and ``1`` are the same signed value, and the fast canonical
-    path needs no detour for it. Overflow to infinity is refused: JSON has no infinity.
-    """
-    number = float(text)
-    if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-        return int(number)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:32]} is out of range")
-    return number
 
 
 _JSON_DECODER = msgspec.json.Decoder(IFMessage, float_hook=_json_number)
