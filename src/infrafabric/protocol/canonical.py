@@ -100,15 +100,16 @@ def canonical_json_of_data(value: object) -> bytes:
     if not text.isascii() and any(lead in text for lead in _HIGH_LEAD_BYTES):
         return canonical_json(value)
     between = _between_strings(text)
-    if _numbers_may_differ(between) or _too_deep(text, between):
+    if _numbers_may_differ(between) or _too_deep(between):
         return canonical_json(value)
     return text
 
 
 def _between_strings(text: bytes) -> bytes:
     """What lies outside the strings of compact JSON ``text``: punctuation, numbers, literals."""
-    if b"\\" in text:
+    if b'\\"' in text:
         # Drop escaped backslashes, then escaped quotes: every quote left delimits a string.
+        # (Without a backslash before any quote, every quote delimits one already.)
         text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
     return b"".join(text.split(b'"')[::2])
 
@@ -123,10 +124,11 @@ def _numbers_may_differ(between: bytes) -> bool:
     return _LONG_INTEGER in nines or nines.startswith(_LONG_INTEGER[1:])
 
 
-def _too_deep(text: bytes, between: bytes) -> bool:
-    """True if the arrays and objects of ``text`` nest deeper than MAX_DEPTH."""
-    if text.count(b"[") + text.count(b"{") <= MAX_DEPTH:
-        return False  # even counting brackets inside strings there are too few
+def _too_deep(between: bytes) -> bool:
+    """True if the arrays and objects whose brackets are in ``between`` nest deeper than
+    MAX_DEPTH."""
+    if between.count(b"[") + between.count(b"{") <= MAX_DEPTH:
+        return False  # too few containers to nest that deep
     skeleton = between.translate(_BRACKETS, _NOT_BRACKETS)
     for _ in range(MAX_DEPTH):
         if not skeleton:

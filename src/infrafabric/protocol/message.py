@@ -487,7 +487,7 @@ def _has_duplicate_names(raw: bytes, canonical_body: bytes, message: IFMessage) 
     nothing was dropped, and more when a duplicate was. Escaped colons (rare) take the
     exact path: a full parse that sees every member.
     """
-    if b"\\u003a" in raw or b"\\u003A" in raw:
+    if b"\\u003" in raw and (b"\\u003a" in raw or b"\\u003A" in raw):
         return _has_duplicate_names_exact(raw)
     expected = canonical_body.count(b":")
     if message.signature is not UNSET:
