@@ -6,10 +6,16 @@ from typing import Annotated
 
 import msgspec
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from infrafabric.cli.common import fail, keystore, now_or, passphrase, reported_errors, write_bytes
+from infrafabric.cli.common import (
+    fail,
+    keystore,
+    now_or,
+    passphrase,
+    print_table,
+    reported_errors,
+    write_bytes,
+)
 from infrafabric.protocol.keyring import KeyRole
 from infrafabric.protocol.message import encode_json
 from infrafabric.protocol.rotation import RotationKind
@@ -50,23 +56,17 @@ def list_identities(now: NowOpt = None) -> None:
     with reported_errors():
         keyring = store.load_keyring()
         due = {record.kid for record in keyring.due_for_rotation(now_or(now))}
-        table = Table("name", "agent", "role", "version", "kid", "rotation")
+        rows = []
         for name in store.names():
             info = store.info(name)
-            table.add_row(
-                name,
-                info.agent,
-                info.role,
-                str(info.version),
-                info.kid,
-                "DUE" if info.kid in due else "ok",
-            )
-    if table.row_count == 0:
+            status = "DUE" if info.kid in due else "ok"
+            rows.append((name, info.agent, info.role, str(info.version), info.kid, status))
+    if not rows:
         typer.echo(
             f"no identities in {store.identities_dir}; create one with `ifab identity new NAME`"
         )
         return
-    Console().print(table)
+    print_table(("name", "agent", "role", "version", "kid", "rotation"), rows)
 
 
 @app.command("show")

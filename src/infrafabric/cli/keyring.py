@@ -8,10 +8,8 @@ from typing import Annotated
 
 import msgspec
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from infrafabric.cli.common import fail, keystore, read_json_document, reported_errors
+from infrafabric.cli.common import fail, keystore, print_table, read_json_document, reported_errors
 from infrafabric.errors import RotationError
 from infrafabric.keystore import load_keyring_dir, write_keyring_dir
 from infrafabric.protocol.keyring import KEYRING_FORMAT, KeyringFile
@@ -77,10 +75,15 @@ def list_keys(keyring_dir: KeyringOpt = None) -> None:
     if not records:
         typer.echo(f"no keys in {directory}")
         return
-    table = Table("agent", "version", "kid", "role", "state", "valid until")
-    for record in records:
-        until = "" if record.valid_until is msgspec.UNSET else record.valid_until
-        table.add_row(
-            record.agent, str(record.version), record.kid, record.role, record.state, until
+    rows = [
+        (
+            record.agent,
+            str(record.version),
+            record.kid,
+            str(record.role),
+            str(record.state),
+            "" if record.valid_until is msgspec.UNSET else record.valid_until,
         )
-    Console().print(table)
+        for record in records
+    ]
+    print_table(("agent", "version", "kid", "role", "state", "valid until"), rows)

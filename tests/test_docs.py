@@ -1,0 +1,41 @@
+"""The documentation is checked against the code: the worked signing example, the reason
+codes, and the first commands of the README."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from infrafabric import Reason, SigningIdentity, agent_id, decode_json, signing_input
+
+ROOT = Path(__file__).parents[1]
+PROTOCOL = (ROOT / "docs" / "protocol.md").read_text()
+
+
+def example(name: str) -> str:
+    match = re.search(rf"<!-- example:{name} -->\n```[a-z]*\n(.*?)```", PROTOCOL, re.S)
+    assert match, f"docs/protocol.md has no example block {name!r}"
+    return match.group(1)
+
+
+def test_the_worked_signing_example_is_what_the_code_does() -> None:
+    alice = SigningIdentity.from_seed(agent_id("alice"), bytes.fromhex(example("seed").strip()))
+    assert alice.kid == example("kid").strip()
+    message = decode_json(example("envelope"))
+    data = signing_input(message)
+    assert data.hex() == "".join(example("signing-input-hex").split())
+    assert data.startswith(b"IFMessage-v2.1-signature\n")
+    signed = alice.sign(message)
+    assert signed.signature.sig == example("signature").strip()  # type: ignore[union-attr]
+
+
+def test_every_reason_code_is_documented() -> None:
+    for reason in Reason:
+        assert f"`{reason.value}`" in PROTOCOL, reason
+
+
+def test_the_readme_opens_with_the_two_commands() -> None:
+    head = (ROOT / "README.md").read_text().splitlines()[:20]
+    text = "\n".join(head)
+    assert "make run" in text
+    assert "make test" in text
