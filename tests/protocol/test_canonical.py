@@ -214,6 +214,9 @@ def _same_outcome(value: Any) -> None:
 @given(data_values)
 @example([1.0, -0.0, 1e16, 1e21, 1.5e-7, 0.000015, 2**53, 123.0])
 @example({"\ue000": '\\"[', "\U0001f600": ["]\\\\", '"']})
+@example({"a": "v1.0,", "b": 1.0, "c": [2.0], "d": {"e": -0.0}})  # ".0," inside a string too
+@example({"s": '"x.0}"', "n": [10.0, 0.5, 3.0]})  # escaped quotes around the same bytes
+@example(2.0)
 def test_fast_path_gives_the_exact_bytes(value: Any) -> None:
     _same_outcome(value)
 

@@ -70,12 +70,14 @@ def canonical_json(value: object) -> bytes:
 
 # msgspec writes sorted, compact JSON with JCS's string escaping, ten to twenty times
 # faster than any Python walk. Outside strings its output can differ from RFC 8785 only
-# in numbers: integral doubles ("1.0", "-0.0"), exponents ("1e16", "7.2e-6"), positional
-# numbers below 1e-6 ("0.0000001"), runs of 16 digits (near or beyond 2**53). Inside
-# strings and names, only characters at or above U+E000 (UTF-8 lead bytes EE to F4) can
-# sort differently, since their code point order is not their UTF-16 order.
+# in numbers: integral doubles ("1.0", "-0.0"; the ".0" is dropped in place), exponents
+# ("1e16", "7.2e-6"), positional numbers below 1e-6 ("0.0000001"), integer parts of 16
+# digits (near or beyond 2**53). Inside strings and names, only characters at or above
+# U+E000 (UTF-8 lead bytes EE to F4) can sort differently: their code point order is not
+# their UTF-16 order. Each of these cases takes the exact path.
 _SORTED_ENCODER = msgspec.json.Encoder(order="sorted")
 _HIGH_LEAD_BYTES = tuple(bytes([lead]) for lead in range(0xEE, 0xF5))
+_POINT_ZERO = (b".0,", b".0]", b".0}")
 # Everything that can stand next to a number, as a comma, so one pattern finds each case.
 _SEPARATORS_AS_COMMAS = bytes.maketrans(b":[]{}-", b",,,,,,")
 _DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9999999999")
@@ -100,7 +102,15 @@ def canonical_json_of_data(value: object) -> bytes:
     if not text.isascii() and any(lead in text for lead in _HIGH_LEAD_BYTES):
         return canonical_json(value)
     between = _between_strings(text)
-    if _numbers_may_differ(between) or _too_deep(between):
+    if _exponent_or_tiny(between):
+        return canonical_json(value)
+    if any(ending in between for ending in _POINT_ZERO) or between.endswith(b".0"):
+        # Integral doubles: msgspec writes 2.0, RFC 8785 writes 2. Drop the ".0" in place
+        # unless -0.0 is among them (RFC 8785 writes 0) or a string holds the same bytes.
+        if b"-0.0" in between or any(text.count(e) != between.count(e) for e in _POINT_ZERO):
+            return canonical_json(value)
+        text, between = _drop_point_zero(text), _drop_point_zero(between)
+    if _long_integer(between) or _too_deep(between):
         return canonical_json(value)
     return text
 
@@ -114,13 +124,20 @@ def _between_strings(text: bytes) -> bytes:
     return b"".join(text.split(b'"')[::2])
 
 
-def _numbers_may_differ(between: bytes) -> bool:
+def _exponent_or_tiny(between: bytes) -> bool:
     if between.count(b"e") != between.count(b"true") + between.count(b"false"):
         return True  # an "e" outside strings and literals: an exponent
-    numbers = between.translate(_SEPARATORS_AS_COMMAS)
-    if b".0," in numbers or numbers.endswith(b".0") or b"0.000000" in numbers:
-        return True  # an integral double, or a positional number below 1e-6
-    nines = numbers.translate(_DIGITS_AS_NINES)
+    return b"0.000000" in between  # a positional number below 1e-6
+
+
+def _drop_point_zero(text: bytes) -> bytes:
+    text = text.replace(b".0,", b",").replace(b".0]", b"]").replace(b".0}", b"}")
+    return text[:-2] if text.endswith(b".0") else text
+
+
+def _long_integer(between: bytes) -> bool:
+    """An integer part of 16 digits or more: near or beyond 2**53."""
+    nines = between.translate(_SEPARATORS_AS_COMMAS).translate(_DIGITS_AS_NINES)
     return _LONG_INTEGER in nines or nines.startswith(_LONG_INTEGER[1:])
 
 

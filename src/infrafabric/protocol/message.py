@@ -15,7 +15,6 @@ signed and verified come from one function, :func:`signing_input`.
 from __future__ import annotations
 
 import contextvars
-import math
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -248,27 +247,12 @@ def new_conversation_id() -> str:
     return f"if://conversation/{new_message_id()}"
 
 
-def _json_number(text: str) -> int | float:
-    """Decode a JSON number written with a fraction or exponent (msgspec's float_hook).
-
-    An integral value within +-(2**53 - 1) becomes an ``int``: RFC 8785 prints it as an
-    integer anyway, so ``1.0`` and ``1`` are the same signed value, and the fast canonical
-    path needs no detour for it. Overflow to infinity is refused: JSON has no infinity.
-    """
-    number = float(text)
-    if number.is_integer() and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-        return int(number)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:32]} is out of range")
-    return number
-
-
 _CONTENT_ENCODER = msgspec.json.Encoder()
-_CONTENT_DECODER = msgspec.json.Decoder(dict[str, Any], float_hook=_json_number)
+_CONTENT_DECODER = msgspec.json.Decoder(dict[str, Any])
 
 
 def content_copy(content: Mapping[str, Any]) -> dict[str, Any]:
-    """A fresh deep copy of ``content`` as plain JSON data, numbers as decoding gives them.
+    """A fresh deep copy of ``content`` as plain JSON data (tuples become lists).
 
     The copy makes the envelope independent of the caller's dict (mutating it after
     signing cannot change what the message says) and lets signing take the fast
@@ -310,7 +294,7 @@ def build_message(
     """Build an unsigned, validated envelope; fresh id, nonce and conversation by default.
 
     ``now`` is the send time (POSIX seconds). ``content`` is copied as plain JSON data
-    (see :func:`content_copy`: ``1.0`` becomes ``1``, tuples become lists). Raises
+    (see :func:`content_copy`). Raises
     :class:`MessageError` on any invalid field. Sign the result with
     :meth:`~infrafabric.protocol.identity.SigningIdentity.sign`.
     """
@@ -359,13 +343,6 @@ def body_builtins(message: IFMessage) -> dict[str, Any]:
     for name in _NESTED_STRUCTS:
         if name in body:
             body[name] = msgspec.to_builtins(body[name])
-    provenance = body.get("provenance")
-    if (
-        provenance is not None
-        and isinstance(cost := provenance.get("cost_usd"), float)
-        and cost.is_integer()
-    ):
-        provenance["cost_usd"] = int(cost)  # same canonical text; keeps the fast path fast
     return body
 
 
@@ -386,7 +363,7 @@ _JSON_ENCODER = msgspec.json.Encoder()
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
 
 
-_JSON_DECODER = msgspec.json.Decoder(IFMessage, float_hook=_json_number)
+_JSON_DECODER = msgspec.json.Decoder(IFMessage)
 _MSGPACK_DECODER = msgspec.msgpack.Decoder(IFMessage)
 
 
