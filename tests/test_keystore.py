@@ -215,3 +215,11 @@ def test_wrong_passphrase_cannot_rotate(store: Keystore) -> None:
     with pytest.raises(WrongPassphrase):
         store.rotate("alice", "guess", now=NOW)
     assert store.unlock("alice", PASS).version == 1
+
+
+def test_a_key_lost_from_the_keyring_files_is_restored(store: Keystore) -> None:
+    identity = store.create("alice", PASS, now=NOW)
+    (store.keyring_dir / "alice.json").unlink()  # as if we crashed before writing it
+    record = store.load_keyring().active("if://agent/alice")
+    assert record is not None
+    assert record.kid == identity.kid

@@ -49,6 +49,7 @@ from infrafabric.protocol.keyring import (
 )
 from infrafabric.protocol.message import IFMessage, agent_id, decode_json, encode_json
 from infrafabric.protocol.rotation import RotationKind, announce_rotation, apply_rotation
+from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
 from infrafabric.types import Timestamp
 
 __all__ = [
@@ -239,7 +240,12 @@ class Keystore:
     # -- keyring ------------------------------------------------------------------------
 
     def load_keyring(self) -> Keyring:
-        """The local keyring, with each identity's latest rotation applied (idempotently)."""
+        """The local keyring, completed from the identity files.
+
+        Identity files are written first, keyring files second; if a crash fell between
+        the two, the identity's current key and latest rotation are applied here again
+        (both idempotently), so the keyring never lags behind the identities.
+        """
         keyring = load_keyring_dir(self.keyring_dir)
         for name in self.names():
             info = self.info(name)
@@ -247,6 +253,15 @@ class Keystore:
                 announcement = decode_json(info.last_rotation)
                 with contextlib.suppress(RotationError):  # stale once later rotations exist
                     apply_rotation(keyring, announcement, announcement.sent_at)
+            if keyring.get(info.kid) is None:
+                public_key = b64url_decode(info.public_key)
+                created = parse_timestamp(info.created_at)
+                role = KeyRole(info.role)
+                keyring.add(
+                    new_key_record(
+                        info.agent, public_key, version=info.version, now=created, role=role
+                    )
+                )
         return keyring
 
     # -- internals ----------------------------------------------------------------------
@@ -265,8 +280,6 @@ class Keystore:
         now: Timestamp,
         last_rotation: IFMessage | None = None,
     ) -> None:
-        from infrafabric.protocol.timefmt import format_timestamp
-
         info = IdentityInfo(
             format=IDENTITY_FORMAT,
             name=name,

@@ -130,8 +130,8 @@ def verify(
     printed and the exit status is 0.
     """
     with reported_errors():
-        keyring = load_keyring_dir(
-            keyring_dir if keyring_dir is not None else keystore().keyring_dir
+        keyring = (
+            keystore().load_keyring() if keyring_dir is None else load_keyring_dir(keyring_dir)
         )
     verifier = Verifier(keyring, mode=mode, max_bytes=max_bytes)
     verdict = verifier.check(sys.stdin.buffer.read(max_bytes + 1), now=now_or(now), local=local)
