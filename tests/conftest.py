@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-from infrafabric import Keyring, KeyRole, Outbox, SigningIdentity, agent_id, new_key_record
+from infrafabric import (
+    IFMessage,
+    Keyring,
+    KeyRole,
+    Outbox,
+    SigningIdentity,
+    agent_id,
+    build_message,
+    new_key_record,
+)
 from infrafabric.protocol.timefmt import parse_timestamp
 
 # No deadlines: speed is measured by `make bench`, never asserted in tests.
@@ -20,6 +30,19 @@ settings.load_profile(os.environ.get("IFAB_HYPOTHESIS_PROFILE", "default"))
 
 #: The instant every deterministic test runs at.
 NOW = parse_timestamp("2026-11-23T12:00:00Z")
+
+
+def plain_message(sender: str = "if://agent/alice", **fields: Any) -> IFMessage:
+    """An unsigned ``inform`` from ``sender`` to bob with empty content, sequence 1, sent at
+    NOW, unless ``fields`` (as for ``build_message``) say otherwise."""
+    defaults: dict[str, Any] = {
+        "performative": "inform",
+        "receiver": "if://agent/bob",
+        "content": {},
+        "now": NOW,
+        "sequence_num": 1,
+    }
+    return build_message(sender=sender, **{**defaults, **fields})
 
 
 @pytest.fixture

@@ -161,8 +161,8 @@ def _impostor(swarm: _Swarm, step: int, now: Timestamp) -> DemoEvent:
     return _event(step, f"impostor signs as {victim}", message, receiver, verdict, "")
 
 
-def _rotate(swarm: _Swarm, step: int, now: Timestamp) -> DemoEvent:
-    name, receiver = swarm.names()[1], swarm.names()[0]
+def _rotate_key(swarm: _Swarm, name: str, kind: RotationKind, now: Timestamp) -> SigningIdentity:
+    """Rotate ``name``'s key as its agent would, announce it, apply it; returns the old key."""
     outbox = swarm.outboxes[name]
     old = outbox.identity
     new = SigningIdentity.generate(old.agent, version=old.version + 1)
@@ -172,19 +172,26 @@ def _rotate(swarm: _Swarm, step: int, now: Timestamp) -> DemoEvent:
         old.version,
         new,
         countersigner=old,
-        kind=RotationKind.SCHEDULED,
+        kind=kind,
         now=now,
         sequence_num=outbox.last_sequence,
     )
     apply_rotation(swarm.keyring, announcement, now)
     outbox.identity = new
+    return old
+
+
+def _rotate(swarm: _Swarm, step: int, now: Timestamp) -> DemoEvent:
+    name, receiver = swarm.names()[1], swarm.names()[0]
+    outbox = swarm.outboxes[name]
+    old = _rotate_key(swarm, name, RotationKind.SCHEDULED, now)
     late = Outbox(old, last_sequence=outbox.last_sequence)  # a message still in flight, old key
     in_flight = late.message(
         now=now, performative="inform", receiver=agent_id(receiver), content={"ok": 1}
     )
     outbox.last_sequence = late.last_sequence
     verdict = swarm.deliver(receiver, encode_json(in_flight), now)
-    note = f"{old.kid} -> {new.kid}; old key still valid for 7 days"
+    note = f"{old.kid} -> {outbox.identity.kid}; old key still valid for 7 days"
     return _event(step, "scheduled key rotation", in_flight, receiver, verdict, note)
 
 
@@ -205,20 +212,7 @@ def _stale(swarm: _Swarm, step: int, now: Timestamp) -> DemoEvent:
 def _revoked(swarm: _Swarm, step: int, now: Timestamp) -> DemoEvent:
     name, receiver = swarm.names()[-1], swarm.names()[0]
     outbox = swarm.outboxes[name]
-    old = outbox.identity
-    new = SigningIdentity.generate(old.agent, version=old.version + 1)
-    outbox.last_sequence += 1
-    announcement = announce_rotation(
-        old.kid,
-        old.version,
-        new,
-        countersigner=old,
-        kind=RotationKind.EMERGENCY,
-        now=now,
-        sequence_num=outbox.last_sequence,
-    )
-    apply_rotation(swarm.keyring, announcement, now)
-    outbox.identity = new
+    old = _rotate_key(swarm, name, RotationKind.EMERGENCY, now)
     thief = Outbox(old, last_sequence=outbox.last_sequence + 100)  # whoever stole the old key
     stolen = thief.message(
         now=now, performative="request", receiver=agent_id(receiver), content={"pay": 1}

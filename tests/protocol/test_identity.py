@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from infrafabric import MessageError, SigningIdentity, agent_id, build_message, key_id
+from infrafabric import MessageError, SigningIdentity, agent_id, key_id
 from infrafabric.errors import CallerError
 from infrafabric.protocol.identity import b64url_decode, b64url_encode
-from tests.conftest import NOW
+from tests.conftest import plain_message
 
 RFC8032 = json.loads((Path(__file__).parent / "vectors" / "rfc8032_ed25519.json").read_text())
 
@@ -54,14 +54,7 @@ def test_seeds_must_be_32_bytes() -> None:
 
 def test_sign_refuses_another_senders_message() -> None:
     alice = SigningIdentity.generate(agent_id("alice"))
-    message = build_message(
-        performative="inform",
-        sender=agent_id("bob"),
-        receiver="if://agent/x",
-        content={},
-        now=NOW,
-        sequence_num=1,
-    )
+    message = plain_message(agent_id("bob"))
     with pytest.raises(MessageError, match="cannot sign"):
         alice.sign(message)
 

@@ -33,7 +33,7 @@ from infrafabric.protocol.message import (
     new_message_id,
     new_nonce,
 )
-from tests.conftest import NOW
+from tests.conftest import NOW, plain_message
 
 
 def minimal(**overrides: Any) -> dict[str, Any]:
@@ -167,14 +167,7 @@ def test_keyword_construction_validates_too() -> None:
             **{**msgspec.structs.asdict(decode_json(wire(minimal()))), "performative": "shout"}
         )  # type: ignore[arg-type]
     with pytest.raises(MessageError, match="receiver"):
-        build_message(
-            performative="inform",
-            sender=agent_id("a"),
-            receiver="bob",
-            content={},
-            now=NOW,
-            sequence_num=1,
-        )
+        plain_message(receiver="bob")
 
 
 def test_other_versions_are_unsupported_not_malformed() -> None:
@@ -305,14 +298,7 @@ def test_fresh_ids_and_nonces_differ() -> None:
 )
 def test_built_messages_must_have_signable_content(content: dict[str, Any]) -> None:
     with pytest.raises(MessageError):
-        build_message(
-            performative="inform",
-            sender=agent_id("a"),
-            receiver="if://agent/b",
-            content=content,
-            now=NOW,
-            sequence_num=1,
-        )
+        plain_message(content=content)
 
 
 def test_deep_or_invalid_utf8_input_is_malformed_not_a_crash() -> None:
@@ -329,14 +315,7 @@ def test_deep_or_invalid_utf8_input_is_malformed_not_a_crash() -> None:
 
 def test_built_messages_own_a_copy_of_their_content() -> None:
     content: dict[str, Any] = {"items": [1.0, -0.0, 2.5, (1, 2)], "nested": {"k": "v"}}
-    message = build_message(
-        performative="inform",
-        sender=agent_id("a"),
-        receiver="if://agent/b",
-        content=content,
-        now=NOW,
-        sequence_num=1,
-    )
+    message = plain_message(content=content)
     assert message.content == {"items": [1.0, -0.0, 2.5, [1, 2]], "nested": {"k": "v"}}
     before = signing_input(message)
     assert b'"items":[1,0,2.5,[1,2]]' in before  # RFC 8785: 1.0 prints as 1, -0.0 as 0

@@ -16,13 +16,12 @@ from infrafabric import (
     agent_id,
     announce_rotation,
     apply_rotation,
-    build_message,
     encode_json,
     new_key_record,
 )
 from infrafabric.protocol.keyring import DEFAULT_GRACE_SECONDS
 from infrafabric.protocol.reasons import Reason
-from tests.conftest import NOW
+from tests.conftest import NOW, plain_message
 
 
 class World:
@@ -57,14 +56,7 @@ class World:
         )
 
     def message_from(self, identity: SigningIdentity, sequence: int, now: float = NOW) -> bytes:
-        message = build_message(
-            performative="inform",
-            sender=identity.agent,
-            receiver="if://agent/bob",
-            content={},
-            now=now,
-            sequence_num=sequence,
-        )
+        message = plain_message(identity.agent, now=now, sequence_num=sequence)
         return encode_json(identity.sign(message))
 
 

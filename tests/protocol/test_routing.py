@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from infrafabric import Hazard, Route, agent_id, build_message, route, route_message
-from tests.conftest import NOW
+from infrafabric import Hazard, Route, route, route_message
+from tests.conftest import plain_message
 
 ESCALATING = Hazard(type="data-loss", severity="low", auto_escalate=True)
 QUIET = Hazard(type="cost", severity="critical", auto_escalate=False)
@@ -49,13 +49,5 @@ def test_routing_rule(hazard: Hazard | None, confidence: float | None, expected:
 def test_route_message_reads_content_confidence(
     content: dict[str, object], hazard: Hazard | None, expected: Route
 ) -> None:
-    message = build_message(
-        performative="inform",
-        sender=agent_id("a"),
-        receiver="if://agent/b",
-        content=content,
-        now=NOW,
-        sequence_num=1,
-        hazard=hazard,
-    )
+    message = plain_message(content=content, hazard=hazard)
     assert route_message(message) == expected

@@ -20,14 +20,13 @@ from infrafabric import (
     Signature,
     Verdict,
     Verifier,
-    build_message,
     encode_json,
     signing_input,
 )
 from infrafabric.protocol.identity import b64url_encode
 from infrafabric.protocol.keyring import DEFAULT_GRACE_SECONDS
 from infrafabric.protocol.replay import NonceCache, SequenceWindows
-from tests.conftest import NOW
+from tests.conftest import NOW, plain_message
 
 Make = Callable[..., Outbox]
 
@@ -47,14 +46,7 @@ def edit(raw: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
 
 def unsigned(outbox: Outbox, now: float = NOW) -> bytes:
     outbox.last_sequence += 1
-    message = build_message(
-        performative="inform",
-        sender=outbox.identity.agent,
-        receiver="if://agent/bob",
-        content={},
-        now=now,
-        sequence_num=outbox.last_sequence,
-    )
+    message = plain_message(outbox.identity.agent, now=now, sequence_num=outbox.last_sequence)
     return encode_json(message)
 
 
@@ -95,14 +87,7 @@ def test_tampered_header_is_bad_signature(
 
 def test_wrong_key_is_bad_signature(keyring: Keyring, make_agent: Make) -> None:
     alice, mallory = make_agent("alice"), make_agent("mallory")
-    message = build_message(
-        performative="inform",
-        sender=alice.identity.agent,
-        receiver="if://agent/bob",
-        content={},
-        now=NOW,
-        sequence_num=1,
-    )
+    message = plain_message(alice.identity.agent)
     # mallory signs alice's message with her own key and labels it with alice's kid
     sig = b64url_encode(mallory.identity.sign_bytes(signing_input(message)))
     forged = msgspec.structs.replace(
