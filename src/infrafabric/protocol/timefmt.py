@@ -6,6 +6,7 @@ every implementation can parse it; fractions of a second may have 1 to 9 digits.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -18,6 +19,9 @@ _RFC3339_UTC = re.compile(
 )  # ASCII digits only
 
 
+# Decoding checks every timestamp and the verifier then needs its value: a small cache
+# turns the second parse into a lookup. (Failures are not cached; they raise.)
+@functools.lru_cache(maxsize=4096)
 def parse_timestamp(text: str) -> Timestamp:
     """Return the POSIX time of an RFC 3339 UTC timestamp.
 
