@@ -54,10 +54,11 @@ def test_create_then_unlock(store: Keystore) -> None:
 
 def test_files_are_private_and_hold_no_plaintext_key(store: Keystore) -> None:
     identity = store.create("alice", PASS, now=NOW)
-    for directory in (store.home / "identities", store.home / "keyring"):
+    for directory in (store.home, store.home / "identities", store.home / "keyring"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
         for path in directory.iterdir():
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+            if path.is_file():
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     text = (store.identities_dir / "alice.json").read_text()
     assert identity.seed.hex() not in text
     assert b64url_encode(identity.seed) not in text
@@ -223,3 +224,39 @@ def test_a_key_lost_from_the_keyring_files_is_restored(store: Keystore) -> None:
     record = store.load_keyring().active("if://agent/alice")
     assert record is not None
     assert record.kid == identity.kid
+
+
+def test_an_identity_file_copied_over_another_is_refused(store: Keystore) -> None:
+    store.create("alice", PASS, now=NOW)
+    store.create("bob", PASS, now=NOW)
+    (store.identities_dir / "alice.json").write_bytes(
+        (store.identities_dir / "bob.json").read_bytes()
+    )
+    with pytest.raises(KeystoreCorrupt, match="not 'alice'"):
+        store.unlock("alice", PASS)
+
+
+def test_an_absurd_kdf_cost_in_a_file_is_refused_before_running(store: Keystore) -> None:
+    store.create("alice", PASS, now=NOW)
+    path = store.identities_dir / "alice.json"
+    document = json.loads(path.read_text())
+    document["sealed"]["kdf"]["memory_kib"] = 4 * 1024 * 1024  # 4 GiB
+    path.write_text(json.dumps(document))
+    with pytest.raises(KeystoreCorrupt, match="1 GiB"):
+        store.unlock("alice", PASS)
+
+
+def _create_alice(home: str) -> str:
+    try:
+        Keystore(home, kdf=FAST).create("alice", PASS, now=NOW)
+    except IdentityExists:
+        return "exists"
+    return "created"
+
+
+def test_racing_creators_make_one_identity(store: Keystore) -> None:
+    with ProcessPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(_create_alice, [str(store.home)] * 8))
+    assert outcomes.count("created") == 1
+    assert outcomes.count("exists") == 7
+    assert len(store.load_keyring().for_agent("if://agent/alice")) == 1

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ __all__ = [
     "KdfCost",
     "Keystore",
     "default_home",
+    "keyring_lock",
     "load_keyring_dir",
     "write_keyring_dir",
 ]
@@ -84,10 +86,11 @@ class KdfCost:
     memory_kib: int = 64 * 1024
 
     def __post_init__(self) -> None:
-        if not (1 <= self.iterations <= 64 and 1 <= self.lanes <= 64):
-            raise CallerError("Argon2id iterations and lanes must be between 1 and 64")
-        if not (8 * self.lanes <= self.memory_kib <= 4 * 1024 * 1024):
-            raise CallerError("Argon2id memory must be between 8 KiB per lane and 4 GiB")
+        # Bounded both ways: a file with a tampered cost must not make unlocking hang.
+        if not (1 <= self.iterations <= 16 and 1 <= self.lanes <= 16):
+            raise CallerError("Argon2id iterations and lanes must be between 1 and 16")
+        if not (8 * self.lanes <= self.memory_kib <= 1024 * 1024):
+            raise CallerError("Argon2id memory must be between 8 KiB per lane and 1 GiB")
 
 
 class _Kdf(Struct, frozen=True, forbid_unknown_fields=True):
@@ -120,6 +123,10 @@ class IdentityInfo(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
     last_rotation: str | UnsetType = UNSET  # the announcement JSON of the latest rotation
 
 
+# Placeholder while the associated data (which covers the other fields) is computed.
+_PENDING = _Sealed(_Kdf("argon2id", "", 1, 1, 8), "chacha20-poly1305", "", "")
+
+
 class Keystore:
     """Identities and the local keyring under one home directory."""
 
@@ -138,14 +145,12 @@ class Keystore:
         :class:`IdentityExists` if the name is taken."""
         agent = _checked_agent(name)
         _require_passphrase(passphrase)
-        path = self._identity_path(name)
-        if path.exists():
-            raise IdentityExists(name, f"already exists at {path}")
         identity = SigningIdentity.generate(agent)
-        self._save_identity(name, identity, passphrase, role=role, now=now)
-        keyring = self.load_keyring()
-        keyring.add(new_key_record(agent, identity.public_key, version=1, now=now, role=role))
-        write_keyring_dir(keyring, self.keyring_dir, agents=[agent])
+        with self._mutating():
+            self._save_identity(name, identity, passphrase, role=role, now=now, exclusive=True)
+            keyring = self.load_keyring()
+            keyring.add(new_key_record(agent, identity.public_key, version=1, now=now, role=role))
+            write_keyring_dir(keyring, self.keyring_dir, agents=[agent])
         return identity
 
     def names(self) -> list[str]:
@@ -168,12 +173,16 @@ class Keystore:
             raise KeystoreCorrupt(str(path), f"not an identity file: {exc}") from None
         if info.format != IDENTITY_FORMAT:
             raise KeystoreCorrupt(str(path), f"unknown format {info.format!r}")
+        if info.name != name or info.agent != _checked_agent(name):
+            raise KeystoreCorrupt(
+                str(path), f"holds identity {info.name!r} ({info.agent}), not {name!r}"
+            )
         return info
 
     def unlock(self, name: str, passphrase: str) -> SigningIdentity:
         """Decrypt identity ``name``; raises :class:`WrongPassphrase` if it does not open."""
         info = self.info(name)
-        seed = _unseal(info.sealed, passphrase, _aad(info.agent, info.kid), name)
+        seed = _unseal(info.sealed, passphrase, _aad(info), name)
         identity = SigningIdentity.from_seed(info.agent, seed, version=info.version)
         if identity.kid != info.kid:
             raise KeystoreCorrupt(str(self._identity_path(name)), "sealed seed does not match kid")
@@ -195,26 +204,28 @@ class Keystore:
         write, so a crash leaves either the old identity or the new one, never half.
         A compromised rotation needs ``operator`` (an unlocked operator identity).
         """
-        old = self.unlock(name, passphrase)
-        info = self.info(name)
         if kind is RotationKind.COMPROMISED and operator is None:
             raise CallerError("a compromised rotation is countersigned by an operator identity")
-        new = SigningIdentity.generate(old.agent, version=old.version + 1)
-        announcement = announce_rotation(
-            old.kid,
-            old.version,
-            new,
-            countersigner=operator if kind is RotationKind.COMPROMISED and operator else old,
-            kind=kind,
-            now=now,
-            sequence_num=self.reserve_sequence(name),
-        )
-        keyring = self.load_keyring()
-        apply_rotation(keyring, announcement, now)
-        self._save_identity(
-            name, new, passphrase, role=KeyRole(info.role), now=now, last_rotation=announcement
-        )
-        write_keyring_dir(keyring, self.keyring_dir, agents=[old.agent])
+        with self._mutating():  # two rotations at once would fork the identity
+            old = self.unlock(name, passphrase)
+            info = self.info(name)
+            new = SigningIdentity.generate(old.agent, version=old.version + 1)
+            announcement = announce_rotation(
+                old.kid,
+                old.version,
+                new,
+                countersigner=operator if kind is RotationKind.COMPROMISED and operator else old,
+                kind=kind,
+                now=now,
+                sequence_num=self.reserve_sequence(name),
+            )
+            keyring = self.load_keyring()
+            apply_rotation(keyring, announcement, now)
+            role = KeyRole(info.role)
+            self._save_identity(
+                name, new, passphrase, role=role, now=now, last_rotation=announcement
+            )
+            write_keyring_dir(keyring, self.keyring_dir, agents=[old.agent])
         return announcement
 
     def reserve_sequence(self, name: str, count: int = 1) -> int:
@@ -266,6 +277,13 @@ class Keystore:
 
     # -- internals ----------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _mutating(self) -> Iterator[None]:
+        """Hold the keyring lock while identities and keyring files change together."""
+        self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with keyring_lock(self.keyring_dir):
+            yield
+
     def _identity_path(self, name: str) -> Path:
         _checked_agent(name)  # refuses path tricks such as "../x"
         return self.identities_dir / f"{name}.json"
@@ -279,6 +297,7 @@ class Keystore:
         role: KeyRole,
         now: Timestamp,
         last_rotation: IFMessage | None = None,
+        exclusive: bool = False,
     ) -> None:
         info = IdentityInfo(
             format=IDENTITY_FORMAT,
@@ -289,10 +308,17 @@ class Keystore:
             kid=identity.kid,
             public_key=b64url_encode(identity.public_key),
             created_at=format_timestamp(now),
-            sealed=_seal(identity.seed, passphrase, _aad(identity.agent, identity.kid), self.kdf),
+            sealed=_PENDING,
             last_rotation=UNSET if last_rotation is None else encode_json(last_rotation).decode(),
         )
-        _write_private(self._identity_path(name), msgspec.json.format(msgspec.json.encode(info)))
+        sealed = _seal(identity.seed, passphrase, _aad(info), self.kdf)
+        document = msgspec.json.format(
+            msgspec.json.encode(msgspec.structs.replace(info, sealed=sealed))
+        )
+        try:
+            _write_private(self._identity_path(name), document, exclusive=exclusive)
+        except FileExistsError:
+            raise IdentityExists(name, f"already exists at {self._identity_path(name)}") from None
 
 
 def load_keyring_dir(directory: Path) -> Keyring:
@@ -346,8 +372,10 @@ def _require_passphrase(passphrase: str) -> None:
         )
 
 
-def _aad(agent: str, kid: str) -> bytes:
-    return f"{IDENTITY_FORMAT}\n{agent}\n{kid}".encode()
+def _aad(info: IdentityInfo) -> bytes:
+    """What the seal binds the seed to: a sealed seed moved to another file does not open."""
+    fields = (IDENTITY_FORMAT, info.name, info.agent, info.kid, info.role, str(info.version))
+    return "\n".join(fields).encode()
 
 
 def _derive(passphrase: str, salt: bytes, cost: KdfCost) -> bytes:
@@ -383,22 +411,37 @@ def _unseal(sealed: _Sealed, passphrase: str, aad: bytes, name: str) -> bytes:
         raise WrongPassphrase(name, "wrong passphrase (or the file was altered)") from None
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``, mode 0600, durable when this returns."""
+def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600, durable when this returns.
+
+    ``exclusive``: create ``path``, raising ``FileExistsError`` if it exists, even if
+    another process creates it at the same moment.
+    """
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(temp, path)
+    if exclusive:
+        try:
+            os.link(temp, path)  # fails if path exists: no check-then-write race
+        finally:
+            os.unlink(temp)
+    else:
+        os.replace(temp, path)
     directory = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def keyring_lock(directory: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on keyring directory ``directory`` for a read-modify-write."""
+    return _locked(directory / ".lock")
 
 
 @contextlib.contextmanager

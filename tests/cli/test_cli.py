@@ -105,6 +105,7 @@ def test_canonical_prints_exact_rfc8785_bytes(ifab: Shell) -> None:
         ('{"a": 1, "a": 2}', b"duplicate"),
         ('{"a": NaN}', b"NaN"),
         ("[1,", b"not a JSON"),
+        ('{"a": 1e400}', b"out of range"),
         ('{"a": 9007199254740993}', b"integer"),
     ],
 )

@@ -233,6 +233,32 @@ def test_duplicate_content_members_are_refused() -> None:
         decode_json(raw)
 
 
+@pytest.mark.parametrize(
+    ("find", "replace"),
+    [
+        (
+            b'"priority": "medium"',
+            b'"priority": "medium", "priority": "critical"',
+        ),  # envelope member
+        (b'"deep": {"k": 1}', b'"deep": {"k": 1, "k": 2}'),  # nested in content
+        (b'[{"k": 1}]', b'[{"k": 1, "k": 1}]'),  # inside an array, same value twice
+    ],
+    ids=["scope", "nested-content", "in-array"],
+)
+def test_duplicates_are_refused_at_any_depth(find: bytes, replace: bytes) -> None:
+    raw = wire(minimal(content={"deep": {"k": 1}, "list": [{"k": 1}]}))
+    assert find in raw
+    with pytest.raises(MessageError, match="duplicate"):
+        decode_json(raw.replace(find, replace))
+
+
+def test_keyword_construction_of_parts_validates_too() -> None:
+    with pytest.raises(MessageError, match="priority"):
+        Scope(priority="urgent")  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="severity"):
+        Hazard(type="x", severity="meh", auto_escalate=False)  # type: ignore[arg-type]
+
+
 def test_escaped_colons_take_the_exact_path() -> None:
     # An escaped colon lowers the raw colon count by one, a duplicate raises it by one:
     # the exact parser must see through the pair.
@@ -331,3 +357,27 @@ def test_integral_doubles_sign_as_integers_and_infinity_is_refused() -> None:
     assert signing_input(as_double) == signing_input(as_int)
     with pytest.raises(MessageError, match="out of range"):
         decode_json(wire(minimal(content={"a": 1.5})).replace(b"1.5", b"1e999"))
+
+
+def test_non_finite_costs_are_refused_everywhere() -> None:
+    with pytest.raises(MessageError, match="cost_usd"):
+        plain_message(provenance=Provenance(model="m", cost_usd=float("inf")))
+    with pytest.raises(MessageError, match="cost_usd"):
+        decode_json(
+            wire(minimal(provenance={"model": "m", "cost_usd": 1.5})).replace(b"1.5", b"1e300")
+        )
+    message = plain_message(provenance=Provenance(model="m", cost_usd=0.5))
+    packed = encode_msgpack(message).replace(
+        b"\xcb?\xe0\x00\x00\x00\x00\x00\x00", b"\xcb\x7f\xf0\x00\x00\x00\x00\x00\x00"
+    )
+    with pytest.raises(MessageError):
+        decode_msgpack(packed)  # 0.5 replaced by infinity on the MessagePack side
+
+
+def test_content_depth_counts_the_envelope_around_it() -> None:
+    deepest: Any = 0
+    for _ in range(62):
+        deepest = [deepest]
+    assert signing_input(plain_message(content={"x": deepest}))  # envelope + content + 62 = 64
+    with pytest.raises(MessageError, match="nesting"):
+        plain_message(content={"x": [deepest]})

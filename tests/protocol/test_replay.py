@@ -53,3 +53,13 @@ def test_bounds_must_be_positive(bad: int) -> None:
         NonceCache(max_entries=bad)
     with pytest.raises(ValueError, match="at least 1"):
         SequenceWindows(window=bad)
+
+
+def test_a_huge_jump_costs_nothing() -> None:
+    window = SequenceWindow(64)
+    window.accept(1)
+    window.accept(2**53 - 1)  # shifting by the jump before masking would need 2**53 bits
+    assert window.seen == 1
+    assert window.highest == 2**53 - 1
+    assert not window.would_accept(1)
+    assert window.would_accept(2**53 - 2)

@@ -19,6 +19,7 @@ from infrafabric import (
     encode_json,
     new_key_record,
 )
+from infrafabric.errors import KeyringError
 from infrafabric.protocol.keyring import DEFAULT_GRACE_SECONDS
 from infrafabric.protocol.reasons import Reason
 from tests.conftest import NOW, plain_message
@@ -125,10 +126,103 @@ def test_a_stale_announcement_is_applied_late_with_its_own_time(world: World) ->
 
 def test_an_old_announcement_cannot_roll_back_a_later_rotation(world: World) -> None:
     apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED), NOW)
-    third = SigningIdentity.generate(world.alice.agent, version=2)
+    third = SigningIdentity.generate(world.alice.agent, version=3)
     with pytest.raises(RotationError) as caught:  # alice's v1 key is no longer active
         apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED, new=third), NOW)
     assert caught.value.reason == Reason.KEY_REVOKED
+
+
+def test_a_replaced_key_cannot_fork_the_identity(world: World) -> None:
+    # Whoever holds the old key during its grace must not mint a second live successor.
+    apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED), NOW)
+    fork = SigningIdentity.generate(world.alice.agent, version=3)
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(
+            world.keyring,
+            world.announce(RotationKind.EMERGENCY, new=fork, now=NOW + 3600),
+            NOW + 3600,
+        )
+    assert caught.value.reason == Reason.KEY_REVOKED
+    active = [
+        r.kid for r in world.keyring.for_agent(world.alice.agent) if r.state is KeyState.ACTIVE
+    ]
+    assert active == [world.new.kid]
+
+
+def test_versions_must_rise_past_every_known_key(world: World) -> None:
+    same_version = SigningIdentity.generate(world.alice.agent, version=1)
+    with pytest.raises(KeyringError):
+        world.announce(RotationKind.SCHEDULED, new=same_version)
+
+
+def test_late_application_reaches_the_same_state(world: World) -> None:
+    first = world.announce(RotationKind.SCHEDULED)
+    third = SigningIdentity.generate(world.alice.agent, version=3)
+    second = announce_rotation(
+        world.new.kid,
+        2,
+        third,
+        countersigner=world.new,
+        kind=RotationKind.EMERGENCY,
+        now=NOW + 3600,
+        sequence_num=6,
+    )
+    offline = Keyring(world.keyring.records())
+    apply_rotation(world.keyring, first, NOW)
+    apply_rotation(world.keyring, second, NOW + 3600)
+    late = NOW + 8 * 86_400  # after the first rotation's grace period
+    apply_rotation(offline, first, late)
+    apply_rotation(offline, second, late)
+    assert offline.records() == world.keyring.records()
+
+
+def test_an_operator_takes_an_identity_back_from_a_thief(world: World) -> None:
+    thief = SigningIdentity.generate(world.alice.agent, version=2)  # rotated with the stolen key
+    apply_rotation(world.keyring, world.announce(RotationKind.EMERGENCY, new=thief), NOW)
+    rescue = SigningIdentity.generate(world.alice.agent, version=3)
+    apply_rotation(
+        world.keyring,
+        world.announce(RotationKind.COMPROMISED, world.operator, new=rescue),
+        NOW + 60,
+    )
+    states = {r.kid: r.state for r in world.keyring.for_agent(world.alice.agent)}
+    assert states == {
+        world.alice.kid: KeyState.COMPROMISED,
+        thief.kid: KeyState.COMPROMISED,
+        rescue.kid: KeyState.ACTIVE,
+    }
+    assert (
+        Verifier(world.keyring).check(world.message_from(thief, 9, NOW + 60), now=NOW + 60).reason
+        is Reason.KEY_REVOKED
+    )
+    assert Verifier(world.keyring).check(world.message_from(rescue, 10, NOW + 60), now=NOW + 60).ok
+
+
+def test_a_compromised_operator_cannot_vouch_for_itself(world: World) -> None:
+    new_operator = SigningIdentity.generate(world.operator.agent, version=2)
+    announcement = announce_rotation(
+        world.operator.kid,
+        1,
+        new_operator,
+        countersigner=world.operator,
+        kind=RotationKind.COMPROMISED,
+        now=NOW,
+        sequence_num=1,
+    )
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, announcement, NOW)
+    assert caught.value.reason == Reason.UNAUTHORIZED
+
+
+def test_someone_elses_key_cannot_be_claimed_as_a_successor(world: World) -> None:
+    mallory = SigningIdentity.generate(agent_id("mallory"))
+    world.keyring.add(new_key_record(mallory.agent, mallory.public_key, version=1, now=NOW - 100))
+    as_alice = SigningIdentity.from_seed(
+        world.alice.agent, mallory.seed, version=2
+    )  # same key, alice's name
+    with pytest.raises(RotationError) as caught:
+        apply_rotation(world.keyring, world.announce(RotationKind.SCHEDULED, new=as_alice), NOW)
+    assert caught.value.reason == Reason.UNAUTHORIZED
 
 
 def test_predated_announcements_are_refused(world: World) -> None:

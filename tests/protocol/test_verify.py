@@ -152,12 +152,27 @@ def test_from_the_future(keyring: Keyring, make_agent: Make) -> None:
 
 
 def test_replayed_nonce(keyring: Keyring, make_agent: Make) -> None:
+    alice = make_agent("alice")
     verifier = Verifier(keyring)
-    raw = send(make_agent("alice"))
-    assert verifier.check(raw, now=NOW).ok
-    verdict = verifier.check(raw, now=NOW + 1)
+    first = alice.message(now=NOW, performative="inform", receiver="if://agent/bob", content={})
+    assert verifier.check(encode_json(first), now=NOW).ok
+    # The same nonce again, under a fresh sequence number the window would accept.
+    again = alice.message(
+        now=NOW, performative="inform", receiver="if://agent/bob", content={}, nonce=first.nonce
+    )
+    verdict = verifier.check(encode_json(again), now=NOW + 1)
     assert verdict.reason is Reason.REPLAY
+    assert "nonce" in verdict.detail
     assert not verdict.accepted
+
+
+def test_a_huge_sequence_jump_is_accepted_cheaply(keyring: Keyring, make_agent: Make) -> None:
+    alice = make_agent("alice")
+    verifier = Verifier(keyring)
+    assert verifier.check(send(alice), now=NOW).ok
+    alice.last_sequence = 2**53 - 2
+    assert verifier.check(send(alice), now=NOW).ok
+    assert verifier.sequences.highest(alice.identity.agent) == 2**53 - 1
 
 
 def test_replayed_sequence_number_with_a_fresh_nonce(keyring: Keyring, make_agent: Make) -> None:

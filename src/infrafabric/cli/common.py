@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import math
 import os
 import sys
 import time
@@ -84,7 +85,12 @@ def read_json_document(source: Path | None = None) -> Any:
     """Parse one strict JSON document (no duplicate names, no NaN/Infinity) from a file or stdin."""
     data = read_stdin() if source is None or str(source) == "-" else _read_file(source)
     try:
-        return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        return json.loads(
+            data,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constants,
+            parse_float=_finite,
+        )
     except (ValueError, RecursionError) as exc:
         fail(f"not a JSON document: {exc}")
 
@@ -121,6 +127,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate member name {key!r}")
         seen.add(key)
     return dict(pairs)
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:32]} is out of range")
+    return number
 
 
 def _no_constants(name: str) -> NoReturn:

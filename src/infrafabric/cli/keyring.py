@@ -11,7 +11,7 @@ import typer
 
 from infrafabric.cli.common import fail, keystore, print_table, read_json_document, reported_errors
 from infrafabric.errors import RotationError
-from infrafabric.keystore import load_keyring_dir, write_keyring_dir
+from infrafabric.keystore import keyring_lock, load_keyring_dir, write_keyring_dir
 from infrafabric.protocol.keyring import KEYRING_FORMAT, KeyringFile
 from infrafabric.protocol.message import IFMessage
 from infrafabric.protocol.rotation import apply_rotation
@@ -40,7 +40,7 @@ def add(
     """
     directory = keyring_dir if keyring_dir is not None else keystore().keyring_dir
     document = read_json_document(source)
-    with reported_errors():
+    with reported_errors(), keyring_lock(directory):
         keyring = load_keyring_dir(directory)
         if isinstance(document, dict) and document.get("format") == KEYRING_FORMAT:
             try:

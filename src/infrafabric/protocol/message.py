@@ -103,8 +103,28 @@ TextField = Annotated[str, Meta(min_length=1, max_length=128)]
 SafeCount = Annotated[int, Meta(ge=0, le=MAX_SAFE_INTEGER)]
 
 
+# While set, __post_init__ trusts the value: msgspec itself is validating it (decode or
+# convert), or this module is re-validating a value built with keyword arguments.
+_VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("_VALIDATING", default=False)
+
+
 class _Frozen(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of the envelope's parts: immutable, no unknown members."""
+    """Base of the envelope's parts: immutable, no unknown members, validated however made.
+
+    msgspec validates what it decodes or converts, but not keyword construction; this
+    runs the same validation then, so ``Scope(priority="urgent")`` fails as decoding would.
+    """
+
+    def __post_init__(self) -> None:
+        if _VALIDATING.get():
+            return
+        token = _VALIDATING.set(True)
+        try:
+            msgspec.convert(msgspec.to_builtins(self), type(self))
+        except msgspec.ValidationError as exc:
+            raise MessageError(str(exc)) from None
+        finally:
+            _VALIDATING.reset(token)
 
 
 class Scope(_Frozen, frozen=True):
@@ -131,7 +151,8 @@ class Provenance(_Frozen, frozen=True):
     model: TextField
     tokens_in: SafeCount | UnsetType = UNSET
     tokens_out: SafeCount | UnsetType = UNSET
-    cost_usd: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
+    # Finite: JSON has no infinity, and msgspec would write one as null.
+    cost_usd: Annotated[float, Meta(ge=0, le=1e15)] | UnsetType = UNSET
 
 
 class Signature(_Frozen, frozen=True):
@@ -140,11 +161,6 @@ class Signature(_Frozen, frozen=True):
     alg: Literal["ed25519"]
     kid: KidField
     sig: SignatureField
-
-
-# While set, __post_init__ trusts the value: msgspec itself is validating it (decode or
-# convert), or this module is re-validating a value built with keyword arguments.
-_VALIDATING: contextvars.ContextVar[bool] = contextvars.ContextVar("_VALIDATING", default=False)
 
 
 class IFMessage(_Frozen, frozen=True):
@@ -177,7 +193,7 @@ class IFMessage(_Frozen, frozen=True):
         token = _VALIDATING.set(True)
         try:
             msgspec.convert(msgspec.to_builtins(self), IFMessage)
-            canonical_json(self.content)  # content must be signable, not just JSON-ish
+            canonical_json(body_builtins(self))  # signable as a whole, not just JSON-ish
         except msgspec.ValidationError as exc:
             raise MessageError(str(exc)) from None
         except CanonicalizationError as exc:
@@ -267,7 +283,8 @@ def content_copy(content: Mapping[str, Any]) -> dict[str, Any]:
             # Not plain JSON data (tuples, enums; or NaN, non-string keys, objects that
             # msgspec writes as text): the exact canonicalizer accepts or refuses it.
             copy = _CONTENT_DECODER.decode(canonical_json(content))
-        canonical_json_of_data(copy)  # integers beyond 2**53, nesting deeper than 64
+        # integers beyond 2**53; nesting deeper than 64 counting the envelope around it
+        canonical_json_of_data({"content": copy})
     except CanonicalizationError as exc:
         raise MessageError(f"content has no canonical form: {exc}") from None
     return copy
@@ -392,7 +409,7 @@ def decode_msgpack(data: bytes) -> IFMessage:
     token = _VALIDATING.set(True)
     try:
         message = _MSGPACK_DECODER.decode(data)
-        canonical_json(message.content)  # MessagePack, unlike JSON, can carry NaN and infinities
+        canonical_json(body_builtins(message))  # MessagePack, unlike JSON, can carry NaN
         return message
     except CanonicalizationError as exc:
         raise MessageError(f"content has no canonical form: {exc}") from None

@@ -77,9 +77,13 @@ class SequenceWindow:
 
     def accept(self, number: int) -> None:
         """Record ``number``; call only after :meth:`would_accept` said yes."""
-        mask = (1 << self.size) - 1
         if number > self.highest:
-            self.seen = ((self.seen << (number - self.highest)) | 1) & mask
+            jump = number - self.highest
+            # Shift only within the window: a sender may jump by up to 2**53, and shifting
+            # by that much before masking would build an integer of that many bits.
+            self.seen = (
+                ((self.seen << jump) | 1) & ((1 << self.size) - 1) if jump < self.size else 1
+            )
             self.highest = number
         else:
             self.seen |= 1 << (self.highest - number)

@@ -147,25 +147,47 @@ def apply_rotation(
     """Check a rotation announcement and apply it to ``keyring``; returns the new key's record.
 
     Applying the same announcement twice is a no-op. Raises :class:`RotationError` whose
-    ``reason`` is a :class:`Reason` code (``MALFORMED``, ``FROM_FUTURE``,
+    ``reason`` is a :class:`Reason` code (``MALFORMED``, ``FROM_FUTURE``, ``UNSIGNED``,
     ``UNKNOWN_KEY``, ``KEY_REVOKED``, ``BAD_SIGNATURE``, ``UNAUTHORIZED``); the keyring is
-    unchanged then. Unlike ordinary messages, an announcement does not expire: it may be
-    applied late, with the same effect.
+    unchanged then. Unlike ordinary messages an announcement does not expire: every key
+    is judged as of the announcement's own timestamp, so a keyring that applies it late
+    (in the order the announcements were made) reaches the same state.
     """
     statement, countersignature = _parse(message)
     _check_clock(message, now, clock_skew)
     new_key = b64url_decode(statement.new_public_key)
     _check_new_key(message, statement, new_key)
     known = keyring.get(statement.new_kid)
-    if known is not None and known.public_key == statement.new_public_key:
-        return known  # already applied
+    if known is not None and (known.agent, known.public_key, known.version) == (
+        statement.agent,
+        statement.new_public_key,
+        statement.new_version,
+    ):
+        return known  # already applied (only the new key's holder could have signed this)
     old = keyring.get(statement.old_kid)
     if old is None or old.agent != statement.agent:
         raise RotationError(Reason.UNKNOWN_KEY, f"no key {statement.old_kid} for {statement.agent}")
-    if statement.new_version <= old.version:
-        raise RotationError(Reason.MALFORMED, "new_version must exceed the old key's version")
-    _check_countersignature(keyring, statement, countersignature, old, now)
-    return _apply(keyring, message, statement, old)
+    effective = message.sent_at
+    _check_succession(keyring, statement, old, known)
+    _check_countersignature(keyring, statement, countersignature, old, effective)
+    return _apply(keyring, statement, old, effective)
+
+
+def _check_succession(
+    keyring: Keyring, statement: RotationStatement, old: KeyRecord, known: KeyRecord | None
+) -> None:
+    """One successor per key, versions rising: no fork of an identity into two live keys."""
+    if known is not None:
+        raise RotationError(Reason.UNAUTHORIZED, f"key {statement.new_kid} is already known")
+    newest = max(record.version for record in keyring.for_agent(statement.agent))
+    if statement.new_version <= newest:
+        raise RotationError(
+            Reason.MALFORMED, f"new_version must exceed {newest}, the newest version"
+        )
+    if statement.kind is RotationKind.COMPROMISED:
+        return  # an operator may replace any key; _apply retires its successors too
+    if old.state is not KeyState.ACTIVE or old.replaced_by is not msgspec.UNSET:
+        raise RotationError(Reason.KEY_REVOKED, f"key {old.kid} is {old.state}, already replaced")
 
 
 def _parse(message: IFMessage) -> tuple[RotationStatement, Countersignature]:
@@ -213,7 +235,7 @@ def _check_countersignature(
     statement: RotationStatement,
     countersignature: Countersignature,
     old: KeyRecord,
-    now: Timestamp,
+    effective: Timestamp,
 ) -> None:
     if statement.kind is RotationKind.COMPROMISED:
         signer = keyring.get(countersignature.kid)
@@ -222,15 +244,13 @@ def _check_countersignature(
                 Reason.UNAUTHORIZED,
                 "a compromised key's rotation needs an operator countersignature",
             )
-        resolution = keyring.resolve(signer.agent, signer.kid, now)
+        if signer.kid in _successors(keyring, old):
+            raise RotationError(Reason.UNAUTHORIZED, "a compromised key cannot vouch for itself")
+    elif countersignature.kid == old.kid:
+        signer = old
     else:
-        if countersignature.kid != old.kid:
-            raise RotationError(
-                Reason.UNAUTHORIZED, "the old key must countersign its own rotation"
-            )
-        if statement.kind is RotationKind.SCHEDULED and old.state is not KeyState.ACTIVE:
-            raise RotationError(Reason.KEY_REVOKED, f"key {old.kid} is {old.state}, not active")
-        resolution = keyring.resolve(old.agent, old.kid, now)
+        raise RotationError(Reason.UNAUTHORIZED, "the old key must countersign its own rotation")
+    resolution = keyring.resolve(signer.agent, signer.kid, effective)
     if resolution.reason is not None or resolution.verify_key is None:
         raise RotationError(resolution.reason or Reason.UNKNOWN_KEY, resolution.detail)
     try:
@@ -241,10 +261,21 @@ def _check_countersignature(
         raise RotationError(Reason.BAD_SIGNATURE, "countersignature does not verify")
 
 
+def _successors(keyring: Keyring, record: KeyRecord) -> list[str]:
+    """``record``'s kid and the kids it vouched for, following ``replaced_by``."""
+    chain = [record.kid]
+    while (
+        current := keyring.get(chain[-1])
+    ) is not None and current.replaced_by is not msgspec.UNSET:
+        if current.replaced_by in chain:
+            break
+        chain.append(current.replaced_by)
+    return chain
+
+
 def _apply(
-    keyring: Keyring, message: IFMessage, statement: RotationStatement, old: KeyRecord
+    keyring: Keyring, statement: RotationStatement, old: KeyRecord, effective: Timestamp
 ) -> KeyRecord:
-    effective = message.sent_at
     new_record = KeyRecord(
         agent=statement.agent,
         kid=statement.new_kid,
@@ -255,15 +286,19 @@ def _apply(
         created_at=format_timestamp(effective),
         rotate_after=format_timestamp(effective + DEFAULT_ROTATION_SECONDS),
     )
+    retired = _successors(keyring, old)  # computed before the new key joins the chain
     keyring.add(new_record)
     if statement.kind is RotationKind.SCHEDULED:
         keyring.deprecate(
             old.kid, effective, grace_seconds=statement.grace_seconds, replaced_by=statement.new_kid
         )
+    elif statement.kind is RotationKind.EMERGENCY:
+        keyring.revoke(old.kid, effective, replaced_by=statement.new_kid)
     else:
-        compromised = statement.kind is RotationKind.COMPROMISED
-        with contextlib.suppress(KeyringError):  # already revoked at least this far
-            keyring.revoke(
-                old.kid, effective, compromised=compromised, replaced_by=statement.new_kid
-            )
+        # Whatever a compromised key vouched for is tainted: a thief may have rotated it
+        # to a key of their own. The old key and all its successors are retired together.
+        for kid in retired:
+            successor = None if kid != retired[-1] else statement.new_kid  # keep the history
+            with contextlib.suppress(KeyringError):  # already compromised
+                keyring.revoke(kid, effective, compromised=True, replaced_by=successor)
     return new_record

@@ -15,7 +15,6 @@ nonce cache or a sequence window:
 
 from __future__ import annotations
 
-import fnmatch
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Final, Protocol
 from msgspec import UNSET
 
 from infrafabric.errors import MessageError
+from infrafabric.protocol.addresses import address_matches
 from infrafabric.protocol.identity import b64url_decode, verify_signature
 from infrafabric.protocol.keyring import KeyRecord, Keyring
 from infrafabric.protocol.message import IFMessage, decode_with_signing_input
@@ -95,20 +95,22 @@ class AllowAll:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """Senders matching ``sender`` (fnmatch pattern) may use ``performatives`` (``None``:
-    any) towards receivers matching one of ``receivers``."""
+    """Senders matching ``sender`` may use ``performatives`` (``None``: any) towards
+    receivers that each match one of ``receivers``. Patterns match segment by segment
+    (:func:`~infrafabric.protocol.addresses.address_matches`): ``*`` is one segment,
+    ``**`` any number."""
 
     sender: str
     performatives: frozenset[str] | None = None
-    receivers: tuple[str, ...] = ("*",)
+    receivers: tuple[str, ...] = ("**",)
 
     def allows(self, message: IFMessage) -> bool:
-        if not fnmatch.fnmatchcase(message.sender, self.sender):
+        if not address_matches(self.sender, message.sender):
             return False
         if self.performatives is not None and message.performative not in self.performatives:
             return False
         return all(
-            any(fnmatch.fnmatchcase(receiver, pattern) for pattern in self.receivers)
+            any(address_matches(pattern, receiver) for pattern in self.receivers)
             for receiver in message.receivers
         )
 
