@@ -31,11 +31,9 @@ def parse_timestamp(text: str) -> Timestamp:
     match = _RFC3339_UTC.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 UTC timestamp: {text[:40]!r}")
-    year, month, day, hour, minute, second, fraction = match.groups()
-    instant = datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC
-    )
-    seconds = instant.timestamp()
+    # fromisoformat validates the calendar (no February 30, no second 60) in C.
+    seconds = datetime.fromisoformat(text[:19] + "+00:00").timestamp()
+    fraction = match.group(7)
     if fraction:
         seconds += int(fraction) / 10 ** len(fraction)
     return seconds
