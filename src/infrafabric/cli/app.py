@@ -20,6 +20,7 @@ app = typer.Typer(
         "Keys live under $IFAB_HOME (default: your config dir); passphrases come from "
         "$IFAB_PASSPHRASE or a terminal prompt."
     ),
+    epilog="Exit status: 0 success; 1 refused (rejected message, wrong passphrase, bad input); 2 usage error.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
