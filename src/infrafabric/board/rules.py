@@ -1,0 +1,548 @@
+"""Operations on the task board: pure functions from tasks (and ``now``) to an outcome.
+
+An :class:`Outcome` lists the new values of every task it changes (each one version up)
+and the events to publish. A store applies an outcome atomically, each task compared and
+set on the version it was read at, so of two agents racing for one task exactly one
+outcome lands; the other store call reports a conflict and changes nothing.
+
+Who may do what: only the owner may heartbeat, report progress, block, unblock,
+complete, fail or give up a task, and only while its lease runs. A lease that has run
+out is gone even before :func:`expire` has been applied: the next claimant may already be
+working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from infrafabric.board.dag import check_new_dependencies
+from infrafabric.board.model import MILESTONES, Blocker, BoardEvent, Milestone, Task, TaskState
+from infrafabric.board.transitions import TaskEvent, next_state
+from infrafabric.errors import CallerError
+from infrafabric.types import AgentId, Timestamp
+
+__all__ = [
+    "BoardConfig",
+    "Health",
+    "InvalidTask",
+    "LeaseLost",
+    "NotOwner",
+    "Outcome",
+    "block",
+    "cancel",
+    "claim",
+    "complete",
+    "create",
+    "escalate_blocked",
+    "expire",
+    "fail",
+    "give_up",
+    "health",
+    "heartbeat",
+    "pick_next",
+    "progress",
+    "qualifies",
+    "select_helpers",
+    "unblock",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BoardConfig:
+    """Every threshold of the board, with the defaults of DESIGN.md section 4."""
+
+    lease_seconds: float = 120.0
+    max_attempts: int = 3
+    max_helpers: int = 3
+    healthy_within: float = 30.0  # green below this many seconds since the last heartbeat
+    alive_within: float = 300.0  # yellow below this, red beyond
+    escalate_blocked_after: float = 1800.0
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """New task values (each exactly one version above what was read) and events."""
+
+    tasks: tuple[Task, ...] = ()
+    events: tuple[BoardEvent, ...] = ()
+    created: frozenset[str] = field(default_factory=frozenset)  # ids that must not exist yet
+
+    def __add__(self, other: Outcome) -> Outcome:
+        return Outcome(
+            self.tasks + other.tasks, self.events + other.events, self.created | other.created
+        )
+
+
+class InvalidTask(CallerError):
+    """A task definition or request is invalid; ``task_id`` names it."""
+
+    def __init__(self, task_id: str, detail: str) -> None:
+        super().__init__(f"task {task_id}: {detail}")
+        self.task_id = task_id
+        self.detail = detail
+
+
+class NotOwner(CallerError):
+    """``agent`` tried to act on a task another agent (or nobody) owns."""
+
+    def __init__(self, task_id: str, agent: AgentId, owner: AgentId | None) -> None:
+        super().__init__(f"task {task_id} is owned by {owner or 'nobody'}, not {agent}")
+        self.task_id = task_id
+        self.agent = agent
+        self.owner = owner
+
+
+class LeaseLost(NotOwner):
+    """The agent's lease on the task ran out; another agent may hold it now."""
+
+    def __init__(self, task_id: str, agent: AgentId, expired_at: Timestamp) -> None:
+        CallerError.__init__(
+            self, f"task {task_id}: the lease of {agent} ran out at {expired_at:.3f}"
+        )
+        self.task_id = task_id
+        self.agent = agent
+        self.owner = agent
+
+
+class Health(StrEnum):
+    GREEN = "green"
+    YELLOW = "yellow"
+    RED = "red"
+
+
+# -- creating ----------------------------------------------------------------------------
+
+
+def create(
+    specs: Sequence[Task],
+    existing: Mapping[str, Task],
+    now: Timestamp,
+    config: BoardConfig = BoardConfig(),
+) -> Outcome:
+    """Create ``specs`` together (they may depend on each other and on ``existing``).
+
+    Each starts ``available``, or ``waiting`` while a dependency is unfinished (a failed
+    dependency is listed in ``failed_dependencies``). Raises :class:`InvalidTask` for a
+    bad definition and :class:`~infrafabric.board.dag.DependencyError` for an unknown
+    dependency or a cycle.
+    """
+    for spec in specs:
+        _validate(spec)
+    check_new_dependencies(specs, existing)
+    batch = {spec.id: spec for spec in specs}
+    tasks, events = [], []
+    for spec in specs:
+        states = [(batch.get(dep) or existing[dep]).state for dep in spec.dependencies]
+        pending = any(dep in batch for dep in spec.dependencies) or any(
+            state is not TaskState.COMPLETED for state in states
+        )
+        failed = tuple(
+            dep
+            for dep, state in zip(spec.dependencies, states, strict=True)
+            if dep not in batch and _failed(state)
+        )
+        task = msgspec.structs.replace(
+            spec,
+            state=TaskState.WAITING if pending else TaskState.AVAILABLE,
+            owner=None,
+            lease_expires_at=None,
+            attempts=0,
+            max_attempts=spec.max_attempts or config.max_attempts,
+            failed_dependencies=failed,
+            created_at=now,
+            updated_at=now,
+            version=1,
+        )
+        tasks.append(task)
+        events.append(_event("task.created", task, None, now))
+    return Outcome(tuple(tasks), tuple(events), frozenset(batch))
+
+
+def _validate(spec: Task) -> None:
+    if not spec.title.strip():
+        raise InvalidTask(spec.id, "a task needs a title")
+    if not 0 <= spec.priority <= 100:
+        raise InvalidTask(spec.id, f"priority {spec.priority} is outside 0..100")
+    if spec.max_attempts < 0:
+        raise InvalidTask(spec.id, "max_attempts cannot be negative")
+    if len(set(spec.dependencies)) != len(spec.dependencies):
+        raise InvalidTask(spec.id, "a dependency is listed twice")
+
+
+def _failed(state: TaskState) -> bool:
+    return state in (TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED)
+
+
+# -- claiming ----------------------------------------------------------------------------
+
+
+def qualifies(task: Task, capabilities: Iterable[str]) -> bool:
+    """The agent has every capability the task requires (the governor refines this)."""
+    return set(task.required_capabilities) <= set(capabilities)
+
+
+def pick_next(candidates: Iterable[Task], accept: Callable[[Task], bool]) -> Task | None:
+    """The available task to claim next: highest priority, then oldest, then by id."""
+    available = [task for task in candidates if task.state is TaskState.AVAILABLE and accept(task)]
+    if not available:
+        return None
+    return min(available, key=lambda task: (-task.priority, task.created_at, task.id))
+
+
+def claim(
+    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = BoardConfig()
+) -> Outcome:
+    """``agent`` takes ``task`` under a lease of ``config.lease_seconds``."""
+    claimed = _move(
+        task,
+        TaskEvent.CLAIM,
+        now,
+        owner=agent,
+        lease_expires_at=now + config.lease_seconds,
+        blocker=None,
+    )
+    return Outcome(
+        (claimed,),
+        (_event("task.claimed", claimed, agent, now, lease_expires_at=claimed.lease_expires_at),),
+    )
+
+
+# -- working -----------------------------------------------------------------------------
+
+
+def heartbeat(
+    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = BoardConfig()
+) -> Outcome:
+    """Renew ``agent``'s lease on ``task``."""
+    _require_owner(task, agent, now)
+    renewed = _move(task, TaskEvent.HEARTBEAT, now, lease_expires_at=now + config.lease_seconds)
+    return Outcome((renewed,), ())
+
+
+def progress(
+    task: Task,
+    agent: AgentId,
+    percent: int,
+    note: str,
+    now: Timestamp,
+    config: BoardConfig = BoardConfig(),
+) -> Outcome:
+    """Record a milestone (0, 25, 50, 75 or 100 %); also renews the lease."""
+    _require_owner(task, agent, now)
+    if percent not in MILESTONES:
+        raise InvalidTask(task.id, f"progress is reported at {MILESTONES} percent, not {percent}")
+    if percent < task.progress:
+        raise InvalidTask(
+            task.id, f"progress cannot go back from {task.progress} to {percent} percent"
+        )
+    moved = _move(
+        task,
+        TaskEvent.PROGRESS,
+        now,
+        milestones=(*task.milestones, Milestone(percent, note, now)),
+        lease_expires_at=now + config.lease_seconds,
+    )
+    return Outcome(
+        (moved,), (_event("task.progress", moved, agent, now, percent=percent, note=note),)
+    )
+
+
+def block(
+    task: Task,
+    agent: AgentId,
+    blocker: Blocker,
+    now: Timestamp,
+    fillers: Iterable[Task] = (),
+    capabilities: Iterable[str] = (),
+) -> Outcome:
+    """``agent`` is blocked on ``task``; offers it the best filler task it qualifies for."""
+    _require_owner(task, agent, now)
+    if not blocker.type.strip() or not blocker.description.strip():
+        raise InvalidTask(task.id, "a blocker needs a type and a description")
+    recorded = msgspec.structs.replace(blocker, since=now, escalated_at=None)
+    blocked = _move(task, TaskEvent.BLOCK, now, blocker=recorded)
+    events = [_event("task.blocked", blocked, agent, now, blocker=msgspec.to_builtins(recorded))]
+    have = tuple(capabilities)
+    filler = pick_next(fillers, lambda candidate: candidate.filler and qualifies(candidate, have))
+    if filler is not None:
+        events.append(
+            _event("filler.offered", filler, agent, now, offered_to=agent, blocked_task=task.id)
+        )
+    return Outcome((blocked,), tuple(events))
+
+
+def unblock(
+    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = BoardConfig()
+) -> Outcome:
+    """The owner resumes ``task``: its blocker is cleared and its lease renewed."""
+    _require_owner(task, agent, now)
+    resumed = _move(
+        task, TaskEvent.UNBLOCK, now, blocker=None, lease_expires_at=now + config.lease_seconds
+    )
+    return Outcome((resumed,), (_event("task.unblocked", resumed, agent, now),))
+
+
+# -- finishing ---------------------------------------------------------------------------
+
+
+def complete(
+    task: Task,
+    agent: AgentId,
+    result: Mapping[str, Any],
+    now: Timestamp,
+    dependents: Iterable[Task] = (),
+    state_of: Callable[[str], TaskState | None] = lambda _: None,
+) -> Outcome:
+    """``agent`` completes ``task``; waiting dependents whose dependencies are now all
+    completed become available, highest priority first."""
+    _require_owner(task, agent, now)
+    done = _move(
+        task,
+        TaskEvent.COMPLETE,
+        now,
+        result=dict(result),
+        owner=None,
+        lease_expires_at=None,
+        last_owner=agent,
+    )
+    outcome = Outcome((done,), (_event("task.completed", done, agent, now),))
+    return outcome + _release(done, dependents, state_of, now)
+
+
+def fail(
+    task: Task,
+    agent: AgentId,
+    reason: str,
+    now: Timestamp,
+    *,
+    retry: bool = True,
+    dependents: Iterable[Task] = (),
+) -> Outcome:
+    """``agent`` failed ``task``. With ``retry`` (and attempts left) it becomes available
+    again; otherwise it is ``failed`` (or ``dead`` once attempts run out), which waiting
+    dependents then show."""
+    _require_owner(task, agent, now)
+    again = TaskEvent.FAIL_RETRY if retry else TaskEvent.FAIL_FINAL
+    return _end_attempt(
+        task, agent, now, again, reason=reason, kind="task.failed", dependents=dependents
+    )
+
+
+def give_up(task: Task, agent: AgentId, now: Timestamp) -> Outcome:
+    """``agent`` hands ``task`` back untouched; this does not count as an attempt."""
+    _require_owner(task, agent, now)
+    returned = _move(
+        task,
+        TaskEvent.GIVE_UP,
+        now,
+        owner=None,
+        lease_expires_at=None,
+        blocker=None,
+        last_owner=agent,
+    )
+    return Outcome((returned,), (_event("task.returned", returned, agent, now),))
+
+
+def expire(task: Task, now: Timestamp, dependents: Iterable[Task] = ()) -> Outcome:
+    """Return ``task`` to the board if its lease ran out (nothing happens otherwise). The
+    expired claim counts as an attempt, recorded with the old owner."""
+    if not task.state.owned or task.lease_expires_at is None or task.lease_expires_at >= now:
+        return Outcome()
+    assert task.owner is not None  # an owned task always has one
+    return _end_attempt(
+        task,
+        task.owner,
+        now,
+        TaskEvent.EXPIRE,
+        reason="lease expired",
+        kind="task.expired",
+        dependents=dependents,
+    )
+
+
+def cancel(
+    task: Task, actor: AgentId | None, reason: str, now: Timestamp, dependents: Iterable[Task] = ()
+) -> Outcome:
+    """Cancel ``task`` (an operator's or its creator's decision, checked by the caller)."""
+    cancelled = _move(
+        task, TaskEvent.CANCEL, now, owner=None, lease_expires_at=None, failure=reason
+    )
+    outcome = Outcome(
+        (cancelled,), (_event("task.cancelled", cancelled, actor, now, reason=reason),)
+    )
+    return outcome + _propagate_failure(cancelled, dependents, now)
+
+
+def _end_attempt(
+    task: Task,
+    agent: AgentId,
+    now: Timestamp,
+    event: TaskEvent,
+    *,
+    reason: str,
+    kind: str,
+    dependents: Iterable[Task],
+) -> Outcome:
+    """End the current claim with ``event`` (a retry, or failure for good); a retry that
+    would exceed ``max_attempts`` kills the task instead."""
+    attempts = task.attempts + 1
+    if event is not TaskEvent.FAIL_FINAL and attempts >= task.max_attempts:
+        event = TaskEvent.EXHAUST
+    retried = event is not TaskEvent.FAIL_FINAL and event is not TaskEvent.EXHAUST
+    ended = _move(
+        task,
+        event,
+        now,
+        owner=None,
+        lease_expires_at=None,
+        blocker=None,
+        attempts=attempts,
+        failure=reason,
+        last_owner=agent,
+        milestones=() if retried else task.milestones,  # the next attempt starts at 0 %
+    )
+    events = [_event(kind, ended, agent, now, reason=reason, attempts=attempts, old_owner=agent)]
+    if ended.state is TaskState.DEAD:
+        events.append(_event("task.dead", ended, agent, now, attempts=attempts))
+    outcome = Outcome((ended,), tuple(events))
+    if ended.state.final:
+        outcome = outcome + _propagate_failure(ended, dependents, now)
+    return outcome
+
+
+def _release(
+    done: Task,
+    dependents: Iterable[Task],
+    state_of: Callable[[str], TaskState | None],
+    now: Timestamp,
+) -> Outcome:
+    ready = []
+    for waiting in dependents:
+        if waiting.state is not TaskState.WAITING or done.id not in waiting.dependencies:
+            continue
+        others = [dep for dep in waiting.dependencies if dep != done.id]
+        if all(state_of(dep) is TaskState.COMPLETED for dep in others):
+            ready.append(waiting)
+    ready.sort(key=lambda task: (-task.priority, task.created_at, task.id))
+    released = [_move(task, TaskEvent.RELEASE, now) for task in ready]
+    return Outcome(
+        tuple(released),
+        tuple(_event("task.released", task, None, now, after=done.id) for task in released),
+    )
+
+
+def _propagate_failure(ended: Task, dependents: Iterable[Task], now: Timestamp) -> Outcome:
+    marked = [
+        msgspec.structs.replace(
+            task,
+            failed_dependencies=(*task.failed_dependencies, ended.id),
+            updated_at=now,
+            version=task.version + 1,
+        )
+        for task in dependents
+        if task.state is TaskState.WAITING
+        and ended.id in task.dependencies
+        and ended.id not in task.failed_dependencies
+    ]
+    events = tuple(
+        _event(
+            "task.dependency_failed",
+            task,
+            None,
+            now,
+            dependency=ended.id,
+            dependency_state=str(ended.state),
+        )
+        for task in marked
+    )
+    return Outcome(tuple(marked), events)
+
+
+# -- watching ----------------------------------------------------------------------------
+
+
+def escalate_blocked(
+    tasks: Iterable[Task], now: Timestamp, config: BoardConfig = BoardConfig()
+) -> Outcome:
+    """Escalate, once each, tasks blocked longer than ``config.escalate_blocked_after``."""
+    escalated = []
+    for task in tasks:
+        blocker = task.blocker
+        if (
+            task.state is not TaskState.BLOCKED
+            or blocker is None
+            or blocker.escalated_at is not None
+        ):
+            continue
+        if now - blocker.since > config.escalate_blocked_after:
+            escalated.append(
+                msgspec.structs.replace(
+                    task,
+                    blocker=msgspec.structs.replace(blocker, escalated_at=now),
+                    updated_at=now,
+                    version=task.version + 1,
+                )
+            )
+    events = tuple(
+        _event("task.escalated", task, task.owner, now, blocked_for=now - task.blocker.since)  # type: ignore[union-attr]
+        for task in escalated
+    )
+    return Outcome(tuple(escalated), events)
+
+
+def health(
+    last_seen: Timestamp | None, now: Timestamp, config: BoardConfig = BoardConfig()
+) -> Health:
+    """Green within 30 s of the last heartbeat, yellow within 5 min, red beyond (defaults)."""
+    if last_seen is None:
+        return Health.RED
+    quiet = now - last_seen
+    if quiet < config.healthy_within:
+        return Health.GREEN
+    if quiet < config.alive_within:
+        return Health.YELLOW
+    return Health.RED
+
+
+def select_helpers(
+    agents: Mapping[AgentId, Iterable[str]],
+    needed: Iterable[str],
+    *,
+    exclude: Iterable[AgentId] = (),
+    max_helpers: int = 3,
+) -> list[AgentId]:
+    """Up to ``max_helpers`` agents having every ``needed`` capability, by name (the
+    governor will rank them by cost and reputation)."""
+    need, skip = set(needed), set(exclude)
+    qualified = [agent for agent, caps in agents.items() if agent not in skip and need <= set(caps)]
+    return sorted(qualified)[:max_helpers]
+
+
+# -- internals ---------------------------------------------------------------------------
+
+
+def _require_owner(task: Task, agent: AgentId, now: Timestamp) -> None:
+    if not task.state.owned or task.owner != agent:
+        raise NotOwner(task.id, agent, task.owner)
+    if task.lease_expires_at is not None and task.lease_expires_at < now:
+        raise LeaseLost(task.id, agent, task.lease_expires_at)
+
+
+def _move(task: Task, event: TaskEvent, now: Timestamp, **changes: Any) -> Task:
+    state = next_state(task.id, task.state, event)
+    return msgspec.structs.replace(
+        task, state=state, updated_at=now, version=task.version + 1, **changes
+    )
+
+
+def _event(
+    kind: str, task: Task, actor: AgentId | None, now: Timestamp, **payload: Any
+) -> BoardEvent:
+    return BoardEvent(
+        kind=kind, task_id=task.id, actor=actor, at=now, state=task.state, payload=payload
+    )
