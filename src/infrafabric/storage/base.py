@@ -1,0 +1,69 @@
+"""The store protocol and its written guarantees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from infrafabric.board.model import BoardEvent, Task, TaskState
+from infrafabric.board.rules import Outcome
+from infrafabric.errors import FabricError
+
+__all__ = ["Conflict", "Store", "StoredEvent"]
+
+
+class Conflict(FabricError):
+    """Compare-and-set lost: task ``task_id`` is not at the version the change was made
+    from (another agent got there first). Nothing was written; re-read and decide again."""
+
+    def __init__(self, task_id: str, expected: int | None, actual: int | None) -> None:
+        wanted = "absent" if expected is None else f"version {expected}"
+        found = "absent" if actual is None else f"version {actual}"
+        super().__init__(f"task {task_id}: expected {wanted}, found {found}")
+        self.task_id = task_id
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A board event with its position in the store's event log (1, 2, 3...)."""
+
+    seq: int
+    event: BoardEvent
+
+
+class Store(Protocol):
+    """What every store guarantees.
+
+    * ``apply`` is **atomic**: every task of the outcome is written, or none. Each task is
+      compared and set: a task in ``outcome.created`` must not exist yet; any other must
+      be stored at exactly ``task.version - 1``. Otherwise :class:`Conflict` and no write.
+    * ``apply`` is **durable** when it returns, at the engine's stated level (SQLite with
+      ``synchronous=FULL`` survives power loss; ``NORMAL`` survives ``kill -9`` of the
+      process but may lose the last commits on power loss).
+    * ``apply`` appends the outcome's events to the event log in order, in the same
+      transaction: an event is logged exactly when its change is stored.
+    * Reads return committed state; ``tasks``, ``dependents`` return ids in ascending order.
+    * A store is safe to share between threads of one process.
+    """
+
+    def get(self, task_id: str) -> Task | None:
+        """The task, or ``None``."""
+
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        """All tasks, or those in ``states``."""
+
+    def dependents(self, task_id: str) -> list[Task]:
+        """Tasks that list ``task_id`` among their dependencies."""
+
+    def apply(self, outcome: Outcome) -> int:
+        """Write ``outcome`` atomically (see above); returns the last event's sequence number."""
+
+    def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
+        """Logged events after ``seq``, oldest first, at most ``limit`` (replay for a client
+        that reconnects; the log keeps the most recent ``retention`` events)."""
+
+    def close(self) -> None:
+        """Release the engine's resources; further calls are errors."""

@@ -1,0 +1,64 @@
+"""A store in process memory: the reference engine for tests and throwaway swarms."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable, Sequence
+
+from infrafabric.board.model import Task, TaskState
+from infrafabric.board.rules import Outcome
+from infrafabric.storage.base import Conflict, StoredEvent
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Tasks in a dict, events in a bounded deque; one lock makes ``apply`` atomic.
+
+    Durability: none, by design; everything is gone with the process.
+    """
+
+    def __init__(self, *, retention: int = 100_000) -> None:
+        self._lock = threading.Lock()
+        self._tasks: dict[str, Task] = {}
+        self._events: deque[StoredEvent] = deque(maxlen=retention)
+        self._seq = 0
+
+    def get(self, task_id: str) -> Task | None:
+        return self._tasks.get(task_id)
+
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        wanted = None if states is None else set(states)
+        with self._lock:
+            chosen = [t for t in self._tasks.values() if wanted is None or t.state in wanted]
+        return sorted(chosen, key=lambda task: task.id)
+
+    def dependents(self, task_id: str) -> list[Task]:
+        with self._lock:
+            found = [task for task in self._tasks.values() if task_id in task.dependencies]
+        return sorted(found, key=lambda task: task.id)
+
+    def apply(self, outcome: Outcome) -> int:
+        with self._lock:
+            for task in outcome.tasks:
+                current = self._tasks.get(task.id)
+                expected = None if task.id in outcome.created else task.version - 1
+                actual = None if current is None else current.version
+                if actual != expected:
+                    raise Conflict(task.id, expected, actual)
+            for task in outcome.tasks:
+                self._tasks[task.id] = task
+            for event in outcome.events:
+                self._seq += 1
+                self._events.append(StoredEvent(self._seq, event))
+            return self._seq
+
+    def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
+        with self._lock:
+            return [stored for stored in self._events if stored.seq > seq][:limit]
+
+    def close(self) -> None:
+        with self._lock:
+            self._tasks.clear()
+            self._events.clear()

@@ -1,0 +1,182 @@
+"""The default store: one SQLite file in WAL mode.
+
+Every ``apply`` is one ``BEGIN IMMEDIATE`` transaction: the version of each task is
+checked and set with ``UPDATE ... WHERE id = ? AND version = ?`` (a new task with a plain
+``INSERT`` that the primary key refuses twice), the events are appended, then ``COMMIT``.
+SQLite serializes writers, so of two racing claims exactly one commits.
+
+Durability is the ``synchronous`` setting: ``FULL`` (the default) makes a commit durable
+against power loss; ``NORMAL`` in WAL mode makes it durable against a crash of the
+process (``kill -9``) but may lose the last commits if the machine loses power.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from infrafabric.board.model import BoardEvent, Task, TaskState
+from infrafabric.board.rules import Outcome
+from infrafabric.errors import StoreError
+from infrafabric.storage.base import Conflict, StoredEvent
+
+__all__ = ["SqliteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id      TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    state   TEXT NOT NULL,
+    doc     BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
+CREATE TABLE IF NOT EXISTS dependencies (
+    task_id    TEXT NOT NULL,
+    depends_on TEXT NOT NULL,
+    PRIMARY KEY (depends_on, task_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc BLOB NOT NULL
+);
+"""
+
+_TASK_ENCODER = msgspec.json.Encoder()
+_TASK_DECODER = msgspec.json.Decoder(Task)
+_EVENT_DECODER = msgspec.json.Decoder(BoardEvent)
+
+
+class SqliteStore:
+    """Tasks and events in one SQLite database file (created if missing, mode 0600)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        retention: int = 100_000,
+    ) -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous
+        self.retention = retention
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.touch(mode=0o600)
+        self._lock = threading.Lock()  # one connection, shared by the threads of this process
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA busy_timeout=5000")  # other processes on the same file
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from exc
+
+    def get(self, task_id: str) -> Task | None:
+        with self._read() as db:
+            row = db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else _TASK_DECODER.decode(row[0])
+
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        with self._read() as db:
+            if states is None:
+                rows = db.execute("SELECT doc FROM tasks ORDER BY id").fetchall()
+            else:
+                wanted = [str(state) for state in states]
+                marks = ",".join("?" * len(wanted))
+                rows = db.execute(
+                    f"SELECT doc FROM tasks WHERE state IN ({marks}) ORDER BY id",  # noqa: S608 - only "?" marks
+                    wanted,
+                ).fetchall()
+        return [_TASK_DECODER.decode(row[0]) for row in rows]
+
+    def dependents(self, task_id: str) -> list[Task]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT t.doc FROM dependencies d JOIN tasks t ON t.id = d.task_id"
+                " WHERE d.depends_on = ? ORDER BY t.id",
+                (task_id,),
+            ).fetchall()
+        return [_TASK_DECODER.decode(row[0]) for row in rows]
+
+    def apply(self, outcome: Outcome) -> int:
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    for task in outcome.tasks:
+                        self._write(db, task, created=task.id in outcome.created)
+                    last = self._log(db, outcome.events)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            return last
+
+    def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT seq, doc FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+        return [StoredEvent(row[0], _EVENT_DECODER.decode(row[1])) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    def _write(self, db: sqlite3.Connection, task: Task, *, created: bool) -> None:
+        doc = _TASK_ENCODER.encode(task)
+        if created:
+            try:
+                db.execute(
+                    "INSERT INTO tasks (id, version, state, doc) VALUES (?, ?, ?, ?)",
+                    (task.id, task.version, str(task.state), doc),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(task.id, None, self._version(db, task.id)) from None
+            db.executemany(
+                "INSERT INTO dependencies (task_id, depends_on) VALUES (?, ?)",
+                [(task.id, dep) for dep in task.dependencies],
+            )
+            return
+        cursor = db.execute(
+            "UPDATE tasks SET version = ?, state = ?, doc = ? WHERE id = ? AND version = ?",
+            (task.version, str(task.state), doc, task.id, task.version - 1),
+        )
+        if cursor.rowcount != 1:
+            raise Conflict(task.id, task.version - 1, self._version(db, task.id))
+
+    def _log(self, db: sqlite3.Connection, events: Sequence[BoardEvent]) -> int:
+        if events:
+            db.executemany(
+                "INSERT INTO events (doc) VALUES (?)", [(_TASK_ENCODER.encode(e),) for e in events]
+            )
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        last = 0 if row is None else int(row[0])
+        if events and last // 1000 != (last - len(events)) // 1000:  # prune every 1000 events
+            db.execute("DELETE FROM events WHERE seq <= ?", (last - self.retention,))
+        return last
+
+    @staticmethod
+    def _version(db: sqlite3.Connection, task_id: str) -> int | None:
+        row = db.execute("SELECT version FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else int(row[0])

@@ -1,0 +1,147 @@
+"""One conformance suite, run against every store engine."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infrafabric.board.model import Task, TaskState
+from infrafabric.board.rules import cancel, claim, complete, create
+from infrafabric.storage.base import Conflict, Store
+from infrafabric.storage.memory import MemoryStore
+from infrafabric.storage.sqlite import SqliteStore
+
+T0 = 1_000_000.0
+ALICE, BOB = "if://agent/alice", "if://agent/bob"
+
+
+@pytest.fixture(params=["memory", "sqlite-full", "sqlite-normal"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    engine: Store
+    if request.param == "memory":
+        engine = MemoryStore(retention=50)
+    else:
+        engine = SqliteStore(
+            tmp_path / "board.db",
+            synchronous="FULL" if request.param.endswith("full") else "NORMAL",
+            retention=50,
+        )
+    yield engine
+    engine.close()
+
+
+def add(store: Store, *tasks: Task) -> None:
+    store.apply(create(list(tasks), {t.id: t for t in store.tasks()}, T0))
+
+
+def test_created_tasks_read_back(store: Store) -> None:
+    add(store, Task(id="a", title="A", priority=70), Task(id="b", title="B", dependencies=("a",)))
+    a = store.get("a")
+    assert a is not None
+    assert (a.title, a.priority, a.state, a.version) == ("A", 70, TaskState.AVAILABLE, 1)
+    assert [t.id for t in store.tasks()] == ["a", "b"]
+    assert [t.id for t in store.tasks([TaskState.WAITING])] == ["b"]
+    assert [t.id for t in store.dependents("a")] == ["b"]
+    assert store.get("zzz") is None
+
+
+def test_compare_and_set_lets_exactly_one_writer_win(store: Store) -> None:
+    add(store, Task(id="a", title="A"))
+    seen = store.get("a")
+    assert seen is not None
+    store.apply(claim(seen, ALICE, T0))
+    with pytest.raises(Conflict) as caught:
+        store.apply(claim(seen, BOB, T0))
+    assert (caught.value.task_id, caught.value.expected, caught.value.actual) == ("a", 1, 2)
+    assert store.get("a").owner == ALICE  # type: ignore[union-attr]
+
+
+def test_creating_an_existing_task_conflicts(store: Store) -> None:
+    add(store, Task(id="a", title="A"))
+    with pytest.raises(Conflict):
+        store.apply(create([Task(id="a", title="again")], {}, T0))
+    assert store.get("a").title == "A"  # type: ignore[union-attr]
+
+
+def test_apply_is_all_or_nothing(store: Store) -> None:
+    add(store, Task(id="a", title="A"), Task(id="b", title="B", dependencies=("a",)))
+    a = store.get("a")
+    assert a is not None
+    store.apply(claim(a, ALICE, T0))
+    stale_b = store.get("b")
+    claimed = store.get("a")
+    assert claimed is not None
+    outcome = complete(
+        claimed, ALICE, {}, T0 + 1, store.dependents("a"), lambda i: store.get(i).state
+    )  # type: ignore[union-attr]
+    assert [t.id for t in outcome.tasks] == ["a", "b"]
+    # someone else changes b first: the whole completion must fail, a included
+    assert stale_b is not None
+    store.apply(cancel(stale_b, None, "not needed", T0))
+    events_before = len(store.events_since(0))
+    with pytest.raises(Conflict):
+        store.apply(outcome)
+    assert store.get("a").state is TaskState.CLAIMED  # type: ignore[union-attr]
+    assert len(store.events_since(0)) == events_before
+
+
+def test_events_are_logged_in_order_and_replayed_from_a_position(store: Store) -> None:
+    add(store, Task(id="a", title="A"))
+    a = store.get("a")
+    assert a is not None
+    last = store.apply(claim(a, ALICE, T0))
+    replay = store.events_since(0)
+    assert [(e.seq, e.event.kind) for e in replay] == [(1, "task.created"), (2, "task.claimed")]
+    assert last == 2
+    assert [e.event.kind for e in store.events_since(1)] == ["task.claimed"]
+    assert store.events_since(2) == []
+
+
+def test_the_event_log_keeps_a_bounded_tail(store: Store) -> None:
+    add(store, *(Task(id=f"t{i:04d}", title="x") for i in range(1200)))
+    kept = store.events_since(0, limit=5000)
+    assert kept[-1].seq == 1200
+    assert len(kept) >= 50  # at least the retention; engines may prune lazily
+    assert len(kept) <= 1200
+
+
+def test_threads_racing_for_tasks_each_win_a_task_once(store: Store) -> None:
+    add(store, *(Task(id=f"t{i:03d}", title="x") for i in range(60)))
+    winners: dict[str, str] = {}
+    lock = threading.Lock()
+
+    def worker(agent: str) -> None:
+        for task in store.tasks([TaskState.AVAILABLE]):
+            fresh = store.get(task.id)
+            if fresh is None or fresh.state is not TaskState.AVAILABLE:
+                continue
+            try:
+                store.apply(claim(fresh, agent, T0))
+            except Conflict:
+                continue
+            with lock:
+                assert task.id not in winners
+                winners[task.id] = agent
+
+    threads = [threading.Thread(target=worker, args=(f"if://agent/w{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(winners) == [f"t{i:03d}" for i in range(60)]
+    assert all(store.get(task_id).owner == agent for task_id, agent in winners.items())  # type: ignore[union-attr]
+
+
+def test_sqlite_keeps_everything_across_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "board.db"
+    first = SqliteStore(path)
+    first.apply(create([Task(id="a", title="A")], {}, T0))
+    first.close()
+    second = SqliteStore(path)
+    assert second.get("a").title == "A"  # type: ignore[union-attr]
+    assert [e.event.kind for e in second.events_since(0)] == ["task.created"]
+    second.close()
+    assert (path.stat().st_mode & 0o777) == 0o600
