@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -27,6 +27,7 @@ from infrafabric.errors import CallerError
 from infrafabric.types import AgentId, Timestamp
 
 __all__ = [
+    "DEFAULT_CONFIG",
     "BoardConfig",
     "Health",
     "InvalidTask",
@@ -62,6 +63,9 @@ class BoardConfig:
     healthy_within: float = 30.0  # green below this many seconds since the last heartbeat
     alive_within: float = 300.0  # yellow below this, red beyond
     escalate_blocked_after: float = 1800.0
+
+
+DEFAULT_CONFIG: Final = BoardConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,7 @@ def create(
     specs: Sequence[Task],
     existing: Mapping[str, Task],
     now: Timestamp,
-    config: BoardConfig = BoardConfig(),
+    config: BoardConfig = DEFAULT_CONFIG,
 ) -> Outcome:
     """Create ``specs`` together (they may depend on each other and on ``existing``).
 
@@ -195,7 +199,7 @@ def pick_next(candidates: Iterable[Task], accept: Callable[[Task], bool]) -> Tas
 
 
 def claim(
-    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = BoardConfig()
+    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = DEFAULT_CONFIG
 ) -> Outcome:
     """``agent`` takes ``task`` under a lease of ``config.lease_seconds``."""
     claimed = _move(
@@ -216,7 +220,7 @@ def claim(
 
 
 def heartbeat(
-    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = BoardConfig()
+    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = DEFAULT_CONFIG
 ) -> Outcome:
     """Renew ``agent``'s lease on ``task``."""
     _require_owner(task, agent, now)
@@ -230,7 +234,7 @@ def progress(
     percent: int,
     note: str,
     now: Timestamp,
-    config: BoardConfig = BoardConfig(),
+    config: BoardConfig = DEFAULT_CONFIG,
 ) -> Outcome:
     """Record a milestone (0, 25, 50, 75 or 100 %); also renews the lease."""
     _require_owner(task, agent, now)
@@ -277,7 +281,7 @@ def block(
 
 
 def unblock(
-    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = BoardConfig()
+    task: Task, agent: AgentId, now: Timestamp, config: BoardConfig = DEFAULT_CONFIG
 ) -> Outcome:
     """The owner resumes ``task``: its blocker is cleared and its lease renewed."""
     _require_owner(task, agent, now)
@@ -467,7 +471,7 @@ def _propagate_failure(ended: Task, dependents: Iterable[Task], now: Timestamp) 
 
 
 def escalate_blocked(
-    tasks: Iterable[Task], now: Timestamp, config: BoardConfig = BoardConfig()
+    tasks: Iterable[Task], now: Timestamp, config: BoardConfig = DEFAULT_CONFIG
 ) -> Outcome:
     """Escalate, once each, tasks blocked longer than ``config.escalate_blocked_after``."""
     escalated = []
@@ -496,7 +500,7 @@ def escalate_blocked(
 
 
 def health(
-    last_seen: Timestamp | None, now: Timestamp, config: BoardConfig = BoardConfig()
+    last_seen: Timestamp | None, now: Timestamp, config: BoardConfig = DEFAULT_CONFIG
 ) -> Health:
     """Green within 30 s of the last heartbeat, yellow within 5 min, red beyond (defaults)."""
     if last_seen is None:

@@ -1,0 +1,281 @@
+"""The coordinator: the board's rules applied to a store, with retries on lost races.
+
+Every operation reads the tasks it needs, computes an outcome with the pure rules of
+:mod:`infrafabric.board.rules`, and applies it to the store with compare-and-set. When
+another writer got there first (:class:`~infrafabric.storage.base.Conflict`), it reads
+again and decides again: a claim then finds the task taken and says so; a completion
+finds whether its lease still holds. Nothing is ever applied from a stale read.
+
+Thread-safe: any number of threads (agents of an embedded swarm, server workers) may
+share one coordinator. Time comes from ``clock``; tests pass a manual one.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from infrafabric.board import rules
+from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState
+from infrafabric.board.rules import BoardConfig, Health, Outcome
+from infrafabric.errors import CallerError, FabricError
+from infrafabric.storage.base import Conflict, Store
+from infrafabric.types import AgentId, Timestamp
+
+__all__ = ["Busy", "Coordinator", "TaskNotFound"]
+
+#: Attempts before a write that keeps losing races gives up (each attempt re-reads).
+MAX_RETRIES: Final = 200
+#: How many equally urgent tasks claim_next spreads concurrent claimants over.
+_SPREAD: Final = 16
+
+
+class Busy(FabricError):
+    """A write lost ``MAX_RETRIES`` races in a row: the board is too contended; try again."""
+
+
+class TaskNotFound(CallerError):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"no task {task_id}")
+        self.task_id = task_id
+
+
+class Coordinator:
+    """Tasks, leases and events of one board, over one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        config: BoardConfig = rules.DEFAULT_CONFIG,
+        clock: Callable[[], Timestamp] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self._seen: dict[AgentId, Timestamp] = {}
+        self._seen_lock = threading.Lock()
+        self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
+
+    # -- tasks ----------------------------------------------------------------------------
+
+    def create(self, tasks: Sequence[Task]) -> list[Task]:
+        """Create ``tasks`` together (they may depend on each other); returns them stored."""
+        for _ in range(MAX_RETRIES):
+            existing = {task.id: task for task in self.store.tasks()}
+            outcome = rules.create(tasks, existing, self.clock(), self.config)
+            if self._try(outcome):
+                return list(outcome.tasks)
+        raise _busy("create")
+
+    def get(self, task_id: str) -> Task:
+        task = self.store.get(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        return self.store.tasks(states)
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def claim(self, task_id: str, agent: AgentId) -> Task:
+        """Claim ``task_id`` for ``agent``; :class:`IllegalTransition` if it is not available."""
+        return self._change(
+            task_id, agent, lambda task, now: rules.claim(task, agent, now, self.config)
+        )
+
+    def claim_next(self, agent: AgentId, capabilities: Iterable[str] = ()) -> Task | None:
+        """Claim the highest-priority available task ``agent`` qualifies for, or ``None``."""
+        have = tuple(capabilities)
+        self._saw(agent)
+        for _ in range(MAX_RETRIES):
+            choice = self._next_for(have)
+            if choice is None:
+                return None
+            if self._try(rules.claim(choice, agent, self.clock(), self.config)):
+                return self.get(choice.id)
+        raise _busy("claim_next")
+
+    def _next_for(self, capabilities: tuple[str, ...]) -> Task | None:
+        available = self.store.tasks([TaskState.AVAILABLE])
+
+        # Filler tasks are for blocked agents; an idle one gets them only when nothing else is left.
+        def real_work(task: Task) -> bool:
+            return not task.filler and rules.qualifies(task, capabilities)
+
+        def any_work(task: Task) -> bool:
+            return rules.qualifies(task, capabilities)
+
+        for accept in (real_work, any_work):
+            best = rules.pick_next(available, accept)
+            if best is not None:
+                # Among equals of the top priority, spread the claimants over the oldest few,
+                # so that a crowd of idle agents does not race for one task at a time.
+                peers = [t for t in available if t.priority == best.priority and accept(t)]
+                peers.sort(key=lambda task: (task.created_at, task.id))
+                return random.choice(peers[:_SPREAD])  # noqa: S311 - load spreading, not security
+        return None
+
+    # -- working ----------------------------------------------------------------------------
+
+    def heartbeat(self, task_id: str, agent: AgentId) -> Task:
+        return self._change(
+            task_id, agent, lambda task, now: rules.heartbeat(task, agent, now, self.config)
+        )
+
+    def progress(self, task_id: str, agent: AgentId, percent: int, note: str = "") -> Task:
+        return self._change(
+            task_id,
+            agent,
+            lambda task, now: rules.progress(task, agent, percent, note, now, self.config),
+        )
+
+    def block(
+        self, task_id: str, agent: AgentId, blocker: Blocker, capabilities: Iterable[str] = ()
+    ) -> tuple[Task, Task | None]:
+        """Block ``task_id``; returns the task and the filler task offered to ``agent``, if any."""
+        have = tuple(capabilities)
+        offered: list[str] = []
+
+        def decide(task: Task, now: Timestamp) -> Outcome:
+            fillers = self.store.tasks([TaskState.AVAILABLE])
+            outcome = rules.block(task, agent, blocker, now, fillers, have)
+            offered[:] = [
+                event.task_id for event in outcome.events if event.kind == "filler.offered"
+            ]
+            return outcome
+
+        blocked = self._change(task_id, agent, decide)
+        return blocked, (self.store.get(offered[0]) if offered else None)
+
+    def unblock(self, task_id: str, agent: AgentId) -> Task:
+        return self._change(
+            task_id, agent, lambda task, now: rules.unblock(task, agent, now, self.config)
+        )
+
+    def complete(
+        self, task_id: str, agent: AgentId, result: Mapping[str, Any] | None = None
+    ) -> Task:
+        def decide(task: Task, now: Timestamp) -> Outcome:
+            return rules.complete(
+                task, agent, result or {}, now, self.store.dependents(task_id), self._state_of
+            )
+
+        return self._change(task_id, agent, decide)
+
+    def fail(self, task_id: str, agent: AgentId, reason: str, *, retry: bool = True) -> Task:
+        def decide(task: Task, now: Timestamp) -> Outcome:
+            return rules.fail(
+                task, agent, reason, now, retry=retry, dependents=self.store.dependents(task_id)
+            )
+
+        return self._change(task_id, agent, decide)
+
+    def give_up(self, task_id: str, agent: AgentId) -> Task:
+        return self._change(task_id, agent, lambda task, now: rules.give_up(task, agent, now))
+
+    def cancel(self, task_id: str, actor: AgentId | None, reason: str) -> Task:
+        def decide(task: Task, now: Timestamp) -> Outcome:
+            return rules.cancel(task, actor, reason, now, self.store.dependents(task_id))
+
+        return self._change(task_id, actor, decide)
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Return tasks whose lease ran out and escalate long blockers; returns how many
+        tasks changed. Any number of sweepers may run at once: each change lands once."""
+        changed = 0
+        for task in self.store.tasks([TaskState.CLAIMED, TaskState.IN_PROGRESS, TaskState.BLOCKED]):
+            outcome = rules.expire(task, self.clock(), self.store.dependents(task.id))
+            if outcome.tasks and self._try(outcome):
+                changed += 1
+        escalations = rules.escalate_blocked(
+            self.store.tasks([TaskState.BLOCKED]), self.clock(), self.config
+        )
+        for task, event in zip(escalations.tasks, escalations.events, strict=True):
+            if self._try(Outcome((task,), (event,))):
+                changed += 1
+        return changed
+
+    def request_help(
+        self,
+        task_id: str,
+        agent: AgentId,
+        needed: Iterable[str],
+        agents: Mapping[AgentId, Iterable[str]],
+    ) -> list[AgentId]:
+        """Invite up to ``max_helpers`` qualified agents (never the asker) to help on a task
+        ``agent`` owns; the invitation is a ``help.requested`` event."""
+        task = self.get(task_id)
+        now = self.clock()
+        rules.heartbeat(task, agent, now, self.config)  # owner check, nothing applied
+        wanted = tuple(needed)
+        helpers = rules.select_helpers(
+            agents, wanted, exclude=[agent], max_helpers=self.config.max_helpers
+        )
+        event = BoardEvent(
+            kind="help.requested",
+            task_id=task_id,
+            actor=agent,
+            at=now,
+            state=task.state,
+            payload={"needed": list(wanted), "invited": helpers},
+        )
+        self._publish(Outcome((), (event,)))
+        return helpers
+
+    def health(self, agent: AgentId) -> Health:
+        with self._seen_lock:
+            last = self._seen.get(agent)
+        return rules.health(last, self.clock(), self.config)
+
+    def listen(self, listener: Callable[[Sequence[BoardEvent]], None]) -> None:
+        """Call ``listener`` with the events of every change this coordinator applies."""
+        self._listeners.append(listener)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _change(
+        self, task_id: str, agent: AgentId | None, decide: Callable[[Task, Timestamp], Outcome]
+    ) -> Task:
+        if agent is not None:
+            self._saw(agent)
+        for _ in range(MAX_RETRIES):
+            outcome = decide(self.get(task_id), self.clock())
+            if self._try(outcome):
+                return next(task for task in outcome.tasks if task.id == task_id)
+        raise _busy(task_id)
+
+    def _try(self, outcome: Outcome) -> bool:
+        try:
+            self.store.apply(outcome)
+        except Conflict:
+            return False
+        self._notify(outcome.events)
+        return True
+
+    def _publish(self, outcome: Outcome) -> None:
+        self.store.apply(outcome)
+        self._notify(outcome.events)
+
+    def _notify(self, events: Sequence[BoardEvent]) -> None:
+        if events:
+            for listener in self._listeners:
+                listener(events)
+
+    def _state_of(self, task_id: str) -> TaskState | None:
+        task = self.store.get(task_id)
+        return None if task is None else task.state
+
+    def _saw(self, agent: AgentId) -> None:
+        with self._seen_lock:
+            self._seen[agent] = self.clock()
+
+
+def _busy(what: str) -> Busy:
+    return Busy(f"{what}: lost {MAX_RETRIES} races in a row; the board is too busy, try again")

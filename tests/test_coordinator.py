@@ -1,0 +1,180 @@
+"""The coordinator over real stores: races between threads, leases under a manual clock."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState
+from infrafabric.board.rules import BoardConfig, Health, LeaseLost, NotOwner
+from infrafabric.board.transitions import IllegalTransition
+from infrafabric.coordinator import Coordinator, TaskNotFound
+from infrafabric.storage.base import Store
+from infrafabric.storage.memory import MemoryStore
+from infrafabric.storage.sqlite import SqliteStore
+
+T0 = 1_000_000.0
+ALICE, BOB = "if://agent/alice", "if://agent/bob"
+
+
+class ManualClock:
+    def __init__(self, now: float = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    engine: Store = (
+        MemoryStore()
+        if request.param == "memory"
+        else SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
+    )
+    yield engine
+    engine.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def coordinator(store: Store, clock: ManualClock) -> Coordinator:
+    return Coordinator(store, clock=clock)
+
+
+def test_claim_next_respects_priority_capabilities_and_keeps_fillers_last(
+    coordinator: Coordinator,
+) -> None:
+    coordinator.create(
+        [
+            Task(id="gpu", title="train", priority=99, required_capabilities=("compute:gpu",)),
+            Task(id="fill", title="tidy docs", priority=95, filler=True),
+            Task(id="mid", title="review", priority=60),
+        ]
+    )
+    assert coordinator.claim_next(ALICE, ["code:python"]).id == "mid"  # type: ignore[union-attr]
+    assert coordinator.claim_next(ALICE, ["code:python"]).id == "fill"  # type: ignore[union-attr]
+    assert coordinator.claim_next(ALICE, ["code:python"]) is None
+    assert coordinator.claim_next(BOB, ["compute:gpu"]).id == "gpu"  # type: ignore[union-attr]
+
+
+def test_a_crashed_agents_task_is_taken_over_after_its_lease(
+    coordinator: Coordinator, clock: ManualClock
+) -> None:
+    coordinator.create([Task(id="a", title="A")])
+    coordinator.claim("a", ALICE)
+    clock.advance(100)
+    coordinator.heartbeat("a", ALICE)
+    clock.advance(121)
+    with pytest.raises(LeaseLost):  # expired, not yet swept: the lease is gone all the same
+        coordinator.heartbeat("a", ALICE)
+    clock.advance(-121)
+    clock.advance(119)
+    assert coordinator.sweep() == 0
+    clock.advance(2)  # alice stopped heartbeating: 121 s since the last one
+    assert coordinator.sweep() == 1
+    task = coordinator.get("a")
+    assert (task.state, task.attempts, task.last_owner) == (TaskState.AVAILABLE, 1, ALICE)
+    assert coordinator.claim_next(BOB).id == "a"  # type: ignore[union-attr]
+    with pytest.raises(NotOwner):
+        coordinator.complete("a", ALICE, {"late": True})  # alice wakes up too late
+    coordinator.complete("a", BOB, {"ok": True})
+    assert coordinator.get("a").result == {"ok": True}
+
+
+def test_claiming_a_taken_task_says_so(coordinator: Coordinator) -> None:
+    coordinator.create([Task(id="a", title="A")])
+    coordinator.claim("a", ALICE)
+    with pytest.raises(IllegalTransition, match="claimed"):
+        coordinator.claim("a", BOB)
+    with pytest.raises(TaskNotFound):
+        coordinator.claim("nope", BOB)
+
+
+def test_completion_releases_dependents_and_events_reach_listeners(
+    coordinator: Coordinator,
+) -> None:
+    heard: list[BoardEvent] = []
+    coordinator.listen(heard.extend)
+    coordinator.create([Task(id="a", title="A"), Task(id="b", title="B", dependencies=("a",))])
+    coordinator.claim("a", ALICE)
+    coordinator.complete("a", ALICE)
+    assert coordinator.get("b").state is TaskState.AVAILABLE
+    assert [event.kind for event in heard] == [
+        "task.created",
+        "task.created",
+        "task.claimed",
+        "task.completed",
+        "task.released",
+    ]
+
+
+def test_blocking_offers_a_filler_and_help_reaches_qualified_agents(
+    coordinator: Coordinator,
+) -> None:
+    coordinator.create([Task(id="a", title="A"), Task(id="docs", title="docs", filler=True)])
+    coordinator.claim("a", ALICE)
+    blocked, filler = coordinator.block(
+        "a", ALICE, Blocker(type="access", description="needs a token")
+    )
+    assert blocked.state is TaskState.BLOCKED
+    assert filler is not None
+    assert filler.id == "docs"
+    agents = {ALICE: ["ops:k8s"], BOB: ["ops:k8s"], "if://agent/carol": ["code:python"]}
+    assert coordinator.request_help("a", ALICE, ["ops:k8s"], agents) == [BOB]
+    kinds = [stored.event.kind for stored in coordinator.store.events_since(0)]
+    assert kinds[-2:] == ["filler.offered", "help.requested"] or "help.requested" in kinds
+
+
+def test_agent_health_follows_its_last_action(coordinator: Coordinator, clock: ManualClock) -> None:
+    coordinator.create([Task(id="a", title="A")])
+    coordinator.claim("a", ALICE)
+    assert coordinator.health(ALICE) is Health.GREEN
+    clock.advance(60)
+    assert coordinator.health(ALICE) is Health.YELLOW
+    clock.advance(300)
+    assert coordinator.health(ALICE) is Health.RED
+    assert coordinator.health(BOB) is Health.RED
+
+
+@pytest.mark.parametrize("agents", [100])
+def test_many_threads_race_and_every_task_is_claimed_and_completed_once(
+    store: Store, agents: int
+) -> None:
+    coordinator = Coordinator(store, config=BoardConfig(lease_seconds=3600))
+    coordinator.create([Task(id=f"t{i:04d}", title="x") for i in range(1000)])
+    completed_by: Counter[str] = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(agents)
+
+    def agent(name: str) -> None:
+        start.wait()
+        while (task := coordinator.claim_next(name)) is not None:
+            coordinator.complete(task.id, name, {"by": name})
+            with lock:
+                completed_by[task.id] += 1
+
+    threads = [
+        threading.Thread(target=agent, args=(f"if://agent/a{i:03d}",)) for i in range(agents)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(completed_by) == [f"t{i:04d}" for i in range(1000)]
+    assert set(completed_by.values()) == {1}
+    kinds = Counter(stored.event.kind for stored in store.events_since(0, limit=100_000))
+    assert kinds["task.claimed"] == 1000
+    assert kinds["task.completed"] == 1000
+    assert all(task.state is TaskState.COMPLETED for task in coordinator.tasks())
