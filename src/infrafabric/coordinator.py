@@ -31,6 +31,7 @@ __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 MAX_RETRIES: Final = 200
 #: How many equally urgent tasks claim_next spreads concurrent claimants over.
 _SPREAD: Final = 16
+_PAGE: Final = 64
 
 
 class Busy(FabricError):
@@ -101,23 +102,19 @@ class Coordinator:
         raise _busy("claim_next")
 
     def _next_for(self, capabilities: tuple[str, ...]) -> Task | None:
-        available = self.store.tasks([TaskState.AVAILABLE])
-
-        # Filler tasks are for blocked agents; an idle one gets them only when nothing else is left.
-        def real_work(task: Task) -> bool:
-            return not task.filler and rules.qualifies(task, capabilities)
-
-        def any_work(task: Task) -> bool:
-            return rules.qualifies(task, capabilities)
-
-        for accept in (real_work, any_work):
-            best = rules.pick_next(available, accept)
-            if best is not None:
-                # Among equals of the top priority, spread the claimants over the oldest few,
-                # so that a crowd of idle agents does not race for one task at a time.
-                peers = [t for t in available if t.priority == best.priority and accept(t)]
-                peers.sort(key=lambda task: (task.created_at, task.id))
+        """The task to try next: the store offers available tasks in claim order (real work
+        before fillers, then priority, then age); the first this agent qualifies for wins,
+        except that a crowd of claimants is spread over the oldest few equally urgent ones."""
+        offset = 0
+        while page := self.store.available(offset, _PAGE):
+            fitting = [task for task in page if rules.qualifies(task, capabilities)]
+            if fitting:
+                best = fitting[0]
+                peers = [
+                    t for t in fitting if (t.filler, t.priority) == (best.filler, best.priority)
+                ]
                 return random.choice(peers[:_SPREAD])  # noqa: S311 - load spreading, not security
+            offset += _PAGE
         return None
 
     # -- working ----------------------------------------------------------------------------

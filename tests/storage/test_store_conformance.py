@@ -145,3 +145,26 @@ def test_sqlite_keeps_everything_across_reopening(tmp_path: Path) -> None:
     assert [e.event.kind for e in second.events_since(0)] == ["task.created"]
     second.close()
     assert (path.stat().st_mode & 0o777) == 0o600
+
+
+def test_available_tasks_come_in_claim_order(store: Store) -> None:
+    store.apply(
+        create(
+            [
+                Task(id="filler", title="x", priority=100, filler=True),
+                Task(id="low", title="x", priority=10),
+                Task(id="high-b", title="x", priority=90),
+                Task(id="high-a", title="x", priority=90),
+                Task(id="waiting", title="x", priority=99, dependencies=("low",)),
+            ],
+            {},
+            T0,
+        )
+    )
+    store.apply(create([Task(id="high-old", title="x", priority=90)], {}, T0 - 10))
+    assert [t.id for t in store.available()] == ["high-old", "high-a", "high-b", "low", "filler"]
+    assert [t.id for t in store.available(offset=1, limit=2)] == ["high-a", "high-b"]
+    claimed = store.get("high-old")
+    assert claimed is not None
+    store.apply(claim(claimed, ALICE, T0))
+    assert [t.id for t in store.available(limit=1)] == ["high-a"]

@@ -10,7 +10,13 @@ from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import FabricError
 
-__all__ = ["Conflict", "Store", "StoredEvent"]
+__all__ = ["Conflict", "Store", "StoredEvent", "claim_order"]
+
+
+def claim_order(task: Task) -> tuple[bool, int, float, str]:
+    """The order in which available tasks are offered: real work before fillers, then
+    highest priority, then oldest, then by id (every store sorts the same way)."""
+    return (task.filler, -task.priority, task.created_at, task.id)
 
 
 class Conflict(FabricError):
@@ -57,6 +63,10 @@ class Store(Protocol):
 
     def dependents(self, task_id: str) -> list[Task]:
         """Tasks that list ``task_id`` among their dependencies."""
+
+    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+        """Available tasks in the order they should be claimed: real work before filler
+        tasks, then highest priority, oldest, by id; a page of ``limit`` from ``offset``."""
 
     def apply(self, outcome: Outcome) -> int:
         """Write ``outcome`` atomically (see above); returns the last event's sequence number."""

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import Outcome
-from infrafabric.storage.base import Conflict, StoredEvent
+from infrafabric.storage.base import Conflict, StoredEvent, claim_order
 
 __all__ = ["MemoryStore"]
 
@@ -38,6 +38,12 @@ class MemoryStore:
         with self._lock:
             found = [task for task in self._tasks.values() if task_id in task.dependencies]
         return sorted(found, key=lambda task: task.id)
+
+    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+        with self._lock:
+            ready = [task for task in self._tasks.values() if task.state is TaskState.AVAILABLE]
+        ready.sort(key=claim_order)
+        return ready[offset : offset + limit]
 
     def apply(self, outcome: Outcome) -> int:
         with self._lock:

@@ -30,12 +30,17 @@ __all__ = ["SqliteStore"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
-    id      TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    state   TEXT NOT NULL,
-    doc     BLOB NOT NULL
+    id         TEXT PRIMARY KEY,
+    version    INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    filler     INTEGER NOT NULL,
+    priority   INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    doc        BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
+-- claim order (see storage.base.claim_order): one index walk finds the next task
+CREATE INDEX IF NOT EXISTS tasks_to_claim ON tasks (state, filler, priority DESC, created_at, id);
 CREATE TABLE IF NOT EXISTS dependencies (
     task_id    TEXT NOT NULL,
     depends_on TEXT NOT NULL,
@@ -105,6 +110,15 @@ class SqliteStore:
             ).fetchall()
         return [_TASK_DECODER.decode(row[0]) for row in rows]
 
+    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT doc FROM tasks WHERE state = 'available'"
+                " ORDER BY filler, priority DESC, created_at, id LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+        return [_TASK_DECODER.decode(row[0]) for row in rows]
+
     def apply(self, outcome: Outcome) -> int:
         with self._lock:
             db = self._db
@@ -148,8 +162,17 @@ class SqliteStore:
         if created:
             try:
                 db.execute(
-                    "INSERT INTO tasks (id, version, state, doc) VALUES (?, ?, ?, ?)",
-                    (task.id, task.version, str(task.state), doc),
+                    "INSERT INTO tasks (id, version, state, filler, priority, created_at, doc)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        task.id,
+                        task.version,
+                        str(task.state),
+                        task.filler,
+                        task.priority,
+                        task.created_at,
+                        doc,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(task.id, None, self._version(db, task.id)) from None
@@ -159,8 +182,17 @@ class SqliteStore:
             )
             return
         cursor = db.execute(
-            "UPDATE tasks SET version = ?, state = ?, doc = ? WHERE id = ? AND version = ?",
-            (task.version, str(task.state), doc, task.id, task.version - 1),
+            "UPDATE tasks SET version = ?, state = ?, filler = ?, priority = ?, doc = ?"
+            " WHERE id = ? AND version = ?",
+            (
+                task.version,
+                str(task.state),
+                task.filler,
+                task.priority,
+                doc,
+                task.id,
+                task.version - 1,
+            ),
         )
         if cursor.rowcount != 1:
             raise Conflict(task.id, task.version - 1, self._version(db, task.id))
