@@ -168,3 +168,31 @@ def test_available_tasks_come_in_claim_order(store: Store) -> None:
     assert claimed is not None
     store.apply(claim(claimed, ALICE, T0))
     assert [t.id for t in store.available(limit=1)] == ["high-a"]
+
+
+def test_inbox_keeps_messages_until_acknowledged_and_ignores_resends(store: Store) -> None:
+    first = store.deliver(BOB, "m-1", b'{"hello":1}')
+    second = store.deliver(BOB, "m-2", b'{"hello":2}')
+    assert store.deliver(BOB, "m-1", b'{"hello":1}') == first  # a retried send
+    store.deliver(ALICE, "m-1", b'{"for":"alice"}')  # same id, other receiver: its own copy
+    assert [(e.position, e.message_id) for e in store.pending(BOB)] == [
+        (first, "m-1"),
+        (second, "m-2"),
+    ]
+    assert store.pending(BOB, after=first)[0].body == b'{"hello":2}'
+    assert store.ack(BOB, first)
+    assert not store.ack(BOB, first)  # already gone
+    assert not store.ack(ALICE, second)  # not alice's
+    assert [e.message_id for e in store.pending(BOB)] == ["m-2"]
+    assert store.deliver(BOB, "m-1", b'{"hello":1}') == first  # acknowledged, still no duplicate
+    assert [e.message_id for e in store.pending(BOB)] == ["m-2"]
+    assert [e.body for e in store.pending(ALICE)] == [b'{"for":"alice"}']
+
+
+def test_sqlite_inbox_survives_reopening(tmp_path: Path) -> None:
+    first = SqliteStore(tmp_path / "board.db")
+    position = first.deliver(BOB, "m-1", b"x")
+    first.close()
+    second = SqliteStore(tmp_path / "board.db")
+    assert [(e.position, e.body) for e in second.pending(BOB)] == [(position, b"x")]
+    second.close()

@@ -10,7 +10,7 @@ from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import FabricError
 
-__all__ = ["Conflict", "Store", "StoredEvent", "claim_order"]
+__all__ = ["Conflict", "InboxEntry", "Store", "StoredEvent", "claim_order"]
 
 
 def claim_order(task: Task) -> tuple[bool, int, float, str]:
@@ -30,6 +30,15 @@ class Conflict(FabricError):
         self.task_id = task_id
         self.expected = expected
         self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """A direct message waiting in an inbox, at ``position`` (rising per store)."""
+
+    position: int
+    message_id: str
+    body: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,21 @@ class Store(Protocol):
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
         """Logged events after ``seq``, oldest first, at most ``limit`` (replay for a client
         that reconnects; the log keeps the most recent ``retention`` events)."""
+
+    # -- inboxes: direct messages kept until their receiver acknowledges them -------------
+
+    def deliver(self, receiver: str, message_id: str, body: bytes) -> int:
+        """Put ``body`` (a verified, wire-encoded IFMessage) in ``receiver``'s inbox and
+        return its inbox position. Durable when it returns. Delivering the same
+        ``message_id`` to the same receiver again stores nothing and returns the first
+        position, so a sender may retry safely."""
+
+    def pending(self, receiver: str, after: int = 0, limit: int = 100) -> Sequence[InboxEntry]:
+        """Unacknowledged messages of ``receiver`` after position ``after``, oldest first."""
+
+    def ack(self, receiver: str, position: int) -> bool:
+        """Remove the message at ``position`` from ``receiver``'s inbox; ``False`` if it was
+        not there (already acknowledged, or someone else's)."""
 
     def close(self) -> None:
         """Release the engine's resources; further calls are errors."""

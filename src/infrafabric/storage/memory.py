@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import Outcome
-from infrafabric.storage.base import Conflict, StoredEvent, claim_order
+from infrafabric.storage.base import Conflict, InboxEntry, StoredEvent, claim_order
 
 __all__ = ["MemoryStore"]
 
@@ -22,8 +22,12 @@ class MemoryStore:
     def __init__(self, *, retention: int = 100_000) -> None:
         self._lock = threading.Lock()
         self._tasks: dict[str, Task] = {}
+        self._retention = retention
         self._events: deque[StoredEvent] = deque(maxlen=retention)
         self._seq = 0
+        self._inboxes: dict[str, dict[int, InboxEntry]] = {}
+        self._delivered: dict[tuple[str, str], int] = {}
+        self._position = 0
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -64,7 +68,33 @@ class MemoryStore:
         with self._lock:
             return [stored for stored in self._events if stored.seq > seq][:limit]
 
+    def deliver(self, receiver: str, message_id: str, body: bytes) -> int:
+        with self._lock:
+            known = self._delivered.get((receiver, message_id))
+            if known is not None:
+                return known
+            self._position += 1
+            self._inboxes.setdefault(receiver, {})[self._position] = InboxEntry(
+                self._position, message_id, body
+            )
+            self._delivered[(receiver, message_id)] = self._position
+            if len(self._delivered) > self._retention:  # forget the oldest acknowledged ids
+                for key, position in list(self._delivered.items())[: len(self._delivered) // 2]:
+                    if position not in self._inboxes.get(key[0], {}):
+                        del self._delivered[key]
+            return self._position
+
+    def pending(self, receiver: str, after: int = 0, limit: int = 100) -> Sequence[InboxEntry]:
+        with self._lock:
+            inbox = self._inboxes.get(receiver, {})
+            return [inbox[position] for position in sorted(inbox) if position > after][:limit]
+
+    def ack(self, receiver: str, position: int) -> bool:
+        with self._lock:
+            return self._inboxes.get(receiver, {}).pop(position, None) is not None
+
     def close(self) -> None:
         with self._lock:
             self._tasks.clear()
             self._events.clear()
+            self._inboxes.clear()

@@ -24,7 +24,7 @@ import msgspec
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError
-from infrafabric.storage.base import Conflict, StoredEvent
+from infrafabric.storage.base import Conflict, InboxEntry, StoredEvent
 
 __all__ = ["SqliteStore"]
 
@@ -45,6 +45,21 @@ CREATE TABLE IF NOT EXISTS dependencies (
     task_id    TEXT NOT NULL,
     depends_on TEXT NOT NULL,
     PRIMARY KEY (depends_on, task_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inbox (
+    position   INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver   TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    body       BLOB NOT NULL,
+    UNIQUE (receiver, message_id)
+);
+-- delivered message ids stay known after their acknowledgment, so a retried send is
+-- still recognised as a duplicate; the oldest acknowledged ones beyond `retention` go
+CREATE TABLE IF NOT EXISTS delivered (
+    receiver   TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    position   INTEGER NOT NULL,
+    PRIMARY KEY (receiver, message_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -142,6 +157,58 @@ class SqliteStore:
                 "SELECT seq, doc FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
         return [StoredEvent(row[0], _EVENT_DECODER.decode(row[1])) for row in rows]
+
+    def deliver(self, receiver: str, message_id: str, body: bytes) -> int:
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = db.execute(
+                        "SELECT position FROM delivered WHERE receiver = ? AND message_id = ?",
+                        (receiver, message_id),
+                    ).fetchone()
+                    if row is None:
+                        cursor = db.execute(
+                            "INSERT INTO inbox (receiver, message_id, body) VALUES (?, ?, ?)",
+                            (receiver, message_id, body),
+                        )
+                        position = int(cursor.lastrowid or 0)
+                        db.execute(
+                            "INSERT INTO delivered (receiver, message_id, position) VALUES (?, ?, ?)",
+                            (receiver, message_id, position),
+                        )
+                        if position % 1000 == 0:  # forget old, acknowledged ids now and then
+                            db.execute(
+                                "DELETE FROM delivered WHERE position <= ?"
+                                " AND position NOT IN (SELECT position FROM inbox)",
+                                (position - self.retention,),
+                            )
+                    else:
+                        position = int(row[0])
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            return position
+
+    def pending(self, receiver: str, after: int = 0, limit: int = 100) -> Sequence[InboxEntry]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT position, message_id, body FROM inbox WHERE receiver = ? AND position > ?"
+                " ORDER BY position LIMIT ?",
+                (receiver, after, limit),
+            ).fetchall()
+        return [InboxEntry(int(row[0]), row[1], bytes(row[2])) for row in rows]
+
+    def ack(self, receiver: str, position: int) -> bool:
+        with self._read() as db:
+            cursor = db.execute(
+                "DELETE FROM inbox WHERE receiver = ? AND position = ?", (receiver, position)
+            )
+        return cursor.rowcount == 1
 
     def close(self) -> None:
         with self._lock:
