@@ -10,7 +10,7 @@ import pytest
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import cancel, claim, complete, create
-from infrafabric.storage.base import Conflict, Store
+from infrafabric.storage.base import AgentRecord, Conflict, Store
 from infrafabric.storage.memory import MemoryStore
 from infrafabric.storage.sqlite import SqliteStore
 
@@ -196,3 +196,13 @@ def test_sqlite_inbox_survives_reopening(tmp_path: Path) -> None:
     second = SqliteStore(tmp_path / "board.db")
     assert [(e.position, e.body) for e in second.pending(BOB)] == [(position, b"x")]
     second.close()
+
+
+def test_agents_are_enrolled_and_re_enrolled(store: Store) -> None:
+    store.enroll(AgentRecord(id=BOB, capabilities=("code:python",)))
+    store.enroll(AgentRecord(id=ALICE, capabilities=("ops:k8s",)))
+    store.enroll(AgentRecord(id=BOB, capabilities=("code:python", "test:pytest")))
+    assert [(a.id, a.capabilities) for a in store.agents()] == [
+        (ALICE, ("ops:k8s",)),
+        (BOB, ("code:python", "test:pytest")),
+    ]

@@ -97,6 +97,7 @@ class Task(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     result: dict[str, Any] | None = None
     failure: str | None = None
     last_owner: AgentId | None = None
+    creator: AgentId | None = None  # who added it (may cancel it, with the operators)
     created_at: Timestamp = 0.0
     updated_at: Timestamp = 0.0
     version: int = 1

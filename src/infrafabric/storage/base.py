@@ -6,11 +6,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import FabricError
 
-__all__ = ["Conflict", "InboxEntry", "Store", "StoredEvent", "claim_order"]
+__all__ = ["AgentRecord", "Conflict", "InboxEntry", "Store", "StoredEvent", "claim_order"]
 
 
 def claim_order(task: Task) -> tuple[bool, int, float, str]:
@@ -30,6 +32,15 @@ class Conflict(FabricError):
         self.task_id = task_id
         self.expected = expected
         self.actual = actual
+
+
+class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An agent enrolled in the fabric: what it can do (the governor adds prices later)."""
+
+    id: str
+    capabilities: tuple[str, ...] = ()
+    description: str = ""
+    enrolled_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,14 @@ class Store(Protocol):
     def ack(self, receiver: str, position: int) -> bool:
         """Remove the message at ``position`` from ``receiver``'s inbox; ``False`` if it was
         not there (already acknowledged, or someone else's)."""
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def enroll(self, agent: AgentRecord) -> None:
+        """Record ``agent`` (replacing an earlier record of the same id). Durable on return."""
+
+    def agents(self) -> list[AgentRecord]:
+        """Every enrolled agent, by id."""
 
     def close(self) -> None:
         """Release the engine's resources; further calls are errors."""

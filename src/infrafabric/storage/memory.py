@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import Outcome
-from infrafabric.storage.base import Conflict, InboxEntry, StoredEvent, claim_order
+from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, StoredEvent, claim_order
 
 __all__ = ["MemoryStore"]
 
@@ -28,6 +28,7 @@ class MemoryStore:
         self._inboxes: dict[str, dict[int, InboxEntry]] = {}
         self._delivered: dict[tuple[str, str], int] = {}
         self._position = 0
+        self._agents: dict[str, AgentRecord] = {}
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -92,6 +93,14 @@ class MemoryStore:
     def ack(self, receiver: str, position: int) -> bool:
         with self._lock:
             return self._inboxes.get(receiver, {}).pop(position, None) is not None
+
+    def enroll(self, agent: AgentRecord) -> None:
+        with self._lock:
+            self._agents[agent.id] = agent
+
+    def agents(self) -> list[AgentRecord]:
+        with self._lock:
+            return [self._agents[agent_id] for agent_id in sorted(self._agents)]
 
     def close(self) -> None:
         with self._lock:

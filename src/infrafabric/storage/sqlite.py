@@ -24,7 +24,7 @@ import msgspec
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError
-from infrafabric.storage.base import Conflict, InboxEntry, StoredEvent
+from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, StoredEvent
 
 __all__ = ["SqliteStore"]
 
@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS delivered (
     position   INTEGER NOT NULL,
     PRIMARY KEY (receiver, message_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+    id  TEXT PRIMARY KEY,
+    doc BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     doc BLOB NOT NULL
@@ -70,6 +74,7 @@ CREATE TABLE IF NOT EXISTS events (
 _TASK_ENCODER = msgspec.json.Encoder()
 _TASK_DECODER = msgspec.json.Decoder(Task)
 _EVENT_DECODER = msgspec.json.Decoder(BoardEvent)
+_AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
 
 
 class SqliteStore:
@@ -209,6 +214,18 @@ class SqliteStore:
                 "DELETE FROM inbox WHERE receiver = ? AND position = ?", (receiver, position)
             )
         return cursor.rowcount == 1
+
+    def enroll(self, agent: AgentRecord) -> None:
+        with self._read() as db:
+            db.execute(
+                "INSERT INTO agents (id, doc) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET doc = excluded.doc",
+                (agent.id, _TASK_ENCODER.encode(agent)),
+            )
+
+    def agents(self) -> list[AgentRecord]:
+        with self._read() as db:
+            rows = db.execute("SELECT doc FROM agents ORDER BY id").fetchall()
+        return [_AGENT_DECODER.decode(row[0]) for row in rows]
 
     def close(self) -> None:
         with self._lock:

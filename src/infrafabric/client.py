@@ -1,0 +1,324 @@
+"""The async SDK: an agent connected to a fabric server.
+
+::
+
+    async with Client.connect("http://127.0.0.1:8765", identity) as agent:
+        task = await agent.claim_next()
+        await agent.progress(task["id"], 50, "half way")
+        await agent.complete(task["id"], {"ok": True})
+
+Every call that changes something is a signed IFMessage (the identity never leaves the
+process); reads use a 15-minute token from an Ed25519 challenge-response, renewed
+automatically. Refusals raise :class:`RemoteError` with the server's reason code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+import msgspec
+import websockets.asyncio.client
+
+from infrafabric import ops
+from infrafabric.errors import PeerError
+from infrafabric.protocol.identity import Outbox, SigningIdentity, b64url_decode, b64url_encode
+from infrafabric.protocol.message import IFMessage, Performative, decode_json, encode_json
+from infrafabric.server.auth import TOKEN_SECONDS, auth_input
+from infrafabric.types import Address
+
+__all__ = ["Client", "Frame", "RemoteError"]
+
+#: Renew the token this long before it expires.
+_TOKEN_MARGIN: Final = 60.0
+
+
+class RemoteError(PeerError):
+    """The server refused a request: ``code`` is its reason code, ``status`` the HTTP status."""
+
+    def __init__(self, code: str, detail: str, status: int) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.status == 503 or self.code == "BUSY"
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Something that arrived on the stream: a topic ``event`` or a direct ``message``."""
+
+    kind: str  # "event" or "message"
+    topic: str | None
+    position: int | None  # inbox position of a direct message: acknowledge it with this
+    data: dict[str, Any]
+
+    @property
+    def message(self) -> IFMessage | None:
+        """The direct or topic message as an envelope (``None`` for a board event)."""
+        raw = self.data.get("message")
+        return None if raw is None else decode_json(json.dumps(raw))
+
+
+class Client:
+    """One agent's connection to a fabric. Use :meth:`connect`."""
+
+    def __init__(
+        self, url: str, identity: SigningIdentity, http: httpx.AsyncClient, last_sequence: int
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.identity = identity
+        self.agent = identity.agent
+        self._http = http
+        self._outbox = Outbox(identity, last_sequence=last_sequence)
+        self._token: str | None = None
+        self._token_until = 0.0
+        self._send_lock = asyncio.Lock()  # sequence numbers leave in the order they are made
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        identity: SigningIdentity,
+        *,
+        last_sequence: int | None = None,
+        timeout: float = 30.0,
+    ) -> AsyncIterator[Client]:
+        """Connect ``identity`` to the fabric at ``url`` and authenticate.
+
+        ``last_sequence`` is the highest sequence number this identity has used; by
+        default the current time in milliseconds, so numbers keep rising across restarts.
+        """
+        start = int(time.time() * 1000) if last_sequence is None else last_sequence
+        async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
+            client = cls(url, identity, http, start)
+            await client._authenticate()
+            yield client
+
+    # -- the board ------------------------------------------------------------------------
+
+    async def create_task(self, title: str, **spec: Any) -> dict[str, Any]:
+        """Create one task (``id``, ``priority``, ``dependencies``, ``required_capabilities``,
+        ``filler``, ``description``, ``max_attempts``); returns it."""
+        return (await self.create_tasks([{"title": title, **spec}]))[0]
+
+    async def create_tasks(self, specs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Create tasks together (they may depend on each other)."""
+        tasks: list[dict[str, Any]] = (await self._board({"op": "create", "tasks": list(specs)}))[
+            "tasks"
+        ]
+        return tasks
+
+    async def claim(self, task_id: str) -> dict[str, Any]:
+        return await self._task({"op": "claim", "task_id": task_id})
+
+    async def claim_next(self) -> dict[str, Any] | None:
+        """The best available task this agent's enrolled capabilities qualify for, or ``None``."""
+        task: dict[str, Any] | None = (await self._board({"op": "claim_next"}))["task"]
+        return task
+
+    async def heartbeat(self, task_id: str) -> dict[str, Any]:
+        return await self._task({"op": "heartbeat", "task_id": task_id})
+
+    async def progress(self, task_id: str, percent: int, note: str = "") -> dict[str, Any]:
+        return await self._task(
+            {"op": "progress", "task_id": task_id, "percent": percent, "note": note}
+        )
+
+    async def complete(
+        self, task_id: str, result: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self._task(
+            {"op": "complete", "task_id": task_id, "result": dict(result or {})}
+        )
+
+    async def fail(self, task_id: str, reason: str, *, retry: bool = True) -> dict[str, Any]:
+        return await self._task(
+            {"op": "fail", "task_id": task_id, "reason": reason, "retry": retry}
+        )
+
+    async def give_up(self, task_id: str) -> dict[str, Any]:
+        return await self._task({"op": "give_up", "task_id": task_id})
+
+    async def block(
+        self,
+        task_id: str,
+        type: str,
+        description: str,
+        *,
+        needed: Iterable[str] = (),
+        urgency: str = "medium",
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Block ``task_id``; returns the task and the filler task offered meanwhile, if any."""
+        reply = await self._board(
+            {
+                "op": "block",
+                "task_id": task_id,
+                "type": type,
+                "description": description,
+                "needed_capabilities": list(needed),
+                "urgency": urgency,
+            }
+        )
+        return reply["task"], reply["filler"]
+
+    async def unblock(self, task_id: str) -> dict[str, Any]:
+        return await self._task({"op": "unblock", "task_id": task_id})
+
+    async def request_help(self, task_id: str, needed: Iterable[str]) -> list[str]:
+        """Invite qualified agents to help; returns who was invited."""
+        invited: list[str] = (
+            await self._board({"op": "help", "task_id": task_id, "needed": list(needed)})
+        )["invited"]
+        return invited
+
+    async def cancel(self, task_id: str, reason: str) -> dict[str, Any]:
+        return await self._task({"op": "cancel", "task_id": task_id, "reason": reason})
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        to: Address | Sequence[Address],
+        performative: Performative,
+        content: Mapping[str, Any],
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """Sign and send a message to agents (kept in their inboxes) or topics (live)."""
+        return await self._post(performative=performative, receiver=to, content=content, **fields)
+
+    async def inbox(self, after: int = 0) -> list[tuple[int, IFMessage]]:
+        """Unacknowledged direct messages (position, message), oldest first."""
+        reply = await self._get("/v1/inbox", params={"after": after})
+        return [
+            (entry["position"], decode_json(json.dumps(entry["message"])))
+            for entry in reply["messages"]
+        ]
+
+    async def ack(self, position: int) -> bool:
+        """Acknowledge a direct message: it leaves the inbox for good."""
+        acknowledged: bool = (
+            await self._request("POST", "/v1/inbox/ack", json={"position": position})
+        )["acknowledged"]
+        return acknowledged
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, topics: Iterable[str] = (), *, replay: bool = False
+    ) -> AsyncIterator[AsyncIterator[Frame]]:
+        """Live frames: events of ``topics`` (``*`` one segment, ``**`` any) and every direct
+        message (including those waiting in the inbox). Acknowledge messages with :meth:`ack`."""
+        await self._ensure_token()
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        async with websockets.asyncio.client.connect(
+            f"{ws_url}/v1/ws?token={self._token}"
+        ) as socket:
+            await socket.send(
+                json.dumps({"type": "subscribe", "topics": list(topics), "replay": replay})
+            )
+
+            async def frames() -> AsyncIterator[Frame]:
+                async for text in socket:
+                    frame = json.loads(text)
+                    if frame["type"] in ("event", "message"):
+                        yield Frame(frame["type"], frame.get("topic"), frame.get("position"), frame)
+
+            yield frames()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    async def tasks(self, *states: str) -> list[dict[str, Any]]:
+        tasks: list[dict[str, Any]] = (
+            await self._get("/v1/tasks", params={"state": list(states)})
+        )["tasks"]
+        return tasks
+
+    async def task(self, task_id: str) -> dict[str, Any]:
+        task: dict[str, Any] = (await self._get(f"/v1/tasks/{task_id}"))["task"]
+        return task
+
+    async def agents(self) -> list[dict[str, Any]]:
+        agents: list[dict[str, Any]] = (await self._get("/v1/agents"))["agents"]
+        return agents
+
+    async def events(self, after: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = (
+            await self._get("/v1/events", params={"after": after, "limit": limit})
+        )["events"]
+        return events
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _task(self, operation: dict[str, Any]) -> dict[str, Any]:
+        task: dict[str, Any] = (await self._board(operation))["task"]
+        return task
+
+    async def _board(self, operation: dict[str, Any]) -> dict[str, Any]:
+        return await self._post(performative="request", receiver=ops.BOARD, content=operation)
+
+    async def _post(self, **fields: Any) -> dict[str, Any]:
+        async with self._send_lock:
+            message = self._outbox.message(now=time.time(), **fields)
+            response = await self._http.post(
+                "/v1/messages",
+                content=encode_json(message),
+                headers={"content-type": "application/json"},
+            )
+        return _reply(response)
+
+    async def _get(self, path: str, **options: Any) -> dict[str, Any]:
+        return await self._request("GET", path, **options)
+
+    async def _request(self, method: str, path: str, **options: Any) -> dict[str, Any]:
+        await self._ensure_token()
+        response = await self._http.request(
+            method, path, headers={"authorization": f"Bearer {self._token}"}, **options
+        )
+        return _reply(response)
+
+    async def _ensure_token(self) -> None:
+        if self._token is None or time.monotonic() > self._token_until:
+            await self._authenticate()
+
+    async def _authenticate(self) -> None:
+        started = time.monotonic()
+        challenge = _reply(await self._http.post("/v1/auth/challenge", json={"agent": self.agent}))[
+            "challenge"
+        ]
+        signature = self.identity.sign_bytes(auth_input(b64url_decode(challenge), self.agent))
+        answer = {
+            "agent": self.agent,
+            "kid": self.identity.kid,
+            "challenge": challenge,
+            "signature": b64url_encode(signature),
+        }
+        self._token = _reply(await self._http.post("/v1/auth/token", json=answer))["token"]
+        self._token_until = started + TOKEN_SECONDS - _TOKEN_MARGIN
+
+
+def _reply(response: httpx.Response) -> dict[str, Any]:
+    try:
+        document = response.json()
+    except (ValueError, json.JSONDecodeError):
+        raise RemoteError(
+            "BAD_RESPONSE", f"HTTP {response.status_code}: not JSON", response.status_code
+        ) from None
+    if response.status_code != 200:
+        error = document.get("error", {}) if isinstance(document, dict) else {}
+        raise RemoteError(
+            str(error.get("code", "ERROR")), str(error.get("detail", "")), response.status_code
+        )
+    if not isinstance(document, dict):
+        raise RemoteError("BAD_RESPONSE", "expected a JSON object", response.status_code)
+    result: dict[str, Any] = msgspec.convert(document, dict[str, Any])
+    return result

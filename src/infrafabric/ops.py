@@ -1,0 +1,129 @@
+"""What agents ask of the board: the ``content`` of a ``request`` to ``if://service/board``.
+
+Each operation is a small struct tagged by ``op``; the SDK builds them, the service
+decodes them with the same definitions, so both sides agree on every field and limit.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+from msgspec import Meta, Struct
+
+__all__ = [
+    "BOARD",
+    "Block",
+    "Cancel",
+    "Claim",
+    "ClaimNext",
+    "Complete",
+    "Create",
+    "Fail",
+    "GiveUp",
+    "Heartbeat",
+    "Help",
+    "Operation",
+    "Progress",
+    "TaskSpec",
+    "Unblock",
+]
+
+#: The address agents send board operations to.
+BOARD: Final = "if://service/board"
+
+TaskIdText = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")]
+Capability = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[a-z0-9_.*-]{1,64}\Z")]
+Capabilities = Annotated[list[Capability], Meta(max_length=64)]
+Text = Annotated[str, Meta(max_length=10_000)]
+
+
+class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A task to create; the board fills in state, times and version."""
+
+    id: TaskIdText | None = None  # the service makes one up when absent
+    title: Annotated[str, Meta(min_length=1, max_length=200)]
+    description: Text = ""
+    required_capabilities: Capabilities = []
+    priority: Annotated[int, Meta(ge=0, le=100)] = 50
+    dependencies: Annotated[list[TaskIdText], Meta(max_length=100)] = []
+    filler: bool = False
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+
+
+class _Op(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
+    pass
+
+
+class Create(_Op, frozen=True, tag="create"):
+    tasks: Annotated[list[TaskSpec], Meta(min_length=1, max_length=1000)]
+
+
+class Claim(_Op, frozen=True, tag="claim"):
+    task_id: TaskIdText
+
+
+class ClaimNext(_Op, frozen=True, tag="claim_next"):
+    pass
+
+
+class Heartbeat(_Op, frozen=True, tag="heartbeat"):
+    task_id: TaskIdText
+
+
+class Progress(_Op, frozen=True, tag="progress"):
+    task_id: TaskIdText
+    percent: Literal[0, 25, 50, 75, 100]  # board.model.MILESTONES
+    note: Annotated[str, Meta(max_length=2000)] = ""
+
+
+class Block(_Op, frozen=True, tag="block"):
+    task_id: TaskIdText
+    type: Annotated[str, Meta(min_length=1, max_length=64)]
+    description: Annotated[str, Meta(min_length=1, max_length=2000)]
+    needed_capabilities: Capabilities = []
+    urgency: Literal["low", "medium", "high", "critical"] = "medium"
+
+
+class Unblock(_Op, frozen=True, tag="unblock"):
+    task_id: TaskIdText
+
+
+class Complete(_Op, frozen=True, tag="complete"):
+    task_id: TaskIdText
+    result: dict[str, Any] = {}
+
+
+class Fail(_Op, frozen=True, tag="fail"):
+    task_id: TaskIdText
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+    retry: bool = True
+
+
+class GiveUp(_Op, frozen=True, tag="give_up"):
+    task_id: TaskIdText
+
+
+class Help(_Op, frozen=True, tag="help"):
+    task_id: TaskIdText
+    needed: Capabilities
+
+
+class Cancel(_Op, frozen=True, tag="cancel"):
+    task_id: TaskIdText
+    reason: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+Operation: TypeAlias = (
+    Create
+    | Claim
+    | ClaimNext
+    | Heartbeat
+    | Progress
+    | Block
+    | Unblock
+    | Complete
+    | Fail
+    | GiveUp
+    | Help
+    | Cancel
+)

@@ -1,0 +1,400 @@
+"""The ASGI application: REST under ``/v1`` and the WebSocket ``/v1/ws``.
+
+Every mutation is a signed IFMessage posted to ``/v1/messages`` (or sent over the
+WebSocket) and goes through the service's verification pipeline; refusals come back as
+``{"error": {"code", "detail"}}`` with a fitting status and change nothing. Reads take a
+bearer token from the challenge-response of :mod:`.auth`, or the operator's admin token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from infrafabric import __version__
+from infrafabric.board.model import TaskState
+from infrafabric.errors import KeyringError
+from infrafabric.keystore import keyring_lock, write_keyring_dir
+from infrafabric.protocol.keyring import Keyring, KeyringFile
+from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
+from infrafabric.server.auth import AuthError, Sessions
+from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
+from infrafabric.server.openapi import OPENAPI
+from infrafabric.service import FabricService, ServiceError
+from infrafabric.storage.base import AgentRecord
+from infrafabric.types import AgentId, Timestamp
+
+__all__ = ["ServerState", "create_app"]
+
+#: Largest request body: a message, or an enrollment with a keyring document.
+MAX_BODY: Final = DEFAULT_MAX_BYTES
+
+
+@dataclass
+class ServerState:
+    """What the routes share; built by :func:`infrafabric.server.runner.open_server`."""
+
+    service: FabricService
+    sessions: Sessions
+    keyring: Keyring
+    keyring_dir: Path
+    clock: Callable[[], Timestamp] = time.time
+    queue_limit: int = QUEUE_LIMIT  # frames waiting per WebSocket before it is dropped
+    hub: Hub | None = field(default=None, init=False)
+
+
+class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
+    keys: KeyringFile
+    capabilities: list[str] = []
+    description: str = ""
+
+
+def create_app(state: ServerState) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hub = Hub(asyncio.get_running_loop(), queue_limit=state.queue_limit)
+        state.hub = hub
+        state.service.on_events(hub.board_events)
+        state.service.on_delivery(hub.delivery)
+        state.service.on_topic(hub.topic_message)
+        yield
+
+    routes = [
+        Route("/v1/health", _health, methods=["GET"]),
+        Route("/v1/openapi.json", _openapi, methods=["GET"]),
+        Route("/v1/auth/challenge", _route(state, _challenge), methods=["POST"]),
+        Route("/v1/auth/token", _route(state, _token), methods=["POST"]),
+        Route("/v1/messages", _route(state, _messages), methods=["POST"]),
+        Route("/v1/tasks", _route(state, _tasks), methods=["GET"]),
+        Route("/v1/tasks/{task_id}", _route(state, _task), methods=["GET"]),
+        Route("/v1/agents", _route(state, _agents), methods=["GET"]),
+        Route("/v1/events", _route(state, _events), methods=["GET"]),
+        Route("/v1/inbox", _route(state, _inbox), methods=["GET"]),
+        Route("/v1/inbox/ack", _route(state, _ack), methods=["POST"]),
+        Route("/v1/admin/agents", _route(state, _enroll), methods=["POST"]),
+        WebSocketRoute("/v1/ws", lambda websocket: _websocket(state, websocket)),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+# -- plumbing -----------------------------------------------------------------------------
+
+Handler = Callable[[ServerState, Request], Awaitable[Any]]
+
+
+def _route(state: ServerState, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            result = await handler(state, request)
+        except ServiceError as exc:
+            return _json(exc.to_json(), exc.status)
+        return _json(result, 200)
+
+    return endpoint
+
+
+def _json(document: Any, status: int) -> Response:
+    return Response(
+        msgspec.json.encode(document), status_code=status, media_type="application/json"
+    )
+
+
+async def _body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
+        raise ServiceError("TOO_LARGE", f"body of {declared} bytes > {MAX_BODY}", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise ServiceError("TOO_LARGE", f"body larger than {MAX_BODY} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request, shape: type[Any]) -> Any:
+    data = await _body(request)
+    try:
+        return msgspec.json.decode(data, type=shape)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ServiceError("MALFORMED", str(exc), 400) from None
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header[7:] if header.lower().startswith("bearer ") else None
+
+
+def _reader(state: ServerState, request: Request) -> AgentId | None:
+    """The agent behind the request's token (``None`` for the operator); 401 otherwise."""
+    token = _bearer(request)
+    if state.sessions.is_admin(token):
+        return None
+    agent = state.sessions.agent_of(token, state.clock())
+    if agent is None:
+        raise ServiceError("UNAUTHENTICATED", "a valid bearer token is required", 401)
+    return agent
+
+
+def _admin(state: ServerState, request: Request) -> None:
+    if not state.sessions.is_admin(_bearer(request)):
+        raise ServiceError("UNAUTHENTICATED", "this needs the operator's admin token", 401)
+
+
+# -- routes -------------------------------------------------------------------------------
+
+
+async def _health(request: Request) -> Response:
+    return _json({"status": "ok", "version": __version__}, 200)
+
+
+async def _openapi(request: Request) -> Response:
+    return _json(OPENAPI, 200)
+
+
+class _ChallengeRequest(msgspec.Struct, forbid_unknown_fields=True):
+    agent: str
+
+
+class _TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    agent: str
+    kid: str
+    challenge: str
+    signature: str
+
+
+async def _challenge(state: ServerState, request: Request) -> dict[str, Any]:
+    asked = await _json_body(request, _ChallengeRequest)
+    try:
+        return {"challenge": state.sessions.challenge(asked.agent, state.clock())}
+    except AuthError as exc:
+        raise ServiceError(exc.code, exc.detail, 503) from None
+
+
+async def _token(state: ServerState, request: Request) -> dict[str, Any]:
+    answer = await _json_body(request, _TokenRequest)
+    try:
+        token = state.sessions.token(
+            answer.agent, answer.kid, answer.challenge, answer.signature, state.clock()
+        )
+    except AuthError as exc:
+        raise ServiceError(exc.code, exc.detail, 401) from None
+    return {"token": token, "agent": answer.agent}
+
+
+async def _messages(state: ServerState, request: Request) -> dict[str, Any]:
+    data = await _body(request)
+    return await run_in_threadpool(state.service.handle, data, now=state.clock())
+
+
+async def _tasks(state: ServerState, request: Request) -> dict[str, Any]:
+    _reader(state, request)
+    wanted = request.query_params.getlist("state")
+    try:
+        states = [TaskState(name) for name in wanted] or None
+    except ValueError:
+        raise ServiceError("MALFORMED", f"unknown state among {wanted}", 400) from None
+    tasks = await run_in_threadpool(state.service.store.tasks, states)
+    return {"tasks": msgspec.to_builtins(tasks)}
+
+
+async def _task(state: ServerState, request: Request) -> dict[str, Any]:
+    _reader(state, request)
+    task = await run_in_threadpool(state.service.store.get, request.path_params["task_id"])
+    if task is None:
+        raise ServiceError("NOT_FOUND", f"no task {request.path_params['task_id']}", 404)
+    return {"task": msgspec.to_builtins(task)}
+
+
+async def _agents(state: ServerState, request: Request) -> dict[str, Any]:
+    _reader(state, request)
+    agents = await run_in_threadpool(state.service.store.agents)
+    coordinator = state.service.coordinator
+    return {
+        "agents": [
+            {**msgspec.to_builtins(agent), "health": str(coordinator.health(agent.id))}
+            for agent in agents
+        ]
+    }
+
+
+async def _events(state: ServerState, request: Request) -> dict[str, Any]:
+    _reader(state, request)
+    after, limit = _int_param(request, "after", 0), min(_int_param(request, "limit", 500), 5000)
+    stored = await run_in_threadpool(state.service.store.events_since, after, limit)
+    return {"events": [{"seq": s.seq, **msgspec.to_builtins(s.event)} for s in stored]}
+
+
+async def _inbox(state: ServerState, request: Request) -> dict[str, Any]:
+    agent = _reader(state, request)
+    if agent is None:
+        raise ServiceError("UNAUTHENTICATED", "an inbox belongs to an agent: use its token", 401)
+    after = _int_param(request, "after", 0)
+    entries = await run_in_threadpool(state.service.store.pending, agent, after, 100)
+    return {"messages": [{"position": e.position, "message": json.loads(e.body)} for e in entries]}
+
+
+class _Ack(msgspec.Struct, forbid_unknown_fields=True):
+    position: int
+
+
+async def _ack(state: ServerState, request: Request) -> dict[str, Any]:
+    agent = _reader(state, request)
+    if agent is None:
+        raise ServiceError("UNAUTHENTICATED", "an inbox belongs to an agent: use its token", 401)
+    ack = await _json_body(request, _Ack)
+    removed = await run_in_threadpool(state.service.store.ack, agent, ack.position)
+    return {"acknowledged": removed}
+
+
+async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
+    _admin(state, request)
+    enrollment = await _json_body(request, _Enrollment)
+    agents = sorted({record.agent for record in enrollment.keys.keys})
+    if len(agents) != 1:
+        raise ServiceError("MALFORMED", "enroll one agent at a time", 400)
+    try:
+        with keyring_lock(state.keyring_dir):
+            for record in enrollment.keys.keys:
+                state.keyring.add(record)
+            write_keyring_dir(state.keyring, state.keyring_dir, agents=agents)
+    except KeyringError as exc:  # a record that contradicts a trusted one
+        raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
+    record = AgentRecord(
+        id=agents[0],
+        capabilities=tuple(enrollment.capabilities),
+        description=enrollment.description,
+        enrolled_at=state.clock(),
+    )
+    await run_in_threadpool(state.service.enroll, record)
+    return {"agent": msgspec.to_builtins(record)}
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit():
+        raise ServiceError("MALFORMED", f"{name} must be a non-negative integer", 400)
+    return int(text)
+
+
+# -- the WebSocket -------------------------------------------------------------------------
+
+MAX_FRAME: Final = MAX_BODY + 1024
+
+
+async def _websocket(state: ServerState, websocket: WebSocket) -> None:
+    token = websocket.query_params.get("token")
+    admin = state.sessions.is_admin(token)
+    agent = None if admin else state.sessions.agent_of(token, state.clock())
+    if agent is None and not admin:
+        await websocket.close(code=4401, reason="a valid token is required")
+        return
+    hub = state.hub
+    assert hub is not None  # set by the lifespan before any request
+    await websocket.accept()
+    connection = Connection(agent, hub.queue_limit)
+    hub.connections.add(connection)
+    sender = asyncio.create_task(_send_frames(websocket, connection))
+    try:
+        if agent is not None:
+            for entry in await run_in_threadpool(state.service.store.pending, agent, 0, 1000):
+                connection.offer(
+                    json.dumps(
+                        {
+                            "type": "message",
+                            "position": entry.position,
+                            "message": json.loads(entry.body),
+                        }
+                    )
+                )
+        while True:
+            receiving = asyncio.ensure_future(websocket.receive_text())
+            overflowing = asyncio.ensure_future(connection.overflow.wait())
+            done, _ = await asyncio.wait(
+                {receiving, overflowing}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if overflowing in done:
+                receiving.cancel()
+                break
+            overflowing.cancel()
+            reply = await _frame_reply(state, hub, connection, receiving.result())
+            connection.offer(json.dumps(reply))
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.connections.discard(connection)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        if connection.overflowed:
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it may be gone already
+                await websocket.close(code=1013, reason="too slow: frames piled up")
+
+
+async def _send_frames(websocket: WebSocket, connection: Connection) -> None:
+    while True:
+        frame = await connection.queue.get()
+        await websocket.send_text(frame)
+
+
+async def _frame_reply(
+    state: ServerState, hub: Hub, connection: Connection, text: str
+) -> dict[str, Any]:
+    if len(text) > MAX_FRAME:
+        return {"type": "error", "error": {"code": "TOO_LARGE", "detail": "frame too large"}}
+    try:
+        frame = json.loads(text)
+        kind, request_id = frame["type"], frame.get("id")
+    except (ValueError, KeyError, TypeError):
+        return {
+            "type": "error",
+            "error": {"code": "MALFORMED", "detail": "frames are JSON objects with a type"},
+        }
+    try:
+        if kind == "subscribe":
+            topics = [str(topic) for topic in frame.get("topics", [])][:64]
+            connection.topics.update(topics)
+            if frame.get("replay"):
+                hub.replay(connection)
+            return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
+        if kind == "unsubscribe":
+            connection.topics.difference_update(frame.get("topics", []))
+            return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
+        if kind == "ack" and connection.agent is not None:
+            done = await run_in_threadpool(
+                state.service.store.ack, connection.agent, int(frame["position"])
+            )
+            return {"type": "acked", "id": request_id, "acknowledged": done}
+        if kind == "send":
+            data = json.dumps(frame["message"]).encode()
+            result = await run_in_threadpool(state.service.handle, data, now=state.clock())
+            return {"type": "reply", "id": request_id, "result": result}
+    except ServiceError as exc:
+        return {"type": "error", "id": request_id, **exc.to_json()}
+    except (KeyError, ValueError, TypeError) as exc:
+        return {
+            "type": "error",
+            "id": request_id,
+            "error": {"code": "MALFORMED", "detail": str(exc)},
+        }
+    return {
+        "type": "error",
+        "id": request_id,
+        "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
+    }

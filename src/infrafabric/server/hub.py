@@ -1,0 +1,111 @@
+"""WebSocket fan-out: who is connected, what they follow, and a bounded queue each.
+
+The service reports events, deliveries and topic messages from whatever thread handled
+the request; the hub hands them to the event loop (``call_soon_threadsafe``) and from
+there into each interested connection's queue. A queue that fills up (a slow or dead
+client) marks its connection as overflowing: the connection is closed rather than
+letting it hold memory or stall anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from infrafabric.board.model import BoardEvent
+from infrafabric.protocol.addresses import address_matches
+from infrafabric.service import Delivery
+from infrafabric.types import AgentId
+
+__all__ = ["Connection", "Hub"]
+
+#: Frames a connection may have waiting before it is closed as too slow.
+QUEUE_LIMIT: Final = 1000
+#: Recent topic messages kept for a client that reconnects (``replay`` in subscribe).
+REPLAY_LIMIT: Final = 256
+
+
+@dataclass(eq=False)
+class Connection:
+    """One WebSocket client: its agent, its subscriptions, its outgoing queue."""
+
+    agent: AgentId | None
+    limit: int = QUEUE_LIMIT
+    queue: asyncio.Queue[str] = field(init=False)
+    topics: set[str] = field(default_factory=set)
+    overflow: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.queue = asyncio.Queue(self.limit)
+
+    @property
+    def overflowed(self) -> bool:
+        return self.overflow.is_set()
+
+    def offer(self, frame: str) -> None:
+        """Queue ``frame`` without waiting; a full queue marks the connection for closing."""
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.overflow.set()
+
+    def follows(self, topic: str) -> bool:
+        return any(address_matches(pattern, topic) for pattern in self.topics)
+
+
+class Hub:
+    """All live connections of one server process."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, queue_limit: int = QUEUE_LIMIT) -> None:
+        self.loop = loop
+        self.queue_limit = queue_limit
+        self.connections: set[Connection] = set()
+        self.recent: deque[tuple[str, str]] = deque(maxlen=REPLAY_LIMIT)
+
+    # called from any thread ---------------------------------------------------------------
+
+    def board_events(self, events: Sequence[BoardEvent]) -> None:
+        frames = [
+            (event.topic, _frame("event", topic=event.topic, event=msgspec.to_builtins(event)))
+            for event in events
+        ]
+        self.loop.call_soon_threadsafe(self._publish, frames)
+
+    def delivery(self, delivery: Delivery) -> None:
+        frame = _frame("message", position=delivery.position, message=json.loads(delivery.body))
+        self.loop.call_soon_threadsafe(self._direct, delivery.receiver, frame)
+
+    def topic_message(self, topic: str, body: bytes) -> None:
+        frame = _frame("event", topic=topic, message=json.loads(body))
+        self.loop.call_soon_threadsafe(self._publish, [(topic, frame)])
+
+    # on the loop --------------------------------------------------------------------------
+
+    def replay(self, connection: Connection) -> None:
+        for topic, frame in self.recent:
+            if connection.follows(topic):
+                connection.offer(frame)
+
+    def _publish(self, frames: list[tuple[str, str]]) -> None:
+        for topic, frame in frames:
+            self.recent.append((topic, frame))
+            for connection in self.connections:
+                if connection.follows(topic):
+                    connection.offer(frame)
+
+    def _direct(self, receiver: AgentId, frame: str) -> None:
+        for connection in self.connections:
+            if connection.agent == receiver:
+                connection.offer(frame)
+
+
+def _frame(kind: str, **fields: Any) -> str:
+    return json.dumps({"type": kind, **fields}, separators=(",", ":"), ensure_ascii=False)

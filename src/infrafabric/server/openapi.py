@@ -1,0 +1,87 @@
+"""The OpenAPI 3.1 description of ``/v1``, served at ``/v1/openapi.json``.
+
+Written by hand so that it says what the routes do (a test checks it lists every route).
+Bodies of ``/v1/messages`` follow ``schemas/ifmessage-2.1.json``; board operations are
+described in ``docs/server.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from infrafabric import __version__
+
+__all__ = ["OPENAPI"]
+
+_ERROR: Final[dict[str, Any]] = {
+    "description": "Refused; nothing changed",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {"code": {"type": "string"}, "detail": {"type": "string"}},
+                    }
+                },
+            }
+        }
+    },
+}
+_OK: Final[dict[str, Any]] = {
+    "description": "OK",
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+_BEARER: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
+
+
+def _op(summary: str, *, secured: bool = True, body: bool = False) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": _OK, "4XX": _ERROR, "5XX": _ERROR},
+    }
+    if secured:
+        operation["security"] = _BEARER
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    return operation
+
+
+OPENAPI: Final[dict[str, Any]] = {
+    "openapi": "3.1.0",
+    "info": {"title": "InfraFabric", "version": __version__},
+    "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    "paths": {
+        "/v1/health": {"get": _op("Liveness and version", secured=False)},
+        "/v1/openapi.json": {"get": _op("This document", secured=False)},
+        "/v1/auth/challenge": {
+            "post": _op("Get a challenge for an agent", secured=False, body=True)
+        },
+        "/v1/auth/token": {
+            "post": _op("Trade a signed challenge for a 15-minute token", secured=False, body=True)
+        },
+        "/v1/messages": {
+            "post": _op(
+                "Send a signed IFMessage: a board operation (to if://service/board), a direct message, or a topic message",
+                secured=False,
+                body=True,
+            )
+        },
+        "/v1/tasks": {"get": _op("The board's tasks (repeat ?state= to filter)")},
+        "/v1/tasks/{task_id}": {"get": _op("One task")},
+        "/v1/agents": {"get": _op("Enrolled agents with their health")},
+        "/v1/events": {"get": _op("Board events after ?after=seq (replay)")},
+        "/v1/inbox": {"get": _op("The calling agent's unacknowledged direct messages")},
+        "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
+        "/v1/admin/agents": {
+            "post": _op(
+                "Enroll an agent: its public keys and capabilities (admin token)", body=True
+            )
+        },
+        "/v1/ws": {"get": _op("WebSocket for the bus and live events (?token=)")},
+    },
+}

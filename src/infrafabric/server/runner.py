@@ -1,0 +1,131 @@
+"""Opening a fabric's data directory and running the server over it.
+
+A data directory holds (files 0600, created on first start)::
+
+    board.db        the SQLite store: tasks, events, inboxes, agents
+    keyring/        public keys of enrolled agents (keyring documents)
+    admin.token     the operator's token (or set IFAB_ADMIN_TOKEN)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import platformdirs
+import uvicorn
+
+from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
+from infrafabric.coordinator import Coordinator
+from infrafabric.keystore import load_keyring_dir
+from infrafabric.protocol.verify import Verifier
+from infrafabric.server.app import ServerState, create_app
+from infrafabric.server.auth import Sessions
+from infrafabric.service import FabricService
+from infrafabric.storage.sqlite import SqliteStore
+
+__all__ = [
+    "ENV_ADMIN_TOKEN",
+    "ENV_DATA",
+    "RunningServer",
+    "default_data_dir",
+    "open_server",
+    "run_server",
+]
+
+ENV_DATA: Final = "IFAB_DATA"
+ENV_ADMIN_TOKEN: Final = "IFAB_ADMIN_TOKEN"  # noqa: S105 - the variable's name
+SWEEP_SECONDS: Final = 1.0
+
+
+def default_data_dir() -> Path:
+    """``$IFAB_DATA``, else the user's data directory for ``infrafabric``."""
+    configured = os.environ.get(ENV_DATA)
+    return Path(configured) if configured else platformdirs.user_data_path("infrafabric") / "fabric"
+
+
+def open_server(
+    data_dir: Path, *, config: BoardConfig = DEFAULT_CONFIG, synchronous: str = "FULL"
+) -> ServerState:
+    """Open (creating if needed) the data directory and build the server's state."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = SqliteStore(
+        data_dir / "board.db", synchronous="NORMAL" if synchronous == "NORMAL" else "FULL"
+    )
+    keyring_dir = data_dir / "keyring"
+    keyring = load_keyring_dir(keyring_dir)
+    coordinator = Coordinator(store, config=config)
+    service = FabricService(coordinator, Verifier(keyring))
+    sessions = Sessions(keyring, _admin_token(data_dir))
+    return ServerState(service=service, sessions=sessions, keyring=keyring, keyring_dir=keyring_dir)
+
+
+def _admin_token(data_dir: Path) -> str:
+    configured = os.environ.get(ENV_ADMIN_TOKEN)
+    if configured:
+        return configured
+    path = data_dir / "admin.token"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        token = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+        return token
+
+
+@dataclass
+class RunningServer:
+    state: ServerState
+    url: str
+    server: uvicorn.Server
+
+
+@contextmanager
+def run_server(
+    state: ServerState, *, host: str = "127.0.0.1", port: int = 0
+) -> Iterator[RunningServer]:
+    """Run the server in a background thread until the block ends (port 0: any free one).
+
+    A sweeper thread returns expired leases and escalates long blockers every second.
+    """
+    config = uvicorn.Config(
+        create_app(state),
+        host=host,
+        port=port,
+        log_level="warning",
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="ifab-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start on {host}:{port}")
+        time.sleep(0.01)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    stop = threading.Event()
+    sweeper = threading.Thread(target=_sweep, args=(state, stop), name="ifab-sweeper", daemon=True)
+    sweeper.start()
+    try:
+        yield RunningServer(state, f"http://{host}:{bound}", server)
+    finally:
+        stop.set()
+        server.should_exit = True
+        thread.join(timeout=10)
+        sweeper.join(timeout=10)
+
+
+def _sweep(state: ServerState, stop: threading.Event) -> None:
+    while not stop.wait(SWEEP_SECONDS):
+        state.service.coordinator.sweep()

@@ -1,0 +1,259 @@
+"""The fabric service: one verified IFMessage in, one reply out, whatever the transport.
+
+The server calls it for every HTTP or WebSocket message, the embedded mode calls it
+directly. Every message goes through the verification pipeline first; then:
+
+* a ``request`` to ``if://service/board`` carries a board operation (:mod:`infrafabric.ops`);
+* a message to ``if://agent/...`` is kept in each receiver's inbox until acknowledged;
+* a message to ``if://topic/...`` goes to the topic's live subscribers.
+
+Errors come back as :class:`ServiceError` with a stable ``code`` (the verification
+reason codes, and the board's own) and the HTTP status a server should use.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import msgspec
+
+from infrafabric import ops
+from infrafabric.board.dag import DependencyError
+from infrafabric.board.model import Blocker, BoardEvent, Task, Urgency
+from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner
+from infrafabric.board.transitions import IllegalTransition
+from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
+from infrafabric.errors import FabricError, StoreError
+from infrafabric.protocol.message import IFMessage, encode_json
+from infrafabric.protocol.reasons import Reason
+from infrafabric.protocol.verify import Verdict, Verifier
+from infrafabric.storage.base import AgentRecord
+from infrafabric.types import AgentId, Timestamp
+
+__all__ = ["Delivery", "FabricService", "ServiceError"]
+
+_STATUS_OF_REASON: Final = {
+    Reason.TOO_LARGE: 413,
+    Reason.MALFORMED: 400,
+    Reason.UNSUPPORTED_VERSION: 400,
+    Reason.EXPIRED: 401,
+    Reason.FROM_FUTURE: 401,
+    Reason.UNKNOWN_KEY: 401,
+    Reason.KEY_REVOKED: 401,
+    Reason.KEY_EXPIRED: 401,
+    Reason.UNSIGNED: 401,
+    Reason.BAD_SIGNATURE: 401,
+    Reason.REPLAY: 409,
+    Reason.OUT_OF_SEQUENCE: 409,
+    Reason.UNAUTHORIZED: 403,
+}
+
+
+class ServiceError(FabricError):
+    """A refused message: ``code`` is stable (a verification reason code or a board code
+    such as ``NOT_OWNER``), ``status`` the HTTP status that fits it."""
+
+    def __init__(self, code: str, detail: str, status: int) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "detail": self.detail}}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A direct message for live delivery: ``position`` in ``receiver``'s inbox."""
+
+    receiver: AgentId
+    position: int
+    body: bytes
+
+
+@dataclass
+class _Listeners:
+    events: list[Callable[[Sequence[BoardEvent]], None]] = field(default_factory=list)
+    deliveries: list[Callable[[Delivery], None]] = field(default_factory=list)
+    topics: list[Callable[[str, bytes], None]] = field(default_factory=list)
+
+
+class FabricService:
+    """Verification, board operations, inboxes and topics behind one ``handle`` call."""
+
+    def __init__(self, coordinator: Coordinator, verifier: Verifier) -> None:
+        self.coordinator = coordinator
+        self.store = coordinator.store
+        self.verifier = verifier
+        self._verify_lock = threading.Lock()  # the verifier's replay state is not thread-safe
+        self._listeners = _Listeners()
+        coordinator.listen(self._on_board_events)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def handle(self, data: bytes, *, now: Timestamp, local: bool = False) -> dict[str, Any]:
+        """Verify and carry out one wire message; returns the JSON-ready reply or raises
+        :class:`ServiceError`."""
+        with self._verify_lock:
+            verdict = self.verifier.check(data, now=now, local=local)
+        message = _accepted(verdict)
+        receivers = message.receivers
+        if receivers == (ops.BOARD,):
+            return self._board(message)
+        if any(receiver.startswith("if://service/") for receiver in receivers):
+            raise ServiceError("UNKNOWN_SERVICE", f"no such service among {list(receivers)}", 404)
+        body = encode_json(message)
+        delivered: list[dict[str, Any]] = []
+        published: list[str] = []
+        for receiver in receivers:
+            if receiver.startswith("if://agent/"):
+                position = self.store.deliver(receiver, message.id, body)
+                delivered.append({"receiver": receiver, "position": position})
+                self._emit_delivery(Delivery(receiver, position, body))
+            else:
+                published.append(receiver)
+                for listener in self._listeners.topics:
+                    listener(receiver, body)
+        return {"delivered": delivered, "published": published}
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def enroll(self, record: AgentRecord) -> None:
+        self.store.enroll(record)
+
+    def agent(self, agent_id: AgentId) -> AgentRecord | None:
+        return next((a for a in self.store.agents() if a.id == agent_id), None)
+
+    # -- listeners (the server's WebSocket fan-out) ---------------------------------------
+
+    def on_events(self, listener: Callable[[Sequence[BoardEvent]], None]) -> None:
+        self._listeners.events.append(listener)
+
+    def on_delivery(self, listener: Callable[[Delivery], None]) -> None:
+        self._listeners.deliveries.append(listener)
+
+    def on_topic(self, listener: Callable[[str, bytes], None]) -> None:
+        self._listeners.topics.append(listener)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _board(self, message: IFMessage) -> dict[str, Any]:
+        if message.performative != "request":
+            raise ServiceError("UNSUPPORTED_PERFORMATIVE", "board operations are requests", 400)
+        try:
+            operation = msgspec.convert(message.content, ops.Operation)
+        except msgspec.ValidationError as exc:
+            raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
+        agent = message.sender
+        record = self.agent(agent)
+        if record is None:
+            raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
+        try:
+            return self._operate(operation, agent, record)
+        except (NotOwner, LeaseLost) as exc:
+            raise ServiceError(
+                "LEASE_LOST" if isinstance(exc, LeaseLost) else "NOT_OWNER", str(exc), 403
+            ) from None
+        except IllegalTransition as exc:
+            raise ServiceError("ILLEGAL_TRANSITION", str(exc), 409) from None
+        except TaskNotFound as exc:
+            raise ServiceError("NOT_FOUND", str(exc), 404) from None
+        except (InvalidTask, DependencyError) as exc:
+            raise ServiceError("INVALID_TASK", str(exc), 422) from None
+        except Busy as exc:
+            raise ServiceError("BUSY", str(exc), 503) from None
+        except StoreError as exc:
+            raise ServiceError("STORE_UNAVAILABLE", str(exc), 503) from None
+
+    def _operate(
+        self, operation: ops.Operation, agent: AgentId, record: AgentRecord
+    ) -> dict[str, Any]:
+        board = self.coordinator
+        match operation:
+            case ops.Create(tasks=specs):
+                return {
+                    "tasks": [_task_json(t) for t in board.create([_task(s, agent) for s in specs])]
+                }
+            case ops.Claim(task_id=task_id):
+                return {"task": _task_json(board.claim(task_id, agent))}
+            case ops.ClaimNext():
+                task = board.claim_next(agent, record.capabilities)
+                return {"task": None if task is None else _task_json(task)}
+            case ops.Heartbeat(task_id=task_id):
+                return {"task": _task_json(board.heartbeat(task_id, agent))}
+            case ops.Progress(task_id=task_id, percent=percent, note=note):
+                return {"task": _task_json(board.progress(task_id, agent, percent, note))}
+            case ops.Block(task_id=task_id) as block:
+                blocker = Blocker(
+                    type=block.type,
+                    description=block.description,
+                    needed_capabilities=tuple(block.needed_capabilities),
+                    urgency=Urgency(block.urgency),
+                )
+                task, filler = board.block(task_id, agent, blocker, record.capabilities)
+                return {
+                    "task": _task_json(task),
+                    "filler": None if filler is None else _task_json(filler),
+                }
+            case ops.Unblock(task_id=task_id):
+                return {"task": _task_json(board.unblock(task_id, agent))}
+            case ops.Complete(task_id=task_id, result=result):
+                return {"task": _task_json(board.complete(task_id, agent, result))}
+            case ops.Fail(task_id=task_id, reason=reason, retry=retry):
+                return {"task": _task_json(board.fail(task_id, agent, reason, retry=retry))}
+            case ops.GiveUp(task_id=task_id):
+                return {"task": _task_json(board.give_up(task_id, agent))}
+            case ops.Help(task_id=task_id, needed=needed):
+                agents = {a.id: a.capabilities for a in self.store.agents()}
+                return {"invited": board.request_help(task_id, agent, needed, agents)}
+            case ops.Cancel(task_id=task_id, reason=reason):
+                task = board.get(task_id)
+                if task.creator != agent:
+                    raise ServiceError(
+                        "NOT_CREATOR",
+                        f"only {task.creator} or an operator may cancel {task_id}",
+                        403,
+                    )
+                return {"task": _task_json(board.cancel(task_id, agent, reason))}
+        raise ServiceError(
+            "INVALID_OPERATION", f"unknown operation {operation!r}", 422
+        )  # pragma: no cover
+
+    def _on_board_events(self, events: Sequence[BoardEvent]) -> None:
+        for listener in self._listeners.events:
+            listener(events)
+
+    def _emit_delivery(self, delivery: Delivery) -> None:
+        for listener in self._listeners.deliveries:
+            listener(delivery)
+
+
+def _accepted(verdict: Verdict) -> IFMessage:
+    if verdict.accepted and verdict.message is not None:
+        return verdict.message
+    reason = verdict.reason or Reason.MALFORMED
+    raise ServiceError(str(reason), verdict.detail, _STATUS_OF_REASON.get(reason, 400))
+
+
+def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:
+    return Task(
+        id=spec.id or f"task-{secrets.token_hex(6)}",
+        title=spec.title,
+        description=spec.description,
+        required_capabilities=tuple(spec.required_capabilities),
+        priority=spec.priority,
+        dependencies=tuple(spec.dependencies),
+        filler=spec.filler,
+        max_attempts=spec.max_attempts,
+        creator=creator,
+    )
+
+
+def _task_json(task: Task) -> dict[str, Any]:
+    document: dict[str, Any] = msgspec.to_builtins(task)
+    return document

@@ -1,0 +1,327 @@
+"""The server over real HTTP and WebSocket, with the SDK and with hand-made requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from infrafabric import Outbox, SigningIdentity, build_message, encode_json
+from infrafabric.client import Client, RemoteError
+from infrafabric.server.openapi import OPENAPI
+from infrafabric.server.runner import open_server, run_server
+from tests.server.conftest import Fabric
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def test_health_and_openapi_describe_every_route(fabric: Fabric) -> None:
+    health = httpx.get(f"{fabric.url}/v1/health").json()
+    assert health["status"] == "ok"
+    spec = httpx.get(f"{fabric.url}/v1/openapi.json").json()
+    routes = {route.path for route in fabric.server.server.config.app.routes}  # type: ignore[attr-defined]
+    assert routes == set(spec["paths"]) == set(OPENAPI["paths"])
+
+
+def test_an_agent_works_a_board_through_the_sdk(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice", ("code:python",))
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            created = await agent.create_tasks(
+                [
+                    {"id": "a", "title": "write"},
+                    {"id": "b", "title": "review", "dependencies": ["a"]},
+                ]
+            )
+            assert [t["state"] for t in created] == ["available", "waiting"]
+            task = await agent.claim_next()
+            assert task is not None
+            assert task["id"] == "a"
+            await agent.progress("a", 50, "half way")
+            done = await agent.complete("a", {"lines": 120})
+            assert done["state"] == "completed"
+            assert (await agent.task("b"))["state"] == "available"
+            kinds = [event["kind"] for event in await agent.events()]
+            assert kinds[-3:] == ["task.progress", "task.completed", "task.released"]
+
+    run(scenario())
+
+
+def test_authentication_refuses_wrong_keys_and_reused_challenges(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+    impostor = SigningIdentity.generate(alice.agent)
+
+    async def scenario() -> None:
+        with pytest.raises(RemoteError) as caught:
+            async with Client.connect(fabric.url, impostor):
+                pass
+        assert caught.value.code == "UNKNOWN_KEY"
+        assert caught.value.status == 401
+
+    run(scenario())
+    challenge = httpx.post(f"{fabric.url}/v1/auth/challenge", json={"agent": alice.agent}).json()[
+        "challenge"
+    ]
+    from infrafabric.protocol.identity import b64url_decode, b64url_encode
+    from infrafabric.server.auth import auth_input
+
+    answer = {
+        "agent": alice.agent,
+        "kid": alice.kid,
+        "challenge": challenge,
+        "signature": b64url_encode(
+            alice.sign_bytes(auth_input(b64url_decode(challenge), alice.agent))
+        ),
+    }
+    assert httpx.post(f"{fabric.url}/v1/auth/token", json=answer).status_code == 200
+    again = httpx.post(f"{fabric.url}/v1/auth/token", json=answer)
+    assert (again.status_code, again.json()["error"]["code"]) == (401, "BAD_CHALLENGE")
+    assert httpx.get(f"{fabric.url}/v1/tasks").json()["error"]["code"] == "UNAUTHENTICATED"
+
+
+def _post(fabric: Fabric, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{fabric.url}/v1/messages", content=body, headers={"content-type": "application/json"}
+    )
+
+
+def _board_state(fabric: Fabric) -> tuple[Any, Any]:
+    return fabric.admin_get("/v1/tasks").json(), fabric.admin_get("/v1/events").json()
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "code"),
+    [
+        (lambda o, ok: b"{not json", 400, "MALFORMED"),
+        (lambda o, ok: b"{" + b" " * 70_000 + b"}", 413, "TOO_LARGE"),
+        (lambda o, ok: ok.replace(b'"claim"', b'"cancel"'), 401, "BAD_SIGNATURE"),
+        (
+            lambda o, ok: encode_json(
+                o.message(
+                    now=time.time() - 900,
+                    performative="request",
+                    receiver="if://service/board",
+                    content={"op": "claim", "task_id": "a"},
+                )
+            ),
+            401,
+            "EXPIRED",
+        ),
+        (
+            lambda o, ok: encode_json(
+                o.message(
+                    now=time.time(),
+                    performative="request",
+                    receiver="if://service/board",
+                    content={"op": "fly"},
+                )
+            ),
+            422,
+            "INVALID_OPERATION",
+        ),
+        (
+            lambda o, ok: encode_json(
+                o.message(
+                    now=time.time(),
+                    performative="request",
+                    receiver="if://service/board",
+                    content={"op": "complete", "task_id": "a"},
+                )
+            ),
+            403,
+            "NOT_OWNER",
+        ),
+        (
+            lambda o, ok: encode_json(
+                o.message(
+                    now=time.time(),
+                    performative="request",
+                    receiver="if://service/nope",
+                    content={},
+                )
+            ),
+            404,
+            "UNKNOWN_SERVICE",
+        ),
+    ],
+    ids=[
+        "malformed",
+        "oversized",
+        "forged",
+        "expired",
+        "unknown-op",
+        "not-owner",
+        "unknown-service",
+    ],
+)
+def test_bad_requests_get_a_reason_code_and_change_nothing(
+    fabric: Fabric, make: Any, status: int, code: str
+) -> None:
+    alice = fabric.enroll("alice")
+    outbox = Outbox(alice, last_sequence=1000)
+    setup = outbox.message(
+        now=time.time(),
+        performative="request",
+        receiver="if://service/board",
+        content={"op": "create", "tasks": [{"id": "a", "title": "A"}]},
+    )
+    assert _post(fabric, encode_json(setup)).status_code == 200
+    valid = encode_json(
+        outbox.message(
+            now=time.time(),
+            performative="request",
+            receiver="if://service/board",
+            content={"op": "claim", "task_id": "a"},
+        )
+    )
+    before = _board_state(fabric)
+    response = _post(fabric, make(outbox, valid))
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert _board_state(fabric) == before
+
+
+def test_a_replayed_request_is_refused(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+    outbox = Outbox(alice, last_sequence=1000)
+    create = encode_json(
+        outbox.message(
+            now=time.time(),
+            performative="request",
+            receiver="if://service/board",
+            content={"op": "create", "tasks": [{"title": "once"}]},
+        )
+    )
+    assert _post(fabric, create).status_code == 200
+    replay = _post(fabric, create)
+    assert (replay.status_code, replay.json()["error"]["code"]) == (409, "REPLAY")
+    assert len(fabric.admin_get("/v1/tasks").json()["tasks"]) == 1
+
+
+def test_agents_must_be_enrolled_and_messages_signed(fabric: Fabric) -> None:
+    stranger = SigningIdentity.generate(build_message.__module__ and "if://agent/stranger")  # type: ignore[arg-type]
+    outbox = Outbox(stranger)
+    response = _post(
+        fabric,
+        encode_json(
+            outbox.message(
+                now=time.time(),
+                performative="request",
+                receiver="if://service/board",
+                content={"op": "claim_next"},
+            )
+        ),
+    )
+    assert response.json()["error"]["code"] == "UNKNOWN_KEY"
+    unsigned = build_message(
+        performative="request",
+        sender="if://agent/stranger",
+        receiver="if://service/board",
+        content={"op": "claim_next"},
+        now=time.time(),
+        sequence_num=1,
+    )
+    assert _post(fabric, encode_json(unsigned)).json()["error"]["code"] == "UNSIGNED"
+
+
+def test_direct_messages_wait_in_the_inbox_until_acknowledged(fabric: Fabric) -> None:
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as sender,
+            Client.connect(fabric.url, bob) as receiver,
+        ):
+            await sender.send(bob.agent, "inform", {"note": "offline delivery"})
+            async with receiver.stream() as frames:
+                await sender.send(bob.agent, "inform", {"note": "live delivery"})
+                received = []
+                async for frame in frames:
+                    received.append(frame)
+                    if len(received) == 2:
+                        break
+            notes = [frame.message.content["note"] for frame in received]  # type: ignore[union-attr]
+            assert notes == ["offline delivery", "live delivery"]
+            assert [m.content["note"] for _, m in await receiver.inbox()] == notes
+            for frame in received:
+                assert await receiver.ack(frame.position)  # type: ignore[arg-type]
+            assert await receiver.inbox() == []
+
+    run(scenario())
+
+
+def test_board_events_stream_to_subscribers(fabric: Fabric) -> None:
+    alice, watcher = fabric.enroll("alice"), fabric.enroll("watcher")
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, watcher) as observer,
+            Client.connect(fabric.url, alice) as worker,
+        ):
+            async with observer.stream(["if://topic/board/task/*"]) as frames:
+                await asyncio.sleep(0.2)  # let the subscription land
+                await worker.create_task("watched", id="w")
+                await worker.claim("w")
+                kinds = []
+                async for frame in frames:
+                    kinds.append(frame.data["event"]["kind"])
+                    if "task.claimed" in kinds:
+                        break
+            assert kinds == ["task.created", "task.claimed"]
+
+    run(scenario())
+
+
+def raw_websocket(url: str, token: str) -> socket.socket:
+    """A WebSocket client that subscribes to the flood topic, then never reads again: its
+    receive buffer is tiny, so the kernel pushes back on the server at once."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)))
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    key = base64.b64encode(os.urandom(16)).decode()
+    connection.sendall(
+        f"GET /v1/ws?token={token} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    assert connection.recv(12) == b"HTTP/1.1 101"
+    payload = json.dumps({"type": "subscribe", "topics": ["if://topic/flood"]}).encode()
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    connection.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)  # one masked text frame
+    return connection
+
+
+def test_a_client_that_stops_reading_is_dropped_and_stalls_nobody(tmp_path: Path) -> None:
+    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    state.queue_limit = 20
+    with run_server(state) as server:
+        fabric = Fabric(server, state.sessions.admin_token)
+        alice, slow = fabric.enroll("alice"), fabric.enroll("slow")
+
+        async def scenario() -> None:
+            async with Client.connect(fabric.url, slow) as lazy:
+                await lazy._ensure_token()
+                stalled = raw_websocket(fabric.url, lazy._token or "")
+                await asyncio.sleep(0.3)
+                assert [c.agent for c in state.hub.connections] == [slow.agent]  # type: ignore[union-attr]
+                async with Client.connect(fabric.url, alice) as busy:
+                    started = time.monotonic()
+                    for _ in range(200):  # 200 x 60 KB: past the socket buffers, then the queue
+                        await busy.send("if://topic/flood", "inform", {"blob": "x" * 60_000})
+                    assert time.monotonic() - started < 60  # the sender was never held up
+                await asyncio.sleep(0.5)
+                assert state.hub.connections == set()  # type: ignore[union-attr]
+                stalled.close()
+
+        run(scenario())
