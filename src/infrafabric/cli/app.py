@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infrafabric import __version__
-from infrafabric.cli import identity, keyring, message
+from infrafabric.cli import board, identity, keyring, message, serve
 from infrafabric.demo import DemoEvent, run_demo
 
 app = typer.Typer(
@@ -27,6 +27,11 @@ app = typer.Typer(
 app.add_typer(identity.app, name="identity")
 app.add_typer(message.app, name="message")
 app.add_typer(keyring.app, name="keyring")
+app.add_typer(board.task_app, name="task")
+app.add_typer(board.agent_app, name="agent")
+app.command("serve")(serve.serve)
+app.command("status")(board.status)
+app.command("tail")(board.tail)
 
 
 @app.command("version")

@@ -1,0 +1,45 @@
+"""``ifab serve``: run a fabric server over a data directory."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from infrafabric.server.runner import ENV_DATA, default_data_dir, open_server, run_server
+
+
+def serve(
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help=f"Data directory (default: ${ENV_DATA} or your data dir)."),
+    ] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", min=0, max=65535, help="Port (0: any free one).")
+    ] = 8765,
+    synchronous: Annotated[
+        str,
+        typer.Option(
+            "--synchronous",
+            help="FULL: a commit survives power loss. NORMAL: it survives a crash of the server, not of the machine.",
+        ),
+    ] = "FULL",
+) -> None:
+    """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
+    if synchronous not in ("FULL", "NORMAL"):
+        raise typer.BadParameter("FULL or NORMAL", param_hint="--synchronous")
+    directory = data or default_data_dir()
+    state = open_server(directory, synchronous=synchronous)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with run_server(state, host=host, port=port) as server:
+        typer.echo(f"InfraFabric serving {server.url} (data in {directory})")
+        typer.echo(f"operator token: {directory / 'admin.token'} (or $IFAB_ADMIN_TOKEN)")
+        with contextlib.suppress(KeyboardInterrupt):
+            stop.wait()
+    typer.echo("stopped")

@@ -1,0 +1,151 @@
+"""`ifab serve` as a real process, driven by the `ifab` task, agent, status and tail commands."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
+PASS = "board cli passphrase"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Fabric:
+    def __init__(self, tmp: Path) -> None:
+        self.data = tmp / "data"
+        self.home = tmp / "home"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("IFAB_")}
+        environment.update(
+            IFAB_HOME=str(self.home),
+            IFAB_DATA=str(self.data),
+            IFAB_PASSPHRASE=PASS,
+            IFAB_SERVER=self.url,
+        )
+        return environment
+
+    def start(self) -> None:
+        assert IFAB is not None
+        self.process = subprocess.Popen(
+            [IFAB, "serve", "--port", str(self.port), "--synchronous", "NORMAL"],
+            env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("ifab serve did not come up")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=20)
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+    def __call__(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        assert IFAB is not None
+        return subprocess.run(
+            [IFAB, *args], input=stdin, capture_output=True, env=self.env(), timeout=60, check=False,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def fabric(tmp_path: Path) -> Iterator[Fabric]:
+    running = Fabric(tmp_path)
+    running.start()
+    yield running
+    running.kill()
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def test_a_board_worked_from_the_shell(fabric: Fabric, tmp_path: Path) -> None:
+    ok(fabric("identity", "new", "lead"))
+    ok(fabric("identity", "new", "coder"))
+    assert "enrolled if://agent/lead" in ok(fabric("agent", "enroll", "lead"))
+    ok(fabric("agent", "enroll", "coder", "--cap", "code:python"))
+    board = tmp_path / "board.yaml"
+    board.write_text(
+        "tasks:\n"
+        "  - {id: design, title: Design the API, priority: 80}\n"
+        "  - {id: build, title: Build it, needs: [code:python], after: [design]}\n"
+        "  - {id: docs, title: Tidy the docs, filler: true}\n"
+    )
+    assert "imported 3 tasks" in ok(fabric("task", "import", str(board), "--as", "lead"))
+    assert "design  claimed" in ok(fabric("task", "claim", "--as", "lead"))
+    ok(fabric("task", "progress", "design", "50", "--note", "half", "--as", "lead"))
+    ok(fabric("task", "done", "design", "--result", '{"ok": true}', "--as", "lead"))
+    listing = ok(fabric("task", "list"))
+    assert "build" in listing
+    assert "available" in listing
+    assert "build  claimed" in ok(fabric("task", "claim", "--as", "coder"))
+    blocked = ok(
+        fabric(
+            "task",
+            "block",
+            "build",
+            "--type",
+            "review",
+            "--description",
+            "needs eyes",
+            "--as",
+            "coder",
+        )
+    )
+    assert "filler offered" in blocked
+    assert "docs" in blocked
+    assert "invited: nobody qualified" in ok(
+        fabric("task", "help", "build", "--needs", "ops:k8s", "--as", "coder")
+    )
+    status = ok(fabric("status"))
+    assert "blocked" in status
+    assert "if://agent/coder" in status
+    agents = ok(fabric("agent", "list"))
+    assert "green" in agents
+    assert "code:python" in agents
+    tail = ok(fabric("tail", "--seconds", "1"))
+    assert tail == ""  # nothing happened during that second
+    refused = fabric("task", "done", "build", "--as", "lead")
+    assert refused.returncode == 1
+    assert b"NOT_OWNER" in refused.stderr
+
+
+def test_bad_yaml_and_unreachable_servers_get_clear_errors(fabric: Fabric, tmp_path: Path) -> None:
+    ok(fabric("identity", "new", "lead"))
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("tasks:\n  - {priority: 3}\n")
+    result = fabric("task", "import", str(broken), "--as", "lead")
+    assert result.returncode == 1
+    assert b"task #1 needs at least a title" in result.stderr
+    away = fabric("task", "list", "--server", "http://127.0.0.1:9")
+    assert away.returncode == 1
+    assert b"cannot reach" in away.stderr
