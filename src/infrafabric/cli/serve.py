@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from infrafabric.board.rules import BoardConfig
 from infrafabric.server.runner import ENV_DATA, default_data_dir, open_server, run_server
 
 
@@ -29,12 +30,18 @@ def serve(
             help="FULL: a commit survives power loss. NORMAL: it survives a crash of the server, not of the machine.",
         ),
     ] = "FULL",
+    lease: Annotated[
+        float,
+        typer.Option(
+            "--lease", min=1.0, max=86_400.0, help="Seconds a claim lasts without a heartbeat."
+        ),
+    ] = 120.0,
 ) -> None:
     """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
     if synchronous not in ("FULL", "NORMAL"):
         raise typer.BadParameter("FULL or NORMAL", param_hint="--synchronous")
     directory = data or default_data_dir()
-    state = open_server(directory, synchronous=synchronous)
+    state = open_server(directory, synchronous=synchronous, config=BoardConfig(lease_seconds=lease))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with run_server(state, host=host, port=port) as server:

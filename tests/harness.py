@@ -1,0 +1,73 @@
+"""A real `ifab serve` process on a free loopback port, for tests that need one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
+PASS = "board cli passphrase"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Fabric:
+    def __init__(self, tmp: Path) -> None:
+        self.data = tmp / "data"
+        self.home = tmp / "home"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        environment = {k: v for k, v in os.environ.items() if not k.startswith("IFAB_")}
+        environment.update(
+            IFAB_HOME=str(self.home),
+            IFAB_DATA=str(self.data),
+            IFAB_PASSPHRASE=PASS,
+            IFAB_SERVER=self.url,
+        )
+        return environment
+
+    def start(self, *options: str) -> None:
+        assert IFAB is not None
+        self.process = subprocess.Popen(
+            [IFAB, "serve", "--port", str(self.port), "--synchronous", "NORMAL", *options],
+            env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/v1/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise AssertionError("ifab serve did not come up")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=20)
+        assert self.process.stdout is not None
+        assert self.process.stderr is not None
+        self.process.stdout.close()
+        self.process.stderr.close()
+
+    def __call__(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        assert IFAB is not None
+        return subprocess.run(
+            [IFAB, *args], input=stdin, capture_output=True, env=self.env(), timeout=60, check=False,
+            start_new_session=True,
+        )  # fmt: skip

@@ -1,0 +1,145 @@
+"""Crashes, for real: kill -9 an agent mid-task, kill -9 the server mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric.client import Client
+from tests.harness import Fabric
+
+WORKER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from infrafabric import SigningIdentity
+    from infrafabric.client import Client
+
+    async def main():
+        identity = SigningIdentity.from_seed("if://agent/crasher", bytes.fromhex(sys.stdin.readline().strip()))
+        async with Client.connect(sys.argv[1], identity) as agent:
+            task = await agent.claim_next()
+            print("claimed", task["id"], flush=True)
+            await asyncio.sleep(3600)  # working... until kill -9
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.fixture
+def fabric(tmp_path: Path) -> Iterator[Fabric]:
+    running = Fabric(tmp_path)
+    running.start("--lease", "2")
+    yield running
+    running.kill()
+
+
+def enroll(fabric: Fabric, name: str) -> SigningIdentity:
+    identity = SigningIdentity.generate(agent_id(name))
+    record = new_key_record(identity.agent, identity.public_key, version=1, now=time.time() - 60)
+    token = (fabric.data / "admin.token").read_text().strip()
+    response = httpx.post(
+        f"{fabric.url}/v1/admin/agents",
+        json={"keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}},
+        headers={"authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 200, response.text
+    return identity
+
+
+def test_an_agent_killed_mid_task_loses_it_to_another_after_its_lease(fabric: Fabric) -> None:
+    crasher, rescuer = enroll(fabric, "crasher"), enroll(fabric, "rescuer")
+
+    async def setup() -> None:
+        async with Client.connect(fabric.url, rescuer) as agent:
+            await agent.create_task("the only task", id="only")
+
+    asyncio.run(setup())
+    with subprocess.Popen(
+        [sys.executable, "-c", WORKER, fabric.url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        assert worker.stdin is not None
+        assert worker.stdout is not None
+        worker.stdin.write(crasher.seed.hex() + "\n")
+        worker.stdin.flush()
+        assert worker.stdout.readline().split() == ["claimed", "only"]
+        worker.kill()  # SIGKILL: no goodbye, no give_up
+        assert worker.wait(timeout=10) == -signal.SIGKILL
+
+    async def take_over() -> dict[str, object]:
+        async with Client.connect(fabric.url, rescuer) as agent:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                task = await agent.claim_next()
+                if task is not None:
+                    return task
+                await asyncio.sleep(0.2)
+        raise AssertionError("the task never came back")
+
+    started = time.monotonic()
+    task = asyncio.run(take_over())
+    assert time.monotonic() - started < 10  # a 2 s lease, a 1 s sweep
+    assert task["id"] == "only"
+    assert task["attempts"] == 1
+    assert task["last_owner"] == crasher.agent
+
+
+def test_acknowledged_operations_survive_kill_9_of_the_server(tmp_path: Path) -> None:
+    fabric = Fabric(tmp_path)
+    fabric.start()
+    worker = enroll(fabric, "worker")
+    acknowledged: list[tuple[str, str]] = []
+
+    async def stream() -> None:
+        async with Client.connect(fabric.url, worker) as agent:
+            await agent.create_tasks([{"id": f"t{i:04d}", "title": "x"} for i in range(500)])
+            killer = threading.Timer(1.0, fabric.kill, args=(signal.SIGKILL,))
+            killer.start()
+            try:
+                while (task := await agent.claim_next()) is not None:
+                    acknowledged.append(("claimed", task["id"]))
+                    await agent.complete(task["id"], {"n": len(acknowledged)})
+                    acknowledged.append(("completed", task["id"]))
+            except httpx.HTTPError:
+                pass  # the server died under us
+            killer.join()
+
+    asyncio.run(stream())
+    assert acknowledged, "the server died before anything was acknowledged"
+    fabric.start()  # same data directory
+    token = (fabric.data / "admin.token").read_text().strip()
+    tasks = {
+        t["id"]: t
+        for t in httpx.get(
+            f"{fabric.url}/v1/tasks", headers={"authorization": f"Bearer {token}"}
+        ).json()["tasks"]
+    }
+    assert len(tasks) == 500
+    for operation, task_id in acknowledged:
+        state = tasks[task_id]["state"]
+        assert state in ({"claimed", "completed"} if operation == "claimed" else {"completed"}), (
+            task_id,
+            state,
+        )
+    events = httpx.get(
+        f"{fabric.url}/v1/events?limit=5000", headers={"authorization": f"Bearer {token}"}
+    ).json()["events"]
+    completed_events = [e["task_id"] for e in events if e["kind"] == "task.completed"]
+    assert len(completed_events) == len(set(completed_events))  # each completion once
+    assert {tid for tid, t in tasks.items() if t["state"] == "completed"} == set(completed_events)
+    fabric.kill()
