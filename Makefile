@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-# Until the server exists, the main job is a demo swarm of signed messages.
+# The main job: a fabric server on embedded SQLite and a demo swarm of agent processes;
+# the server keeps running afterwards (Ctrl-C stops it).
 run: setup
-	$(BIN)/ifab demo
+	$(BIN)/ifab swarm
 
 lint: setup
 	$(BIN)/ruff check src tests bench

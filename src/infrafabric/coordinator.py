@@ -90,7 +90,10 @@ class Coordinator:
         )
 
     def claim_next(self, agent: AgentId, capabilities: Iterable[str] = ()) -> Task | None:
-        """Claim the highest-priority available task ``agent`` qualifies for, or ``None``."""
+        """Claim the highest-priority available task ``agent`` qualifies for, or ``None``.
+
+        Filler tasks are left for blocked agents (:meth:`block` offers them); claim one
+        by id to take it on purpose."""
         have = tuple(capabilities)
         self._saw(agent)
         for _ in range(MAX_RETRIES):
@@ -102,18 +105,21 @@ class Coordinator:
         raise _busy("claim_next")
 
     def _next_for(self, capabilities: tuple[str, ...]) -> Task | None:
-        """The task to try next: the store offers available tasks in claim order (real work
-        before fillers, then priority, then age); the first this agent qualifies for wins,
-        except that a crowd of claimants is spread over the oldest few equally urgent ones."""
+        """The task to try next: the store offers available tasks in claim order; the
+        first real task (filler tasks wait for blocked agents, who are offered them) this
+        agent qualifies for wins, except that a crowd of claimants is spread over the
+        oldest few equally urgent ones."""
         offset = 0
         while page := self.store.available(offset, _PAGE):
-            fitting = [task for task in page if rules.qualifies(task, capabilities)]
+            fitting = [
+                task for task in page if not task.filler and rules.qualifies(task, capabilities)
+            ]
             if fitting:
                 best = fitting[0]
-                peers = [
-                    t for t in fitting if (t.filler, t.priority) == (best.filler, best.priority)
-                ]
+                peers = [task for task in fitting if task.priority == best.priority]
                 return random.choice(peers[:_SPREAD])  # noqa: S311 - load spreading, not security
+            if page[-1].filler:
+                return None  # claim order puts fillers last: no real work is left
             offset += _PAGE
         return None
 

@@ -1,0 +1,33 @@
+"""`make run`'s swarm: separate agent processes finish the sample board, with a crash
+taken over, a filler offered to a blocked agent and a help request."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
+
+
+def test_the_demo_swarm_finishes_its_board_through_a_crash(tmp_path: Path) -> None:
+    assert IFAB is not None
+    result = subprocess.run(
+        [IFAB, "swarm", "--exit", "--port", "0", "--data", str(tmp_path / "data")],
+        capture_output=True, timeout=300, check=False,
+    )  # fmt: skip
+    output = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    for sign in (
+        "task.expired",
+        "filler.offered",
+        "help.requested",
+        "Summary",
+        "still running at http://127.0.0.1:",
+    ):
+        assert sign in output, sign
+    summary = output.split("Summary", 1)[1]
+    assert summary.count("completed") == 8  # every task of the sample board
+    assert re.search(r"completed\s*\S\s*1\s*\S", summary)  # the crashed task: done on its second attempt
