@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import random
+import select
 import subprocess
 import sys
 import tempfile
@@ -60,6 +61,7 @@ AGENTS: Final = (
 )
 
 BOARD: Final = [
+    {"id": "spike", "title": "Spike the parser", "priority": 85, "required_capabilities": ["code:python"]},
     {"id": "roadmap", "title": "Agree the roadmap", "priority": 90, "required_capabilities": ["plan:roadmap"]},
     {"id": "api", "title": "Build the API", "priority": 80, "required_capabilities": ["code:python"], "dependencies": ["roadmap"]},
     {"id": "storage", "title": "Build the storage layer", "priority": 80, "required_capabilities": ["code:python"], "dependencies": ["roadmap"]},
@@ -100,6 +102,7 @@ def run_swarm(
             plan.name: _enroll(server, state.sessions.admin_token, plan) for plan in AGENTS
         }
         events: Counter[str] = Counter()
+        asyncio.run(_load_board(server.url, identities["planner"]))
         with _agents(server.url, identities):
             asyncio.run(
                 _follow(
@@ -150,21 +153,28 @@ def _enroll(server: RunningServer, admin_token: str, plan: AgentPlan) -> Signing
 def _agents(
     url: str, identities: dict[str, SigningIdentity]
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start the agent processes; the crasher first, alone until it holds a task, so that
+    its crash (and the takeover after its lease) happens in every run."""
     processes = []
-    for plan in AGENTS:
-        if plan.name == "planner":
-            continue  # the planner runs inside the launcher: it loads the board first
-        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
-            [sys.executable, "-m", "infrafabric.swarm", plan.name, plan.role, url],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert process.stdin is not None
-        process.stdin.write(identities[plan.name].seed.hex().encode() + b"\n")
-        process.stdin.close()
-        processes.append(process)
+    order = sorted(
+        (plan for plan in AGENTS if plan.name != "planner"), key=lambda plan: plan.role != "crasher"
+    )
     try:
+        for plan in order:  # the planner runs inside the launcher
+            process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+                [sys.executable, "-m", "infrafabric.swarm", plan.name, plan.role, url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            processes.append(process)
+            assert process.stdin is not None
+            process.stdin.write(identities[plan.name].seed.hex().encode() + b"\n")
+            process.stdin.close()
+            if plan.role == "crasher":
+                assert process.stdout is not None
+                if select.select([process.stdout], [], [], 30)[0]:  # never wait forever
+                    process.stdout.readline()  # "claimed <task>" (or nothing, once it is gone)
         yield processes
     finally:
         for process in processes:
@@ -173,6 +183,8 @@ def _agents(
         for process in processes:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 async def _follow(
@@ -207,10 +219,14 @@ async def _follow(
             await planning
 
 
-async def _plan(url: str, identity: SigningIdentity) -> None:
-    """The planner: loads the board, then works the planning tasks it qualifies for."""
+async def _load_board(url: str, identity: SigningIdentity) -> None:
     async with Client.connect(url, identity) as agent:
         await agent.create_tasks(BOARD)
+
+
+async def _plan(url: str, identity: SigningIdentity) -> None:
+    """The planner works the planning tasks it qualifies for."""
+    async with Client.connect(url, identity) as agent:
         await _work(agent, "worker")
 
 
@@ -228,6 +244,7 @@ async def _work(agent: Client, role: str) -> None:
 
 
 async def _do(agent: Client, task: dict[str, Any], role: str, rng: random.Random) -> None:
+    print("claimed", task["id"], flush=True)  # the launcher waits for the crasher's first claim
     for percent in (25, 50, 75):
         await asyncio.sleep(rng.uniform(0.2, 0.5))
         await agent.progress(task["id"], percent, f"{percent}% of {task['title'].lower()}")
