@@ -30,4 +30,6 @@ def test_the_demo_swarm_finishes_its_board_through_a_crash(tmp_path: Path) -> No
         assert sign in output, sign
     summary = output.split("Summary", 1)[1]
     assert summary.count("completed") == 9  # every task of the sample board
-    assert re.search(r"completed\s*\S\s*1\s*\S", summary)  # the crashed task: done on its second attempt
+    assert re.search(
+        r"completed\s*\S\s*1\s*\S", summary
+    )  # the crashed task: done on its second attempt

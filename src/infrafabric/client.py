@@ -281,9 +281,14 @@ class Client:
 
     async def _request(self, method: str, path: str, **options: Any) -> dict[str, Any]:
         await self._ensure_token()
-        response = await self._http.request(
-            method, path, headers={"authorization": f"Bearer {self._token}"}, **options
-        )
+        for attempt in (1, 2):
+            response = await self._http.request(
+                method, path, headers={"authorization": f"Bearer {self._token}"}, **options
+            )
+            if response.status_code == 401 and attempt == 1:
+                await self._authenticate()  # the server restarted and forgot our session
+                continue
+            break
         return _reply(response)
 
     async def _ensure_token(self) -> None:

@@ -143,3 +143,19 @@ def test_acknowledged_operations_survive_kill_9_of_the_server(tmp_path: Path) ->
     assert len(completed_events) == len(set(completed_events))  # each completion once
     assert {tid for tid, t in tasks.items() if t["state"] == "completed"} == set(completed_events)
     fabric.kill()
+
+
+def test_the_sdk_signs_in_again_after_a_server_restart(tmp_path: Path) -> None:
+    fabric = Fabric(tmp_path)
+    fabric.start()
+    worker = enroll(fabric, "worker")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, worker) as agent:
+            await agent.create_task("survives", id="s")
+            fabric.kill(signal.SIGKILL)
+            fabric.start()  # tokens were in the old process's memory
+            assert (await agent.task("s"))["title"] == "survives"
+
+    asyncio.run(scenario())
+    fabric.kill()
