@@ -18,6 +18,7 @@ import nacl.signing
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import claims  # bench/claims.py: the board and the server
 from infrafabric import (
     Keyring,
     Outbox,
@@ -222,6 +223,7 @@ def main() -> None:
         *bench_size("~4 KiB text", text_content(4096), count, rounds),
     ]
     print(render(rows))
+    claims.main(quick=args.quick)
     if args.json:
         print(
             json.dumps(

@@ -12,7 +12,6 @@ share one coordinator. Time comes from ``clock``; tests pass a manual one.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,8 +28,6 @@ __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 
 #: Attempts before a write that keeps losing races gives up (each attempt re-reads).
 MAX_RETRIES: Final = 200
-#: How many equally urgent tasks claim_next spreads concurrent claimants over.
-_SPREAD: Final = 16
 _PAGE: Final = 64
 
 
@@ -96,32 +93,18 @@ class Coordinator:
         by id to take it on purpose."""
         have = tuple(capabilities)
         self._saw(agent)
-        for _ in range(MAX_RETRIES):
-            choice = self._next_for(have)
-            if choice is None:
-                return None
-            if self._try(rules.claim(choice, agent, self.clock(), self.config)):
-                return self.get(choice.id)
-        raise _busy("claim_next")
 
-    def _next_for(self, capabilities: tuple[str, ...]) -> Task | None:
-        """The task to try next: the store offers available tasks in claim order; the
-        first real task (filler tasks wait for blocked agents, who are offered them) this
-        agent qualifies for wins, except that a crowd of claimants is spread over the
-        oldest few equally urgent ones."""
-        offset = 0
-        while page := self.store.available(offset, _PAGE):
-            fitting = [
-                task for task in page if not task.filler and rules.qualifies(task, capabilities)
-            ]
-            if fitting:
-                best = fitting[0]
-                peers = [task for task in fitting if task.priority == best.priority]
-                return random.choice(peers[:_SPREAD])  # noqa: S311 - load spreading, not security
-            if page[-1].filler:
-                return None  # claim order puts fillers last: no real work is left
-            offset += _PAGE
-        return None
+        def decide(store: Store) -> Outcome | None:
+            choice = _best_for(store, have)
+            return None if choice is None else rules.claim(choice, agent, self.clock(), self.config)
+
+        # One transaction under the store's write lock: a crowd of claimants never races
+        # for the same task, each simply gets the next one.
+        outcome, _ = self.store.transact(decide)
+        if outcome is None:
+            return None
+        self._notify(outcome.events)
+        return outcome.tasks[0]
 
     # -- working ----------------------------------------------------------------------------
 
@@ -278,6 +261,20 @@ class Coordinator:
     def _saw(self, agent: AgentId) -> None:
         with self._seen_lock:
             self._seen[agent] = self.clock()
+
+
+def _best_for(store: Store, capabilities: tuple[str, ...]) -> Task | None:
+    """The first real task (filler tasks wait for blocked agents, who are offered them)
+    in claim order that an agent with ``capabilities`` qualifies for."""
+    offset = 0
+    while page := store.available(offset, _PAGE):
+        for task in page:
+            if task.filler:
+                return None  # claim order puts fillers last: no real work is left
+            if rules.qualifies(task, capabilities):
+                return task
+        offset += _PAGE
+    return None
 
 
 def _busy(what: str) -> Busy:

@@ -127,7 +127,7 @@ class FabricService:
         self.store.enroll(record)
 
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
-        return next((a for a in self.store.agents() if a.id == agent_id), None)
+        return self.store.agent(agent_id)
 
     # -- listeners (the server's WebSocket fan-out) ---------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,6 +91,12 @@ class Store(Protocol):
     def apply(self, outcome: Outcome) -> int:
         """Write ``outcome`` atomically (see above); returns the last event's sequence number."""
 
+    def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
+        """Run ``work`` with the store's write lock held and apply what it returns, in one
+        atomic transaction: the reads ``work`` makes (through the store it is given) see
+        no concurrent change, so its outcome cannot conflict with another writer's. Returns
+        the outcome (``None``: nothing to write) and the last event's sequence number."""
+
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
         """Logged events after ``seq``, oldest first, at most ``limit`` (replay for a client
         that reconnects; the log keeps the most recent ``retention`` events)."""
@@ -117,6 +123,9 @@ class Store(Protocol):
 
     def agents(self) -> list[AgentRecord]:
         """Every enrolled agent, by id."""
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        """One enrolled agent, or ``None``."""
 
     def close(self) -> None:
         """Release the engine's resources; further calls are errors."""

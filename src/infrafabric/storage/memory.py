@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import Outcome
-from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, StoredEvent, claim_order
+from infrafabric.storage.base import (
+    AgentRecord,
+    Conflict,
+    InboxEntry,
+    Store,
+    StoredEvent,
+    claim_order,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -20,7 +27,7 @@ class MemoryStore:
     """
 
     def __init__(self, *, retention: int = 100_000) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: reads inside ``transact`` take it again
         self._tasks: dict[str, Task] = {}
         self._retention = retention
         self._events: deque[StoredEvent] = deque(maxlen=retention)
@@ -51,7 +58,13 @@ class MemoryStore:
         return ready[offset : offset + limit]
 
     def apply(self, outcome: Outcome) -> int:
+        return self.transact(lambda store: outcome)[1]
+
+    def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
         with self._lock:
+            outcome = work(self)
+            if outcome is None:
+                return None, 0
             for task in outcome.tasks:
                 current = self._tasks.get(task.id)
                 expected = None if task.id in outcome.created else task.version - 1
@@ -63,7 +76,7 @@ class MemoryStore:
             for event in outcome.events:
                 self._seq += 1
                 self._events.append(StoredEvent(self._seq, event))
-            return self._seq
+            return outcome, self._seq
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
         with self._lock:
@@ -93,6 +106,10 @@ class MemoryStore:
     def ack(self, receiver: str, position: int) -> bool:
         with self._lock:
             return self._inboxes.get(receiver, {}).pop(position, None) is not None
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        with self._lock:
+            return self._agents.get(agent_id)
 
     def enroll(self, agent: AgentRecord) -> None:
         with self._lock:

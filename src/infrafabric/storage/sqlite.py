@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
@@ -24,7 +24,7 @@ import msgspec
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError
-from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, StoredEvent
+from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
 
 __all__ = ["SqliteStore"]
 
@@ -93,7 +93,9 @@ class SqliteStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch(mode=0o600)
-        self._lock = threading.Lock()  # one connection, shared by the threads of this process
+        # One connection shared by the threads of this process; re-entrant so that the
+        # reads inside ``transact`` run within its transaction.
+        self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -140,21 +142,29 @@ class SqliteStore:
         return [_TASK_DECODER.decode(row[0]) for row in rows]
 
     def apply(self, outcome: Outcome) -> int:
+        return self.transact(lambda store: outcome)[1]
+
+    def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
         with self._lock:
             db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "BEGIN IMMEDIATE"
+                )  # the write lock, before reading: nobody moves meanwhile
                 try:
-                    for task in outcome.tasks:
-                        self._write(db, task, created=task.id in outcome.created)
-                    last = self._log(db, outcome.events)
+                    outcome = work(self)
+                    last = 0
+                    if outcome is not None:
+                        for task in outcome.tasks:
+                            self._write(db, task, created=task.id in outcome.created)
+                        last = self._log(db, outcome.events)
                 except BaseException:
                     db.execute("ROLLBACK")
                     raise
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
-            return last
+            return outcome, last
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
         with self._read() as db:
@@ -214,6 +224,11 @@ class SqliteStore:
                 "DELETE FROM inbox WHERE receiver = ? AND position = ?", (receiver, position)
             )
         return cursor.rowcount == 1
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        with self._read() as db:
+            row = db.execute("SELECT doc FROM agents WHERE id = ?", (agent_id,)).fetchone()
+        return None if row is None else _AGENT_DECODER.decode(row[0])
 
     def enroll(self, agent: AgentRecord) -> None:
         with self._read() as db:

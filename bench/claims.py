@@ -1,0 +1,244 @@
+"""Claim and delivery benchmarks (issue 3), printed by `make bench` after the envelope ones.
+
+* Embedded: `Coordinator.claim` over `SqliteStore`, beside a raw SQLite compare-and-set
+  (`UPDATE ... WHERE id = ? AND state = 'available'`, one autocommit transaction) at the
+  same `synchronous` setting, in the same run.
+* Server: a real `ifab serve` process on loopback; 100 SDK agents claim in a closed loop
+  (saturation), then at a steady offered rate (latency percentiles); direct-message
+  latency from send to arrival on the receiver's WebSocket.
+
+The load generator is Python (the SDK signs every request) on the same two cores as the
+server, so server figures are a floor for the server and a ceiling for one client process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import msgspec
+
+from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric.board.model import Task
+from infrafabric.board.rules import BoardConfig
+from infrafabric.client import Client
+from infrafabric.coordinator import Coordinator
+from infrafabric.storage.sqlite import SqliteStore
+
+
+def percentiles(samples: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(samples)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] * 1e6
+
+    return at(0.50), at(0.95), at(0.99)
+
+
+def timed(operation: Callable[[int], None], count: int) -> list[float]:
+    samples = []
+    for index in range(count):
+        start = time.perf_counter()
+        operation(index)
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def embedded(count: int) -> list[tuple[str, list[float]]]:
+    rows = []
+    for synchronous in ("NORMAL", "FULL"):
+        with tempfile.TemporaryDirectory() as directory:
+            store = SqliteStore(Path(directory) / "board.db", synchronous=synchronous)  # type: ignore[arg-type]
+            board = Coordinator(store, config=BoardConfig(lease_seconds=3600))
+            board.create([Task(id=f"t{i:05d}", title="x") for i in range(count)])
+            rows.append(
+                (
+                    f"embedded claim, SqliteStore {synchronous}",
+                    timed(lambda i, board=board: board.claim(f"t{i:05d}", "if://agent/a"), count),
+                )
+            )
+            store.close()
+        with tempfile.TemporaryDirectory() as directory:
+            db = sqlite3.connect(Path(directory) / "raw.db", isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            db.execute(
+                "CREATE TABLE tasks (id TEXT PRIMARY KEY, state TEXT, owner TEXT) WITHOUT ROWID"
+            )
+            db.executemany(
+                "INSERT INTO tasks VALUES (?, 'available', NULL)",
+                [(f"t{i:05d}",) for i in range(count)],
+            )
+
+            def raw_claim(index: int, db: sqlite3.Connection = db) -> None:
+                cursor = db.execute(
+                    "UPDATE tasks SET state = 'claimed', owner = ? WHERE id = ? AND state = 'available'",
+                    ("a", f"t{index:05d}"),
+                )
+                assert cursor.rowcount == 1
+
+            rows.append((f"raw SQLite compare-and-set, {synchronous}", timed(raw_claim, count)))
+            db.close()
+    return rows
+
+
+class RunningFabric:
+    def __init__(self) -> None:
+        sys.path.insert(0, str(Path(__file__).parents[1]))
+        from tests.harness import Fabric  # a real `ifab serve` process, as the tests start it
+
+        self.directory = tempfile.TemporaryDirectory()
+        self.fabric = Fabric(Path(self.directory.name))
+        self.fabric.start("--lease", "3600")
+        self.admin = (self.fabric.data / "admin.token").read_text().strip()
+
+    def enroll(self, name: str) -> SigningIdentity:
+        identity = SigningIdentity.generate(agent_id(name))
+        record = new_key_record(
+            identity.agent, identity.public_key, version=1, now=time.time() - 60
+        )
+        httpx.post(
+            f"{self.fabric.url}/v1/admin/agents",
+            json={
+                "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
+            },
+            headers={"authorization": f"Bearer {self.admin}"},
+        ).raise_for_status()
+        return identity
+
+    def close(self) -> None:
+        self.fabric.kill()
+        self.directory.cleanup()
+
+
+async def _fill(url: str, planner: SigningIdentity, count: int) -> None:
+    async with Client.connect(url, planner) as agent:
+        for start in range(0, count, 500):
+            await agent.create_tasks(
+                [{"title": "x"} for _ in range(start, min(count, start + 500))]
+            )
+
+
+async def server_saturation(
+    fabric: RunningFabric, agents: list[SigningIdentity], seconds: float
+) -> tuple[int, float]:
+    await _fill(fabric.fabric.url, agents[0], 20_000)
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(identity: SigningIdentity) -> None:
+        nonlocal done
+        async with Client.connect(fabric.fabric.url, identity) as agent:
+            while time.monotonic() < stop and await agent.claim_next() is not None:
+                done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(identity) for identity in agents))
+    return done, time.monotonic() - started
+
+
+async def server_steady(
+    fabric: RunningFabric, agents: list[SigningIdentity], rate: float, seconds: float
+) -> tuple[list[float], float]:
+    await _fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
+    samples: list[float] = []
+    per_agent = rate / len(agents)
+    started = time.monotonic()
+
+    async def worker(index: int, identity: SigningIdentity) -> None:
+        async with Client.connect(fabric.fabric.url, identity) as agent:
+            begin = time.monotonic() + index / rate  # stagger the agents over one period
+            for tick in range(int(per_agent * seconds)):
+                due = begin + tick / per_agent
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                sent = time.perf_counter()
+                await agent.claim_next()
+                samples.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(worker(i, identity) for i, identity in enumerate(agents)))
+    return samples, len(samples) / (time.monotonic() - started)
+
+
+async def direct_messages(
+    fabric: RunningFabric, sender: SigningIdentity, receiver: SigningIdentity, count: int
+) -> list[float]:
+    samples: list[float] = []
+    async with (
+        Client.connect(fabric.fabric.url, sender) as alice,
+        Client.connect(fabric.fabric.url, receiver) as bob,
+        bob.stream() as frames,
+    ):
+        await asyncio.sleep(0.2)
+        iterator = frames.__aiter__()
+        for index in range(count):
+            sent = time.perf_counter()
+            await alice.send(receiver.agent, "inform", {"n": index})
+            frame = await iterator.__anext__()
+            samples.append(time.perf_counter() - sent)
+            await bob.ack(frame.position)  # type: ignore[arg-type]
+    return samples
+
+
+def render(rows: list[tuple[str, str]]) -> str:
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"  {name:<{width}}  {value}" for name, value in rows)
+
+
+def main(quick: bool = False) -> None:
+    count = 300 if quick else 2000
+    print("\nClaims and messages (one process each for server and load; 2 cores shared)")
+    rows = []
+    embedded_rows = embedded(count)
+    for name, samples in embedded_rows:
+        p50, p95, p99 = percentiles(samples)
+        rows.append(
+            (
+                name,
+                f"p50 {p50:7.1f} us  p95 {p95:7.1f} us  p99 {p99:7.1f} us  {len(samples) / sum(samples):8,.0f}/s",
+            )
+        )
+    for sync in ("NORMAL", "FULL"):
+        ours = statistics.median(
+            next(s for n, s in embedded_rows if n.endswith(sync) and n.startswith("embedded"))
+        )
+        raw = statistics.median(
+            next(s for n, s in embedded_rows if n.endswith(sync) and n.startswith("raw"))
+        )
+        rows.append((f"embedded p50 vs raw p50, {sync}", f"{ours / raw:.1f}x (aim: within 3x)"))
+    fabric = RunningFabric()
+    try:
+        agents = [fabric.enroll(f"bench-{i:03d}") for i in range(100)]
+        done, elapsed = asyncio.run(server_saturation(fabric, agents, 3 if quick else 10))
+        rows.append(
+            (
+                "server claim_next, 100 agents closed loop",
+                f"{done / elapsed:8,.0f} claims/s (aim: 3,000)",
+            )
+        )
+        rate = 200.0 if quick else 1000.0
+        samples, achieved = asyncio.run(server_steady(fabric, agents, rate, 3 if quick else 10))
+        p50, p95, p99 = percentiles(samples)
+        rows.append(
+            (
+                f"server claim_next at {rate:,.0f}/s offered",
+                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s (aim: p99 < 5 ms)",
+            )
+        )
+        messages = asyncio.run(direct_messages(fabric, agents[1], agents[2], 100 if quick else 500))
+        p50, p95, p99 = percentiles(messages)
+        rows.append(
+            (
+                "direct message, send to WebSocket arrival",
+                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms",
+            )
+        )
+    finally:
+        fabric.close()
+    print(render(rows))
