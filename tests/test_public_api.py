@@ -10,7 +10,7 @@ from importlib.resources import files
 import infrafabric
 
 EXPECTED = {
-    "SIGNING_PREFIX", "CallerError", "CanonicalizationError", "FabricError", "Hazard", "IFMessage",
+    "SIGNING_PREFIX", "CallerError", "CanonicalizationError", "Client", "Fabric", "FabricError", "RemoteError", "Hazard", "IFMessage",
     "IdentityError", "IdentityExists", "IdentityNotFound", "KdfCost", "KeyRecord", "KeyRole",
     "KeyState", "Keyring", "KeyringError", "Keystore", "KeystoreCorrupt", "MessageError", "Mode",
     "Outbox", "PeerError", "Provenance", "Reason", "RotationError", "RotationKind", "Route", "Rule",

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+from infrafabric._version import __version__
+from infrafabric.client import Client, RemoteError
 from infrafabric.errors import (
     CallerError,
     CanonicalizationError,
@@ -23,6 +25,7 @@ from infrafabric.errors import (
     StoreError,
     WrongPassphrase,
 )
+from infrafabric.fabric import Fabric
 from infrafabric.keystore import KdfCost, Keystore
 from infrafabric.protocol.canonical import canonical_json
 from infrafabric.protocol.identity import Outbox, SigningIdentity, key_id
@@ -47,12 +50,12 @@ from infrafabric.protocol.rotation import RotationKind, announce_rotation, apply
 from infrafabric.protocol.routing import Route, route, route_message
 from infrafabric.protocol.verify import Mode, Rule, RuleAuthorizer, Verdict, Verifier
 
-__version__ = "0.1.0.dev0"
-
 __all__ = [
     "SIGNING_PREFIX",
     "CallerError",
     "CanonicalizationError",
+    "Client",
+    "Fabric",
     "FabricError",
     "Hazard",
     "IFMessage",
@@ -73,6 +76,7 @@ __all__ = [
     "PeerError",
     "Provenance",
     "Reason",
+    "RemoteError",
     "RotationError",
     "RotationKind",
     "Route",

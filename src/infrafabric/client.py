@@ -28,9 +28,11 @@ import websockets.asyncio.client
 
 from infrafabric import ops
 from infrafabric.errors import PeerError
+from infrafabric.protocol.addresses import address_matches
 from infrafabric.protocol.identity import Outbox, SigningIdentity, b64url_decode, b64url_encode
 from infrafabric.protocol.message import IFMessage, Performative, decode_json, encode_json
 from infrafabric.server.auth import TOKEN_SECONDS, auth_input
+from infrafabric.service import FabricService
 from infrafabric.types import Address
 
 __all__ = ["Client", "Frame", "RemoteError"]
@@ -73,9 +75,15 @@ class Client:
     """One agent's connection to a fabric. Use :meth:`connect`."""
 
     def __init__(
-        self, url: str, identity: SigningIdentity, http: httpx.AsyncClient, last_sequence: int
+        self,
+        url: str,
+        identity: SigningIdentity,
+        http: httpx.AsyncClient,
+        last_sequence: int,
+        local: FabricService | None = None,
     ) -> None:
         self.url = url.rstrip("/")
+        self._local = local  # the in-process service of an embedded fabric, for streams
         self.identity = identity
         self.agent = identity.agent
         self._http = http
@@ -93,15 +101,20 @@ class Client:
         *,
         last_sequence: int | None = None,
         timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        local: FabricService | None = None,
     ) -> AsyncIterator[Client]:
         """Connect ``identity`` to the fabric at ``url`` and authenticate.
 
         ``last_sequence`` is the highest sequence number this identity has used; by
         default the current time in milliseconds, so numbers keep rising across restarts.
+        ``transport`` and ``local`` are for an embedded fabric (see
+        :meth:`infrafabric.fabric.Fabric.connect`): requests go to the application in this
+        process instead of over a socket.
         """
         start = int(time.time() * 1000) if last_sequence is None else last_sequence
-        async with httpx.AsyncClient(base_url=url, timeout=timeout) as http:
-            client = cls(url, identity, http, start)
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport) as http:
+            client = cls(url, identity, http, start, local)
             await client._authenticate()
             yield client
 
@@ -218,6 +231,10 @@ class Client:
     ) -> AsyncIterator[AsyncIterator[Frame]]:
         """Live frames: events of ``topics`` (``*`` one segment, ``**`` any) and every direct
         message (including those waiting in the inbox). Acknowledge messages with :meth:`ack`."""
+        if self._local is not None:
+            async with _local_stream(self._local, self.agent, list(topics)) as local_frames:
+                yield local_frames
+            return
         await self._ensure_token()
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         async with websockets.asyncio.client.connect(
@@ -309,6 +326,49 @@ class Client:
         }
         self._token = _reply(await self._http.post("/v1/auth/token", json=answer))["token"]
         self._token_until = started + TOKEN_SECONDS - _TOKEN_MARGIN
+
+
+@contextlib.asynccontextmanager
+async def _local_stream(
+    service: FabricService, agent: str, topics: list[str]
+) -> AsyncIterator[AsyncIterator[Frame]]:
+    """Frames from an in-process service: the same as the WebSocket would carry."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Frame] = asyncio.Queue()
+
+    def push(frame: Frame) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, frame)
+
+    def on_events(events: Sequence[Any]) -> None:
+        for event in events:
+            if any(address_matches(pattern, event.topic) for pattern in topics):
+                push(Frame("event", event.topic, None, {"event": msgspec.to_builtins(event)}))
+
+    def on_delivery(delivery: Any) -> None:
+        if delivery.receiver == agent:
+            push(Frame("message", None, delivery.position, {"message": json.loads(delivery.body)}))
+
+    def on_topic(topic: str, body: bytes) -> None:
+        if any(address_matches(pattern, topic) for pattern in topics):
+            push(Frame("event", topic, None, {"message": json.loads(body)}))
+
+    service.on_events(on_events)
+    service.on_delivery(on_delivery)
+    service.on_topic(on_topic)
+    for entry in service.store.pending(agent, 0, 1000):
+        queue.put_nowait(
+            Frame("message", None, entry.position, {"message": json.loads(entry.body)})
+        )
+
+    async def frames() -> AsyncIterator[Frame]:
+        while True:
+            yield await queue.get()
+
+    try:
+        yield frames()
+    finally:
+        for listener in (on_events, on_delivery, on_topic):
+            service.forget(listener)
 
 
 def _reply(response: httpx.Response) -> dict[str, Any]:

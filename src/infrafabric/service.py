@@ -140,6 +140,16 @@ class FabricService:
     def on_topic(self, listener: Callable[[str, bytes], None]) -> None:
         self._listeners.topics.append(listener)
 
+    def forget(self, listener: Callable[..., None]) -> None:
+        """Stop calling ``listener`` (registered with any ``on_*``)."""
+        for registered in (
+            self._listeners.events,
+            self._listeners.deliveries,
+            self._listeners.topics,
+        ):
+            while listener in registered:
+                registered.remove(listener)
+
     # -- internals ------------------------------------------------------------------------
 
     def _board(self, message: IFMessage) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infrafabric import __version__
+from infrafabric._version import __version__
 from infrafabric.cli import board, identity, keyring, message, serve, swarm
 from infrafabric.demo import DemoEvent, run_demo
 

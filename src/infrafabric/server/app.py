@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from infrafabric import __version__
+from infrafabric._version import __version__
 from infrafabric.board.model import TaskState
 from infrafabric.errors import KeyringError
 from infrafabric.keystore import keyring_lock, write_keyring_dir

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from infrafabric import __version__
+from infrafabric._version import __version__
 
 __all__ = ["OPENAPI"]
 

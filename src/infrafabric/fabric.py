@@ -1,0 +1,115 @@
+"""The embedded mode: a whole fabric inside one process, no server, no socket.
+
+::
+
+    fabric = Fabric.open("./board")              # a data directory, SQLite inside
+    alice = fabric.enroll("alice", ["code:python"])
+    async with fabric.connect(alice) as agent:   # the same Client as over the network
+        task = await agent.claim_next()
+
+Requests take the same path as on a server (the same application, called in-process
+through httpx's ASGI transport): every change is a signed message checked by the
+verification pipeline; only the socket is missing. A sweeper thread returns expired
+leases every second. For single-process swarms and tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Final
+
+import httpx
+
+from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
+from infrafabric.client import Client
+from infrafabric.protocol.identity import SigningIdentity
+from infrafabric.protocol.keyring import new_key_record
+from infrafabric.protocol.message import agent_id
+from infrafabric.server.app import ServerState, create_app
+from infrafabric.server.runner import open_server
+from infrafabric.storage.base import AgentRecord
+
+__all__ = ["Fabric"]
+
+#: The address embedded clients use; nothing listens on it.
+EMBEDDED_URL: Final = "http://embedded.fabric"
+
+
+class Fabric:
+    """A fabric in this process. Use :meth:`open`; :meth:`close` when done."""
+
+    def __init__(self, state: ServerState, *, sweep_every: float) -> None:
+        self.state = state
+        self.app = create_app(state)
+        self._stop = threading.Event()
+        self._sweeper = threading.Thread(
+            target=self._sweep, args=(sweep_every,), daemon=True, name="ifab-sweeper"
+        )
+        self._sweeper.start()
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        config: BoardConfig = DEFAULT_CONFIG,
+        synchronous: str = "FULL",
+        sweep_every: float = 1.0,
+    ) -> Fabric:
+        """Open (creating if needed) the fabric whose data directory is ``path``."""
+        return cls(
+            open_server(Path(path), config=config, synchronous=synchronous), sweep_every=sweep_every
+        )
+
+    def enroll(
+        self,
+        identity: SigningIdentity | str,
+        capabilities: Iterable[str] = (),
+        description: str = "",
+    ) -> SigningIdentity:
+        """Trust ``identity`` (or a fresh one named so) with ``capabilities``; returns it."""
+        if isinstance(identity, str):
+            identity = SigningIdentity.generate(agent_id(identity))
+        now = time.time()
+        self.state.keyring.add(
+            new_key_record(
+                identity.agent, identity.public_key, version=identity.version, now=now - 60
+            )
+        )
+        self.state.service.enroll(
+            AgentRecord(
+                id=identity.agent,
+                capabilities=tuple(capabilities),
+                description=description,
+                enrolled_at=now,
+            )
+        )
+        return identity
+
+    @contextlib.asynccontextmanager
+    async def connect(self, identity: SigningIdentity) -> AsyncIterator[Client]:
+        """An SDK client for ``identity``, talking to this fabric in-process."""
+        transport = httpx.ASGITransport(app=self.app)
+        async with Client.connect(
+            EMBEDDED_URL, identity, transport=transport, local=self.state.service
+        ) as client:
+            yield client
+
+    def close(self) -> None:
+        self._stop.set()
+        self._sweeper.join(timeout=10)
+        self.state.service.store.close()
+
+    def __enter__(self) -> Fabric:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _sweep(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.state.service.coordinator.sweep()
