@@ -67,3 +67,32 @@ def test_many_embedded_agents_claim_every_task_once(tmp_path: Path) -> None:
         asyncio.run(scenario())
         assert len(completed) == 500
         assert set(completed.values()) == {1}
+
+
+def test_request_reply_and_its_timeout(tmp_path: Path) -> None:
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice, bob, silent = fabric.enroll("alice"), fabric.enroll("bob"), fabric.enroll("silent")
+
+        async def responder(ready: asyncio.Event) -> None:
+            async with fabric.connect(bob) as agent, agent.stream() as frames:
+                ready.set()
+                async for frame in frames:
+                    question = frame.message
+                    assert question is not None
+                    await agent.reply(question, {"answer": question.content["x"] * 2})
+                    await agent.ack(frame.position)  # type: ignore[arg-type]
+                    return
+
+        async def scenario() -> None:
+            ready = asyncio.Event()
+            serving = asyncio.create_task(responder(ready))
+            await ready.wait()
+            async with fabric.connect(alice) as agent:
+                answer = await agent.request(bob.agent, {"x": 21}, timeout=10)
+                assert answer.content == {"answer": 42}
+                assert answer.sender == bob.agent
+                with pytest.raises(TimeoutError):
+                    await agent.request(silent.agent, {"x": 1}, timeout=0.5)
+            await serving
+
+        asyncio.run(scenario())

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,12 +31,18 @@ from infrafabric import ops
 from infrafabric.errors import PeerError
 from infrafabric.protocol.addresses import address_matches
 from infrafabric.protocol.identity import Outbox, SigningIdentity, b64url_decode, b64url_encode
-from infrafabric.protocol.message import IFMessage, Performative, decode_json, encode_json
+from infrafabric.protocol.message import (
+    IFMessage,
+    Performative,
+    decode_json,
+    encode_json,
+    new_conversation_id,
+)
 from infrafabric.server.auth import TOKEN_SECONDS, auth_input
 from infrafabric.service import FabricService
 from infrafabric.types import Address
 
-__all__ = ["Client", "Frame", "RemoteError"]
+__all__ = ["Client", "Frame", "RemoteError", "SyncClient"]
 
 #: Renew the token this long before it expires.
 _TOKEN_MARGIN: Final = 60.0
@@ -209,6 +216,38 @@ class Client:
     ) -> dict[str, Any]:
         """Sign and send a message to agents (kept in their inboxes) or topics (live)."""
         return await self._post(performative=performative, receiver=to, content=content, **fields)
+
+    async def request(
+        self,
+        to: Address,
+        content: Mapping[str, Any],
+        *,
+        performative: Performative = "request",
+        timeout: float = 30.0,
+    ) -> IFMessage:
+        """Send ``content`` to agent ``to`` and wait for its reply (a message from ``to`` in
+        the same conversation); the reply is acknowledged. Raises ``TimeoutError`` after
+        ``timeout`` seconds without one (the request stays in ``to``'s inbox)."""
+        conversation = new_conversation_id()
+        async with self.stream() as frames:
+            await self.send(to, performative, content, conversation_id=conversation)
+            async with asyncio.timeout(timeout):
+                async for frame in frames:
+                    message = frame.message if frame.kind == "message" else None
+                    if (
+                        message is not None
+                        and message.conversation_id == conversation
+                        and message.sender == to
+                    ):
+                        await self.ack(frame.position)  # type: ignore[arg-type]
+                        return message
+        raise TimeoutError(f"no reply from {to}")  # the stream ended before the deadline
+
+    async def reply(
+        self, to: IFMessage, content: Mapping[str, Any], *, performative: Performative = "inform"
+    ) -> dict[str, Any]:
+        """Answer message ``to`` in its conversation (what :meth:`request` waits for)."""
+        return await self.send(to.sender, performative, content, conversation_id=to.conversation_id)
 
     async def inbox(self, after: int = 0) -> list[tuple[int, IFMessage]]:
         """Unacknowledged direct messages (position, message), oldest first."""
@@ -387,3 +426,49 @@ def _reply(response: httpx.Response) -> dict[str, Any]:
         raise RemoteError("BAD_RESPONSE", "expected a JSON object", response.status_code)
     result: dict[str, Any] = msgspec.convert(document, dict[str, Any])
     return result
+
+
+class SyncClient:
+    """The SDK for code that is not async: every :class:`Client` coroutine method, run on
+    a private event loop in a background thread and waited for.
+
+    ::
+
+        with SyncClient.connect("http://127.0.0.1:8765", identity) as agent:
+            task = agent.claim_next()
+            agent.complete(task["id"], {"ok": True})
+    """
+
+    def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
+        self._client = client
+        self._loop = loop
+        self.agent = client.agent
+
+    @classmethod
+    @contextlib.contextmanager
+    def connect(cls, url: str, identity: SigningIdentity, **options: Any) -> Iterator[SyncClient]:
+        """Like :meth:`Client.connect`, blocking."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name="ifab-sdk", daemon=True)
+        thread.start()
+        context = Client.connect(url, identity, **options)
+        try:
+            client = asyncio.run_coroutine_threadsafe(context.__aenter__(), loop).result()
+            try:
+                yield cls(client, loop)
+            finally:
+                asyncio.run_coroutine_threadsafe(context.__aexit__(None, None, None), loop).result()
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            loop.close()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+        if name.startswith("_") or not asyncio.iscoroutinefunction(method):
+            raise AttributeError(f"SyncClient has no {name!r} (streams need the async Client)")
+
+        def blocking(*args: Any, **kwargs: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(method(*args, **kwargs), self._loop).result()
+
+        return blocking

@@ -325,3 +325,15 @@ def test_a_client_that_stops_reading_is_dropped_and_stalls_nobody(tmp_path: Path
                 stalled.close()
 
         run(scenario())
+
+
+def test_the_sync_client_for_code_that_is_not_async(fabric: Fabric) -> None:
+    from infrafabric.client import SyncClient
+
+    worker = fabric.enroll("worker")
+    with SyncClient.connect(fabric.url, worker) as agent:
+        agent.create_task("plain code", id="p")
+        assert agent.claim_next()["id"] == "p"
+        assert agent.complete("p", {"ok": True})["state"] == "completed"
+        with pytest.raises(AttributeError, match="async Client"):
+            agent.stream  # noqa: B018 - the attribute access is the test
