@@ -38,7 +38,6 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at REAL NOT NULL,
     doc        BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 -- claim order (see storage.base.claim_order): one index walk finds the next task
 CREATE INDEX IF NOT EXISTS tasks_to_claim ON tasks (state, filler, priority DESC, created_at, id);
 CREATE TABLE IF NOT EXISTS dependencies (
@@ -297,13 +296,18 @@ class SqliteStore:
             raise Conflict(task.id, task.version - 1, self._version(db, task.id))
 
     def _log(self, db: sqlite3.Connection, events: Sequence[BoardEvent]) -> int:
-        if events:
-            db.executemany(
-                "INSERT INTO events (doc) VALUES (?)", [(_TASK_ENCODER.encode(e),) for e in events]
+        last = 0
+        for event in events:  # one INSERT each: lastrowid is the position, no extra query
+            last = int(
+                db.execute(
+                    "INSERT INTO events (doc) VALUES (?)", (_TASK_ENCODER.encode(event),)
+                ).lastrowid
+                or 0
             )
-        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        last = 0 if row is None else int(row[0])
-        if events and last // 1000 != (last - len(events)) // 1000:  # prune every 1000 events
+        if not events:
+            row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            return 0 if row is None else int(row[0])
+        if last // 1000 != (last - len(events)) // 1000:  # prune every 1000 events
             db.execute("DELETE FROM events WHERE seq <= ?", (last - self.retention,))
         return last
 
