@@ -100,60 +100,25 @@ def _board_state(fabric: Fabric) -> tuple[Any, Any]:
     return fabric.admin_get("/v1/tasks").json(), fabric.admin_get("/v1/events").json()
 
 
+def op(
+    outbox: Outbox, content: dict[str, Any], *, to: str = "if://service/board", age: float = 0
+) -> bytes:
+    """A signed request from ``outbox``, sent ``age`` seconds ago."""
+    return encode_json(
+        outbox.message(now=time.time() - age, performative="request", receiver=to, content=content)
+    )
+
+
 @pytest.mark.parametrize(
     ("make", "status", "code"),
     [
         (lambda o, ok: b"{not json", 400, "MALFORMED"),
         (lambda o, ok: b"{" + b" " * 70_000 + b"}", 413, "TOO_LARGE"),
         (lambda o, ok: ok.replace(b'"claim"', b'"cancel"'), 401, "BAD_SIGNATURE"),
-        (
-            lambda o, ok: encode_json(
-                o.message(
-                    now=time.time() - 900,
-                    performative="request",
-                    receiver="if://service/board",
-                    content={"op": "claim", "task_id": "a"},
-                )
-            ),
-            401,
-            "EXPIRED",
-        ),
-        (
-            lambda o, ok: encode_json(
-                o.message(
-                    now=time.time(),
-                    performative="request",
-                    receiver="if://service/board",
-                    content={"op": "fly"},
-                )
-            ),
-            422,
-            "INVALID_OPERATION",
-        ),
-        (
-            lambda o, ok: encode_json(
-                o.message(
-                    now=time.time(),
-                    performative="request",
-                    receiver="if://service/board",
-                    content={"op": "complete", "task_id": "a"},
-                )
-            ),
-            403,
-            "NOT_OWNER",
-        ),
-        (
-            lambda o, ok: encode_json(
-                o.message(
-                    now=time.time(),
-                    performative="request",
-                    receiver="if://service/nope",
-                    content={},
-                )
-            ),
-            404,
-            "UNKNOWN_SERVICE",
-        ),
+        (lambda o, ok: op(o, {"op": "claim", "task_id": "a"}, age=900), 401, "EXPIRED"),
+        (lambda o, ok: op(o, {"op": "fly"}), 422, "INVALID_OPERATION"),
+        (lambda o, ok: op(o, {"op": "complete", "task_id": "a"}), 403, "NOT_OWNER"),
+        (lambda o, ok: op(o, {}, to="if://service/nope"), 404, "UNKNOWN_SERVICE"),
     ],
     ids=[
         "malformed",

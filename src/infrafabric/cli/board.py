@@ -84,12 +84,16 @@ def _admin_token(token: str | None) -> str:
         )
 
 
-def _admin_get(server: str, token: str | None, path: str, **params: Any) -> dict[str, Any]:
+def _admin_request(
+    server: str, token: str | None, method: str, path: str, **options: Any
+) -> dict[str, Any]:
+    """An operator's request (admin token); an error reply ends the command with its code."""
     try:
-        response = httpx.get(
+        response = httpx.request(
+            method,
             f"{server}{path}",
-            params=params,
             headers={"authorization": f"Bearer {_admin_token(token)}"},
+            **options,
         )
     except httpx.HTTPError as exc:
         fail(f"cannot reach the fabric at {server}: {exc}")
@@ -103,7 +107,7 @@ def _read(
     server: str, name: str | None, token: str | None, path: str, **params: Any
 ) -> dict[str, Any]:
     if name is None:
-        return _admin_get(server, token, path, **params)
+        return _admin_request(server, token, "GET", path, params=params)
 
     async def get(agent: Client) -> dict[str, Any]:
         return await agent._get(path, params=params)
@@ -328,17 +332,7 @@ def agent_enroll(
         "capabilities": capabilities,
         "description": description,
     }
-    try:
-        response = httpx.post(
-            f"{server}/v1/admin/agents",
-            json=document,
-            headers={"authorization": f"Bearer {_admin_token(admin_token)}"},
-        )
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the fabric at {server}: {exc}")
-    if response.status_code != 200:
-        error = response.json()["error"]
-        fail(f"{error['code']}: {error['detail']}")
+    _admin_request(server, admin_token, "POST", "/v1/admin/agents", json=document)
     typer.echo(f"enrolled {info.agent} with {', '.join(capabilities) or 'no capabilities'}")
 
 

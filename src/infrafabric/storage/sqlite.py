@@ -144,26 +144,14 @@ class SqliteStore:
         return self.transact(lambda store: outcome)[1]
 
     def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
-        with self._lock:
-            db = self._db
-            try:
-                db.execute(
-                    "BEGIN IMMEDIATE"
-                )  # the write lock, before reading: nobody moves meanwhile
-                try:
-                    outcome = work(self)
-                    last = 0
-                    if outcome is not None:
-                        for task in outcome.tasks:
-                            self._write(db, task, created=task.id in outcome.created)
-                        last = self._log(db, outcome.events)
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from exc
-            return outcome, last
+        with self._transaction() as db:
+            outcome = work(self)  # its reads run inside this transaction, under the write lock
+            last = 0
+            if outcome is not None:
+                for task in outcome.tasks:
+                    self._write(db, task, created=task.id in outcome.created)
+                last = self._log(db, outcome.events)
+        return outcome, last
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
         with self._read() as db:
@@ -173,40 +161,28 @@ class SqliteStore:
         return [StoredEvent(row[0], _EVENT_DECODER.decode(row[1])) for row in rows]
 
     def deliver(self, receiver: str, message_id: str, body: bytes) -> int:
-        with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = db.execute(
-                        "SELECT position FROM delivered WHERE receiver = ? AND message_id = ?",
-                        (receiver, message_id),
-                    ).fetchone()
-                    if row is None:
-                        cursor = db.execute(
-                            "INSERT INTO inbox (receiver, message_id, body) VALUES (?, ?, ?)",
-                            (receiver, message_id, body),
-                        )
-                        position = int(cursor.lastrowid or 0)
-                        db.execute(
-                            "INSERT INTO delivered (receiver, message_id, position) VALUES (?, ?, ?)",
-                            (receiver, message_id, position),
-                        )
-                        if position % 1000 == 0:  # forget old, acknowledged ids now and then
-                            db.execute(
-                                "DELETE FROM delivered WHERE position <= ?"
-                                " AND position NOT IN (SELECT position FROM inbox)",
-                                (position - self.retention,),
-                            )
-                    else:
-                        position = int(row[0])
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from exc
-            return position
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT position FROM delivered WHERE receiver = ? AND message_id = ?",
+                (receiver, message_id),
+            ).fetchone()
+            if row is not None:
+                return int(row[0])
+            cursor = db.execute(
+                "INSERT INTO inbox (receiver, message_id, body) VALUES (?, ?, ?)",
+                (receiver, message_id, body),
+            )
+            position = int(cursor.lastrowid or 0)
+            db.execute(
+                "INSERT INTO delivered (receiver, message_id, position) VALUES (?, ?, ?)",
+                (receiver, message_id, position),
+            )
+            if position % 1000 == 0:  # forget old, acknowledged ids now and then
+                db.execute(
+                    "DELETE FROM delivered WHERE position <= ? AND position NOT IN (SELECT position FROM inbox)",
+                    (position - self.retention,),
+                )
+        return position
 
     def pending(self, receiver: str, after: int = 0, limit: int = 100) -> Sequence[InboxEntry]:
         with self._read() as db:
@@ -246,6 +222,23 @@ class SqliteStore:
             self._db.close()
 
     # -- internals ----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` (the write lock, taken before any read) ... ``COMMIT``;
+        ``ROLLBACK`` if the block raises. SQLite errors become :class:`StoreError`."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
