@@ -28,7 +28,7 @@ __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 
 #: Attempts before a write that keeps losing races gives up (each attempt re-reads).
 MAX_RETRIES: Final = 200
-_PAGE: Final = 64
+_PAGE: Final = 8  # most agents qualify for one of the first few; decoding more is waste
 
 
 class Busy(FabricError):
