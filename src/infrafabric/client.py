@@ -424,7 +424,7 @@ def _reply(response: httpx.Response) -> dict[str, Any]:
         )
     if not isinstance(document, dict):
         raise RemoteError("BAD_RESPONSE", "expected a JSON object", response.status_code)
-    result: dict[str, Any] = msgspec.convert(document, dict[str, Any])
+    result: dict[str, Any] = document
     return result
 
 

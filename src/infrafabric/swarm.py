@@ -17,6 +17,7 @@ import json
 import os
 import random
 import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -122,8 +123,6 @@ def run_swarm(
 
 def _port(wanted: int) -> int:
     """``wanted`` if it is free, else any free port (the demo should never fail on that)."""
-    import socket
-
     with socket.socket() as probe:
         try:
             probe.bind(("127.0.0.1", wanted))

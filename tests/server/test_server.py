@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infrafabric import Outbox, SigningIdentity, build_message, encode_json
+from infrafabric import Outbox, SigningIdentity, agent_id, build_message, encode_json
 from infrafabric.client import Client, RemoteError
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.server.runner import open_server, run_server
@@ -175,7 +175,7 @@ def test_a_replayed_request_is_refused(fabric: Fabric) -> None:
 
 
 def test_agents_must_be_enrolled_and_messages_signed(fabric: Fabric) -> None:
-    stranger = SigningIdentity.generate(build_message.__module__ and "if://agent/stranger")  # type: ignore[arg-type]
+    stranger = SigningIdentity.generate(agent_id("stranger"))
     outbox = Outbox(stranger)
     response = _post(
         fabric,

@@ -104,8 +104,8 @@ def test_the_event_log_keeps_a_bounded_tail(store: Store) -> None:
     add(store, *(Task(id=f"t{i:04d}", title="x") for i in range(1200)))
     kept = store.events_since(0, limit=5000)
     assert kept[-1].seq == 1200
-    assert len(kept) >= 50  # at least the retention; engines may prune lazily
-    assert len(kept) <= 1200
+    assert len(kept) >= 50  # at least the retention; engines may prune lazily...
+    assert len(kept) < 1200  # ...but they do prune: the oldest events are gone
 
 
 def test_threads_racing_for_tasks_each_win_a_task_once(store: Store) -> None:
