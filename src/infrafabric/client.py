@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
@@ -26,6 +28,7 @@ from typing import Any, Final
 import httpx
 import msgspec
 import websockets.asyncio.client
+import websockets.exceptions
 
 from infrafabric import ops
 from infrafabric.errors import PeerError
@@ -88,6 +91,7 @@ class Client:
         http: httpx.AsyncClient,
         last_sequence: int,
         local: FabricService | None = None,
+        timeout: float = 30.0,
     ) -> None:
         self.url = url.rstrip("/")
         self._local = local  # the in-process service of an embedded fabric, for streams
@@ -98,6 +102,11 @@ class Client:
         self._token: str | None = None
         self._token_until = 0.0
         self._send_lock = asyncio.Lock()  # sequence numbers leave in the order they are made
+        # Over a network, signed messages travel on one WebSocket (a frame each way costs
+        # far less than an HTTP exchange); an embedded fabric has no sockets, so HTTP.
+        self._use_socket = local is None
+        self._socket: _RequestSocket | None = None
+        self._timeout = timeout
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -120,10 +129,15 @@ class Client:
         process instead of over a socket.
         """
         start = int(time.time() * 1000) if last_sequence is None else last_sequence
-        async with httpx.AsyncClient(base_url=url, timeout=timeout, transport=transport) as http:
-            client = cls(url, identity, http, start, local)
+        async with httpx.AsyncClient(
+            base_url=url, timeout=timeout, transport=transport, verify=_tls_context()
+        ) as http:
+            client = cls(url, identity, http, start, local, timeout)
             await client._authenticate()
-            yield client
+            try:
+                yield client
+            finally:
+                await client._close_socket()
 
     # -- the board ------------------------------------------------------------------------
 
@@ -323,14 +337,58 @@ class Client:
         return await self._post(performative="request", receiver=ops.BOARD, content=operation)
 
     async def _post(self, **fields: Any) -> dict[str, Any]:
+        if not self._use_socket:
+            async with self._send_lock:
+                message = self._outbox.message(now=time.time(), **fields)
+                response = await self._http.post(
+                    "/v1/messages",
+                    content=encode_json(message),
+                    headers={"content-type": "application/json"},
+                )
+            return _reply(response)
         async with self._send_lock:
+            socket = await self._request_socket()
             message = self._outbox.message(now=time.time(), **fields)
-            response = await self._http.post(
-                "/v1/messages",
-                content=encode_json(message),
-                headers={"content-type": "application/json"},
-            )
-        return _reply(response)
+            reply = await socket.send(encode_json(message))
+        # Wait outside the lock: the next message may leave before this reply is back
+        # (the server answers the frames of one connection in order).
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await reply
+        except TimeoutError:
+            raise RemoteError(
+                "TIMEOUT",
+                f"no reply within {self._timeout} s; the message may have been carried out",
+                504,
+            ) from None
+
+    async def _request_socket(self) -> _RequestSocket:
+        if self._socket is not None and not self._socket.closed:
+            return self._socket
+        await self._ensure_token()
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        for attempt in (1, 2):
+            try:
+                socket = await websockets.asyncio.client.connect(
+                    f"{ws_url}/v1/ws?inbox=false&token={self._token}",
+                    max_size=MAX_REPLY_FRAME,
+                    open_timeout=self._timeout,
+                )
+            except websockets.exceptions.InvalidStatus:
+                if attempt == 2:
+                    raise
+                await self._authenticate()  # the server restarted and forgot our session
+                continue
+            except (OSError, websockets.exceptions.WebSocketException) as exc:
+                raise RemoteError("DISCONNECTED", f"cannot reach {self.url}: {exc}", 503) from None
+            break
+        self._socket = _RequestSocket(socket)
+        return self._socket
+
+    async def _close_socket(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+            self._socket = None
 
     async def _get(self, path: str, **options: Any) -> dict[str, Any]:
         return await self._request("GET", path, **options)
@@ -408,6 +466,84 @@ async def _local_stream(
     finally:
         for listener in (on_events, on_delivery, on_topic):
             service.forget(listener)
+
+
+#: Largest reply frame the SDK accepts (a reply to a big ``create`` lists every task).
+MAX_REPLY_FRAME: Final = 64 * 1024 * 1024
+
+
+class _RequestSocket:
+    """One WebSocket carrying a client's signed messages (``send`` frames) and the replies,
+    matched by frame id."""
+
+    def __init__(self, socket: websockets.asyncio.client.ClientConnection) -> None:
+        self._socket = socket
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._last_id = 0
+        self.closed = False
+        self._reader = asyncio.create_task(self._read())
+
+    async def send(self, body: bytes) -> asyncio.Future[dict[str, Any]]:
+        """Send one wire message; the future settles with its reply (or a RemoteError)."""
+        self._last_id += 1
+        frame_id = self._last_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[frame_id] = future
+        frame = b'{"type":"send","id":%d,"message":%s}' % (frame_id, body)
+        try:
+            await self._socket.send(frame.decode())
+        except websockets.exceptions.ConnectionClosed as exc:
+            self._waiting.pop(frame_id, None)
+            self.closed = True
+            raise RemoteError("DISCONNECTED", f"the connection closed: {exc}", 503) from None
+        return future
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._socket.close()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+    async def _read(self) -> None:
+        try:
+            async for text in self._socket:
+                frame = json.loads(text)
+                frame_id = frame.get("id") if isinstance(frame, dict) else None
+                future = self._waiting.pop(frame_id, None) if isinstance(frame_id, int) else None
+                if future is None or future.done():
+                    continue  # not an answer to us (or one nobody waits for any more)
+                if frame.get("type") == "reply":
+                    future.set_result(frame["result"])
+                else:
+                    error = frame.get("error", {})
+                    future.set_exception(
+                        RemoteError(
+                            str(error.get("code", "ERROR")),
+                            str(error.get("detail", "")),
+                            int(frame.get("status", 400)),
+                        )
+                    )
+        except websockets.exceptions.ConnectionClosed:
+            pass
+        finally:
+            self.closed = True
+            for future in self._waiting.values():
+                if not future.done():
+                    future.set_exception(
+                        RemoteError(
+                            "DISCONNECTED",
+                            "the connection closed before the reply; the message may have been carried out",
+                            503,
+                        )
+                    )
+            self._waiting.clear()
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One verifying TLS context per process: building one loads the CA store (~25 ms),
+    which httpx would otherwise do for every client, even for plain-HTTP loopback URLs."""
+    return ssl.create_default_context()
 
 
 def _reply(response: httpx.Response) -> dict[str, Any]:

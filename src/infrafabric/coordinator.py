@@ -29,6 +29,9 @@ __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 #: Attempts before a write that keeps losing races gives up (each attempt re-reads).
 MAX_RETRIES: Final = 200
 _PAGE: Final = 8  # most agents qualify for one of the first few; decoding more is waste
+#: A sweep returns up to SWEEP_PAGES x SWEEP_PAGE expired leases; the rest wait a second.
+SWEEP_PAGE: Final = 500
+SWEEP_PAGES: Final = 20
 
 
 class Busy(FabricError):
@@ -176,10 +179,14 @@ class Coordinator:
         """Return tasks whose lease ran out and escalate long blockers; returns how many
         tasks changed. Any number of sweepers may run at once: each change lands once."""
         changed = 0
-        for task in self.store.tasks([TaskState.CLAIMED, TaskState.IN_PROGRESS, TaskState.BLOCKED]):
-            outcome = rules.expire(task, self.clock(), self.store.dependents(task.id))
-            if outcome.tasks and self._try(outcome):
-                changed += 1
+        for _ in range(SWEEP_PAGES):  # bounded: a sweep never runs away under a flood
+            late = self.store.expired(self.clock(), SWEEP_PAGE)
+            for task in late:
+                outcome = rules.expire(task, self.clock(), self.store.dependents(task.id))
+                if outcome.tasks and self._try(outcome):
+                    changed += 1
+            if len(late) < SWEEP_PAGE:
+                break
         escalations = rules.escalate_blocked(
             self.store.tasks([TaskState.BLOCKED]), self.clock(), self.config
         )

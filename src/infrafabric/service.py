@@ -92,6 +92,7 @@ class FabricService:
         self.verifier = verifier
         self._verify_lock = threading.Lock()  # the verifier's replay state is not thread-safe
         self._listeners = _Listeners()
+        self._held = threading.local()  # inside handle_batch: announcements wait for the commit
         coordinator.listen(self._on_board_events)
 
     # -- messages -------------------------------------------------------------------------
@@ -117,9 +118,35 @@ class FabricService:
                 self._emit_delivery(Delivery(receiver, position, body))
             else:
                 published.append(receiver)
-                for listener in self._listeners.topics:
-                    listener(receiver, body)
+                self._announce(self._listeners.topics, receiver, body)
         return {"delivered": delivered, "published": published}
+
+    def handle_batch(
+        self, batch: Sequence[tuple[bytes, Timestamp]]
+    ) -> list[dict[str, Any] | ServiceError]:
+        """Carry out several wire messages with one commit (group commit, see
+        :meth:`~infrafabric.storage.base.Store.batch`): the reply or refusal of each, in
+        order. Each message succeeds or fails on its own; live announcements (board
+        events, deliveries, topic messages) go out only once the commit is durable. If
+        the commit fails, every message of the batch is refused with STORE_UNAVAILABLE."""
+        results: list[dict[str, Any] | ServiceError] = []
+        held: list[Callable[[], None]] = []
+        self._held.announcements = held
+        try:
+            with self.store.batch():
+                for data, now in batch:
+                    try:
+                        results.append(self.handle(data, now=now))
+                    except ServiceError as exc:
+                        results.append(exc)
+        except StoreError as exc:
+            refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
+            return [refusal] * len(batch)
+        finally:
+            self._held.announcements = None
+        for announce in held:
+            announce()
+        return results
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -235,12 +262,23 @@ class FabricService:
         )  # pragma: no cover
 
     def _on_board_events(self, events: Sequence[BoardEvent]) -> None:
-        for listener in self._listeners.events:
-            listener(events)
+        self._announce(self._listeners.events, events)
 
     def _emit_delivery(self, delivery: Delivery) -> None:
-        for listener in self._listeners.deliveries:
-            listener(delivery)
+        self._announce(self._listeners.deliveries, delivery)
+
+    def _announce(self, listeners: Sequence[Callable[..., None]], *arguments: Any) -> None:
+        """Tell ``listeners`` now, or after the commit of the batch this thread is in."""
+
+        def announce() -> None:
+            for listener in tuple(listeners):  # one may forget itself meanwhile
+                listener(*arguments)
+
+        held: list[Callable[[], None]] | None = getattr(self._held, "announcements", None)
+        if held is None:
+            announce()
+        else:
+            held.append(announce)
 
 
 def _accepted(verdict: Verdict) -> IFMessage:

@@ -302,3 +302,93 @@ def test_the_sync_client_for_code_that_is_not_async(fabric: Fabric) -> None:
         assert agent.complete("p", {"ok": True})["state"] == "completed"
         with pytest.raises(AttributeError, match="async Client"):
             agent.stream  # noqa: B018 - the attribute access is the test
+
+
+def test_websocket_frames_carry_signed_messages_and_name_each_refusal(fabric: Fabric) -> None:
+    import websockets.asyncio.client
+
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as sender:
+            await sender.send(bob.agent, "inform", {"waiting": True})  # for bob's inbox
+        async with Client.connect(fabric.url, bob) as client:
+            await client._ensure_token()
+            ws_url = fabric.url.replace("http://", "ws://")
+            outbox = Outbox(bob)
+            good = op(outbox, {"op": "create", "tasks": [{"id": "w", "title": "W"}]})
+            forged = op(outbox, {"op": "claim", "task_id": "w"}).replace(b'"w"', b'"x"')
+            async with websockets.asyncio.client.connect(
+                f"{ws_url}/v1/ws?inbox=false&token={client._token}"
+            ) as socket_:
+                frames = [
+                    b'{"type":"send","id":1,"message":%s}' % good,
+                    b'{"type":"send","id":2,"message":%s}' % forged,
+                    b'{"type":"send","id":3}',
+                    b'{"type":"send","id":4,"message":[1,2]}',
+                    b'{"type":"fly","id":5}',
+                    b'{"id":6,"type":7}',
+                ]
+                for frame in frames:
+                    await socket_.send(frame.decode())
+                replies = [json.loads(await socket_.recv()) for _ in frames]
+            # a request-only connection got no copy of bob's pending message
+            assert [reply["id"] for reply in replies] == [1, 2, 3, 4, 5, 6]
+            assert replies[0]["type"] == "reply"
+            assert replies[0]["result"]["tasks"][0]["id"] == "w"
+            assert [
+                (reply["type"], reply["error"]["code"], reply.get("status"))
+                for reply in replies[1:]
+            ] == [
+                ("error", "BAD_SIGNATURE", 401),
+                ("error", "MALFORMED", 400),
+                ("error", "MALFORMED", 400),
+                ("error", "MALFORMED", None),
+                ("error", "MALFORMED", None),
+            ]
+            async with websockets.asyncio.client.connect(
+                f"{ws_url}/v1/ws?token={client._token}"
+            ) as socket_:  # the default connection delivers the inbox
+                pushed = json.loads(await socket_.recv())
+            assert (pushed["type"], pushed["message"]["content"]) == ("message", {"waiting": True})
+
+    run(scenario())
+
+
+def test_the_sdk_reconnects_after_a_server_restart(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def serve() -> Any:
+        return run_server(open_server(tmp_path / "data", synchronous="NORMAL"), port=port)
+
+    async def scenario() -> None:
+        with serve() as server:
+            fabric = Fabric(server, (tmp_path / "data" / "admin.token").read_text().strip())
+            alice = fabric.enroll("alice")
+            async with Client.connect(server.url, alice) as agent:
+                await agent.create_task("before", id="a")
+                await asyncio.to_thread(server_stop, server)
+                with pytest.raises(RemoteError) as caught:
+                    await agent.create_task("while down", id="b")
+                assert caught.value.code == "DISCONNECTED"
+                assert caught.value.retryable
+                with serve():  # same port, same data; the old session token is gone
+                    await agent.create_task("after", id="c")
+                    assert [t["id"] for t in await agent.tasks()] == ["a", "c"]
+
+    run(scenario())
+
+
+def server_stop(server: Any) -> None:
+    """Stop a running server (its context is still open) and wait until the port refuses."""
+    server.server.should_exit = True
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(200):
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the server did not stop")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from infrafabric.board.model import Task, TaskState
-from infrafabric.board.rules import cancel, claim, complete, create
+from infrafabric.board.rules import BoardConfig, cancel, claim, complete, create
 from infrafabric.storage.base import AgentRecord, Conflict, Store
 from infrafabric.storage.memory import MemoryStore
 from infrafabric.storage.sqlite import SqliteStore
@@ -147,6 +148,20 @@ def test_sqlite_keeps_everything_across_reopening(tmp_path: Path) -> None:
     assert (path.stat().st_mode & 0o777) == 0o600
 
 
+def test_sqlite_migrates_a_board_file_without_the_lease_column(tmp_path: Path) -> None:
+    path = tmp_path / "board.db"
+    store = SqliteStore(path)
+    store.apply(create([Task(id="a", title="A"), Task(id="b", title="B")], {}, T0))
+    store.apply(claim(store.get("a"), ALICE, T0, BoardConfig(lease_seconds=10)))  # type: ignore[arg-type]
+    store.close()
+    with sqlite3.connect(path) as db:  # the schema of the first release
+        db.execute("DROP INDEX tasks_by_lease")
+        db.execute("ALTER TABLE tasks DROP COLUMN lease_expires")
+    reopened = SqliteStore(path)
+    assert [t.id for t in reopened.expired(T0 + 11)] == ["a"]
+    reopened.close()
+
+
 def test_available_tasks_come_in_claim_order(store: Store) -> None:
     store.apply(
         create(
@@ -168,6 +183,67 @@ def test_available_tasks_come_in_claim_order(store: Store) -> None:
     assert claimed is not None
     store.apply(claim(claimed, ALICE, T0))
     assert [t.id for t in store.available(limit=1)] == ["high-a"]
+
+
+def test_expired_finds_owned_tasks_whose_lease_ran_out_soonest_first(store: Store) -> None:
+    add(store, *(Task(id=name, title="x") for name in ("a", "b", "c", "d")))
+    config = BoardConfig(lease_seconds=10)
+    for name, claimed_at in (("a", T0 + 5), ("b", T0), ("c", T0 + 50)):
+        store.apply(claim(store.get(name), ALICE, claimed_at, config))  # type: ignore[arg-type]
+    done = store.get("c")
+    store.apply(complete(done, ALICE, {}, T0 + 51, []))  # type: ignore[arg-type]
+    assert store.expired(T0 + 10) == []  # b's lease runs to T0 + 10 exactly: not yet out
+    assert [t.id for t in store.expired(T0 + 15.5)] == ["b", "a"]
+    assert [t.id for t in store.expired(T0 + 15.5, limit=1)] == ["b"]
+    # a completed task (c) holds no lease, an available one (d) never had one
+    assert [t.id for t in store.expired(T0 + 1_000)] == ["b", "a"]
+
+
+def test_a_batch_keeps_each_step_atomic_and_commits_them_together(store: Store) -> None:
+    add(store, Task(id="a", title="A"), Task(id="b", title="B"))
+    a, b = store.get("a"), store.get("b")
+    with store.batch():
+        store.apply(claim(a, ALICE, T0))  # type: ignore[arg-type]
+        with pytest.raises(Conflict):  # a stale write fails alone...
+            store.apply(claim(a, BOB, T0))  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError):  # ...as does work that raises half way
+            store.transact(lambda inner: _raise_after_reading(inner, "b"))
+        store.deliver(BOB, "m-1", b"{}")
+        store.apply(claim(b, BOB, T0))  # type: ignore[arg-type]
+    assert store.get("a").owner == ALICE  # type: ignore[union-attr]
+    assert store.get("b").owner == BOB  # type: ignore[union-attr]
+    assert [e.event.kind for e in store.events_since(0)][-2:] == ["task.claimed"] * 2
+    assert [entry.message_id for entry in store.pending(BOB)] == ["m-1"]
+
+
+def _raise_after_reading(store: Store, task_id: str) -> None:
+    assert store.get(task_id) is not None
+    raise RuntimeError("the work failed")
+
+
+def test_sqlite_batch_is_durable_only_as_a_whole(tmp_path: Path) -> None:
+    path = tmp_path / "board.db"
+    store = SqliteStore(path)
+    store.apply(create([Task(id="a", title="A"), Task(id="b", title="B")], {}, T0))
+
+    def abandoned_batch() -> None:
+        with store.batch():
+            store.apply(claim(store.get("a"), ALICE, T0))  # type: ignore[arg-type]
+            with sqlite3.connect(path) as other:  # another connection sees nothing of it yet
+                state = other.execute("SELECT state FROM tasks WHERE id = 'a'").fetchone()
+            assert state == ("available",)
+            raise RuntimeError("the batch is abandoned")
+
+    with pytest.raises(RuntimeError, match="abandoned"):
+        abandoned_batch()
+    assert store.get("a").state is TaskState.AVAILABLE  # type: ignore[union-attr]
+    with store.batch():
+        store.apply(claim(store.get("a"), ALICE, T0))  # type: ignore[arg-type]
+        store.apply(claim(store.get("b"), ALICE, T0))  # type: ignore[arg-type]
+    store.close()
+    reopened = SqliteStore(path)
+    assert [t.owner for t in reopened.tasks()] == [ALICE, ALICE]
+    reopened.close()
 
 
 def test_inbox_keeps_messages_until_acknowledged_and_ignores_resends(store: Store) -> None:

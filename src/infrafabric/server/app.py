@@ -32,6 +32,7 @@ from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.keyring import Keyring, KeyringFile
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
+from infrafabric.server.committer import Committer
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.service import FabricService, ServiceError
@@ -55,6 +56,10 @@ class ServerState:
     clock: Callable[[], Timestamp] = time.time
     queue_limit: int = QUEUE_LIMIT  # frames waiting per WebSocket before it is dropped
     hub: Hub | None = field(default=None, init=False)
+    committer: Committer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.committer = Committer(self.service)
 
 
 class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
@@ -72,6 +77,7 @@ def create_app(state: ServerState) -> Starlette:
         state.service.on_delivery(hub.delivery)
         state.service.on_topic(hub.topic_message)
         yield
+        state.committer.close()
 
     routes = [
         Route("/v1/health", _health, methods=["GET"]),
@@ -198,7 +204,7 @@ async def _token(state: ServerState, request: Request) -> dict[str, Any]:
 
 async def _messages(state: ServerState, request: Request) -> dict[str, Any]:
     data = await _body(request)
-    return await run_in_threadpool(state.service.handle, data, now=state.clock())
+    return await state.committer.submit(data, state.clock())
 
 
 async def _tasks(state: ServerState, request: Request) -> dict[str, Any]:
@@ -308,11 +314,17 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     hub = state.hub
     assert hub is not None  # set by the lifespan before any request
     await websocket.accept()
-    connection = Connection(agent, hub.queue_limit)
+    # `inbox=false`: a connection that only carries requests (the SDK's), so direct
+    # messages are not pushed to it as well as to the agent's stream.
+    inbox = agent is not None and websocket.query_params.get("inbox", "true") != "false"
+    connection = Connection(agent, hub.queue_limit, inbox=inbox)
     hub.connections.add(connection)
+    receiver = asyncio.current_task()
+    assert receiver is not None
+    connection.on_overflow = receiver.cancel  # stop reading from a client that will not read
     sender = asyncio.create_task(_send_frames(websocket, connection))
     try:
-        if agent is not None:
+        if inbox and agent is not None:
             for entry in await run_in_threadpool(state.service.store.pending, agent, 0, 1000):
                 connection.offer(
                     json.dumps(
@@ -324,19 +336,14 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
                     )
                 )
         while True:
-            receiving = asyncio.ensure_future(websocket.receive_text())
-            overflowing = asyncio.ensure_future(connection.overflow.wait())
-            done, _ = await asyncio.wait(
-                {receiving, overflowing}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if overflowing in done:
-                receiving.cancel()
-                break
-            overflowing.cancel()
-            reply = await _frame_reply(state, hub, connection, receiving.result())
-            connection.offer(json.dumps(reply))
+            text = await websocket.receive_text()
+            reply = await _frame_reply(state, hub, connection, text)
+            connection.offer(_FRAME_ENCODER.encode(reply).decode())
     except WebSocketDisconnect:
         pass
+    except asyncio.CancelledError:
+        if not connection.overflowed:
+            raise  # the server is stopping: not ours to swallow
     finally:
         hub.connections.discard(connection)
         sender.cancel()
@@ -353,48 +360,70 @@ async def _send_frames(websocket: WebSocket, connection: Connection) -> None:
         await websocket.send_text(frame)
 
 
+class _Frame(msgspec.Struct):
+    """A client frame; ``message`` stays the exact bytes the client sent (no re-encoding)."""
+
+    type: str
+    id: Any = None
+    message: msgspec.Raw = msgspec.Raw(b"")  # empty: none given
+    topics: list[str] = []
+    replay: bool = False
+    position: int | None = None
+
+
+_FRAME_DECODER: Final = msgspec.json.Decoder(_Frame)
+_FRAME_ENCODER: Final = msgspec.json.Encoder()
+
+
 async def _frame_reply(
     state: ServerState, hub: Hub, connection: Connection, text: str
 ) -> dict[str, Any]:
     if len(text) > MAX_FRAME:
         return {"type": "error", "error": {"code": "TOO_LARGE", "detail": "frame too large"}}
     try:
-        frame = json.loads(text)
-        kind, request_id = frame["type"], frame.get("id")
-    except (ValueError, KeyError, TypeError):
+        frame = _FRAME_DECODER.decode(text)
+    except msgspec.DecodeError as exc:
         return {
             "type": "error",
-            "error": {"code": "MALFORMED", "detail": "frames are JSON objects with a type"},
+            "id": _frame_id(text),
+            "error": {"code": "MALFORMED", "detail": f"not a frame: {exc}"},
         }
+    kind, request_id = frame.type, frame.id
     try:
         if kind == "subscribe":
-            topics = [str(topic) for topic in frame.get("topics", [])][:64]
-            connection.topics.update(topics)
-            if frame.get("replay"):
+            connection.topics.update(frame.topics[:64])
+            if frame.replay:
                 hub.replay(connection)
             return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
         if kind == "unsubscribe":
-            connection.topics.difference_update(frame.get("topics", []))
+            connection.topics.difference_update(frame.topics)
             return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
         if kind == "ack" and connection.agent is not None:
+            if frame.position is None:
+                raise ServiceError("MALFORMED", "an ack names the inbox position", 400)
             done = await run_in_threadpool(
-                state.service.store.ack, connection.agent, int(frame["position"])
+                state.service.store.ack, connection.agent, frame.position
             )
             return {"type": "acked", "id": request_id, "acknowledged": done}
         if kind == "send":
-            data = json.dumps(frame["message"]).encode()
-            result = await run_in_threadpool(state.service.handle, data, now=state.clock())
+            if not frame.message:
+                raise ServiceError("MALFORMED", "a send frame carries a message", 400)
+            result = await state.committer.submit(bytes(frame.message), state.clock())
             return {"type": "reply", "id": request_id, "result": result}
     except ServiceError as exc:
-        return {"type": "error", "id": request_id, **exc.to_json()}
-    except (KeyError, ValueError, TypeError) as exc:
-        return {
-            "type": "error",
-            "id": request_id,
-            "error": {"code": "MALFORMED", "detail": str(exc)},
-        }
+        return {"type": "error", "id": request_id, "status": exc.status, **exc.to_json()}
     return {
         "type": "error",
         "id": request_id,
         "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
     }
+
+
+def _frame_id(text: str) -> Any:
+    """The ``id`` of a frame that did not decode, if it has one, so the error reaches the
+    request that caused it."""
+    try:
+        document = msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+    return document.get("id") if isinstance(document, dict) else None

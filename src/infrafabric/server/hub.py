@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -40,6 +40,8 @@ class Connection:
     queue: asyncio.Queue[str] = field(init=False)
     topics: set[str] = field(default_factory=set)
     overflow: asyncio.Event = field(default_factory=asyncio.Event)
+    inbox: bool = True  # direct messages to ``agent`` are pushed here
+    on_overflow: Callable[[], object] | None = None  # called once, when the queue overflows
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.limit)
@@ -56,6 +58,8 @@ class Connection:
             self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             self.overflow.set()
+            if self.on_overflow is not None:
+                self.on_overflow()
 
     def follows(self, topic: str) -> bool:
         return any(address_matches(pattern, topic) for pattern in self.topics)
@@ -103,7 +107,7 @@ class Hub:
 
     def _direct(self, receiver: AgentId, frame: str) -> None:
         for connection in self.connections:
-            if connection.agent == receiver:
+            if connection.inbox and connection.agent == receiver:
                 connection.offer(frame)
 
 

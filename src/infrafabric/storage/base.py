@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -88,6 +89,11 @@ class Store(Protocol):
         """Available tasks in the order they should be claimed: real work before filler
         tasks, then highest priority, oldest, by id; a page of ``limit`` from ``offset``."""
 
+    def expired(self, now: float, limit: int = 500) -> list[Task]:
+        """Owned tasks whose lease ran out before ``now``, soonest expired first, at most
+        ``limit``: what the lease sweeper returns to the board. Stores keep an index on
+        the lease so the sweep costs nothing when no lease has run out."""
+
     def apply(self, outcome: Outcome) -> int:
         """Write ``outcome`` atomically (see above); returns the last event's sequence number."""
 
@@ -96,6 +102,14 @@ class Store(Protocol):
         atomic transaction: the reads ``work`` makes (through the store it is given) see
         no concurrent change, so its outcome cannot conflict with another writer's. Returns
         the outcome (``None``: nothing to write) and the last event's sequence number."""
+
+    def batch(self) -> AbstractContextManager[None]:
+        """Group commit: every ``transact``, ``apply`` and ``deliver`` made by this thread
+        inside the block stays atomic on its own (one that fails leaves no trace), and all
+        of them become durable together when the block ends, at the cost of one commit.
+        Nothing in the block is durable before it ends; if the final commit fails, none of
+        it happened and :class:`~infrafabric.errors.StoreError` is raised. Other threads
+        wait for the block (it holds the write lock), so keep it short."""
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
         """Logged events after ``seq``, oldest first, at most ``limit`` (replay for a client

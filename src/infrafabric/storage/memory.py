@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import Outcome
@@ -56,6 +57,23 @@ class MemoryStore:
             ready = [task for task in self._tasks.values() if task.state is TaskState.AVAILABLE]
         ready.sort(key=claim_order)
         return ready[offset : offset + limit]
+
+    def expired(self, now: float, limit: int = 500) -> list[Task]:
+        with self._lock:
+            late = [
+                task
+                for task in self._tasks.values()
+                if task.state.owned
+                and task.lease_expires_at is not None
+                and task.lease_expires_at < now
+            ]
+        late.sort(key=lambda task: (task.lease_expires_at, task.id))
+        return late[:limit]
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._lock:  # nothing to make durable; holding the lock keeps the batch whole
+            yield
 
     def apply(self, outcome: Outcome) -> int:
         return self.transact(lambda store: outcome)[1]

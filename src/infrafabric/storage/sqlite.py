@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     filler     INTEGER NOT NULL,
     priority   INTEGER NOT NULL,
     created_at REAL NOT NULL,
-    doc        BLOB NOT NULL
+    doc        BLOB NOT NULL,
+    lease_expires REAL  -- set while the task is owned (claimed, in progress, blocked)
 ) WITHOUT ROWID;
 -- claim order (see storage.base.claim_order): one index walk finds the next task
 CREATE INDEX IF NOT EXISTS tasks_to_claim ON tasks (state, filler, priority DESC, created_at, id);
@@ -95,12 +96,14 @@ class SqliteStore:
         # One connection shared by the threads of this process; re-entrant so that the
         # reads inside ``transact`` run within its transaction.
         self._lock = threading.RLock()
+        self._depth = 0  # open transactions of the thread holding the lock (batch: 2)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA busy_timeout=5000")  # other processes on the same file
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
 
@@ -139,6 +142,19 @@ class SqliteStore:
                 (limit, offset),
             ).fetchall()
         return [_TASK_DECODER.decode(row[0]) for row in rows]
+
+    def expired(self, now: float, limit: int = 500) -> list[Task]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT doc FROM tasks WHERE lease_expires < ? ORDER BY lease_expires, id LIMIT ?",
+                (now, limit),
+            ).fetchall()
+        return [_TASK_DECODER.decode(row[0]) for row in rows]
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self._transaction():  # transactions inside become savepoints of this one
+            yield
 
     def apply(self, outcome: Outcome) -> int:
         return self.transact(lambda store: outcome)[1]
@@ -223,22 +239,49 @@ class SqliteStore:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _migrate(self) -> None:
+        """Bring a board file of an earlier release up to this schema (idempotent)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        if "lease_expires" not in columns:  # before 0.1.0: the lease lived in `doc` only
+            self._db.execute("ALTER TABLE tasks ADD COLUMN lease_expires REAL")
+            self._db.execute(
+                "UPDATE tasks SET lease_expires = json_extract(doc, '$.lease_expires_at')"
+                " WHERE state IN ('claimed', 'in_progress', 'blocked')"
+            )
+        # the sweeper's question, answered by a walk over the few owned tasks only
+        self._db.execute(
+            "CREATE INDEX IF NOT EXISTS tasks_by_lease ON tasks (lease_expires)"
+            " WHERE lease_expires IS NOT NULL"
+        )
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """``BEGIN IMMEDIATE`` (the write lock, taken before any read) ... ``COMMIT``;
-        ``ROLLBACK`` if the block raises. SQLite errors become :class:`StoreError`."""
+        ``ROLLBACK`` if the block raises. Inside a :meth:`batch` it is a savepoint instead,
+        released or rolled back on its own. SQLite errors become :class:`StoreError`."""
         with self._lock:
             db = self._db
+            nested = self._depth > 0
+            if nested and not db.in_transaction:
+                # SQLite rolled the batch back after an error (disk full, I/O): a write now
+                # would commit on its own, outside the batch, so refuse it.
+                raise StoreError(f"{self.path}: the batch was rolled back by an earlier error")
+            self._depth += 1
             try:
-                db.execute("BEGIN IMMEDIATE")
+                db.execute("SAVEPOINT step" if nested else "BEGIN IMMEDIATE")
                 try:
                     yield db
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:
+                        db.execute("ROLLBACK TO step" if nested else "ROLLBACK")
+                        if nested:
+                            db.execute("RELEASE step")
                     raise
-                db.execute("COMMIT")
+                db.execute("RELEASE step" if nested else "COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
+            finally:
+                self._depth -= 1
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -253,8 +296,8 @@ class SqliteStore:
         if created:
             try:
                 db.execute(
-                    "INSERT INTO tasks (id, version, state, filler, priority, created_at, doc)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO tasks (id, version, state, filler, priority, created_at, doc,"
+                    " lease_expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         task.id,
                         task.version,
@@ -263,6 +306,7 @@ class SqliteStore:
                         task.priority,
                         task.created_at,
                         doc,
+                        _lease(task),
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -273,14 +317,15 @@ class SqliteStore:
             )
             return
         cursor = db.execute(
-            "UPDATE tasks SET version = ?, state = ?, filler = ?, priority = ?, doc = ?"
-            " WHERE id = ? AND version = ?",
+            "UPDATE tasks SET version = ?, state = ?, filler = ?, priority = ?, doc = ?,"
+            " lease_expires = ? WHERE id = ? AND version = ?",
             (
                 task.version,
                 str(task.state),
                 task.filler,
                 task.priority,
                 doc,
+                _lease(task),
                 task.id,
                 task.version - 1,
             ),
@@ -308,3 +353,8 @@ class SqliteStore:
     def _version(db: sqlite3.Connection, task_id: str) -> int | None:
         row = db.execute("SELECT version FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else int(row[0])
+
+
+def _lease(task: Task) -> float | None:
+    """The indexed lease column: only owned tasks have one the sweeper must watch."""
+    return task.lease_expires_at if task.state.owned else None

@@ -1,0 +1,156 @@
+"""Group commit: many messages per transaction, each answered on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infrafabric import Keyring, Outbox, SigningIdentity, agent_id, encode_json, new_key_record
+from infrafabric.board.model import BoardEvent
+from infrafabric.coordinator import Coordinator
+from infrafabric.protocol.verify import Verifier
+from infrafabric.server.committer import Committer
+from infrafabric.service import FabricService, ServiceError
+from infrafabric.storage.base import AgentRecord
+from infrafabric.storage.sqlite import SqliteStore
+from infrafabric.types import Timestamp
+
+
+class RecordingService(FabricService):
+    """The real service, noting the size of every batch it is given."""
+
+    sizes: list[int]
+
+    def handle_batch(
+        self, batch: Sequence[tuple[bytes, Timestamp]]
+    ) -> list[dict[str, Any] | ServiceError]:
+        self.sizes.append(len(batch))
+        return super().handle_batch(batch)
+
+
+def _service(path: Path, agents: list[SigningIdentity]) -> RecordingService:
+    keyring = Keyring()
+    store = SqliteStore(path, synchronous="FULL")
+    for identity in agents:
+        keyring.add(
+            new_key_record(identity.agent, identity.public_key, version=1, now=time.time() - 60)
+        )
+        store.enroll(AgentRecord(id=identity.agent, enrolled_at=time.time()))
+    service = RecordingService(Coordinator(store), Verifier(keyring))
+    service.sizes = []
+    return service
+
+
+def _request(outbox: Outbox, content: dict[str, Any]) -> bytes:
+    return encode_json(
+        outbox.message(
+            now=time.time(), performative="request", receiver="if://service/board", content=content
+        )
+    )
+
+
+def test_messages_that_pile_up_share_a_commit_and_keep_their_own_answers(
+    tmp_path: Path,
+) -> None:
+    agents = [SigningIdentity.generate(agent_id(f"a{i}")) for i in range(41)]
+    service = _service(tmp_path / "board.db", agents)
+    announced_claims = 0
+    lagging: list[tuple[int, int]] = []  # (claims announced, claims committed) if ever behind
+
+    def check_claims_are_committed(events: Sequence[BoardEvent]) -> None:
+        # announcements come after the commit: another connection already sees them all
+        nonlocal announced_claims
+        announced_claims += sum(event.kind == "task.claimed" for event in events)
+        with sqlite3.connect(tmp_path / "board.db") as other:
+            (committed,) = other.execute(
+                "SELECT count(*) FROM tasks WHERE state = 'claimed'"
+            ).fetchone()
+        if committed < announced_claims:
+            lagging.append((announced_claims, committed))
+
+    service.on_events(check_claims_are_committed)
+    creator = Outbox(agents[0])
+    created = service.handle(
+        _request(creator, {"op": "create", "tasks": [{"title": "x"} for _ in range(30)]}),
+        now=time.time(),
+    )
+    assert len(created["tasks"]) == 30
+    committer = Committer(service)
+
+    async def everyone_claims() -> list[Any]:
+        jobs = []
+        for identity in agents[:40]:
+            outbox = creator if identity is agents[0] else Outbox(identity)
+            wire = _request(outbox, {"op": "claim_next"})
+            jobs.append(committer.submit(wire, time.time()))
+        forged = _request(Outbox(agents[40]), {"op": "claim_next"}).replace(
+            b"claim_next", b"claim_nexT"
+        )
+        jobs.append(committer.submit(forged, time.time()))
+        return await asyncio.gather(*jobs, return_exceptions=True)
+
+    try:
+        results = asyncio.run(everyone_claims())
+    finally:
+        committer.close()
+    tasks = [r["task"] for r in results[:-1]]
+    won = [task["id"] for task in tasks if task is not None]
+    assert len(won) == len(set(won)) == 30  # every task once; ten agents found none left
+    assert tasks.count(None) == 10
+    assert isinstance(results[-1], ServiceError)
+    assert results[-1].code == "BAD_SIGNATURE"
+    assert max(service.sizes) > 1  # the 41 messages did not take 41 commits
+    assert sum(service.sizes) == 41
+    assert announced_claims == 30
+    assert lagging == []
+
+
+def test_a_failed_commit_refuses_the_whole_batch_and_announces_nothing(tmp_path: Path) -> None:
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    announced: list[Any] = []
+    service.on_events(announced.append)
+    outbox = Outbox(agent)
+    batch = [
+        (_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()),
+        (_request(outbox, {"op": "claim_next"}), time.time()),
+    ]
+    blocker = sqlite3.connect(tmp_path / "board.db", timeout=0)
+    blocker.execute("PRAGMA busy_timeout=0")
+    service.store._db.execute("PRAGMA busy_timeout=0")  # type: ignore[attr-defined]
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        results = service.handle_batch(batch)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert [getattr(r, "code", None) for r in results] == ["STORE_UNAVAILABLE"] * 2
+    assert announced == []
+    assert service.store.tasks() == []
+
+
+@pytest.mark.parametrize("max_batch", [1, 64])
+def test_close_finishes_what_was_submitted(tmp_path: Path, max_batch: int) -> None:
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    committer = Committer(service, max_batch=max_batch)
+    outbox = Outbox(agent)
+
+    async def create_then_close() -> dict[str, Any]:
+        pending = asyncio.ensure_future(
+            committer.submit(
+                _request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()
+            )
+        )
+        await asyncio.sleep(0)  # submitted
+        await asyncio.to_thread(committer.close)
+        return await pending
+
+    reply = asyncio.run(create_then_close())
+    assert [task["title"] for task in reply["tasks"]] == ["x"]
