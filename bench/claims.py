@@ -14,12 +14,14 @@ server, so server figures are a floor for the server and a ceiling for one clien
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -90,14 +92,16 @@ def embedded(count: int) -> list[tuple[str, list[float]]]:
 
 
 class RunningFabric:
-    def __init__(self) -> None:
+    def __init__(self, synchronous: str) -> None:
         sys.path.insert(0, str(Path(__file__).parents[1]))
         from tests.harness import Fabric  # a real `ifab serve` process, as the tests start it
 
         self.directory = tempfile.TemporaryDirectory()
         self.fabric = Fabric(Path(self.directory.name))
-        self.fabric.start("--lease", "3600")
+        self.fabric.start("--lease", "3600", "--synchronous", synchronous)
         self.admin = (self.fabric.data / "admin.token").read_text().strip()
+        assert self.fabric.process is not None
+        self.pid = self.fabric.process.pid
 
     def enroll(self, name: str) -> SigningIdentity:
         identity = SigningIdentity.generate(agent_id(name))
@@ -126,22 +130,43 @@ async def _fill(url: str, planner: SigningIdentity, count: int) -> None:
             )
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, agents: list[SigningIdentity]) -> AsyncIterator[list[Client]]:
+    """Every agent connected and warmed up (its WebSocket open), outside the timed window."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(Client.connect(url, a)) for a in agents]
+        await asyncio.gather(*(c.send("if://topic/bench/warm-up", "inform", {}) for c in clients))
+        yield clients
+
+
 async def server_saturation(
     fabric: RunningFabric, agents: list[SigningIdentity], seconds: float
-) -> tuple[int, float]:
-    await _fill(fabric.fabric.url, agents[0], 20_000)
+) -> tuple[int, float, float, float]:
+    """Claims per second with every agent claiming in a closed loop; and CPU per claim
+    of the server and of this (load generating) process."""
+    await _fill(fabric.fabric.url, agents[0], 40_000)
     done = 0
-    stop = time.monotonic() + seconds
+    async with connected(fabric.fabric.url, agents) as clients:
+        server_cpu, own_cpu = _cpu_seconds(fabric.pid), time.process_time()
+        started = time.monotonic()
+        stop = started + seconds
 
-    async def worker(identity: SigningIdentity) -> None:
-        nonlocal done
-        async with Client.connect(fabric.fabric.url, identity) as agent:
+        async def worker(agent: Client) -> None:
+            nonlocal done
             while time.monotonic() < stop and await agent.claim_next() is not None:
                 done += 1
 
-    started = time.monotonic()
-    await asyncio.gather(*(worker(identity) for identity in agents))
-    return done, time.monotonic() - started
+        await asyncio.gather(*(worker(client) for client in clients))
+        elapsed = time.monotonic() - started
+        server_cpu = _cpu_seconds(fabric.pid) - server_cpu
+        own_cpu = time.process_time() - own_cpu
+    return done, elapsed, server_cpu / max(done, 1), own_cpu / max(done, 1)
 
 
 async def server_steady(
@@ -150,11 +175,11 @@ async def server_steady(
     await _fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
     samples: list[float] = []
     per_agent = rate / len(agents)
-    started = time.monotonic()
+    async with connected(fabric.fabric.url, agents) as clients:
+        started = time.monotonic()
 
-    async def worker(index: int, identity: SigningIdentity) -> None:
-        async with Client.connect(fabric.fabric.url, identity) as agent:
-            begin = time.monotonic() + index / rate  # stagger the agents over one period
+        async def worker(index: int, agent: Client) -> None:
+            begin = started + index / rate  # stagger the agents over one period
             for tick in range(int(per_agent * seconds)):
                 due = begin + tick / per_agent
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
@@ -162,8 +187,8 @@ async def server_steady(
                 await agent.claim_next()
                 samples.append(time.perf_counter() - sent)
 
-    await asyncio.gather(*(worker(i, identity) for i, identity in enumerate(agents)))
-    return samples, len(samples) / (time.monotonic() - started)
+        await asyncio.gather(*(worker(i, client) for i, client in enumerate(clients)))
+        return samples, len(samples) / (time.monotonic() - started)
 
 
 async def direct_messages(
@@ -212,14 +237,23 @@ def main(quick: bool = False) -> None:
             next(s for n, s in embedded_rows if n.endswith(sync) and n.startswith("raw"))
         )
         rows.append((f"embedded p50 vs raw p50, {sync}", f"{ours / raw:.1f}x (aim: within 3x)"))
-    fabric = RunningFabric()
+    for synchronous in ("NORMAL", "FULL"):
+        rows += server_rows(synchronous, quick)
+    print(render(rows))
+
+
+def server_rows(synchronous: str, quick: bool) -> list[tuple[str, str]]:
+    rows = []
+    fabric = RunningFabric(synchronous)
     try:
         agents = [fabric.enroll(f"bench-{i:03d}") for i in range(100)]
-        done, elapsed = asyncio.run(server_saturation(fabric, agents, 3 if quick else 10))
+        done, elapsed, server_cpu, client_cpu = asyncio.run(
+            server_saturation(fabric, agents, 3 if quick else 10)
+        )
         rows.append(
             (
-                "server claim_next, 100 agents closed loop",
-                f"{done / elapsed:8,.0f} claims/s (aim: 3,000)",
+                f"server {synchronous}: claim_next, 100 agents closed loop",
+                f"{done / elapsed:8,.0f} claims/s (aim: 3,000); CPU per claim: server {server_cpu * 1e6:.0f} us, load generator {client_cpu * 1e6:.0f} us",
             )
         )
         rate = 200.0 if quick else 1000.0
@@ -227,7 +261,7 @@ def main(quick: bool = False) -> None:
         p50, p95, p99 = percentiles(samples)
         rows.append(
             (
-                f"server claim_next at {rate:,.0f}/s offered",
+                f"server {synchronous}: claim_next at {rate:,.0f}/s offered",
                 f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s (aim: p99 < 5 ms)",
             )
         )
@@ -235,10 +269,10 @@ def main(quick: bool = False) -> None:
         p50, p95, p99 = percentiles(messages)
         rows.append(
             (
-                "direct message, send to WebSocket arrival",
+                f"server {synchronous}: direct message, send to WebSocket arrival",
                 f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms",
             )
         )
     finally:
         fabric.close()
-    print(render(rows))
+    return rows

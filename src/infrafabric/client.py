@@ -373,6 +373,7 @@ class Client:
                     f"{ws_url}/v1/ws?inbox=false&token={self._token}",
                     max_size=MAX_REPLY_FRAME,
                     open_timeout=self._timeout,
+                    compression=None,  # small signed frames: deflate costs more than it saves
                 )
             except websockets.exceptions.InvalidStatus:
                 if attempt == 2:

@@ -53,6 +53,10 @@ _STATUS_OF_REASON: Final = {
 }
 
 
+_OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
+_CONTENT_ENCODER: Final = msgspec.json.Encoder()
+
+
 class ServiceError(FabricError):
     """A refused message: ``code`` is stable (a verification reason code or a board code
     such as ``NOT_OWNER``), ``status`` the HTTP status that fits it."""
@@ -183,7 +187,9 @@ class FabricService:
         if message.performative != "request":
             raise ServiceError("UNSUPPORTED_PERFORMATIVE", "board operations are requests", 400)
         try:
-            operation = msgspec.convert(message.content, ops.Operation)
+            # through JSON: a typed decoder costs 0.2 us, ``msgspec.convert`` to this
+            # union 9 us (it has no cached plan for a union); the checks are the same
+            operation = _OPERATION_DECODER.decode(_CONTENT_ENCODER.encode(message.content))
         except msgspec.ValidationError as exc:
             raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
         agent = message.sender

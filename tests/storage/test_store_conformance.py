@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -282,3 +283,38 @@ def test_agents_are_enrolled_and_re_enrolled(store: Store) -> None:
         (ALICE, ("ops:k8s",)),
         (BOB, ("code:python", "test:pytest")),
     ]
+
+
+def _tasks_in_the_database_file_alone(path: Path) -> int:
+    """Tasks in the main database file read without its WAL: what checkpoints copied."""
+    alone = path.with_name("alone.db")
+    alone.write_bytes(path.read_bytes())
+    try:
+        with sqlite3.connect(alone) as db:
+            (count,) = db.execute("SELECT count(*) FROM tasks").fetchone()
+    except sqlite3.OperationalError:  # not even the schema has been copied yet
+        return 0
+    return int(count)
+
+
+def test_sqlite_background_checkpoints_copy_the_wal_into_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "board.db"
+    store = SqliteStore(path, synchronous="NORMAL", background_checkpoints=True)
+    store.apply(create([Task(id=f"t{i}", title="x") for i in range(50)], {}, T0))
+    deadline = time.monotonic() + 10
+    while _tasks_in_the_database_file_alone(path) != 50 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _tasks_in_the_database_file_alone(path) == 50
+    store.close()
+    assert not any(thread.name == "ifab-checkpoints" for thread in threading.enumerate())
+
+
+def test_sqlite_without_background_checkpoints_leaves_small_writes_in_the_wal(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "board.db"
+    store = SqliteStore(path, synchronous="NORMAL")
+    store.apply(create([Task(id=f"t{i}", title="x") for i in range(50)], {}, T0))
+    time.sleep(0.6)  # two checkpoint periods: nobody checkpoints a WAL this small
+    assert _tasks_in_the_database_file_alone(path) == 0
+    store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from pathlib import Path
@@ -45,6 +46,10 @@ def serve(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with run_server(state, host=host, port=port) as server:
+        # The objects of start-up (modules, routes, keyring) live as long as the process:
+        # moved out of the collector's sight, a full collection walks only what requests
+        # made since, and takes ~1 ms instead of ~30 ms (a stall every few seconds).
+        gc.freeze()
         typer.echo(f"InfraFabric serving {server.url} (data in {directory})")
         typer.echo(f"operator token: {directory / 'admin.token'} (or $IFAB_ADMIN_TOKEN)")
         with contextlib.suppress(KeyboardInterrupt):

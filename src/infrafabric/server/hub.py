@@ -102,7 +102,7 @@ class Hub:
         for topic, frame in frames:
             self.recent.append((topic, frame))
             for connection in self.connections:
-                if connection.follows(topic):
+                if connection.topics and connection.follows(topic):  # most follow nothing
                     connection.offer(frame)
 
     def _direct(self, receiver: AgentId, frame: str) -> None:

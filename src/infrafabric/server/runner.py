@@ -57,7 +57,9 @@ def open_server(
     """Open (creating if needed) the data directory and build the server's state."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SqliteStore(
-        data_dir / "board.db", synchronous="NORMAL" if synchronous == "NORMAL" else "FULL"
+        data_dir / "board.db",
+        synchronous="NORMAL" if synchronous == "NORMAL" else "FULL",
+        background_checkpoints=True,
     )
     keyring_dir = data_dir / "keyring"
     keyring = load_keyring_dir(keyring_dir)

@@ -12,12 +12,13 @@ process (``kill -9``) but may lose the last commits if the machine loses power.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import msgspec
 
@@ -27,6 +28,11 @@ from infrafabric.errors import StoreError
 from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
 
 __all__ = ["SqliteStore"]
+
+#: How often the background checkpointer copies the WAL into the database.
+CHECKPOINT_SECONDS: Final = 0.25
+#: The automatic checkpoint, left as a backstop (pages of 4 KiB: ~80 MB of WAL).
+BACKSTOP_CHECKPOINT_PAGES: Final = 20_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -86,6 +92,7 @@ class SqliteStore:
         *,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         retention: int = 100_000,
+        background_checkpoints: bool = False,
     ) -> None:
         self.path = Path(path)
         self.synchronous = synchronous
@@ -106,6 +113,10 @@ class SqliteStore:
             self._migrate()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open {self.path}: {exc}") from exc
+        self._checkpointer: threading.Thread | None = None
+        self._closing = threading.Event()
+        if background_checkpoints:
+            self._start_checkpointer()
 
     def get(self, task_id: str) -> Task | None:
         with self._read() as db:
@@ -234,10 +245,39 @@ class SqliteStore:
         return [_AGENT_DECODER.decode(row[0]) for row in rows]
 
     def close(self) -> None:
+        self._closing.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
         with self._lock:
             self._db.close()
 
     # -- internals ----------------------------------------------------------------------
+
+    def _start_checkpointer(self) -> None:
+        """Copy the WAL into the database from a thread of its own.
+
+        SQLite checkpoints by itself, inside whichever commit fills the WAL past 1,000
+        pages; that commit then pays for copying and flushing the pages (several ms every
+        few hundred claims: the slowest 1 % of requests). Here a second connection runs a
+        PASSIVE checkpoint, which never holds up writers, every ``CHECKPOINT_SECONDS``;
+        the automatic one stays, much later, as a backstop should this thread fall behind.
+        Durability does not change: a commit is as durable as ``synchronous`` makes it.
+        """
+        self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
+        checkpoints = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        checkpoints.execute("PRAGMA busy_timeout=5000")
+        checkpoints.execute(f"PRAGMA synchronous={self.synchronous}")
+
+        def run() -> None:
+            try:
+                while not self._closing.wait(CHECKPOINT_SECONDS):
+                    with contextlib.suppress(sqlite3.Error):  # busy now: next time
+                        checkpoints.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                checkpoints.close()
+
+        self._checkpointer = threading.Thread(target=run, name="ifab-checkpoints", daemon=True)
+        self._checkpointer.start()
 
     def _migrate(self) -> None:
         """Bring a board file of an earlier release up to this schema (idempotent)."""
