@@ -28,7 +28,9 @@ __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 
 #: Attempts before a write that keeps losing races gives up (each attempt re-reads).
 MAX_RETRIES: Final = 200
-_PAGE: Final = 8  # most agents qualify for one of the first few; decoding more is waste
+# Most agents qualify for the first task or the next: decoding more is waste.
+_FIRST_PAGE: Final = 2
+_LARGEST_PAGE: Final = 256
 #: A sweep returns up to SWEEP_PAGES x SWEEP_PAGE expired leases; the rest wait a second.
 SWEEP_PAGE: Final = 500
 SWEEP_PAGES: Final = 20
@@ -273,14 +275,15 @@ class Coordinator:
 def _best_for(store: Store, capabilities: tuple[str, ...]) -> Task | None:
     """The first real task (filler tasks wait for blocked agents, who are offered them)
     in claim order that an agent with ``capabilities`` qualifies for."""
-    offset = 0
-    while page := store.available(offset, _PAGE):
+    offset, size = 0, _FIRST_PAGE
+    while page := store.available(offset, size):
         for task in page:
             if task.filler:
                 return None  # claim order puts fillers last: no real work is left
             if rules.qualifies(task, capabilities):
                 return task
-        offset += _PAGE
+        offset += size
+        size = min(size * 4, _LARGEST_PAGE)  # a picky agent: read further ahead each time
     return None
 
 

@@ -102,8 +102,7 @@ class Fabric:
     def close(self) -> None:
         self._stop.set()
         self._sweeper.join(timeout=10)
-        self.state.committer.close()
-        self.state.service.store.close()
+        self.state.close()
 
     def __enter__(self) -> Fabric:
         return self

@@ -305,8 +305,10 @@ def test_sqlite_background_checkpoints_copy_the_wal_into_the_database(tmp_path: 
     while _tasks_in_the_database_file_alone(path) != 50 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _tasks_in_the_database_file_alone(path) == 50
+    checkpointer = store._checkpointer
+    assert checkpointer is not None
     store.close()
-    assert not any(thread.name == "ifab-checkpoints" for thread in threading.enumerate())
+    assert not checkpointer.is_alive()
 
 
 def test_sqlite_without_background_checkpoints_leaves_small_writes_in_the_wal(

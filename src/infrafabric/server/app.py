@@ -61,6 +61,11 @@ class ServerState:
     def __post_init__(self) -> None:
         self.committer = Committer(self.service)
 
+    def close(self) -> None:
+        """Finish the messages already submitted, then close the store."""
+        self.committer.close()
+        self.service.store.close()
+
 
 class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
     keys: KeyringFile

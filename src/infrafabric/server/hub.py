@@ -10,7 +10,6 @@ letting it hold memory or stall anyone else.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,17 +77,16 @@ class Hub:
 
     def board_events(self, events: Sequence[BoardEvent]) -> None:
         frames = [
-            (event.topic, _frame("event", topic=event.topic, event=msgspec.to_builtins(event)))
-            for event in events
+            (event.topic, _frame("event", topic=event.topic, event=event)) for event in events
         ]
         self.loop.call_soon_threadsafe(self._publish, frames)
 
     def delivery(self, delivery: Delivery) -> None:
-        frame = _frame("message", position=delivery.position, message=json.loads(delivery.body))
+        frame = _frame("message", position=delivery.position, message=msgspec.Raw(delivery.body))
         self.loop.call_soon_threadsafe(self._direct, delivery.receiver, frame)
 
     def topic_message(self, topic: str, body: bytes) -> None:
-        frame = _frame("event", topic=topic, message=json.loads(body))
+        frame = _frame("event", topic=topic, message=msgspec.Raw(body))
         self.loop.call_soon_threadsafe(self._publish, [(topic, frame)])
 
     # on the loop --------------------------------------------------------------------------
@@ -111,5 +109,10 @@ class Hub:
                 connection.offer(frame)
 
 
+_ENCODER: Final = msgspec.json.Encoder()
+
+
 def _frame(kind: str, **fields: Any) -> str:
-    return json.dumps({"type": kind, **fields}, separators=(",", ":"), ensure_ascii=False)
+    # msgspec: ~5x faster than json.dumps, and a message body (``msgspec.Raw``) goes out
+    # as the exact bytes that were signed, without a decode and re-encode
+    return _ENCODER.encode({"type": kind, **fields}).decode()

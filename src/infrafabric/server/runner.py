@@ -95,7 +95,8 @@ class RunningServer:
 def run_server(
     state: ServerState, *, host: str = "127.0.0.1", port: int = 0
 ) -> Iterator[RunningServer]:
-    """Run the server in a background thread until the block ends (port 0: any free one).
+    """Run the server in a background thread until the block ends (port 0: any free one),
+    then close ``state``.
 
     A sweeper thread returns expired leases and escalates long blockers every second.
     """
@@ -126,6 +127,7 @@ def run_server(
         server.should_exit = True
         thread.join(timeout=10)
         sweeper.join(timeout=10)
+        state.close()
 
 
 def _sweep(state: ServerState, stop: threading.Event) -> None:
