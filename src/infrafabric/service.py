@@ -106,7 +106,13 @@ class FabricService:
         :class:`ServiceError`."""
         with self._verify_lock:
             verdict = self.verifier.check(data, now=now, local=local)
-        message = _accepted(verdict)
+            message = _accepted(verdict)
+            window = self.verifier.sequences.snapshot(message.sender)
+        if window is not None:
+            # Durable with the message's effects (one commit in a batch): after a crash
+            # the restarted verifier still refuses a replay of anything acknowledged. A
+            # window only grows, so the store keeps the widest it is given.
+            self.store.remember_sequence(message.sender, *window)
         receivers = message.receivers
         if receivers == (ops.BOARD,):
             return self._board(message)

@@ -63,3 +63,21 @@ def test_a_huge_jump_costs_nothing() -> None:
     assert window.highest == 2**53 - 1
     assert not window.would_accept(1)
     assert window.would_accept(2**53 - 2)
+
+
+@given(size=st.integers(1, 70), numbers=st.lists(st.integers(1, 200), max_size=60))
+def test_a_restored_window_refuses_what_the_original_refused(size: int, numbers: list[int]) -> None:
+    original = SequenceWindows(window=size)
+    for number in numbers:
+        if original.would_accept("if://agent/a", number):
+            original.accept("if://agent/a", number)
+    snapshot = original.snapshot("if://agent/a")
+    if snapshot is None:
+        assert numbers == []
+        return
+    restored = SequenceWindows(window=size)
+    restored.restore("if://agent/a", *snapshot)
+    for number in range(1, 260):
+        assert restored.would_accept("if://agent/a", number) == original.would_accept(
+            "if://agent/a", number
+        )

@@ -11,13 +11,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import pytest
 
-from infrafabric import SigningIdentity, agent_id, new_key_record
-from infrafabric.client import Client
+from infrafabric import Outbox, SigningIdentity, agent_id, encode_json, new_key_record
+from infrafabric.client import Client, RemoteError
 from tests.harness import Fabric
 
 WORKER = textwrap.dedent(
@@ -99,6 +100,9 @@ def test_an_agent_killed_mid_task_loses_it_to_another_after_its_lease(fabric: Fa
     assert task["last_owner"] == crasher.agent
 
 
+TASKS = 6000  # more than one second of claims and completions: the kill lands mid-stream
+
+
 def test_acknowledged_operations_survive_kill_9_of_the_server(tmp_path: Path) -> None:
     fabric = Fabric(tmp_path)
     fabric.start()
@@ -107,16 +111,24 @@ def test_acknowledged_operations_survive_kill_9_of_the_server(tmp_path: Path) ->
 
     async def stream() -> None:
         async with Client.connect(fabric.url, worker) as agent:
-            await agent.create_tasks([{"id": f"t{i:04d}", "title": "x"} for i in range(500)])
+            for start in range(0, TASKS, 1000):
+                await agent.create_tasks(
+                    [{"id": f"t{i:05d}", "title": "x"} for i in range(start, start + 1000)]
+                )
             killer = threading.Timer(1.0, fabric.kill, args=(signal.SIGKILL,))
             killer.start()
-            try:
-                while (task := await agent.claim_next()) is not None:
+
+            async def work_until_the_server_dies() -> None:
+                while True:
+                    task = await agent.claim_next()
+                    assert task is not None, "the stream ended before the kill"
                     acknowledged.append(("claimed", task["id"]))
                     await agent.complete(task["id"], {"n": len(acknowledged)})
                     acknowledged.append(("completed", task["id"]))
-            except httpx.HTTPError:
-                pass  # the server died under us
+
+            with pytest.raises(RemoteError) as died:  # the server dies under us, mid-stream
+                await work_until_the_server_dies()
+            assert died.value.code == "DISCONNECTED"
             killer.join()
 
     asyncio.run(stream())
@@ -129,16 +141,20 @@ def test_acknowledged_operations_survive_kill_9_of_the_server(tmp_path: Path) ->
             f"{fabric.url}/v1/tasks", headers={"authorization": f"Bearer {token}"}
         ).json()["tasks"]
     }
-    assert len(tasks) == 500
+    assert len(tasks) == TASKS
     for operation, task_id in acknowledged:
         state = tasks[task_id]["state"]
         assert state in ({"claimed", "completed"} if operation == "claimed" else {"completed"}), (
             task_id,
             state,
         )
-    events = httpx.get(
-        f"{fabric.url}/v1/events?limit=5000", headers={"authorization": f"Bearer {token}"}
-    ).json()["events"]
+    events: list[dict[str, Any]] = []
+    while page := httpx.get(
+        f"{fabric.url}/v1/events",
+        params={"after": events[-1]["seq"] if events else 0, "limit": 5000},
+        headers={"authorization": f"Bearer {token}"},
+    ).json()["events"]:
+        events += page
     completed_events = [e["task_id"] for e in events if e["kind"] == "task.completed"]
     assert len(completed_events) == len(set(completed_events))  # each completion once
     assert {tid for tid, t in tasks.items() if t["state"] == "completed"} == set(completed_events)
@@ -158,4 +174,40 @@ def test_the_sdk_signs_in_again_after_a_server_restart(tmp_path: Path) -> None:
             assert (await agent.task("s"))["title"] == "survives"
 
     asyncio.run(scenario())
+    fabric.kill()
+
+
+def test_a_message_acknowledged_before_a_kill_9_cannot_be_replayed_after(tmp_path: Path) -> None:
+    fabric = Fabric(tmp_path)
+    fabric.start()
+    worker = enroll(fabric, "worker")
+    outbox = Outbox(worker)
+
+    def post(wire: bytes) -> httpx.Response:
+        return httpx.post(
+            f"{fabric.url}/v1/messages", content=wire, headers={"content-type": "application/json"}
+        )
+
+    def create(title: str) -> bytes:
+        return encode_json(
+            outbox.message(
+                now=time.time(),
+                performative="request",
+                receiver="if://service/board",
+                content={"op": "create", "tasks": [{"title": title}]},  # no id: a replay adds one
+            )
+        )
+
+    first, second = create("first"), create("second")
+    assert post(second).status_code == 200  # sequence 2 before 1: the window holds 1 open
+    assert post(first).status_code == 200
+    fabric.kill(signal.SIGKILL)
+    fabric.start()  # same data directory, a new process with an empty memory
+    for wire in (first, second):
+        refused = post(wire)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (409, "REPLAY")
+    token = (fabric.data / "admin.token").read_text().strip()
+    tasks = httpx.get(f"{fabric.url}/v1/tasks", headers={"authorization": f"Bearer {token}"})
+    assert sorted(t["title"] for t in tasks.json()["tasks"]) == ["first", "second"]
+    assert post(create("third")).status_code == 200  # the sender carries on where it was
     fabric.kill()

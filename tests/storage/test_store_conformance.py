@@ -141,10 +141,12 @@ def test_sqlite_keeps_everything_across_reopening(tmp_path: Path) -> None:
     path = tmp_path / "board.db"
     first = SqliteStore(path)
     first.apply(create([Task(id="a", title="A")], {}, T0))
+    first.remember_sequence(ALICE, 3, 0b11)
     first.close()
     second = SqliteStore(path)
     assert second.get("a").title == "A"  # type: ignore[union-attr]
     assert [e.event.kind for e in second.events_since(0)] == ["task.created"]
+    assert second.sequences() == [(ALICE, 3, 0b11)]
     second.close()
     assert (path.stat().st_mode & 0o777) == 0o600
 
@@ -245,6 +247,18 @@ def test_sqlite_batch_is_durable_only_as_a_whole(tmp_path: Path) -> None:
     reopened = SqliteStore(path)
     assert [t.owner for t in reopened.tasks()] == [ALICE, ALICE]
     reopened.close()
+
+
+def test_replay_windows_are_kept_and_only_grow(store: Store) -> None:
+    wide = 1 << 70  # wider than a 64-bit integer column
+    store.remember_sequence(BOB, 5, 0b1)
+    store.remember_sequence(ALICE, 9, 0b101)
+    store.remember_sequence(ALICE, 7, 0b1)  # a late writer's older window: ignored
+    store.remember_sequence(ALICE, 9, 0b100)  # fewer numbers at the same height: ignored
+    assert store.sequences() == [(ALICE, 9, 0b101), (BOB, 5, 0b1)]
+    store.remember_sequence(ALICE, 9, 0b111)
+    store.remember_sequence(BOB, 80, wide | 1)
+    assert store.sequences() == [(ALICE, 9, 0b111), (BOB, 80, wide | 1)]
 
 
 def test_inbox_keeps_messages_until_acknowledged_and_ignores_resends(store: Store) -> None:

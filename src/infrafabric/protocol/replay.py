@@ -115,3 +115,15 @@ class SequenceWindows:
         """The highest number accepted from ``sender`` (0 if none)."""
         window = self._windows.get(sender)
         return 0 if window is None else window.highest
+
+    def snapshot(self, sender: AgentId) -> tuple[int, int] | None:
+        """``(highest, seen)`` of ``sender``'s window, to be stored; ``None`` if none yet."""
+        window = self._windows.get(sender)
+        return None if window is None else (window.highest, window.seen)
+
+    def restore(self, sender: AgentId, highest: int, seen: int) -> None:
+        """Put back a window from :meth:`snapshot` (a server starting again after a crash,
+        so a message it accepted before cannot be replayed to it after)."""
+        self._windows[sender] = SequenceWindow(
+            self.window, highest, seen & ((1 << self.window) - 1)
+        )

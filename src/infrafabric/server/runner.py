@@ -64,7 +64,10 @@ def open_server(
     keyring_dir = data_dir / "keyring"
     keyring = load_keyring_dir(keyring_dir)
     coordinator = Coordinator(store, config=config)
-    service = FabricService(coordinator, Verifier(keyring))
+    verifier = Verifier(keyring)
+    for sender, highest, seen in store.sequences():  # what was accepted before a restart
+        verifier.sequences.restore(sender, highest, seen)
+    service = FabricService(coordinator, verifier)
     sessions = Sessions(keyring, _admin_token(data_dir))
     return ServerState(service=service, sessions=sessions, keyring=keyring, keyring_dir=keyring_dir)
 

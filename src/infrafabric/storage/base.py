@@ -130,6 +130,18 @@ class Store(Protocol):
         """Remove the message at ``position`` from ``receiver``'s inbox; ``False`` if it was
         not there (already acknowledged, or someone else's)."""
 
+    # -- replay windows: what the verifier accepted, kept across restarts -----------------
+
+    def remember_sequence(self, sender: str, highest: int, seen: int) -> None:
+        """Record ``sender``'s anti-replay window (the highest sequence number accepted,
+        and the bitmap of those below it). Inside a :meth:`batch` it becomes durable with
+        the batch, so no acknowledged message can be replayed after a crash. A window
+        only grows: a record older than the stored one (lower ``(highest, seen)``) is
+        ignored, so writers racing each other cannot shrink it."""
+
+    def sequences(self) -> list[tuple[str, int, int]]:
+        """Every recorded window ``(sender, highest, seen)``, for a restarting verifier."""
+
     # -- agents ---------------------------------------------------------------------------
 
     def enroll(self, agent: AgentRecord) -> None:

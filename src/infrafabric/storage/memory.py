@@ -37,6 +37,7 @@ class MemoryStore:
         self._delivered: dict[tuple[str, str], int] = {}
         self._position = 0
         self._agents: dict[str, AgentRecord] = {}
+        self._sequences: dict[str, tuple[int, int]] = {}
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -128,6 +129,14 @@ class MemoryStore:
     def agent(self, agent_id: str) -> AgentRecord | None:
         with self._lock:
             return self._agents.get(agent_id)
+
+    def remember_sequence(self, sender: str, highest: int, seen: int) -> None:
+        with self._lock:  # only a wider window: a late writer's older one loses
+            self._sequences[sender] = max((highest, seen), self._sequences.get(sender, (0, 0)))
+
+    def sequences(self) -> list[tuple[str, int, int]]:
+        with self._lock:
+            return [(sender, *window) for sender, window in sorted(self._sequences.items())]
 
     def enroll(self, agent: AgentRecord) -> None:
         with self._lock:

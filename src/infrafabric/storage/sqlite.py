@@ -71,6 +71,12 @@ CREATE TABLE IF NOT EXISTS agents (
     id  TEXT PRIMARY KEY,
     doc BLOB NOT NULL
 ) WITHOUT ROWID;
+-- each sender's anti-replay window (seen: the bitmap in hex, wider than 64 bits maybe)
+CREATE TABLE IF NOT EXISTS sequences (
+    sender  TEXT PRIMARY KEY,
+    highest INTEGER NOT NULL,
+    seen    TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     doc BLOB NOT NULL
@@ -231,6 +237,22 @@ class SqliteStore:
         with self._read() as db:
             row = db.execute("SELECT doc FROM agents WHERE id = ?", (agent_id,)).fetchone()
         return None if row is None else _AGENT_DECODER.decode(row[0])
+
+    def remember_sequence(self, sender: str, highest: int, seen: int) -> None:
+        with self._read() as db:
+            db.execute(
+                "INSERT INTO sequences (sender, highest, seen) VALUES (?, ?, ?)"
+                " ON CONFLICT (sender) DO UPDATE SET highest = excluded.highest, seen = excluded.seen"
+                # only a wider window: (highest, seen) compared as numbers, seen in hex
+                " WHERE (excluded.highest, length(excluded.seen), excluded.seen)"
+                " >= (highest, length(seen), seen)",
+                (sender, highest, format(seen, "x")),
+            )
+
+    def sequences(self) -> list[tuple[str, int, int]]:
+        with self._read() as db:
+            rows = db.execute("SELECT sender, highest, seen FROM sequences ORDER BY sender")
+            return [(row[0], int(row[1]), int(row[2], 16)) for row in rows.fetchall()]
 
     def enroll(self, agent: AgentRecord) -> None:
         with self._read() as db:
