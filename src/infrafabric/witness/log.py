@@ -1,0 +1,252 @@
+"""The witness log: an append-only RFC 9162 Merkle tree in its own SQLite file.
+
+* ``entries`` holds each entry's bytes and leaf hash; ``nodes`` holds the hash of every
+  complete subtree above the leaves, written once when its last leaf arrives. An append
+  therefore writes one row per entry plus one per completed subtree (one on average), and
+  any root or proof reads O(log n) rows, never the log.
+* The right edge of the tree (the perfect subtrees that make up the current size, at
+  most one per level) is kept in memory, so an append reads nothing.
+* ``append`` takes a batch of entries and a cursor (how far the source of the entries
+  has been read) and commits both in one transaction: after a crash the log and the
+  cursor agree, so a feeder that restarts from the cursor neither loses nor repeats an
+  entry.
+* A file of its own: appending never holds the board's write lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+from infrafabric.errors import StoreError
+from infrafabric.witness.merkle import (
+    EMPTY_ROOT,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    node_hash,
+    range_hash,
+)
+
+__all__ = ["WitnessLog"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    idx   INTEGER PRIMARY KEY,
+    leaf  BLOB NOT NULL,
+    entry BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_by_leaf ON entries (leaf);
+CREATE TABLE IF NOT EXISTS nodes (
+    level INTEGER NOT NULL,
+    idx   INTEGER NOT NULL,
+    hash  BLOB NOT NULL,
+    PRIMARY KEY (level, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY,
+    note TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    source   TEXT PRIMARY KEY,
+    position INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class WitnessLog:
+    """An append-only Merkle log in one SQLite file (created if missing, mode 0600)."""
+
+    def __init__(
+        self, path: Path | str, *, synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            self.path.touch(mode=0o600)
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+            row = self._db.execute("SELECT count(*) FROM entries").fetchone()
+            self._size = int(row[0])
+            self._edge = self._load_edge(self._size)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the witness log {self.path}: {exc}") from exc
+
+    # -- writing --------------------------------------------------------------------------
+
+    def append(
+        self, entries: Sequence[bytes], *, source: str | None = None, position: int = 0
+    ) -> range:
+        """Append ``entries`` in one transaction and return their indexes. With ``source``,
+        record ``position`` as how far that source has been witnessed, atomically."""
+        with self._transaction() as db:
+            first = self._size
+            edge = list(self._edge)
+            leaves = []
+            nodes = []
+            for offset, entry in enumerate(entries):
+                index = first + offset
+                leaf = leaf_hash(entry)
+                leaves.append((index, leaf, entry))
+                edge.append((0, index, leaf))
+                # Two complete subtrees of the same height side by side make one more.
+                while len(edge) >= 2 and edge[-1][0] == edge[-2][0]:
+                    level, right_index, right = edge.pop()
+                    _, _, left = edge.pop()
+                    parent = (level + 1, right_index >> 1, node_hash(left, right))
+                    nodes.append(parent)
+                    edge.append(parent)
+            db.executemany("INSERT INTO entries (idx, leaf, entry) VALUES (?, ?, ?)", leaves)
+            db.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+            if source is not None:
+                db.execute(
+                    "INSERT INTO cursors (source, position) VALUES (?, ?)"
+                    " ON CONFLICT (source) DO UPDATE SET position = excluded.position",
+                    (source, position),
+                )
+        self._size, self._edge = first + len(entries), edge
+        return range(first, first + len(entries))
+
+    def save_checkpoint(self, size: int, note: str) -> None:
+        """Keep a signed checkpoint (its note text) for tree size ``size``."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO checkpoints (size, note) VALUES (?, ?)"
+                " ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+                (size, note),
+            )
+
+    # -- reading --------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def cursor(self, source: str) -> int:
+        """How far ``source`` has been witnessed (0: not at all)."""
+        with self._read() as db:
+            row = db.execute("SELECT position FROM cursors WHERE source = ?", (source,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def root(self, size: int | None = None) -> bytes:
+        """The root of the tree of the first ``size`` entries (default: all)."""
+        size = self._size if size is None else size
+        self._check_size(size)
+        if size == self._size:
+            return _fold(self._edge)
+        with self._read():
+            return range_hash(0, size, self)
+
+    def perfect(self, level: int, index: int) -> bytes:
+        """:class:`~infrafabric.witness.merkle.Nodes`: a complete subtree's hash."""
+        with self._read() as db:
+            if level == 0:
+                row = db.execute("SELECT leaf FROM entries WHERE idx = ?", (index,)).fetchone()
+            else:
+                row = db.execute(
+                    "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
+                ).fetchone()
+        if row is None:
+            raise StoreError(f"the witness log lacks subtree {level}/{index}")
+        return bytes(row[0])
+
+    def entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]:
+        """Entries ``[start, end)`` as ``(index, leaf hash, entry bytes)``."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT idx, leaf, entry FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                (start, end),
+            ).fetchall()
+        return [(int(row[0]), bytes(row[1]), bytes(row[2])) for row in rows]
+
+    def index_of(self, leaf: bytes) -> int | None:
+        """The first index whose leaf hash is ``leaf``, or ``None``."""
+        with self._read() as db:
+            row = db.execute("SELECT min(idx) FROM entries WHERE leaf = ?", (leaf,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        size = self._size if size is None else size
+        self._check_size(size)
+        with self._read():
+            return inclusion_proof(index, size, self)
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        new_size = self._size if new_size is None else new_size
+        self._check_size(new_size)
+        with self._read():
+            return consistency_proof(old_size, new_size, self)
+
+    def checkpoints(self, limit: int = 1) -> list[tuple[int, str]]:
+        """The latest ``limit`` signed checkpoints ``(size, note)``, newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    def checkpoint_at(self, size: int) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self._size:
+            raise ValueError(f"the log has {self._size} entries, not {size}")
+
+    def _load_edge(self, size: int) -> list[tuple[int, int, bytes]]:
+        """The perfect subtrees that make up a tree of ``size`` leaves, left to right."""
+        edge = []
+        start = 0
+        for level in range(size.bit_length() - 1, -1, -1):
+            if size >> level & 1:
+                edge.append((level, start >> level, self.perfect(level, start >> level)))
+                start += 1 << level
+        return edge
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self._db
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+
+
+def _fold(edge: Sequence[tuple[int, int, bytes]]) -> bytes:
+    """The root from the right edge: H(p0, H(p1, ... pk)), the RFC tree of that size."""
+    if not edge:
+        return EMPTY_ROOT
+    acc = edge[-1][2]
+    for _, _, left in reversed(edge[:-1]):
+        acc = node_hash(left, acc)
+    return acc

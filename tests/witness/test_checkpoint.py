@@ -1,0 +1,123 @@
+"""Signed notes and checkpoints against the Go reference (golang.org/x/mod/sumdb/note)."""
+
+from __future__ import annotations
+
+import base64
+
+import nacl.signing
+import pytest
+
+from infrafabric.witness.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    open_checkpoint,
+    open_note,
+    parse_verifier_key,
+    sign_checkpoint,
+    sign_note,
+    verifier_key,
+)
+
+# The example of golang.org/x/mod/sumdb/note (note.go and note_test.go).
+GO_SIGNER = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz"
+GO_VERIFIER = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW"
+GO_TEXT = (
+    "If you think cryptography is the answer to your problem,\n"
+    "then you don't know what your problem is.\n"
+)
+GO_NOTE = (
+    GO_TEXT
+    + "\n— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+)
+
+
+def go_signing_key() -> nacl.signing.SigningKey:
+    raw = base64.b64decode(GO_SIGNER.split("+", 4)[4])  # the key itself may hold a '+'
+    assert raw[0] == 1  # Ed25519
+    return nacl.signing.SigningKey(raw[1:])
+
+
+def test_our_notes_are_the_go_reference_byte_for_byte() -> None:
+    key = go_signing_key()
+    assert sign_note(GO_TEXT, "PeterNeumann", key) == GO_NOTE
+    assert verifier_key("PeterNeumann", bytes(key.verify_key)) == GO_VERIFIER
+    assert open_note(GO_NOTE, GO_VERIFIER) == GO_TEXT
+    with pytest.raises(CheckpointError, match="does not verify"):
+        open_note(GO_NOTE.replace("cryptography", "cryptographY"), GO_VERIFIER)
+
+
+def test_a_checkpoint_round_trips_and_any_change_is_refused() -> None:
+    key = nacl.signing.SigningKey.generate()
+    vkey = verifier_key("example.org/log", bytes(key.verify_key))
+    checkpoint = Checkpoint("example.org/log", 12, bytes(range(32)), "2026-11-23T20:00:00Z")
+    note = sign_checkpoint(checkpoint, "example.org/log", key)
+    assert note.startswith("example.org/log\n12\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n")
+    assert open_checkpoint(note, vkey) == checkpoint
+    for changed in (
+        note.replace("\n12\n", "\n13\n"),
+        note.replace("AAEC", "AAED"),
+        note.replace("20:00:00", "20:00:01"),
+    ):
+        with pytest.raises(CheckpointError):
+            open_checkpoint(changed, vkey)
+    other = verifier_key("example.org/log", bytes(nacl.signing.SigningKey.generate().verify_key))
+    with pytest.raises(CheckpointError, match="no signature"):
+        open_checkpoint(note, other)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "no signatures at all\n",
+        "text\n\nnot a signature line\n",
+        "text\n\n— PeterNeumann not-base64!\n",
+        "text\n\n— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=",
+        "x" * 70_000,
+    ],
+)
+def test_malformed_notes_are_refused(bad: str) -> None:
+    with pytest.raises(CheckpointError):
+        open_note(bad, GO_VERIFIER)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "only\ntwo\n",
+        "origin\n012\nAAAA\n",
+        "origin\n-1\nAAAA\n",
+        "origin\n3\nnot base64\n",
+        "origin\n3\nAAAA\n",
+    ],
+)
+def test_a_signed_note_that_is_not_a_checkpoint_is_refused(body: str) -> None:
+    key = nacl.signing.SigningKey.generate()
+    note = sign_note(body, "origin", key)
+    with pytest.raises(CheckpointError):
+        open_checkpoint(note, verifier_key("origin", bytes(key.verify_key)))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "PeterNeumann+c74f20a3",
+        "Peter Neumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+c74f20a4+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+c74f20a3+AhpC2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+zz+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW",
+        "PeterNeumann+c74f20a3+ARpc",
+    ],
+)
+def test_malformed_verifier_keys_are_refused(bad: str) -> None:
+    with pytest.raises(CheckpointError):
+        parse_verifier_key(bad)
+
+
+def test_a_verifier_key_whose_base64_holds_a_plus_parses() -> None:
+    # from transparency-dev/formats note tests: the key material contains a '+'
+    name, public_key = parse_verifier_key(
+        "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6"
+    )
+    assert name == "TEST"
+    assert len(public_key) == 32
