@@ -327,6 +327,37 @@ class Client:
         )["events"]
         return events
 
+    # -- the witness ----------------------------------------------------------------------
+
+    async def witness_checkpoint(self) -> dict[str, Any]:
+        """The latest signed checkpoint: ``size``, ``checkpoint`` (the note), ``key``."""
+        return await self._get("/v1/witness/checkpoint")
+
+    async def witness_entries(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
+        """Entries ``[start, end)`` of the witness log (at most 1,000 per call)."""
+        params = {"start": start} if end is None else {"start": start, "end": end}
+        entries: list[dict[str, Any]] = (await self._get("/v1/witness/entries", params=params))[
+            "entries"
+        ]
+        return entries
+
+    async def witness_proof(
+        self, index: int | None = None, *, leaf: bytes | None = None, size: int | None = None
+    ) -> dict[str, Any]:
+        """A proof bundle for entry ``index`` (or the entry whose leaf hash is ``leaf``)
+        against the latest checkpoint, or the one at ``size``; check it offline with
+        :func:`infrafabric.witness.bundle.verify_bundle`."""
+        params: dict[str, Any] = {"index": index} if leaf is None else {"hash": leaf.hex()}
+        if size is not None:
+            params["size"] = size
+        return await self._get("/v1/witness/proof", params=params)
+
+    async def witness_consistency(self, old: int, new: int | None = None) -> dict[str, Any]:
+        """The consistency proof from tree size ``old`` to ``new`` (default: the latest
+        checkpoint), with both checkpoints when they were signed."""
+        params = {"old": old} if new is None else {"old": old, "new": new}
+        return await self._get("/v1/witness/consistency", params=params)
+
     # -- internals ------------------------------------------------------------------------
 
     async def _task(self, operation: dict[str, Any]) -> dict[str, Any]:

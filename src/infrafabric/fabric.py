@@ -50,6 +50,8 @@ class Fabric:
             target=self._sweep, args=(sweep_every,), daemon=True, name="ifab-sweeper"
         )
         self._sweeper.start()
+        if state.witness is not None:
+            state.witness.start()
 
     @classmethod
     def open(

@@ -9,6 +9,7 @@ bearer token from the challenge-response of :mod:`.auth`, or the operator's admi
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import time
@@ -38,6 +39,8 @@ from infrafabric.server.openapi import OPENAPI
 from infrafabric.service import FabricService, ServiceError
 from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
+from infrafabric.witness.bundle import make_bundle
+from infrafabric.witness.feeder import WitnessFeeder
 
 __all__ = ["ServerState", "create_app"]
 
@@ -55,6 +58,7 @@ class ServerState:
     keyring_dir: Path
     clock: Callable[[], Timestamp] = time.time
     queue_limit: int = QUEUE_LIMIT  # frames waiting per WebSocket before it is dropped
+    witness: WitnessFeeder | None = None  # the witness log of this fabric's decisions
     hub: Hub | None = field(default=None, init=False)
     committer: Committer = field(init=False)
 
@@ -62,8 +66,12 @@ class ServerState:
         self.committer = Committer(self.service)
 
     def close(self) -> None:
-        """Finish the messages already submitted, then close the store."""
+        """Finish the messages already submitted, witness what they decided, then close
+        the witness log and the store."""
         self.committer.close()
+        if self.witness is not None:
+            self.witness.close()
+            self.witness.log.close()
         self.service.store.close()
 
 
@@ -97,6 +105,10 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/inbox", _route(state, _inbox), methods=["GET"]),
         Route("/v1/inbox/ack", _route(state, _ack), methods=["POST"]),
         Route("/v1/admin/agents", _route(state, _enroll), methods=["POST"]),
+        Route("/v1/witness/checkpoint", _route(state, _witness_checkpoint), methods=["GET"]),
+        Route("/v1/witness/entries", _route(state, _witness_entries), methods=["GET"]),
+        Route("/v1/witness/proof", _route(state, _witness_proof), methods=["GET"]),
+        Route("/v1/witness/consistency", _route(state, _witness_consistency), methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda websocket: _websocket(state, websocket)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
@@ -293,6 +305,100 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
     )
     await run_in_threadpool(state.service.enroll, record)
     return {"agent": msgspec.to_builtins(record)}
+
+
+# -- the witness ----------------------------------------------------------------------------
+
+MAX_WITNESS_ENTRIES: Final = 1000
+
+
+def _witness(state: ServerState, request: Request) -> WitnessFeeder:
+    _reader(state, request)
+    if state.witness is None:
+        raise ServiceError("NOT_FOUND", "this fabric keeps no witness log", 404)
+    return state.witness
+
+
+def _signed(witness: WitnessFeeder, size: int | None) -> tuple[int, str]:
+    """The checkpoint for ``size`` (default: the latest), or 404."""
+    if size is None:
+        latest = witness.log.checkpoints(1)
+        if not latest:
+            raise ServiceError("NOT_FOUND", "no checkpoint has been signed yet", 404)
+        return latest[0]
+    note = witness.log.checkpoint_at(size)
+    if note is None:
+        raise ServiceError("NOT_FOUND", f"no checkpoint was signed at size {size}", 404)
+    return size, note
+
+
+async def _witness_checkpoint(state: ServerState, request: Request) -> dict[str, Any]:
+    witness = _witness(state, request)
+    size, note = await run_in_threadpool(_signed, witness, None)
+    return {"size": size, "checkpoint": note, "key": witness.key}
+
+
+async def _witness_entries(state: ServerState, request: Request) -> dict[str, Any]:
+    witness = _witness(state, request)
+    start = _int_param(request, "start", 0)
+    end = min(_int_param(request, "end", start + 100), start + MAX_WITNESS_ENTRIES)
+    rows = await run_in_threadpool(witness.log.entries, start, end)
+    return {
+        "entries": [
+            {"index": index, "leaf": leaf.hex(), "entry": json.loads(entry)}
+            for index, leaf, entry in rows
+        ]
+    }
+
+
+async def _witness_proof(state: ServerState, request: Request) -> dict[str, Any]:
+    """A proof bundle (:mod:`infrafabric.witness.bundle`) for an entry, by ``index`` or
+    by its leaf ``hash`` (hex), against the latest checkpoint or the one at ``size``."""
+    witness = _witness(state, request)
+    wanted = request.query_params.get("size")
+    size_asked = None if wanted is None else _int_param(request, "size", 0)
+
+    def bundle() -> dict[str, Any]:
+        size, note = _signed(witness, size_asked)
+        if "hash" in request.query_params:
+            try:
+                leaf = bytes.fromhex(request.query_params["hash"])
+            except ValueError:
+                raise ServiceError("MALFORMED", "hash is a hex leaf hash", 400) from None
+            index = witness.log.index_of(leaf)
+            if index is None or index >= size:
+                raise ServiceError("NOT_FOUND", "no such entry in the signed tree", 404)
+        else:
+            index = _int_param(request, "index", -1) if "index" in request.query_params else -1
+            if not 0 <= index < size:
+                raise ServiceError("NOT_FOUND", f"no entry {index} in the tree of {size}", 404)
+        [(_, _, entry)] = witness.log.entries(index, index + 1)
+        return make_bundle(index, entry, size, witness.log.inclusion_proof(index, size), note)
+
+    return await run_in_threadpool(bundle)
+
+
+async def _witness_consistency(state: ServerState, request: Request) -> dict[str, Any]:
+    witness = _witness(state, request)
+    old = _int_param(request, "old", 0)
+
+    def proof() -> dict[str, Any]:
+        new, new_note = _signed(
+            witness, None if "new" not in request.query_params else _int_param(request, "new", 0)
+        )
+        if old > new:
+            raise ServiceError("MALFORMED", f"old size {old} is above new size {new}", 400)
+        return {
+            "old": old,
+            "new": new,
+            "proof": [
+                base64.b64encode(node).decode() for node in witness.log.consistency_proof(old, new)
+            ],
+            "old_checkpoint": witness.log.checkpoint_at(old),
+            "new_checkpoint": new_note,
+        }
+
+    return await run_in_threadpool(proof)
 
 
 def _int_param(request: Request, name: str, default: int) -> int:

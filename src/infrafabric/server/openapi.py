@@ -82,6 +82,16 @@ OPENAPI: Final[dict[str, Any]] = {
                 "Enroll an agent: its public keys and capabilities (admin token)", body=True
             )
         },
+        "/v1/witness/checkpoint": {
+            "get": _op("The latest signed checkpoint (C2SP signed note) and its verifier key")
+        },
+        "/v1/witness/entries": {"get": _op("Witness log entries ?start=&end= (at most 1,000)")},
+        "/v1/witness/proof": {
+            "get": _op("A proof bundle for entry ?index= or ?hash= (hex leaf), at ?size=")
+        },
+        "/v1/witness/consistency": {
+            "get": _op("A consistency proof between tree sizes ?old= and ?new=")
+        },
         "/v1/ws": {"get": _op("WebSocket for the bus and live events (?token=)")},
     },
 }

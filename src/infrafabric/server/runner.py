@@ -3,6 +3,9 @@
 A data directory holds (files 0600, created on first start)::
 
     board.db        the SQLite store: tasks, events, inboxes, agents
+    witness.db      the witness log: Merkle tree of every board decision, checkpoints
+    keys/           the fabric's own key (it signs witness checkpoints), sealed with
+                    $IFAB_WITNESS_PASSPHRASE or, if unset, with witness.passphrase
     keyring/        public keys of enrolled agents (keyring documents)
     admin.token     the operator's token (or set IFAB_ADMIN_TOKEN)
 """
@@ -19,17 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+import nacl.signing
 import platformdirs
 import uvicorn
 
 from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.coordinator import Coordinator
-from infrafabric.keystore import load_keyring_dir
+from infrafabric.keystore import Keystore, load_keyring_dir
+from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Verifier
 from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
 from infrafabric.storage.sqlite import SqliteStore
+from infrafabric.witness.feeder import WitnessFeeder
+from infrafabric.witness.log import WitnessLog
 
 __all__ = [
     "ENV_ADMIN_TOKEN",
@@ -42,6 +49,8 @@ __all__ = [
 
 ENV_DATA: Final = "IFAB_DATA"
 ENV_ADMIN_TOKEN: Final = "IFAB_ADMIN_TOKEN"  # noqa: S105 - the variable's name
+ENV_WITNESS_PASSPHRASE: Final = "IFAB_WITNESS_PASSPHRASE"  # noqa: S105 - the variable's name
+FABRIC_IDENTITY: Final = "fabric"
 SWEEP_SECONDS: Final = 1.0
 
 
@@ -69,7 +78,45 @@ def open_server(
         verifier.sequences.restore(sender, highest, seen)
     service = FabricService(coordinator, verifier)
     sessions = Sessions(keyring, _admin_token(data_dir))
-    return ServerState(service=service, sessions=sessions, keyring=keyring, keyring_dir=keyring_dir)
+    identity = _fabric_identity(data_dir)
+    witness = WitnessFeeder(
+        WitnessLog(data_dir / "witness.db", synchronous=store.synchronous),
+        store,
+        nacl.signing.SigningKey(identity.seed),
+        f"infrafabric.witness/{identity.kid}",
+    )
+    return ServerState(
+        service=service,
+        sessions=sessions,
+        keyring=keyring,
+        keyring_dir=keyring_dir,
+        witness=witness,
+    )
+
+
+def _fabric_identity(data_dir: Path) -> SigningIdentity:
+    """The fabric's own key, sealed in ``keys/`` like any identity (Argon2id and
+    ChaCha20-Poly1305). The passphrase is ``$IFAB_WITNESS_PASSPHRASE``; without it one is
+    made on first start and kept in ``witness.passphrase`` (0600), which protects the key
+    only as well as the data directory's permissions do: set the variable in production."""
+    keystore = Keystore(data_dir / "keys")
+    passphrase = os.environ.get(ENV_WITNESS_PASSPHRASE) or _local_secret(
+        data_dir / "witness.passphrase"
+    )
+    if FABRIC_IDENTITY not in keystore.names():
+        return keystore.create(FABRIC_IDENTITY, passphrase, now=time.time())
+    return keystore.unlock(FABRIC_IDENTITY, passphrase)
+
+
+def _local_secret(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        secret = secrets.token_urlsafe(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secret + "\n")
+        return secret
 
 
 def _admin_token(data_dir: Path) -> str:
@@ -123,6 +170,8 @@ def run_server(
     stop = threading.Event()
     sweeper = threading.Thread(target=_sweep, args=(state, stop), name="ifab-sweeper", daemon=True)
     sweeper.start()
+    if state.witness is not None:
+        state.witness.start()
     try:
         yield RunningServer(state, f"http://{host}:{bound}", server)
     finally:

@@ -1,0 +1,109 @@
+"""The witness feeder: board events in, Merkle log entries and signed checkpoints out.
+
+The board records each decision in its event log in the same transaction as the
+decision; the feeder reads that log from where the witness log's cursor says, appends
+the entries in one transaction with the new cursor (group commit: a round takes every
+event waiting, up to ``batch``), and signs a checkpoint once a second while entries
+arrive. Claims never wait for it; after a crash it resumes from the cursor, so no
+acknowledged decision is left out and none is witnessed twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Final
+
+import nacl.signing
+
+from infrafabric.protocol.timefmt import format_timestamp
+from infrafabric.storage.base import Store
+from infrafabric.types import Timestamp
+from infrafabric.witness.checkpoint import Checkpoint, sign_checkpoint, verifier_key
+from infrafabric.witness.entry import WitnessEntry, encode_entry, entry_of_board_event
+from infrafabric.witness.log import WitnessLog
+
+__all__ = ["BOARD_SOURCE", "WitnessFeeder"]
+
+BOARD_SOURCE: Final = "board-events"
+
+
+class WitnessFeeder:
+    def __init__(
+        self,
+        log: WitnessLog,
+        store: Store,
+        signing_key: nacl.signing.SigningKey,
+        name: str,
+        *,
+        clock: Callable[[], Timestamp] = time.time,
+        batch: int = 5000,
+        checkpoint_seconds: float = 1.0,
+    ) -> None:
+        self.log = log
+        self.store = store
+        self.name = name
+        self.key = verifier_key(name, bytes(signing_key.verify_key))
+        self._signing_key = signing_key
+        self.clock = clock
+        self.batch = batch
+        self.checkpoint_seconds = checkpoint_seconds
+        self._signed_size = max((size for size, _ in log.checkpoints()), default=-1)
+        self._signed_at = 0.0
+        self._lock = threading.Lock()  # one round at a time (thread, close, tests)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self, *, force_checkpoint: bool = False) -> int:
+        """Witness the events waiting; sign a checkpoint if one is due. Returns how many
+        entries were appended."""
+        with self._lock:
+            cursor = self.log.cursor(BOARD_SOURCE)
+            stored = self.store.events_since(cursor, self.batch)
+            entries: list[bytes] = []
+            if stored and stored[0].seq != cursor + 1 and cursor > 0:
+                # The board's log was pruned past events never witnessed: say so.
+                entries.append(self._gap(cursor + 1, stored[0].seq - 1))
+            entries += [encode_entry(entry_of_board_event(s)) for s in stored]
+            if entries:
+                self.log.append(entries, source=BOARD_SOURCE, position=stored[-1].seq)
+            now = self.clock()
+            due = now - self._signed_at >= self.checkpoint_seconds
+            if self.log.size != self._signed_size and (due or force_checkpoint):
+                self._sign(now)
+            return len(entries)
+
+    def start(self, interval: float = 0.1) -> None:
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                while self.run_once() >= self.batch:  # behind: catch up at once
+                    pass
+
+        self._thread = threading.Thread(target=loop, name="ifab-witness", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread, witness what is left and sign a last checkpoint."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        while self.run_once(force_checkpoint=True) >= self.batch:
+            pass
+
+    def _sign(self, now: Timestamp) -> None:
+        size = self.log.size
+        checkpoint = Checkpoint(self.name, size, self.log.root(), format_timestamp(now))
+        self.log.save_checkpoint(size, sign_checkpoint(checkpoint, self.name, self._signing_key))
+        self._signed_size, self._signed_at = size, now
+
+    def _gap(self, first: int, last: int) -> bytes:
+        return encode_entry(
+            WitnessEntry(
+                component="witness",
+                event="witness.gap",
+                at=format_timestamp(self.clock()),
+                payload={"first_board_event": first, "last_board_event": last},
+            )
+        )
