@@ -3,14 +3,15 @@
 An entry is RFC 8785 canonical JSON (so its bytes, and its leaf hash, are the same in
 any language) of::
 
-    {"component": "board", "event": "task.claimed", "actor": "if://agent/a",
+    {"index": 17, "component": "board", "event": "task.claimed", "actor": "if://agent/a",
      "trace_id": "...", "task_id": "t1", "at": "2026-11-23T20:00:00.000Z",
      "payload": {...}, "cost": {"tokens_in": 0, "tokens_out": 0, "usd": 0, "model": ""},
      "source": {"board_event": 42}}
 
-``actor``, ``trace_id``, ``task_id`` and ``cost`` are left out when unknown; ``source``
-says where the decision was recorded first (the board's event log position), so the
-witness can be checked against it.
+``index`` is the entry's own position in the log, so an entry moved to another position
+is caught by its content alone. ``actor``, ``trace_id``, ``task_id`` and ``cost`` are
+left out when unknown; ``source`` says where the decision was recorded first (the board's
+event log position), so the witness can be checked against it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Cost(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 class WitnessEntry(
     msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
 ):
+    index: int
     component: str
     event: str
     at: str
@@ -59,12 +61,13 @@ def decode_entry(data: bytes) -> WitnessEntry:
     return _DECODER.decode(data)
 
 
-def entry_of_board_event(stored: StoredEvent) -> WitnessEntry:
+def entry_of_board_event(stored: StoredEvent, index: int) -> WitnessEntry:
     event = stored.event
     payload = dict(event.payload)
     payload["state"] = str(event.state)
     trace = payload.get("trace_id")
     return WitnessEntry(
+        index=index,
         component="board",
         event=event.kind,
         at=format_timestamp(event.at),

@@ -64,8 +64,12 @@ class WitnessFeeder:
             entries: list[bytes] = []
             if stored and stored[0].seq != cursor + 1 and cursor > 0:
                 # The board's log was pruned past events never witnessed: say so.
-                entries.append(self._gap(cursor + 1, stored[0].seq - 1))
-            entries += [encode_entry(entry_of_board_event(s)) for s in stored]
+                entries.append(self._gap(self.log.size, cursor + 1, stored[0].seq - 1))
+            first = self.log.size + len(entries)
+            entries += [
+                encode_entry(entry_of_board_event(event, first + offset))
+                for offset, event in enumerate(stored)
+            ]
             if entries:
                 self.log.append(entries, source=BOARD_SOURCE, position=stored[-1].seq)
             now = self.clock()
@@ -98,9 +102,10 @@ class WitnessFeeder:
         self.log.save_checkpoint(size, sign_checkpoint(checkpoint, self.name, self._signing_key))
         self._signed_size, self._signed_at = size, now
 
-    def _gap(self, first: int, last: int) -> bytes:
+    def _gap(self, index: int, first: int, last: int) -> bytes:
         return encode_entry(
             WitnessEntry(
+                index=index,
                 component="witness",
                 event="witness.gap",
                 at=format_timestamp(self.clock()),

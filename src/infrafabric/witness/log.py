@@ -77,9 +77,15 @@ class WitnessLog:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT count(*) FROM entries").fetchone()
             self._size = int(row[0])
-            self._edge = self._load_edge(self._size)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the witness log {self.path}: {exc}") from exc
+        #: Why the log cannot grow (a subtree is missing: the file was damaged or edited);
+        #: it can still be read and audited.
+        self.damaged = ""
+        try:
+            self._edge = self._load_edge(self._size)
+        except StoreError as exc:
+            self._edge, self.damaged = [], str(exc)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -88,6 +94,8 @@ class WitnessLog:
     ) -> range:
         """Append ``entries`` in one transaction and return their indexes. With ``source``,
         record ``position`` as how far that source has been witnessed, atomically."""
+        if self.damaged:
+            raise StoreError(f"the witness log cannot grow: {self.damaged}")
         with self._transaction() as db:
             first = self._size
             edge = list(self._edge)
@@ -193,6 +201,12 @@ class WitnessLog:
                 "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT ?", (limit,)
             ).fetchall()
         return [(int(row[0]), str(row[1])) for row in rows]
+
+    def stored_nodes(self) -> list[tuple[int, int, bytes]]:
+        """Every stored subtree hash above the leaves ``(level, index, hash)`` (an audit)."""
+        with self._read() as db:
+            rows = db.execute("SELECT level, idx, hash FROM nodes ORDER BY level, idx").fetchall()
+        return [(int(row[0]), int(row[1]), bytes(row[2])) for row in rows]
 
     def checkpoint_at(self, size: int) -> str | None:
         with self._read() as db:

@@ -1,0 +1,109 @@
+"""Checking a whole witness log against its signed checkpoints, and finding the first
+entry that was changed, deleted or moved.
+
+Every entry is read once: its leaf hash is recomputed and compared with the stored one,
+its ``index`` field with its position; the tree is rebuilt from the recomputed leaves and
+compared with the stored subtree hashes and with the root of every signed checkpoint
+(whose signatures are checked with the fabric's verifier key). The report names the
+lowest index at which anything disagrees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgspec
+
+from infrafabric.witness.checkpoint import CheckpointError, open_checkpoint
+from infrafabric.witness.entry import decode_entry
+from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.merkle import LeafHashes, leaf_hash, range_hash
+
+__all__ = ["AuditReport", "audit_log"]
+
+_PAGE = 10_000
+
+
+@dataclass
+class AuditReport:
+    """What an audit found. ``first_bad_index`` is exact when an entry itself shows the
+    damage (it no longer matches its leaf hash, says it is another entry, or is missing).
+    When an entry was edited *and* its leaf hash rewritten to match, only the tree shows
+    it: the index is then the first of the smallest damaged subtree, moved up to the end
+    of the longest prefix a signed checkpoint still vouches for (at worst the entry just
+    before the damaged one)."""
+
+    size: int = 0
+    checkpoints: int = 0
+    problems: list[str] = field(default_factory=list)
+    exact: list[int] = field(default_factory=list)
+    ranges: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_bad_index(self) -> int | None:
+        if self.exact:
+            return min(self.exact)
+        if not self.ranges:
+            return None
+        end = min(high for _, high in self.ranges)  # the damage closest to the start
+        return max(low for low, _ in self.ranges if low < end)
+
+    def bad(self, index: int, problem: str) -> None:
+        self.problems.append(problem)
+        self.exact.append(index)
+
+    def bad_within(self, low: int, high: int, problem: str) -> None:
+        self.problems.append(problem)
+        self.ranges.append((low, high))
+
+
+def audit_log(log: WitnessLog, key: str) -> AuditReport:
+    report = AuditReport()
+    leaves: list[bytes] = []
+    position = 0
+    while page := log.entries(position, position + _PAGE):
+        for index, stored_leaf, entry in page:
+            if index != position:
+                report.bad(position, f"entries {position} to {index - 1} are missing")
+                return report  # the positions no longer line up; nothing after is meaningful
+            leaf = leaf_hash(entry)
+            leaves.append(leaf)
+            if leaf != stored_leaf:
+                report.bad(index, f"entry {index} does not match its stored leaf hash")
+            try:
+                claimed = decode_entry(entry).index
+            except msgspec.MsgspecError:
+                report.bad(index, f"entry {index} is not a witness entry")
+            else:
+                if claimed != index:
+                    report.bad(index, f"entry {index} says it is entry {claimed}: moved")
+            position += 1
+    report.size = position
+    tree = LeafHashes(leaves)
+    for level, index, stored in log.stored_nodes():
+        first, end = index << level, (index + 1) << level
+        if end > position:
+            report.bad(position, f"subtree {level}/{index} covers entries that are gone")
+        elif tree.perfect(level, index) != stored:
+            report.bad_within(first, end, f"subtree {level}/{index} does not match its entries")
+    vouched = 0  # entries [0, vouched) give the root of a signed checkpoint
+    for size, note in reversed(log.checkpoints(limit=1 << 62)):
+        report.checkpoints += 1
+        try:
+            checkpoint = open_checkpoint(note, key)
+        except CheckpointError as exc:
+            report.problems.append(f"checkpoint at size {size}: {exc}")
+            continue
+        if checkpoint.size != size:
+            report.problems.append(f"checkpoint stored at size {size} is for {checkpoint.size}")
+        elif size > position:
+            report.bad(position, f"checkpoint at size {size}, but only {position} entries remain")
+        elif range_hash(0, size, tree) != checkpoint.root:
+            report.bad_within(vouched, size, f"the entries before {size} do not give its root")
+        elif not report.ranges:
+            vouched = size
+    return report
