@@ -92,13 +92,13 @@ def embedded(count: int) -> list[tuple[str, list[float]]]:
 
 
 class RunningFabric:
-    def __init__(self, synchronous: str) -> None:
+    def __init__(self, synchronous: str, *options: str) -> None:
         sys.path.insert(0, str(Path(__file__).parents[1]))
         from tests.harness import Fabric  # a real `ifab serve` process, as the tests start it
 
         self.directory = tempfile.TemporaryDirectory()
         self.fabric = Fabric(Path(self.directory.name))
-        self.fabric.start("--lease", "3600", "--synchronous", synchronous)
+        self.fabric.start("--lease", "3600", "--synchronous", synchronous, *options)
         self.admin = (self.fabric.data / "admin.token").read_text().strip()
         assert self.fabric.process is not None
         self.pid = self.fabric.process.pid

@@ -37,12 +37,24 @@ def serve(
             "--lease", min=1.0, max=86_400.0, help="Seconds a claim lasts without a heartbeat."
         ),
     ] = 120.0,
+    witness: Annotated[
+        bool,
+        typer.Option(
+            "--witness/--no-witness",
+            help="Keep the witness log of every decision (off only to measure its cost).",
+        ),
+    ] = True,
 ) -> None:
     """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
     if synchronous not in ("FULL", "NORMAL"):
         raise typer.BadParameter("FULL or NORMAL", param_hint="--synchronous")
     directory = data or default_data_dir()
-    state = open_server(directory, synchronous=synchronous, config=BoardConfig(lease_seconds=lease))
+    state = open_server(
+        directory,
+        synchronous=synchronous,
+        config=BoardConfig(lease_seconds=lease),
+        witness=witness,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with run_server(state, host=host, port=port) as server:

@@ -61,9 +61,14 @@ def default_data_dir() -> Path:
 
 
 def open_server(
-    data_dir: Path, *, config: BoardConfig = DEFAULT_CONFIG, synchronous: str = "FULL"
+    data_dir: Path,
+    *,
+    config: BoardConfig = DEFAULT_CONFIG,
+    synchronous: str = "FULL",
+    witness: bool = True,
 ) -> ServerState:
-    """Open (creating if needed) the data directory and build the server's state."""
+    """Open (creating if needed) the data directory and build the server's state
+    (``witness=False``: keep no witness log, for measuring what it costs)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SqliteStore(
         data_dir / "board.db",
@@ -78,19 +83,21 @@ def open_server(
         verifier.sequences.restore(sender, highest, seen)
     service = FabricService(coordinator, verifier)
     sessions = Sessions(keyring, _admin_token(data_dir))
-    identity = _fabric_identity(data_dir)
-    witness = WitnessFeeder(
-        WitnessLog(data_dir / "witness.db", synchronous=store.synchronous),
-        store,
-        nacl.signing.SigningKey(identity.seed),
-        f"infrafabric.witness/{identity.kid}",
-    )
+    feeder = None
+    if witness:
+        identity = _fabric_identity(data_dir)
+        feeder = WitnessFeeder(
+            WitnessLog(data_dir / "witness.db", synchronous=store.synchronous),
+            store,
+            nacl.signing.SigningKey(identity.seed),
+            f"infrafabric.witness/{identity.kid}",
+        )
     return ServerState(
         service=service,
         sessions=sessions,
         keyring=keyring,
         keyring_dir=keyring_dir,
-        witness=witness,
+        witness=feeder,
     )
 
 

@@ -1,0 +1,185 @@
+"""Witness benchmarks (issue 4), printed by `make bench` after the claim ones.
+
+* Appends per second, one entry per transaction and 1,000 per transaction, beside raw
+  SHA-256 of the same entries and raw SQLite inserts of them, in the same run.
+* A log of 1,000,000 entries: inclusion and consistency proof generation and
+  verification, and a whole-log audit against a signed checkpoint.
+* The latency witnessing adds to a claim: the server at 1,000 claims/s offered with the
+  witness and without it (`ifab serve --no-witness`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+import nacl.signing
+
+import claims  # bench/claims.py: the server harness
+from infrafabric.witness.audit import audit_log
+from infrafabric.witness.checkpoint import Checkpoint, sign_checkpoint, verifier_key
+from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.merkle import leaf_hash, verify_consistency, verify_inclusion
+
+
+def _entries(start: int, count: int) -> list[bytes]:
+    return [
+        b'{"at":"2026-11-23T20:00:00.000Z","component":"board","event":"task.claimed",'
+        b'"index":%d,"payload":{"state":"claimed"},"task_id":"t%d"}' % (i, i)
+        for i in range(start, start + count)
+    ]
+
+
+def _rate(count: int, seconds: float) -> str:
+    return f"{count / seconds:10,.0f}/s"
+
+
+def appends(directory: Path) -> list[tuple[str, str]]:
+    rows = []
+    batch = _entries(0, 1000)
+    started = time.perf_counter()
+    for _ in range(100):
+        for entry in batch:
+            hashlib.sha256(b"\x00" + entry).digest()
+    rows.append(("raw SHA-256 leaf hash", _rate(100_000, time.perf_counter() - started)))
+    raw = sqlite3.connect(directory / "raw.db", isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    raw.execute("PRAGMA synchronous=FULL")
+    raw.execute("CREATE TABLE entries (idx INTEGER PRIMARY KEY, entry BLOB NOT NULL)")
+    started = time.perf_counter()
+    for round_ in range(100):
+        raw.execute("BEGIN")
+        raw.executemany(
+            "INSERT INTO entries VALUES (?, ?)",
+            [(round_ * 1000 + i, e) for i, e in enumerate(batch)],
+        )
+        raw.execute("COMMIT")
+    rows.append(
+        ("raw SQLite insert, 1,000 per commit, FULL", _rate(100_000, time.perf_counter() - started))
+    )
+    started = time.perf_counter()
+    for i in range(500):
+        raw.execute("INSERT INTO entries VALUES (?, ?)", (200_000 + i, batch[0]))
+    rows.append(
+        ("raw SQLite insert, 1 per commit, FULL", _rate(500, time.perf_counter() - started))
+    )
+    raw.close()
+    log = WitnessLog(directory / "appends.db", synchronous="FULL")
+    started = time.perf_counter()
+    for round_ in range(100):
+        log.append(_entries(round_ * 1000, 1000))
+    rows.append(
+        ("witness append, 1,000 per commit, FULL", _rate(100_000, time.perf_counter() - started))
+    )
+    started = time.perf_counter()
+    for i in range(500):
+        log.append(_entries(100_000 + i, 1))
+    rows.append(("witness append, 1 per commit, FULL", _rate(500, time.perf_counter() - started)))
+    log.close()
+    return rows
+
+
+def million(directory: Path, size: int) -> list[tuple[str, str]]:
+    rows = []
+    log = WitnessLog(directory / "million.db", synchronous="NORMAL")
+    started = time.perf_counter()
+    for start in range(0, size, 5000):
+        log.append(_entries(start, min(5000, size - start)))
+    rows.append(
+        (
+            f"fill a log of {size:,} entries (5,000 per commit, NORMAL)",
+            _rate(size, time.perf_counter() - started),
+        )
+    )
+    key = nacl.signing.SigningKey.generate()
+    name = "bench.example/log"
+    note = sign_checkpoint(Checkpoint(name, size, log.root()), name, key)
+    log.save_checkpoint(size, note)
+    root = log.root()
+    picks = [random.randrange(size) for _ in range(300)]
+    started = time.perf_counter()
+    proofs = [log.inclusion_proof(index, size) for index in picks]
+    rows.append(
+        (
+            f"inclusion proof generation at {size:,}",
+            f"{(time.perf_counter() - started) / len(picks) * 1e3:8.3f} ms (aim: < 1 ms)",
+        )
+    )
+    leaves = {
+        index: leaf_hash(entry) for index in picks for _, _, entry in log.entries(index, index + 1)
+    }
+    started = time.perf_counter()
+    for index, proof in zip(picks, proofs, strict=True):
+        verify_inclusion(leaves[index], index, size, proof, root)
+    rows.append(
+        (
+            "inclusion proof verification",
+            f"{(time.perf_counter() - started) / len(picks) * 1e6:8.1f} us",
+        )
+    )
+    olds = [random.randrange(1, size) for _ in range(300)]
+    started = time.perf_counter()
+    consistency = [log.consistency_proof(old, size) for old in olds]
+    rows.append(
+        (
+            f"consistency proof generation at {size:,}",
+            f"{(time.perf_counter() - started) / len(olds) * 1e3:8.3f} ms (aim: < 1 ms)",
+        )
+    )
+    old_roots = {old: log.root(old) for old in olds}
+    started = time.perf_counter()
+    for old, proof in zip(olds, consistency, strict=True):
+        verify_consistency(old, size, old_roots[old], root, proof)
+    rows.append(
+        (
+            "consistency proof verification",
+            f"{(time.perf_counter() - started) / len(olds) * 1e6:8.1f} us",
+        )
+    )
+    started = time.perf_counter()
+    report = audit_log(log, verifier_key(name, bytes(key.verify_key)))
+    assert report.ok, report.problems[:3]
+    rows.append((f"whole-log audit of {size:,} entries", f"{time.perf_counter() - started:8.1f} s"))
+    log.close()
+    return rows
+
+
+def claim_cost(quick: bool) -> list[tuple[str, str]]:
+    rows = []
+    rate, seconds = (200.0, 3.0) if quick else (1000.0, 10.0)
+    p99s = {}
+    for witness in ("--witness", "--no-witness"):
+        fabric = claims.RunningFabric("FULL", witness)
+        try:
+            agents = [fabric.enroll(f"bench-{i:03d}") for i in range(100)]
+            samples, achieved = asyncio.run(claims.server_steady(fabric, agents, rate, seconds))
+        finally:
+            fabric.close()
+        p50, p95, p99 = claims.percentiles(samples)
+        p99s[witness] = p99
+        rows.append(
+            (
+                f"server FULL {witness}: claim_next at {rate:,.0f}/s",
+                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s",
+            )
+        )
+    worse = p99s["--witness"] / p99s["--no-witness"] - 1
+    rows.append(("claim p99 with the witness vs without", f"{worse:+.0%} (aim: worse by < 10 %)"))
+    return rows
+
+
+def main(quick: bool = False) -> None:
+    print("\nWitness (Merkle log in its own SQLite file)")
+    rows = []
+    with tempfile.TemporaryDirectory() as name:
+        directory = Path(name)
+        rows += appends(directory)
+        rows += million(directory, 100_000 if quick else 1_000_000)
+    rows += claim_cost(quick)
+    width = max(len(label) for label, _ in rows)
+    print("\n".join(f"  {label:<{width}}  {value}" for label, value in rows))
