@@ -39,3 +39,14 @@ def test_the_readme_opens_with_the_two_commands() -> None:
     text = "\n".join(head)
     assert "make run" in text
     assert "make test" in text
+
+
+def test_the_witness_docs_example_checkpoint_verifies_with_its_key() -> None:
+    from infrafabric.witness.checkpoint import open_checkpoint
+
+    text = (ROOT / "docs" / "witness.md").read_text()
+    block = text.split("```\ninfrafabric.witness/", 1)[1].split("```", 1)[0]
+    note = "infrafabric.witness/" + block
+    key = text.split("(verifier key: `", 1)[1].split("`", 1)[0]
+    checkpoint = open_checkpoint(note, key)
+    assert (checkpoint.size, checkpoint.time) == (2, "2026-11-23T20:24:18.972Z")

@@ -94,8 +94,7 @@ def verify_proof(
 
 @app.command()
 def verify(data: Data = None, key: Key = None) -> None:
-    """Check the whole log against every signed checkpoint, offline, and name the first
-    entry that was changed, removed or moved. Exits 1 if anything is wrong."""
+    """Check the whole log against every signed checkpoint, offline, and name the first entry that was changed, removed or moved. Exits 1 if anything is wrong."""
     directory = data or default_data_dir()
     path = directory / "witness.db"
     with reported_errors():

@@ -116,6 +116,7 @@ def _fabric_identity(data_dir: Path) -> SigningIdentity:
 
 
 def _local_secret(path: Path) -> str:
+    """The secret kept in ``path``, made (random, 256 bits, file mode 0600) if missing."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
@@ -127,18 +128,7 @@ def _local_secret(path: Path) -> str:
 
 
 def _admin_token(data_dir: Path) -> str:
-    configured = os.environ.get(ENV_ADMIN_TOKEN)
-    if configured:
-        return configured
-    path = data_dir / "admin.token"
-    try:
-        return path.read_text().strip()
-    except FileNotFoundError:
-        token = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-        return token
+    return os.environ.get(ENV_ADMIN_TOKEN) or _local_secret(data_dir / "admin.token")
 
 
 @dataclass
