@@ -428,7 +428,7 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     # `inbox=false`: a connection that only carries requests (the SDK's), so direct
     # messages are not pushed to it as well as to the agent's stream.
     inbox = agent is not None and websocket.query_params.get("inbox", "true") != "false"
-    connection = Connection(agent, hub.queue_limit, inbox=inbox)
+    connection = Connection(agent, hub.queue_limit, inbox=inbox, held=[] if inbox else None)
     hub.connections.add(connection)
     receiver = asyncio.current_task()
     assert receiver is not None
@@ -436,6 +436,7 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     sender = asyncio.create_task(_send_frames(websocket, connection))
     try:
         if inbox and agent is not None:
+            sent = set()
             for entry in await run_in_threadpool(state.service.store.pending, agent, 0, 1000):
                 connection.offer(
                     json.dumps(
@@ -446,6 +447,12 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
                         }
                     )
                 )
+                sent.add(entry.position)
+            # no await since the read: nothing can slip between these and the live ones
+            for position, frame in connection.held or ():
+                if position not in sent:
+                    connection.offer(frame)
+            connection.held = None
         while True:
             text = await websocket.receive_text()
             reply = await _frame_reply(state, hub, connection, text)

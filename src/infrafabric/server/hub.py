@@ -40,6 +40,9 @@ class Connection:
     topics: set[str] = field(default_factory=set)
     overflow: asyncio.Event = field(default_factory=asyncio.Event)
     inbox: bool = True  # direct messages to ``agent`` are pushed here
+    # While the inbox's pending messages are read on connect, live ones wait here (with
+    # their positions), so the client sees them in order and each once.
+    held: list[tuple[int, str]] | None = None
     on_overflow: Callable[[], object] | None = None  # called once, when the queue overflows
 
     def __post_init__(self) -> None:
@@ -83,7 +86,7 @@ class Hub:
 
     def delivery(self, delivery: Delivery) -> None:
         frame = _frame("message", position=delivery.position, message=msgspec.Raw(delivery.body))
-        self.loop.call_soon_threadsafe(self._direct, delivery.receiver, frame)
+        self.loop.call_soon_threadsafe(self._direct, delivery.receiver, delivery.position, frame)
 
     def topic_message(self, topic: str, body: bytes) -> None:
         frame = _frame("event", topic=topic, message=msgspec.Raw(body))
@@ -103,10 +106,13 @@ class Hub:
                 if connection.topics and connection.follows(topic):  # most follow nothing
                     connection.offer(frame)
 
-    def _direct(self, receiver: AgentId, frame: str) -> None:
+    def _direct(self, receiver: AgentId, position: int, frame: str) -> None:
         for connection in self.connections:
             if connection.inbox and connection.agent == receiver:
-                connection.offer(frame)
+                if connection.held is not None:
+                    connection.held.append((position, frame))
+                else:
+                    connection.offer(frame)
 
 
 _ENCODER: Final = msgspec.json.Encoder()
