@@ -54,6 +54,7 @@ def serve(
         synchronous=synchronous,
         config=BoardConfig(lease_seconds=lease),
         witness=witness,
+        witness_process=True,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -40,7 +40,7 @@ from infrafabric.service import FabricService, ServiceError
 from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
 from infrafabric.witness.bundle import make_bundle
-from infrafabric.witness.feeder import WitnessFeeder
+from infrafabric.witness.feeder import Witness
 
 __all__ = ["ServerState", "create_app"]
 
@@ -58,7 +58,7 @@ class ServerState:
     keyring_dir: Path
     clock: Callable[[], Timestamp] = time.time
     queue_limit: int = QUEUE_LIMIT  # frames waiting per WebSocket before it is dropped
-    witness: WitnessFeeder | None = None  # the witness log of this fabric's decisions
+    witness: Witness | None = None  # the witness log of this fabric's decisions
     hub: Hub | None = field(default=None, init=False)
     committer: Committer = field(init=False)
 
@@ -312,15 +312,17 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
 MAX_WITNESS_ENTRIES: Final = 1000
 
 
-def _witness(state: ServerState, request: Request) -> WitnessFeeder:
+def _witness(state: ServerState, request: Request) -> Witness:
     _reader(state, request)
     if state.witness is None:
         raise ServiceError("NOT_FOUND", "this fabric keeps no witness log", 404)
     return state.witness
 
 
-def _signed(witness: WitnessFeeder, size: int | None) -> tuple[int, str]:
-    """The checkpoint for ``size`` (default: the latest), or 404."""
+def _signed(witness: Witness, size: int | None) -> tuple[int, str]:
+    """The checkpoint for ``size`` (default: the latest), or 404; the log caught up with
+    its writer (a feeder process may append while the server reads)."""
+    witness.log.refresh()
     if size is None:
         latest = witness.log.checkpoints(1)
         if not latest:

@@ -35,7 +35,7 @@ from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
 from infrafabric.storage.sqlite import SqliteStore
-from infrafabric.witness.feeder import WitnessFeeder
+from infrafabric.witness.feeder import Witness, WitnessFeeder, WitnessProcess
 from infrafabric.witness.log import WitnessLog
 
 __all__ = [
@@ -66,9 +66,12 @@ def open_server(
     config: BoardConfig = DEFAULT_CONFIG,
     synchronous: str = "FULL",
     witness: bool = True,
+    witness_process: bool = False,
 ) -> ServerState:
     """Open (creating if needed) the data directory and build the server's state
-    (``witness=False``: keep no witness log, for measuring what it costs)."""
+    (``witness=False``: keep no witness log, for measuring what it costs;
+    ``witness_process``: feed it from a child process rather than a thread, as
+    ``ifab serve`` does, so it does not share the server's GIL)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SqliteStore(
         data_dir / "board.db",
@@ -83,15 +86,17 @@ def open_server(
         verifier.sequences.restore(sender, highest, seen)
     service = FabricService(coordinator, verifier)
     sessions = Sessions(keyring, _admin_token(data_dir))
-    feeder = None
+    feeder: Witness | None = None
     if witness:
         identity = _fabric_identity(data_dir)
-        feeder = WitnessFeeder(
-            WitnessLog(data_dir / "witness.db", synchronous=store.synchronous),
-            store,
-            nacl.signing.SigningKey(identity.seed),
-            f"infrafabric.witness/{identity.kid}",
-        )
+        key, name = nacl.signing.SigningKey(identity.seed), f"infrafabric.witness/{identity.kid}"
+        if witness_process:
+            feeder = WitnessProcess(
+                store.path, data_dir / "witness.db", store.synchronous, key, name
+            )
+        else:
+            log = WitnessLog(data_dir / "witness.db", synchronous=store.synchronous)
+            feeder = WitnessFeeder(log, store, key, name)
     return ServerState(
         service=service,
         sessions=sessions,
