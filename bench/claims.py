@@ -117,6 +117,24 @@ class RunningFabric:
         ).raise_for_status()
         return identity
 
+    async def witness_settled(self, most: float = 30.0) -> None:
+        """Wait until the witness log stops growing (it has caught up with the board)."""
+        url, headers = (
+            f"{self.fabric.url}/v1/witness/checkpoint",
+            {"authorization": f"Bearer {self.admin}"},
+        )
+        deadline, last = time.monotonic() + most, -1
+        async with httpx.AsyncClient() as http:
+            while time.monotonic() < deadline:
+                response = await http.get(url, headers=headers)
+                if response.status_code != 200:  # --no-witness, or nothing signed yet
+                    return
+                size = response.json()["size"]
+                if size == last:
+                    return
+                last = size
+                await asyncio.sleep(1.5)  # longer than a checkpoint period
+
     def close(self) -> None:
         self.fabric.kill()
         self.directory.cleanup()
@@ -173,9 +191,10 @@ async def server_steady(
     fabric: RunningFabric, agents: list[SigningIdentity], rate: float, seconds: float
 ) -> tuple[list[float], float]:
     await _fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
-    # Let the background checkpoint copy the WAL the previous phase and the fill left
-    # behind: latency is measured on a settled server, not on the tail of a flood.
-    await asyncio.sleep(3)
+    # Latency is measured on a settled server, not on the tail of a flood: the WAL the
+    # previous phase and the fill left is copied, the witness has caught up.
+    await asyncio.sleep(2)
+    await fabric.witness_settled()
     samples: list[float] = []
     per_agent = rate / len(agents)
     async with connected(fabric.fabric.url, agents) as clients:

@@ -300,7 +300,9 @@ class SqliteStore:
         """
         self._db.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_CHECKPOINT_PAGES}")
         checkpoints = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        checkpoints.execute("PRAGMA busy_timeout=100")  # a busy RESTART waits for next time
+        # never wait: a RESTART that waited for readers would hold writers up meanwhile;
+        # busy now, it tries again next time
+        checkpoints.execute("PRAGMA busy_timeout=0")
         checkpoints.execute(f"PRAGMA synchronous={self.synchronous}")
         database = os.open(self.path, os.O_RDONLY)
         rounds_per_restart = max(1, round(RESTART_SECONDS / CHECKPOINT_SECONDS))

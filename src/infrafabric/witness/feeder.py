@@ -30,6 +30,10 @@ from infrafabric.witness.log import WitnessLog
 __all__ = ["BOARD_SOURCE", "Witness", "WitnessFeeder", "WitnessProcess"]
 
 BOARD_SOURCE: Final = "board-events"
+#: The witness process's rounds: short ones, so its work comes in small slices.
+CHILD_INTERVAL: Final = 0.02
+#: Its scheduling priority below the server's (``nice``).
+WITNESS_NICENESS: Final = 10
 
 
 class Witness(Protocol):
@@ -190,11 +194,14 @@ def _feed_in_child(
 ) -> None:
     from infrafabric.storage.sqlite import SqliteStore  # in the child only
 
+    # Claims first: on a busy machine the scheduler gives the server the CPU and the
+    # witness what is left (it catches up from its cursor; CFS never starves it).
+    os.nice(WITNESS_NICENESS)
     store = SqliteStore(board_path, synchronous=synchronous)
     log = WitnessLog(witness_path, synchronous=synchronous)
     feeder = WitnessFeeder(log, store, nacl.signing.SigningKey(seed), name)
     try:
-        while not stop.wait(0.1) and os.getppid() == parent:
+        while not stop.wait(CHILD_INTERVAL) and os.getppid() == parent:
             while feeder.run_once() >= feeder.batch:
                 pass
         feeder.close()  # what is left, and a last checkpoint
