@@ -473,9 +473,18 @@ async def _local_stream(
             if any(address_matches(pattern, event.topic) for pattern in topics):
                 push(Frame("event", event.topic, None, {"event": msgspec.to_builtins(event)}))
 
+    pending: set[int] = set()  # positions already queued from the inbox
+
+    def live(frame: Frame) -> None:  # on the loop, after the inbox was read: each once
+        if frame.position not in pending:
+            queue.put_nowait(frame)
+
     def on_delivery(delivery: Any) -> None:
         if delivery.receiver == agent:
-            push(Frame("message", None, delivery.position, {"message": json.loads(delivery.body)}))
+            frame = Frame(
+                "message", None, delivery.position, {"message": json.loads(delivery.body)}
+            )
+            loop.call_soon_threadsafe(live, frame)
 
     def on_topic(topic: str, body: bytes) -> None:
         if any(address_matches(pattern, topic) for pattern in topics):
@@ -485,6 +494,7 @@ async def _local_stream(
     service.on_delivery(on_delivery)
     service.on_topic(on_topic)
     for entry in service.store.pending(agent, 0, 1000):
+        pending.add(entry.position)
         queue.put_nowait(
             Frame("message", None, entry.position, {"message": json.loads(entry.body)})
         )
