@@ -13,6 +13,7 @@ reason codes, and the board's own) and the HTTP status a server should use.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
@@ -53,6 +54,7 @@ _STATUS_OF_REASON: Final = {
 }
 
 
+_log = logging.getLogger(__name__)
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
 _CONTENT_ENCODER: Final = msgspec.json.Encoder()
 
@@ -149,12 +151,17 @@ class FabricService:
                         results.append(self.handle(data, now=now))
                     except ServiceError as exc:
                         results.append(exc)
+                    except StoreError as exc:  # if the batch is lost, the commit says so
+                        results.append(ServiceError("STORE_UNAVAILABLE", str(exc), 503))
+                    except Exception as exc:  # a bug: this message fails, not the batch
+                        _log.exception("message failed")
+                        results.append(ServiceError("INTERNAL", f"{type(exc).__name__}", 500))
         except StoreError as exc:
             refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
             return [refusal] * len(batch)
         finally:
             self._held.announcements = None
-        for announce in held:
+        for announce in held:  # committed: each listener's failure is caught and logged
             announce()
         return results
 
@@ -284,7 +291,10 @@ class FabricService:
 
         def announce() -> None:
             for listener in tuple(listeners):  # one may forget itself meanwhile
-                listener(*arguments)
+                try:  # one listener's trouble is not the others', nor the sender's
+                    listener(*arguments)
+                except Exception:
+                    _log.exception("listener %r failed", listener)
 
         held: list[Callable[[], None]] | None = getattr(self._held, "announcements", None)
         if held is None:

@@ -154,3 +154,36 @@ def test_close_finishes_what_was_submitted(tmp_path: Path, max_batch: int) -> No
 
     reply = asyncio.run(create_then_close())
     assert [task["title"] for task in reply["tasks"]] == ["x"]
+
+
+def test_a_failing_listener_or_message_does_not_refuse_the_others(tmp_path: Path) -> None:
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    heard: list[str] = []
+
+    def broken(events: Sequence[BoardEvent]) -> None:
+        raise RuntimeError("a listener that breaks")
+
+    service.on_events(broken)
+    service.on_events(lambda events: heard.extend(event.kind for event in events))
+
+    def deliver_breaks(*arguments: object) -> int:
+        raise RuntimeError("a bug on the inbox path")
+
+    service.store.deliver = deliver_breaks  # type: ignore[method-assign]
+    outbox = Outbox(agent)
+    direct = encode_json(
+        outbox.message(now=time.time(), performative="inform", receiver="if://agent/b", content={})
+    )
+    batch = [
+        (_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()),
+        (direct, time.time()),
+        (_request(outbox, {"op": "claim_next"}), time.time()),
+    ]
+    first, second, third = service.handle_batch(batch)
+    assert isinstance(first, dict)
+    assert isinstance(second, ServiceError)
+    assert (second.code, second.status) == ("INTERNAL", 500)
+    assert isinstance(third, dict)
+    assert third["task"]["state"] == "claimed"
+    assert heard == ["task.created", "task.claimed"]  # after the broken one, in order

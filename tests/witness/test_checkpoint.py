@@ -89,6 +89,8 @@ def test_malformed_notes_are_refused(bad: str) -> None:
         "origin\n-1\nAAAA\n",
         "origin\n3\nnot base64\n",
         "origin\n3\nAAAA\n",
+        "origin\n\u0661\u0662\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",  # Arabic digits
+        "origin\n\u00b2\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",  # superscript two
     ],
 )
 def test_a_signed_note_that_is_not_a_checkpoint_is_refused(body: str) -> None:

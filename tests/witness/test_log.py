@@ -60,3 +60,30 @@ def test_a_reopened_log_carries_on_with_the_same_tree(tmp_path: Path) -> None:
     assert second.checkpoint_at(78) is None
     second.close()
     assert (tmp_path / "witness.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_reader_refreshing_while_the_writer_appends_never_rolls_it_back(
+    tmp_path: Path,
+) -> None:
+    import threading
+
+    log = WitnessLog(tmp_path / "witness.db", synchronous="NORMAL")
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            log.refresh()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for entry in ENTRIES:
+            log.append([entry])  # a rolled-back size would make this reuse an index
+    finally:
+        stop.set()
+        reader.join()
+    assert log.size == len(ENTRIES)
+    assert log.root() == root(LEAVES)
+    other = WitnessLog(tmp_path / "witness.db")  # another process's view catches up
+    assert other.refresh() == len(ENTRIES)
+    assert other.root() == root(LEAVES)

@@ -407,8 +407,10 @@ def _int_param(request: Request, name: str, default: int) -> int:
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit():
-        raise ServiceError("MALFORMED", f"{name} must be a non-negative integer", 400)
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise ServiceError(
+            "MALFORMED", f"{name} must be a non-negative integer (ASCII, < 10^18)", 400
+        )
     return int(text)
 
 
@@ -438,7 +440,7 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     sender = asyncio.create_task(_send_frames(websocket, connection))
     try:
         if inbox and agent is not None:
-            sent = set()
+            sent = connection.replayed
             for entry in await run_in_threadpool(state.service.store.pending, agent, 0, 1000):
                 connection.offer(
                     json.dumps(

@@ -43,6 +43,7 @@ class Connection:
     # While the inbox's pending messages are read on connect, live ones wait here (with
     # their positions), so the client sees them in order and each once.
     held: list[tuple[int, str]] | None = None
+    replayed: set[int] = field(default_factory=set)  # inbox positions sent on connect
     on_overflow: Callable[[], object] | None = None  # called once, when the queue overflows
 
     def __post_init__(self) -> None:
@@ -111,7 +112,7 @@ class Hub:
             if connection.inbox and connection.agent == receiver:
                 if connection.held is not None:
                     connection.held.append((position, frame))
-                else:
+                elif position not in connection.replayed:  # announced after the inbox read
                     connection.offer(frame)
 
 

@@ -364,6 +364,9 @@ class SqliteStore:
                     raise
                 db.execute("RELEASE step" if nested else "COMMIT")
             except sqlite3.Error as exc:
+                if not nested and db.in_transaction:  # a COMMIT that failed leaves it open
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
                 raise StoreError(f"{self.path}: {exc}") from exc
             finally:
                 self._depth -= 1

@@ -45,6 +45,7 @@ __all__ = [
 _ED25519: Final = b"\x01"  # the signed-note signature type of Ed25519
 _DASH: Final = "\u2014 "  # an em dash and a space open each signature line
 _NAME: Final = re.compile(r"[^\s+]+\Z")
+_DECIMAL: Final = re.compile(r"(0|[1-9][0-9]*)\Z")  # ASCII digits only, no leading zero
 MAX_NOTE: Final = 64 * 1024
 
 
@@ -159,7 +160,7 @@ def _parse_body(body: str) -> Checkpoint:
     if len(lines) < 3:
         raise CheckpointError("a checkpoint has an origin, a size and a root hash")
     origin, size_text, root_text, *extensions = lines
-    if not origin or not size_text.isdigit() or (size_text != "0" and size_text[0] == "0"):
+    if not origin or not _DECIMAL.match(size_text) or len(size_text) > 19:
         raise CheckpointError("the tree size is a decimal number without leading zeros")
     try:
         root = base64.b64decode(root_text, validate=True)

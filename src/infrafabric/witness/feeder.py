@@ -10,6 +10,7 @@ acknowledged decision is left out and none is witnessed twice.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import threading
@@ -30,6 +31,7 @@ from infrafabric.witness.log import WitnessLog
 __all__ = ["BOARD_SOURCE", "Witness", "WitnessFeeder", "WitnessProcess"]
 
 BOARD_SOURCE: Final = "board-events"
+_log = logging.getLogger(__name__)
 #: The witness process's rounds: short ones, so its work comes in small slices.
 CHILD_INTERVAL: Final = 0.02
 #: Its scheduling priority below the server's (``nice``).
@@ -99,8 +101,7 @@ class WitnessFeeder:
     def start(self, interval: float = 0.1) -> None:
         def loop() -> None:
             while not self._stop.wait(interval):
-                while self.run_once() >= self.batch:  # behind: catch up at once
-                    pass
+                self._rounds()
 
         self._thread = threading.Thread(target=loop, name="ifab-witness", daemon=True)
         self._thread.start()
@@ -113,6 +114,15 @@ class WitnessFeeder:
             self._thread = None
         while self.run_once(force_checkpoint=True) >= self.batch:
             pass
+
+    def _rounds(self) -> None:
+        """Catch up (several rounds if behind). A failure (the disk, say) is logged and
+        tried again next time: the cursor makes a retry safe, and the thread lives on."""
+        try:
+            while self.run_once() >= self.batch:
+                pass
+        except Exception:
+            _log.exception("witness round failed; retrying")
 
     def _sign(self, now: Timestamp) -> None:
         size = self.log.size
@@ -202,8 +212,7 @@ def _feed_in_child(
     feeder = WitnessFeeder(log, store, nacl.signing.SigningKey(seed), name)
     try:
         while not stop.wait(CHILD_INTERVAL) and os.getppid() == parent:
-            while feeder.run_once() >= feeder.batch:
-                pass
+            feeder._rounds()
         feeder.close()  # what is left, and a last checkpoint
     finally:
         log.close()

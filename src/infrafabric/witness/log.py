@@ -127,15 +127,15 @@ class WitnessLog:
     def refresh(self) -> int:
         """Catch up with appends made by another process (a reader of a log that a
         feeder process writes); returns the size."""
-        with self._read() as db:
+        with self._read() as db:  # the lock is held throughout: an append cannot interleave
             row = db.execute("SELECT max(idx) FROM entries").fetchone()
-        size = 0 if row is None or row[0] is None else int(row[0]) + 1
-        if size != self._size:
-            try:
-                self._edge, self._size = self._load_edge(size), size
-            except StoreError as exc:
-                self._edge, self._size, self.damaged = [], size, str(exc)
-        return self._size
+            size = 0 if row is None or row[0] is None else int(row[0]) + 1
+            if size > self._size:  # only ever forward
+                try:
+                    self._edge, self._size = self._load_edge(size), size
+                except StoreError as exc:
+                    self._edge, self._size, self.damaged = [], size, str(exc)
+            return self._size
 
     def save_checkpoint(self, size: int, note: str) -> None:
         """Keep a signed checkpoint (its note text) for tree size ``size``."""
