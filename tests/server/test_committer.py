@@ -187,3 +187,24 @@ def test_a_failing_listener_or_message_does_not_refuse_the_others(tmp_path: Path
     assert isinstance(third, dict)
     assert third["task"]["state"] == "claimed"
     assert heard == ["task.created", "task.claimed"]  # after the broken one, in order
+
+
+def test_a_message_left_behind_by_a_stopping_committer_is_refused_not_lost(
+    tmp_path: Path,
+) -> None:
+    agent = SigningIdentity.generate(agent_id("a"))
+    committer = Committer(_service(tmp_path / "board.db", [agent]))
+
+    async def left_behind() -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        # queued behind the stop, as a request racing the shutdown would be
+        committer._jobs.put(
+            (_request(Outbox(agent), {"op": "claim_next"}), time.time(), future, loop)
+        )
+        await asyncio.to_thread(committer.close)
+        return await asyncio.wait_for(future, 10)
+
+    with pytest.raises(ServiceError) as refused:
+        asyncio.run(left_behind())
+    assert (refused.value.code, refused.value.status) == ("STORE_UNAVAILABLE", 503)

@@ -90,7 +90,7 @@ def create_app(state: ServerState) -> Starlette:
         state.service.on_delivery(hub.delivery)
         state.service.on_topic(hub.topic_message)
         yield
-        state.committer.close()
+        await asyncio.to_thread(state.committer.close)  # not a blocking join on the loop
 
     routes = [
         Route("/v1/health", _health, methods=["GET"]),

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Final
 
-from infrafabric.service import FabricService
+from infrafabric.service import FabricService, ServiceError
 from infrafabric.types import Timestamp
 
 __all__ = ["MAX_BATCH", "Committer"]
@@ -55,6 +55,19 @@ class Committer:
             self._jobs.put(_STOP)
             thread.join(timeout)
             self._thread = None
+        # Anything submitted after the stop (a request racing the shutdown) is refused
+        # rather than left waiting for a thread that is gone.
+        late: list[_Job] = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not _STOP:
+                late.append(job)
+        if late:
+            refusal = ServiceError("STORE_UNAVAILABLE", "the fabric is stopping", 503)
+            self._answer(late, [refusal] * len(late))
 
     def _start(self) -> None:
         if self._thread is not None:
@@ -93,6 +106,10 @@ class Committer:
             results = self.service.handle_batch([(data, now) for data, now, _, _ in batch])
         except Exception as exc:  # a bug must answer its callers, not kill the thread
             results = [exc] * len(batch)
+        self._answer(batch, results)
+
+    @staticmethod
+    def _answer(batch: Sequence[_Job], results: Sequence[dict[str, Any] | BaseException]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, Any]]] = {}
         for (_, _, future, loop), result in zip(batch, results, strict=True):
             by_loop.setdefault(loop, []).append((future, result))
