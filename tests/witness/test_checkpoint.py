@@ -123,3 +123,14 @@ def test_a_verifier_key_whose_base64_holds_a_plus_parses() -> None:
     )
     assert name == "TEST"
     assert len(public_key) == 32
+
+
+def test_a_checkpoint_of_another_log_is_refused_even_with_a_good_signature() -> None:
+    key = nacl.signing.SigningKey.generate()
+    vkey = verifier_key("example.org/log", bytes(key.verify_key))
+    other_log = sign_checkpoint(
+        Checkpoint("example.org/other", 1, bytes(32)), "example.org/log", key
+    )
+    with pytest.raises(CheckpointError, match=r"for log 'example\.org/other'"):
+        open_checkpoint(other_log, vkey)
+    assert open_checkpoint(other_log, vkey, origin="example.org/other").size == 1

@@ -116,12 +116,18 @@ def sign_checkpoint(checkpoint: Checkpoint, name: str, signing_key: nacl.signing
     return sign_note(checkpoint.body(), name, signing_key)
 
 
-def open_checkpoint(note: str, key: str) -> Checkpoint:
+def open_checkpoint(note: str, key: str, *, origin: str | None = None) -> Checkpoint:
     """Verify ``note`` with the verifier key ``key`` and return its checkpoint.
 
     Refuses (with :class:`CheckpointError`) a note that is too large, malformed, lacks a
-    valid signature by that key, or whose body is not a checkpoint."""
-    return _parse_body(open_note(note, key))
+    valid signature by that key, whose body is not a checkpoint, or whose origin is not
+    ``origin`` (default: the key's name, as a fabric names its key after its log): a
+    checkpoint the same key signed for another log proves nothing about this one."""
+    checkpoint = _parse_body(open_note(note, key))
+    expected = parse_verifier_key(key)[0] if origin is None else origin
+    if checkpoint.origin != expected:
+        raise CheckpointError(f"the checkpoint is for log {checkpoint.origin!r}, not {expected!r}")
+    return checkpoint
 
 
 def open_note(note: str, key: str) -> str:
