@@ -17,7 +17,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Final, Literal
 
@@ -28,7 +28,7 @@ from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError
 from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "locked_connection"]
 
 #: How often the background checkpointer copies the WAL into the database...
 CHECKPOINT_SECONDS: Final = 0.25
@@ -371,13 +371,8 @@ class SqliteStore:
             finally:
                 self._depth -= 1
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from exc
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return locked_connection(self._lock, self._db, self.path)
 
     def _write(self, db: sqlite3.Connection, task: Task, *, created: bool) -> None:
         doc = _TASK_ENCODER.encode(task)
@@ -441,6 +436,19 @@ class SqliteStore:
     def _version(db: sqlite3.Connection, task_id: str) -> int | None:
         row = db.execute("SELECT version FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else int(row[0])
+
+
+@contextmanager
+def locked_connection(
+    lock: threading.RLock, db: sqlite3.Connection, path: Path
+) -> Iterator[sqlite3.Connection]:
+    """``db`` under ``lock`` (one connection shared by threads); SQLite errors become
+    :class:`StoreError` naming the file. The witness log uses it too."""
+    with lock:
+        try:
+            yield db
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: {exc}") from exc
 
 
 def _lease(task: Task) -> float | None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Literal
 
 from infrafabric.errors import StoreError
+from infrafabric.storage.sqlite import locked_connection
 from infrafabric.witness.merkle import (
     EMPTY_ROOT,
     consistency_proof,
@@ -260,13 +261,8 @@ class WitnessLog:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                yield self._db
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.path}: {exc}") from exc
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
+        return locked_connection(self._lock, self._db, self.path)
 
 
 def _fold(edge: Sequence[tuple[int, int, bytes]]) -> bytes:
