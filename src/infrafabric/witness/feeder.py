@@ -44,7 +44,7 @@ class Witness(Protocol):
     log: WitnessLog
     key: str
 
-    def start(self, interval: float = 0.1) -> None: ...
+    def start(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -162,27 +162,25 @@ class WitnessProcess:
         name: str,
     ) -> None:
         self.log = WitnessLog(witness_path, synchronous=synchronous)  # the server reads it
-        self.name = name
         self.key = verifier_key(name, bytes(signing_key.verify_key))
-        self._arguments = (
-            str(board_path),
-            str(witness_path),
-            synchronous,
-            bytes(signing_key),
-            name,
-            os.getpid(),
-        )
         context = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._stop = context.Event()
         self._process = context.Process(
             target=_feed_in_child,
-            args=(*self._arguments, self._stop),
+            args=(
+                str(board_path),
+                str(witness_path),
+                synchronous,
+                bytes(signing_key),
+                name,
+                os.getpid(),
+                self._stop,
+            ),
             name="ifab-witness",
             daemon=True,
         )
 
-    def start(self, interval: float = 0.1) -> None:
-        del interval  # the child keeps its own pace
+    def start(self) -> None:
         self._process.start()
 
     def close(self) -> None:
