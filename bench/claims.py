@@ -3,7 +3,8 @@
 * Embedded: `Coordinator.claim` over `SqliteStore`, beside a raw SQLite compare-and-set
   (`UPDATE ... WHERE id = ? AND state = 'available'`, one autocommit transaction) at the
   same `synchronous` setting, in the same run.
-* Server: a real `ifab serve` process on loopback; 100 SDK agents claim in a closed loop
+* Server: a real `ifab serve` process (and its witness child) on loopback; 100 SDK agents
+  claim in a closed loop
   (saturation), then at a steady offered rate (latency percentiles); direct-message
   latency from send to arrival on the receiver's WebSocket.
 
@@ -240,7 +241,10 @@ def render(rows: list[tuple[str, str]]) -> str:
 
 def main(quick: bool = False) -> None:
     count = 300 if quick else 2000
-    print("\nClaims and messages (one process each for server and load; 2 cores shared)")
+    print(
+        "\nClaims and messages (server with its witness process, and one load process;"
+        " 2 cores shared)"
+    )
     rows = []
     embedded_rows = embedded(count)
     for name, samples in embedded_rows:
