@@ -12,10 +12,14 @@ share one coordinator. Time comes from ``clock``; tests pass a manual one.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
+
+import msgspec
 
 from infrafabric.board import rules
 from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState
@@ -34,6 +38,8 @@ _LARGEST_PAGE: Final = 256
 #: A sweep returns up to SWEEP_PAGES x SWEEP_PAGE expired leases; the rest wait a second.
 SWEEP_PAGE: Final = 500
 SWEEP_PAGES: Final = 20
+#: The trace of the message being carried out in this thread or task (see ``traced``).
+_TRACE: Final = contextvars.ContextVar[str | None]("infrafabric_trace", default=None)
 
 
 class Busy(FabricError):
@@ -118,11 +124,21 @@ class Coordinator:
             task_id, agent, lambda task, now: rules.heartbeat(task, agent, now, self.config)
         )
 
-    def progress(self, task_id: str, agent: AgentId, percent: int, note: str = "") -> Task:
+    def progress(
+        self,
+        task_id: str,
+        agent: AgentId,
+        percent: int,
+        note: str = "",
+        *,
+        usage: Mapping[str, Any] | None = None,
+    ) -> Task:
         return self._change(
             task_id,
             agent,
-            lambda task, now: rules.progress(task, agent, percent, note, now, self.config),
+            lambda task, now: _with_usage(
+                rules.progress(task, agent, percent, note, now, self.config), task_id, usage
+            ),
         )
 
     def block(
@@ -149,20 +165,38 @@ class Coordinator:
         )
 
     def complete(
-        self, task_id: str, agent: AgentId, result: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        agent: AgentId,
+        result: Mapping[str, Any] | None = None,
+        *,
+        usage: Mapping[str, Any] | None = None,
     ) -> Task:
+        """Complete ``task_id``; ``usage`` (tokens, model, USD: :class:`infrafabric.ops.Usage`)
+        is recorded with the decision, for the witness's cost accounts."""
+
         def decide(task: Task, now: Timestamp) -> Outcome:
-            return rules.complete(
+            outcome = rules.complete(
                 task, agent, result or {}, now, self.store.dependents(task_id), self._state_of
             )
+            return _with_usage(outcome, task_id, usage)
 
         return self._change(task_id, agent, decide)
 
-    def fail(self, task_id: str, agent: AgentId, reason: str, *, retry: bool = True) -> Task:
+    def fail(
+        self,
+        task_id: str,
+        agent: AgentId,
+        reason: str,
+        *,
+        retry: bool = True,
+        usage: Mapping[str, Any] | None = None,
+    ) -> Task:
         def decide(task: Task, now: Timestamp) -> Outcome:
-            return rules.fail(
+            outcome = rules.fail(
                 task, agent, reason, now, retry=retry, dependents=self.store.dependents(task_id)
             )
+            return _with_usage(outcome, task_id, usage)
 
         return self._change(task_id, agent, decide)
 
@@ -229,6 +263,23 @@ class Coordinator:
             last = self._seen.get(agent)
         return rules.health(last, self.clock(), self.config)
 
+    def record(self, events: Sequence[BoardEvent]) -> None:
+        """Log decisions the fabric took outside the board (an enrolled key, a flagged
+        message) in the board's event log, so they are published and witnessed in order
+        with everything else."""
+        self._publish(Outcome((), tuple(events)))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def traced(trace_id: str | None) -> Iterator[None]:
+        """Stamp the events of the changes made inside with ``trace_id`` (the trace of
+        the message being carried out), so a trace can be followed through the witness."""
+        token = _TRACE.set(trace_id)
+        try:
+            yield
+        finally:
+            _TRACE.reset(token)
+
     def listen(self, listener: Callable[[Sequence[BoardEvent]], None]) -> None:
         """Call ``listener`` with the events of every change this coordinator applies."""
         self._listeners.append(listener)
@@ -247,6 +298,7 @@ class Coordinator:
         raise _busy(task_id)
 
     def _try(self, outcome: Outcome) -> bool:
+        outcome = _traced(outcome)
         try:
             self.store.apply(outcome)
         except Conflict:
@@ -255,6 +307,7 @@ class Coordinator:
         return True
 
     def _publish(self, outcome: Outcome) -> None:
+        outcome = _traced(outcome)
         self.store.apply(outcome)
         self._notify(outcome.events)
 
@@ -270,6 +323,31 @@ class Coordinator:
     def _saw(self, agent: AgentId) -> None:
         with self._seen_lock:
             self._seen[agent] = self.clock()
+
+
+def _traced(outcome: Outcome) -> Outcome:
+    trace = _TRACE.get()
+    if trace is None or not outcome.events:
+        return outcome
+    events = tuple(
+        event if event.trace_id else msgspec.structs.replace(event, trace_id=trace)
+        for event in outcome.events
+    )
+    return Outcome(outcome.tasks, events, outcome.created)
+
+
+def _with_usage(outcome: Outcome, task_id: str, usage: Mapping[str, Any] | None) -> Outcome:
+    """``usage`` added to the payload of the decision's own event (the first about the
+    task), not to the events it caused (a dependent task released, say)."""
+    if not usage:
+        return outcome
+    events = list(outcome.events)
+    for position, event in enumerate(events):
+        if event.task_id == task_id:
+            payload = {**event.payload, "usage": dict(usage)}
+            events[position] = msgspec.structs.replace(event, payload=payload)
+            break
+    return Outcome(outcome.tasks, tuple(events), outcome.created)
 
 
 def _best_for(store: Store, capabilities: tuple[str, ...]) -> Task | None:

@@ -26,6 +26,7 @@ __all__ = [
     "Progress",
     "TaskSpec",
     "Unblock",
+    "Usage",
 ]
 
 #: The address agents send board operations to.
@@ -48,6 +49,17 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     dependencies: Annotated[list[TaskIdText], Meta(max_length=100)] = []
     filler: bool = False
     max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+
+
+class Usage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """What a piece of work cost, as the agent reports it with progress, completion or
+    failure: tokens in and out, the model, and (when the agent knows it) US dollars. The
+    witness records it as the decision's ``cost``."""
+
+    tokens_in: Annotated[int, Meta(ge=0, le=10**12)] = 0
+    tokens_out: Annotated[int, Meta(ge=0, le=10**12)] = 0
+    model: Annotated[str, Meta(max_length=128)] = ""
+    usd: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
 
 
 class _Op(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
@@ -74,6 +86,7 @@ class Progress(_Op, frozen=True, tag="progress"):
     task_id: TaskIdText
     percent: Literal[0, 25, 50, 75, 100]  # board.model.MILESTONES
     note: Annotated[str, Meta(max_length=2000)] = ""
+    usage: Usage | None = None
 
 
 class Block(_Op, frozen=True, tag="block"):
@@ -91,12 +104,14 @@ class Unblock(_Op, frozen=True, tag="unblock"):
 class Complete(_Op, frozen=True, tag="complete"):
     task_id: TaskIdText
     result: dict[str, Any] = {}
+    usage: Usage | None = None
 
 
 class Fail(_Op, frozen=True, tag="fail"):
     task_id: TaskIdText
     reason: Annotated[str, Meta(min_length=1, max_length=2000)]
     retry: bool = True
+    usage: Usage | None = None
 
 
 class GiveUp(_Op, frozen=True, tag="give_up"):

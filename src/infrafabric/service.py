@@ -13,14 +13,16 @@ reason codes, and the board's own) and the HTTP status a server should use.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
+from msgspec import UNSET
 
 from infrafabric import ops
 from infrafabric.board.dag import DependencyError
@@ -31,7 +33,7 @@ from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
 from infrafabric.errors import FabricError, StoreError
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
-from infrafabric.protocol.verify import Verdict, Verifier
+from infrafabric.protocol.verify import Mode, Verdict, Verifier
 from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
 
@@ -100,6 +102,8 @@ class FabricService:
         self._listeners = _Listeners()
         self._held = threading.local()  # inside handle_batch: announcements wait for the commit
         coordinator.listen(self._on_board_events)
+        if verifier.mode is Mode.AUDIT and verifier.on_reject is None:
+            verifier.on_reject = self._witness_verdict
 
     # -- messages -------------------------------------------------------------------------
 
@@ -142,33 +146,34 @@ class FabricService:
         events, deliveries, topic messages) go out only once the commit is durable. If
         the commit fails, every message of the batch is refused with STORE_UNAVAILABLE."""
         results: list[dict[str, Any] | ServiceError] = []
-        held: list[Callable[[], None]] = []
-        self._held.announcements = held
-        try:
-            with self.store.batch():
-                for data, now in batch:
-                    try:
-                        results.append(self.handle(data, now=now))
-                    except ServiceError as exc:
-                        results.append(exc)
-                    except StoreError as exc:  # if the batch is lost, the commit says so
-                        results.append(ServiceError("STORE_UNAVAILABLE", str(exc), 503))
-                    except Exception as exc:  # a bug: this message fails, not the batch
-                        _log.exception("message failed")
-                        results.append(ServiceError("INTERNAL", f"{type(exc).__name__}", 500))
-        except StoreError as exc:
-            refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
-            return [refusal] * len(batch)
-        finally:
-            self._held.announcements = None
-        for announce in held:  # committed: each listener's failure is caught and logged
-            announce()
+        with self._announced_after_commit() as held:
+            try:
+                with self.store.batch():
+                    for data, now in batch:
+                        try:
+                            results.append(self.handle(data, now=now))
+                        except ServiceError as exc:
+                            results.append(exc)
+                        except StoreError as exc:  # if the batch is lost, the commit says so
+                            results.append(ServiceError("STORE_UNAVAILABLE", str(exc), 503))
+                        except Exception as exc:  # a bug: this message fails, not the batch
+                            _log.exception("message failed")
+                            results.append(ServiceError("INTERNAL", f"{type(exc).__name__}", 500))
+            except StoreError as exc:
+                held.clear()  # none of it happened: nothing to announce
+                refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
+                return [refusal] * len(batch)
         return results
 
     # -- agents ---------------------------------------------------------------------------
 
-    def enroll(self, record: AgentRecord) -> None:
-        self.store.enroll(record)
+    def enroll(self, record: AgentRecord, events: Sequence[BoardEvent] = ()) -> None:
+        """Enroll an agent; ``events`` (its keys added, rotated or revoked) are logged in
+        the same transaction, for the witness."""
+        with self._announced_after_commit(), self.store.batch():
+            self.store.enroll(record)
+            if events:
+                self.coordinator.record(events)
 
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
         return self.store.agent(agent_id)
@@ -209,8 +214,10 @@ class FabricService:
         record = self.agent(agent)
         if record is None:
             raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
+        trace = None if message.trace_id is UNSET else message.trace_id
         try:
-            return self._operate(operation, agent, record)
+            with self.coordinator.traced(trace):
+                return self._operate(operation, agent, record)
         except (NotOwner, LeaseLost) as exc:
             raise ServiceError(
                 "LEASE_LOST" if isinstance(exc, LeaseLost) else "NOT_OWNER", str(exc), 403
@@ -242,8 +249,9 @@ class FabricService:
                 return {"task": None if task is None else _task_json(task)}
             case ops.Heartbeat(task_id=task_id):
                 return {"task": _task_json(board.heartbeat(task_id, agent))}
-            case ops.Progress(task_id=task_id, percent=percent, note=note):
-                return {"task": _task_json(board.progress(task_id, agent, percent, note))}
+            case ops.Progress(task_id=task_id, percent=percent, note=note, usage=usage):
+                task = board.progress(task_id, agent, percent, note, usage=_usage(usage))
+                return {"task": _task_json(task)}
             case ops.Block(task_id=task_id) as block:
                 blocker = Blocker(
                     type=block.type,
@@ -258,10 +266,12 @@ class FabricService:
                 }
             case ops.Unblock(task_id=task_id):
                 return {"task": _task_json(board.unblock(task_id, agent))}
-            case ops.Complete(task_id=task_id, result=result):
-                return {"task": _task_json(board.complete(task_id, agent, result))}
-            case ops.Fail(task_id=task_id, reason=reason, retry=retry):
-                return {"task": _task_json(board.fail(task_id, agent, reason, retry=retry))}
+            case ops.Complete(task_id=task_id, result=result, usage=usage):
+                task = board.complete(task_id, agent, result, usage=_usage(usage))
+                return {"task": _task_json(task)}
+            case ops.Fail(task_id=task_id, reason=reason, retry=retry, usage=usage):
+                task = board.fail(task_id, agent, reason, retry=retry, usage=_usage(usage))
+                return {"task": _task_json(task)}
             case ops.GiveUp(task_id=task_id):
                 return {"task": _task_json(board.give_up(task_id, agent))}
             case ops.Help(task_id=task_id, needed=needed):
@@ -279,6 +289,44 @@ class FabricService:
         raise ServiceError(
             "INVALID_OPERATION", f"unknown operation {operation!r}", 422
         )  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _announced_after_commit(self) -> Iterator[list[Callable[[], None]]]:
+        """Hold this thread's announcements (board events, deliveries, topic messages)
+        until the block ends without an error, which is after the commit inside it: no
+        listener hears of a change that could still be rolled back. Each listener's
+        failure is caught and logged."""
+        held: list[Callable[[], None]] = []
+        self._held.announcements = held
+        try:
+            yield held
+        finally:
+            self._held.announcements = None
+        for announce in held:
+            announce()
+
+    def _witness_verdict(self, verdict: Verdict) -> None:
+        """Audit mode: log every message that failed a check (accepted or not) as a
+        ``verify`` event. What the sender claims is recorded as a claim, not as the actor:
+        a forged message proves nothing about who sent it."""
+        message = verdict.message
+        payload: dict[str, Any] = {
+            "reason": str(verdict.reason),
+            "detail": verdict.detail[:500],
+            "accepted": verdict.accepted,
+        }
+        if message is not None:
+            payload |= {"message_id": message.id, "claimed_sender": message.sender}
+        trace = None if message is None or message.trace_id is UNSET else message.trace_id
+        event = BoardEvent(
+            component="verify",
+            kind="message.accepted_flagged" if verdict.accepted else "message.rejected",
+            actor=None,
+            at=self.coordinator.clock(),
+            payload=payload,
+            trace_id=trace,
+        )
+        self.coordinator.record([event])
 
     def _on_board_events(self, events: Sequence[BoardEvent]) -> None:
         self._announce(self._listeners.events, events)
@@ -322,6 +370,10 @@ def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:
         max_attempts=spec.max_attempts,
         creator=creator,
     )
+
+
+def _usage(usage: ops.Usage | None) -> dict[str, Any] | None:
+    return None if usage is None else msgspec.to_builtins(usage)
 
 
 def _task_json(task: Task) -> dict[str, Any]:

@@ -22,7 +22,8 @@ def ok(result: subprocess.CompletedProcess[bytes]) -> str:
 
 @pytest.fixture(scope="module")
 def witnessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fabric, str]:
-    """A fabric that witnessed 40 decisions, stopped; and its verifier key."""
+    """A fabric that witnessed 42 decisions (its lead's key and enrollment, 20 tasks added
+    and 20 claimed), stopped; and its verifier key."""
     fabric = Fabric(tmp_path_factory.mktemp("witnessed"))
     fabric.start()
     ok(fabric("identity", "new", "lead"))
@@ -34,14 +35,14 @@ def witnessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fabric, str]:
     deadline = time.monotonic() + 10
     while True:
         printed = ok(fabric("witness", "checkpoint"))
-        if printed.split("\n")[1] == "40":
+        if printed.split("\n")[1] == "42":
             break
         assert time.monotonic() < deadline, printed
         time.sleep(0.2)
     key = printed.rsplit("verifier key: ", 1)[1].strip()
-    bundle = ok(fabric("witness", "prove", "21"))
+    bundle = ok(fabric("witness", "prove", "23"))
     (fabric.data.parent / "bundle.json").write_text(bundle)
-    log = ok(fabric("witness", "log", "--start", "20", "--count", "2")).splitlines()
+    log = ok(fabric("witness", "log", "--start", "22", "--count", "2")).splitlines()
     assert [json.loads(line)["event"] for line in log] == ["task.claimed", "task.claimed"]
     fabric.kill()
     return fabric, key
@@ -53,9 +54,9 @@ def test_a_proof_bundle_verifies_offline_and_a_forged_one_does_not(
     fabric, key = witnessed
     bundle = fabric.data.parent / "bundle.json"
     printed = ok(fabric("witness", "verify-proof", str(bundle), "--key", key))
-    assert "verified: entry 21 is in the log of 40 entries" in printed
+    assert "verified: entry 23 is in the log of 42 entries" in printed
     document = json.loads(bundle.read_text())
-    document["index"] = 22
+    document["index"] = 24
     forged = fabric.data.parent / "forged.json"
     forged.write_text(json.dumps(document))
     refused = fabric("witness", "verify-proof", str(forged), "--key", key)
@@ -76,7 +77,7 @@ def _edit_entry(db: sqlite3.Connection) -> None:
     (entry,) = db.execute("SELECT entry FROM entries WHERE idx = 17").fetchone()
     db.execute(
         "UPDATE entries SET entry = ? WHERE idx = 17",
-        (entry.replace(b'"task_id":"t17"', b'"task_id":"t18"'),),
+        (entry.replace(b'"task_id":"t15"', b'"task_id":"t16"'),),
     )
 
 
@@ -84,7 +85,7 @@ def _edit_entry_and_leaf(db: sqlite3.Connection) -> None:
     import hashlib
 
     (entry,) = db.execute("SELECT entry FROM entries WHERE idx = 17").fetchone()
-    changed = entry.replace(b'"task_id":"t17"', b'"task_id":"t18"')
+    changed = entry.replace(b'"task_id":"t15"', b'"task_id":"t16"')
     db.execute(
         "UPDATE entries SET entry = ?, leaf = ? WHERE idx = 17",
         (changed, hashlib.sha256(b"\x00" + changed).digest()),
@@ -126,7 +127,7 @@ def test_verify_names_the_first_entry_tampered_with(
 ) -> None:
     fabric, _ = witnessed
     copy = _copy(fabric, tmp_path)
-    assert "ok: 40 entries agree with" in ok(fabric("witness", "verify", "--data", str(copy)))
+    assert "ok: 42 entries agree with" in ok(fabric("witness", "verify", "--data", str(copy)))
     with sqlite3.connect(copy / "witness.db") as db:
         edit(db)
     result = fabric("witness", "verify", "--data", str(copy))

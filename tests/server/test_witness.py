@@ -44,21 +44,27 @@ def test_board_decisions_are_witnessed_and_proved(fabric: Fabric) -> None:
     async def scenario() -> dict[str, Any]:
         async with Client.connect(fabric.url, alice) as agent:
             await agent.create_tasks([{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
-            first = await _signed_at_least(agent, 2)
+            first = await _signed_at_least(agent, 4)
             await agent.claim("a")
             await agent.complete("a", {"ok": True})
-            latest = await _signed_at_least(agent, 4)
+            latest = await _signed_at_least(agent, 6)
             entries = await agent.witness_entries(0, 10)
-            assert [(e["entry"]["event"], e["entry"]["task_id"]) for e in entries] == [
-                ("task.created", "a"),
-                ("task.created", "b"),
-                ("task.claimed", "a"),
-                ("task.completed", "a"),
+            assert [
+                (e["entry"]["component"], e["entry"]["event"], e["entry"].get("task_id"))
+                for e in entries
+            ] == [
+                ("keys", "key.added", None),  # the enrollment, in one transaction
+                ("keys", "agent.enrolled", None),
+                ("board", "task.created", "a"),
+                ("board", "task.created", "b"),
+                ("board", "task.claimed", "a"),
+                ("board", "task.completed", "a"),
             ]
-            assert entries[2]["entry"]["actor"] == alice.agent
-            assert [e["entry"]["source"]["board_event"] for e in entries] == [1, 2, 3, 4]
-            by_index = await agent.witness_proof(2)
-            by_hash = await agent.witness_proof(leaf=bytes.fromhex(entries[2]["leaf"]))
+            assert entries[0]["entry"]["payload"]["agent"] == alice.agent
+            assert entries[4]["entry"]["actor"] == alice.agent
+            assert [e["entry"]["source"]["board_event"] for e in entries] == [1, 2, 3, 4, 5, 6]
+            by_index = await agent.witness_proof(4)
+            by_hash = await agent.witness_proof(leaf=bytes.fromhex(entries[4]["leaf"]))
             assert by_index == by_hash
             consistency = await agent.witness_consistency(first["size"])
             old = open_checkpoint(first["checkpoint"], first["key"])
@@ -70,7 +76,7 @@ def test_board_decisions_are_witnessed_and_proved(fabric: Fabric) -> None:
                 new.root,
                 [base64.b64decode(node) for node in consistency["proof"]],
             )
-            # both "created" events land in one round: no tree of size 1 was ever signed
+            # both enrollment events land in one round: no tree of size 1 was ever signed
             for missing in ({"index": 99}, {"index": 0, "size": 1}):
                 with pytest.raises(RemoteError) as refused:
                     await agent.witness_proof(**missing)

@@ -108,15 +108,24 @@ class Task(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 class BoardEvent(Struct, frozen=True, kw_only=True):
-    """Something the board decided, published on ``if://topic/board/<kind>``."""
+    """Something the fabric decided, published on ``if://topic/<component>/<kind>``.
+
+    Most come from the board (``component`` "board", a task's ``task_id`` and ``state``);
+    the fabric records its other decisions in the same event log, so the witness sees
+    one ordered history: enrolled keys (``keys``), flagged messages in audit mode
+    (``verify``) and, later, the governor's. ``trace_id`` is the trace of the message
+    that caused the decision, when it named one.
+    """
 
     kind: str  # e.g. "task.claimed", "task.expired", "filler.offered"
-    task_id: str
+    task_id: str = ""
     actor: AgentId | None
     at: Timestamp
-    state: TaskState
+    state: TaskState | None = None
     payload: dict[str, Any] = {}
+    component: str = "board"
+    trace_id: str | None = None
 
     @property
     def topic(self) -> str:
-        return f"if://topic/board/{self.kind.replace('.', '/')}"
+        return f"if://topic/{self.component}/{self.kind.replace('.', '/')}"

@@ -27,10 +27,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infrafabric._version import __version__
-from infrafabric.board.model import TaskState
+from infrafabric.board.model import BoardEvent, TaskState
 from infrafabric.errors import KeyringError
 from infrafabric.keystore import keyring_lock, write_keyring_dir
-from infrafabric.protocol.keyring import Keyring, KeyringFile
+from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
@@ -290,10 +290,15 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
     agents = sorted({record.agent for record in enrollment.keys.keys})
     if len(agents) != 1:
         raise ServiceError("MALFORMED", "enroll one agent at a time", 400)
+    now = state.clock()
+    events = []
     try:
         with keyring_lock(state.keyring_dir):
-            for record in enrollment.keys.keys:
-                state.keyring.add(record)
+            for key in enrollment.keys.keys:
+                before = state.keyring.get(key.kid)
+                after = state.keyring.add(key)
+                if before is None or before.state != after.state:
+                    events.append(_key_event(before, after, now))
             write_keyring_dir(state.keyring, state.keyring_dir, agents=agents)
     except KeyringError as exc:  # a record that contradicts a trusted one
         raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
@@ -301,10 +306,40 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
         id=agents[0],
         capabilities=tuple(enrollment.capabilities),
         description=enrollment.description,
-        enrolled_at=state.clock(),
+        enrolled_at=now,
     )
-    await run_in_threadpool(state.service.enroll, record)
+    enrolled = BoardEvent(
+        component="keys",
+        kind="agent.enrolled",
+        actor=None,  # the operator (the admin token names no one)
+        at=now,
+        payload={"agent": record.id, "capabilities": list(record.capabilities)},
+    )
+    await run_in_threadpool(state.service.enroll, record, [*events, enrolled])
     return {"agent": msgspec.to_builtins(record)}
+
+
+def _key_event(before: KeyRecord | None, after: KeyRecord, now: Timestamp) -> BoardEvent:
+    """What an enrollment changed about one key, for the witness: a new key (``key.added``,
+    or ``key.rotated`` when it replaces an earlier version) or a new state
+    (``key.deprecated``, ``key.revoked``)."""
+    if before is None:
+        kind = "key.added" if after.version == 1 else "key.rotated"
+    else:
+        kind = f"key.{after.state}"
+    return BoardEvent(
+        component="keys",
+        kind=kind,
+        actor=None,
+        at=now,
+        payload={
+            "agent": after.agent,
+            "kid": after.kid,
+            "version": after.version,
+            "role": str(after.role),
+            "state": str(after.state),
+        },
+    )
 
 
 # -- the witness ----------------------------------------------------------------------------

@@ -62,18 +62,33 @@ def decode_entry(data: bytes) -> WitnessEntry:
 
 
 def entry_of_board_event(stored: StoredEvent, index: int) -> WitnessEntry:
+    """The entry for one logged event: the usage an agent reported with it (tokens,
+    model, USD) becomes the entry's ``cost``; the task's new state goes in the payload."""
     event = stored.event
     payload = dict(event.payload)
-    payload["state"] = str(event.state)
-    trace = payload.get("trace_id")
+    usage = payload.pop("usage", None)
+    if event.state is not None:
+        payload["state"] = str(event.state)
     return WitnessEntry(
         index=index,
-        component="board",
+        component=event.component,
         event=event.kind,
         at=format_timestamp(event.at),
         actor=event.actor,
-        trace_id=trace if isinstance(trace, str) else None,
-        task_id=event.task_id,
+        trace_id=event.trace_id,
+        task_id=event.task_id or None,
         payload=payload,
+        cost=_cost(usage),
         source={"board_event": stored.seq},
+    )
+
+
+def _cost(usage: Any) -> Cost | None:
+    if not isinstance(usage, dict):
+        return None
+    return Cost(
+        tokens_in=int(usage.get("tokens_in", 0)),
+        tokens_out=int(usage.get("tokens_out", 0)),
+        usd=float(usage.get("usd", 0.0)),
+        model=str(usage.get("model", "")),
     )
