@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import json
 import ssl
@@ -79,6 +80,14 @@ class Frame:
         """The direct or topic message as an envelope (``None`` for a board event)."""
         raw = self.data.get("message")
         return None if raw is None else decode_json(json.dumps(raw))
+
+
+#: The trace the messages sent in this context belong to (see :meth:`Client.trace`).
+_TRACE: Final = contextvars.ContextVar[str | None]("infrafabric_client_trace", default=None)
+
+
+def _with_usage(operation: dict[str, Any], usage: Mapping[str, Any] | None) -> dict[str, Any]:
+    return operation if usage is None else {**operation, "usage": dict(usage)}
 
 
 class Client:
@@ -164,22 +173,52 @@ class Client:
     async def heartbeat(self, task_id: str) -> dict[str, Any]:
         return await self._task({"op": "heartbeat", "task_id": task_id})
 
-    async def progress(self, task_id: str, percent: int, note: str = "") -> dict[str, Any]:
-        return await self._task(
-            {"op": "progress", "task_id": task_id, "percent": percent, "note": note}
-        )
+    async def progress(
+        self,
+        task_id: str,
+        percent: int,
+        note: str = "",
+        *,
+        usage: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Report a milestone (0/25/50/75/100); ``usage`` as for :meth:`complete`."""
+        operation = {"op": "progress", "task_id": task_id, "percent": percent, "note": note}
+        return await self._task(_with_usage(operation, usage))
 
     async def complete(
-        self, task_id: str, result: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        result: Mapping[str, Any] | None = None,
+        *,
+        usage: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        return await self._task(
-            {"op": "complete", "task_id": task_id, "result": dict(result or {})}
-        )
+        """Complete a task this agent holds. ``usage`` is what the work cost
+        (``tokens_in``, ``tokens_out``, ``model``, ``usd``): the witness records it."""
+        operation = {"op": "complete", "task_id": task_id, "result": dict(result or {})}
+        return await self._task(_with_usage(operation, usage))
 
-    async def fail(self, task_id: str, reason: str, *, retry: bool = True) -> dict[str, Any]:
-        return await self._task(
-            {"op": "fail", "task_id": task_id, "reason": reason, "retry": retry}
-        )
+    async def fail(
+        self,
+        task_id: str,
+        reason: str,
+        *,
+        retry: bool = True,
+        usage: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        operation = {"op": "fail", "task_id": task_id, "reason": reason, "retry": retry}
+        return await self._task(_with_usage(operation, usage))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def trace(trace_id: str) -> Iterator[None]:
+        """Send the messages of this block (in this task and the tasks it starts) with
+        ``trace_id``: the fabric stamps the decisions they cause with it, and
+        ``ifab witness trace TRACE_ID`` follows them."""
+        token = _TRACE.set(trace_id)
+        try:
+            yield
+        finally:
+            _TRACE.reset(token)
 
     async def give_up(self, task_id: str) -> dict[str, Any]:
         return await self._task({"op": "give_up", "task_id": task_id})
@@ -368,6 +407,9 @@ class Client:
         return await self._post(performative="request", receiver=ops.BOARD, content=operation)
 
     async def _post(self, **fields: Any) -> dict[str, Any]:
+        trace = _TRACE.get()
+        if trace is not None:
+            fields.setdefault("trace_id", trace)
         if not self._use_socket:
             async with self._send_lock:
                 message = self._outbox.message(now=time.time(), **fields)

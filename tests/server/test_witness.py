@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from infrafabric.client import Client, RemoteError
+from infrafabric.protocol.message import build_message
 from infrafabric.witness import bundle as bundle_module
 from infrafabric.witness.bundle import BundleError, verify_bundle
 from infrafabric.witness.checkpoint import open_checkpoint
@@ -140,4 +142,187 @@ def test_a_bundle_verifies_in_a_process_that_has_only_the_verification_modules(
         "infrafabric.witness.bundle",
         "infrafabric.witness.checkpoint",
         "infrafabric.witness.merkle",
+    ]
+
+
+def _witnessed(state: Any, size: int) -> list[dict[str, Any]]:
+    """The first ``size`` entries of the (thread-fed) witness log, waiting for them."""
+    deadline = time.monotonic() + 10
+    while state.witness.log.size < size:
+        assert time.monotonic() < deadline, f"{state.witness.log.size} entries, not {size}"
+        time.sleep(0.05)
+    return [json.loads(entry) for _, _, entry in state.witness.log.entries(0, size)]
+
+
+def test_a_trace_and_the_reported_usage_follow_the_decisions_into_the_witness(
+    fabric: Fabric,
+) -> None:
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Client.connect(fabric.url, alice) as agent:
+            with Client.trace("release-42"):
+                await agent.create_tasks([{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
+                await agent.claim("a")
+                await agent.progress("a", 50, usage={"tokens_in": 10, "model": "small"})
+                await agent.complete(
+                    "a",
+                    {"ok": True},
+                    usage={"tokens_in": 1200, "tokens_out": 300, "model": "big", "usd": 0.02},
+                )
+            await agent.claim("b")  # outside the trace
+            await _signed_at_least(agent, 8)
+            return [e["entry"] for e in await agent.witness_entries(0, 10)]
+
+    entries = asyncio.run(scenario())
+    traced = [(e["event"], e.get("task_id")) for e in entries if e.get("trace_id") == "release-42"]
+    assert traced == [
+        ("task.created", "a"),
+        ("task.created", "b"),
+        ("task.claimed", "a"),
+        ("task.progress", "a"),
+        ("task.completed", "a"),
+    ]
+    assert "trace_id" not in entries[-1] and entries[-1]["event"] == "task.claimed"
+    costs = {e["event"]: e.get("cost") for e in entries}
+    assert costs["task.progress"] == {"tokens_in": 10, "tokens_out": 0, "usd": 0, "model": "small"}
+    assert costs["task.completed"] == {
+        "tokens_in": 1200,
+        "tokens_out": 300,
+        "usd": 0.02,
+        "model": "big",
+    }
+    assert costs["task.claimed"] is None
+    assert all("usage" not in e["payload"] for e in entries)
+
+
+def test_usage_out_of_bounds_is_refused_with_the_field_named(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> RemoteError:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_task("A", id="a")
+            await agent.claim("a")
+            with pytest.raises(RemoteError) as refused:
+                await agent.complete("a", usage={"tokens_in": -1})
+            return refused.value
+
+    refused = asyncio.run(scenario())
+    assert (refused.code, refused.status) == ("INVALID_OPERATION", 422)
+    assert "tokens_in" in refused.detail
+
+
+def test_a_rotated_key_is_witnessed_with_the_old_one_deprecated(fabric: Fabric) -> None:
+    import httpx
+
+    from infrafabric import SigningIdentity, agent_id, new_key_record
+    from infrafabric.protocol.keyring import Keyring
+
+    agent = agent_id("rotor")
+    now = time.time() - 60
+    first = SigningIdentity.generate(agent)
+    second = SigningIdentity.generate(agent, version=2)
+    keyring = Keyring()
+    old = keyring.add(new_key_record(agent, first.public_key, version=1, now=now))
+
+    def enroll() -> None:
+        document = {"keys": msgspec.to_builtins(keyring.to_file(agent))}
+        response = httpx.post(
+            f"{fabric.url}/v1/admin/agents",
+            json=document,
+            headers={"authorization": f"Bearer {fabric.admin}"},
+        )
+        assert response.status_code == 200, response.text
+
+    enroll()
+    new = keyring.add(new_key_record(agent, second.public_key, version=2, now=now + 1))
+    keyring.deprecate(old.kid, now + 1, replaced_by=new.kid)
+    enroll()
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Client.connect(fabric.url, second) as client:
+            await _signed_at_least(client, 5)
+            return [e["entry"] for e in await client.witness_entries(0, 10)]
+
+    entries = asyncio.run(scenario())
+    assert [(e["component"], e["event"], e["payload"].get("kid")) for e in entries] == [
+        ("keys", "key.added", old.kid),
+        ("keys", "agent.enrolled", None),
+        ("keys", "key.deprecated", old.kid),
+        ("keys", "key.rotated", new.kid),
+        ("keys", "agent.enrolled", None),
+    ]
+    assert entries[3]["payload"]["version"] == 2
+
+
+def test_audit_mode_witnesses_every_failed_check(
+    tmp_path: Path,
+) -> None:
+    import httpx
+
+    from infrafabric.protocol.message import encode_json
+    from infrafabric.protocol.verify import Mode
+    from infrafabric.server.runner import open_server, run_server
+    from tests.server.conftest import Fabric as ServerFabric
+
+    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
+    with run_server(state) as server:
+        fabric = ServerFabric(server, state.sessions.admin_token)
+        alice = fabric.enroll("alice")
+        signed = alice.sign(
+            build_message(
+                sender=alice.agent,
+                sequence_num=1,
+                now=time.time(),
+                performative="request",
+                receiver="if://service/board",
+                content={"op": "create", "tasks": [{"id": "a", "title": "A"}]},
+            )
+        )
+        forged = encode_json(signed).replace(b'"title":"A"', b'"title":"B"')
+
+        def post(body: bytes) -> httpx.Response:
+            return httpx.post(
+                f"{fabric.url}/v1/messages",
+                content=body,
+                headers={"content-type": "application/json"},
+            )
+
+        assert post(b"{not json").json()["error"]["code"] == "MALFORMED"
+        assert post(forged).status_code == 200  # audit mode: accepted, and flagged
+        entries = _witnessed(state, 5)
+    rejected, flagged, created = entries[2:]
+    assert (rejected["component"], rejected["event"]) == ("verify", "message.rejected")
+    assert rejected["payload"]["reason"] == "MALFORMED"
+    assert rejected["payload"]["accepted"] is False
+    assert (flagged["event"], flagged["payload"]["reason"]) == (
+        "message.accepted_flagged",
+        "BAD_SIGNATURE",
+    )
+    assert flagged["payload"]["claimed_sender"] == alice.agent
+    assert "actor" not in flagged  # a forged message proves nothing about its sender
+    assert (created["event"], created["task_id"]) == ("task.created", "a")
+
+
+def test_strict_mode_refuses_a_failed_check_without_witnessing_it(fabric: Fabric) -> None:
+    """Strict (the default) keeps no record of refusals: anyone may post garbage, and the
+    log must not grow with it."""
+    import httpx
+
+    alice = fabric.enroll("alice")
+    refused = httpx.post(
+        f"{fabric.url}/v1/messages", content=b"{not json", headers={"content-type": "x"}
+    )
+    assert refused.json()["error"]["code"] == "MALFORMED"
+
+    async def scenario() -> list[dict[str, Any]]:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_task("A", id="a")
+            await _signed_at_least(agent, 3)
+            return [e["entry"] for e in await agent.witness_entries(0, 10)]
+
+    assert [e["event"] for e in asyncio.run(scenario())] == [
+        "key.added",
+        "agent.enrolled",
+        "task.created",
     ]

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from infrafabric.board.rules import BoardConfig
+from infrafabric.protocol.verify import Mode
 from infrafabric.server.runner import ENV_DATA, default_data_dir, open_server, run_server
 
 
@@ -44,10 +45,19 @@ def serve(
             help="Keep the witness log of every decision (off only to measure its cost).",
         ),
     ] = True,
+    verify_mode: Annotated[
+        str,
+        typer.Option(
+            "--verify-mode",
+            help="strict: refuse every message that fails a check. audit: accept every message that parses, and witness each failed check (to roll out signing, or watch a suspect swarm).",
+        ),
+    ] = "strict",
 ) -> None:
     """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
     if synchronous not in ("FULL", "NORMAL"):
         raise typer.BadParameter("FULL or NORMAL", param_hint="--synchronous")
+    if verify_mode not in (Mode.STRICT, Mode.AUDIT):
+        raise typer.BadParameter("strict or audit", param_hint="--verify-mode")
     directory = data or default_data_dir()
     state = open_server(
         directory,
@@ -55,6 +65,7 @@ def serve(
         config=BoardConfig(lease_seconds=lease),
         witness=witness,
         witness_process=True,
+        verify_mode=Mode(verify_mode),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -30,7 +30,7 @@ from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.coordinator import Coordinator
 from infrafabric.keystore import Keystore, load_keyring_dir
 from infrafabric.protocol.identity import SigningIdentity
-from infrafabric.protocol.verify import Verifier
+from infrafabric.protocol.verify import Mode, Verifier
 from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
@@ -67,11 +67,13 @@ def open_server(
     synchronous: str = "FULL",
     witness: bool = True,
     witness_process: bool = False,
+    verify_mode: Mode = Mode.STRICT,
 ) -> ServerState:
     """Open (creating if needed) the data directory and build the server's state
     (``witness=False``: keep no witness log, for measuring what it costs;
     ``witness_process``: feed it from a child process rather than a thread, as
-    ``ifab serve`` does, so it does not share the server's GIL)."""
+    ``ifab serve`` does, so it does not share the server's GIL; ``verify_mode``
+    ``audit``: accept every message that parses and witness each failed check)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SqliteStore(
         data_dir / "board.db",
@@ -81,7 +83,7 @@ def open_server(
     keyring_dir = data_dir / "keyring"
     keyring = load_keyring_dir(keyring_dir)
     coordinator = Coordinator(store, config=config)
-    verifier = Verifier(keyring)
+    verifier = Verifier(keyring, mode=verify_mode)
     for sender, highest, seen in store.sequences():  # what was accepted before a restart
         verifier.sequences.restore(sender, highest, seen)
     service = FabricService(coordinator, verifier)
