@@ -183,7 +183,8 @@ def test_a_trace_and_the_reported_usage_follow_the_decisions_into_the_witness(
         ("task.progress", "a"),
         ("task.completed", "a"),
     ]
-    assert "trace_id" not in entries[-1] and entries[-1]["event"] == "task.claimed"
+    assert entries[-1]["event"] == "task.claimed"
+    assert "trace_id" not in entries[-1]
     costs = {e["event"]: e.get("cost") for e in entries}
     assert costs["task.progress"] == {"tokens_in": 10, "tokens_out": 0, "usd": 0, "model": "small"}
     assert costs["task.completed"] == {
