@@ -380,6 +380,16 @@ class Client:
         ]
         return entries
 
+    async def witness_search(
+        self, start: int = 0, *, limit: int = 100, **filters: str
+    ) -> dict[str, Any]:
+        """Entries from ``start`` matching ``filters`` (``component``, ``event`` pattern,
+        ``trace_id``, ``task_id``, ``actor``, ``since``/``until`` RFC 3339, ``cost="true"``):
+        ``entries`` (at most ``limit``), ``next`` (where to continue) and ``size``. One
+        call reads at most 20,000 entries; continue from ``next`` until it is ``size``."""
+        params = {"start": start, "limit": limit, **filters}
+        return await self._get("/v1/witness/entries", params=params)
+
     async def witness_proof(
         self, index: int | None = None, *, leaf: bytes | None = None, size: int | None = None
     ) -> dict[str, Any]:

@@ -42,8 +42,13 @@ def witnessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fabric, str]:
     key = printed.rsplit("verifier key: ", 1)[1].strip()
     bundle = ok(fabric("witness", "prove", "23"))
     (fabric.data.parent / "bundle.json").write_text(bundle)
-    log = ok(fabric("witness", "log", "--start", "22", "--count", "2")).splitlines()
-    assert [json.loads(line)["event"] for line in log] == ["task.claimed", "task.claimed"]
+    log = ok(fabric("witness", "log", "--start", "22", "--count", "2", "--json")).splitlines()
+    assert [json.loads(line)["entry"]["event"] for line in log] == ["task.claimed"] * 2
+    # filtered on the server, paged by the CLI
+    claims = ok(fabric("witness", "log", "--event", "task.claimed", "--task", "t07", "--json"))
+    assert [json.loads(line)["index"] for line in claims.splitlines()] == [29]
+    lines = ok(fabric("witness", "log", "--component", "keys")).splitlines()
+    assert [line.split()[2] for line in lines] == ["keys/key.added", "keys/agent.enrolled"]
     fabric.kill()
     return fabric, key
 
@@ -173,3 +178,129 @@ def _holders(path: Path) -> list[int]:
         except OSError:  # gone meanwhile, or not ours to read
             continue
     return found
+
+
+@pytest.fixture(scope="module")
+def costed(tmp_path_factory: pytest.TempPathFactory) -> Fabric:
+    """A data directory whose witness holds a traced job with reported usage (made by
+    agents over the SDK, against a server that has stopped since)."""
+    import asyncio
+
+    from infrafabric.client import Client
+    from infrafabric.server.runner import open_server, run_server
+    from tests.server.conftest import Fabric as ServerFabric
+
+    fabric = Fabric(tmp_path_factory.mktemp("costed"))
+    state = open_server(fabric.data, synchronous="NORMAL")
+    with run_server(state) as server:
+        served = ServerFabric(server, state.sessions.admin_token)
+        alice, bob = served.enroll("alice"), served.enroll("bob")
+
+        async def job() -> None:
+            async with Client.connect(server.url, alice) as a, Client.connect(server.url, bob) as b:
+                with Client.trace("job-1"):
+                    await a.create_tasks([{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
+                    await a.claim("a")
+                    await a.complete(
+                        "a",
+                        usage={"tokens_in": 1000, "tokens_out": 200, "model": "big", "usd": 0.5},
+                    )
+                    await b.claim("b")
+                    await b.progress(
+                        "b", 50, usage={"tokens_in": 10, "model": "small", "usd": 0.01}
+                    )
+                    await b.complete(
+                        "b", usage={"tokens_in": 30, "tokens_out": 5, "model": "small", "usd": 0.02}
+                    )
+                await a.create_task("C", id="c")
+                await a.claim("c")
+                await a.fail("c", "no luck", usage={"tokens_in": 7, "model": "small", "usd": 0.25})
+
+        asyncio.run(job())
+    return fabric  # closing the server witnessed everything and signed a last checkpoint
+
+
+def _json_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_log_filters_read_offline_from_the_data_directory(costed: Fabric) -> None:
+    data = ("--data", str(costed.data))
+    completed = _json_lines(
+        ok(costed("witness", "log", "--event", "task.completed", "--json", *data))
+    )
+    assert [(i["entry"]["task_id"], i["entry"]["actor"]) for i in completed] == [  # type: ignore[index]
+        ("a", "if://agent/alice"),
+        ("b", "if://agent/bob"),
+    ]
+    by_bob = ok(costed("witness", "log", "--actor", "bob", *data)).splitlines()
+    assert len(by_bob) == 3
+    assert all("by=if://agent/bob" in line for line in by_bob)
+    assert "cost=30+5 tokens $0.0200 small" in by_bob[-1]
+    everything = _json_lines(ok(costed("witness", "log", "--count", "1000", "--json", *data)))
+    assert len(everything) == 14  # 2 keys + 2 enrollments, 10 board decisions
+    assert ok(costed("witness", "log", "--since", "1h", "--count", "1000", *data)).count("\n") == 14
+    assert ok(costed("witness", "log", "--until", "2020-01-01", *data)) == ""
+    refused = costed("witness", "log", "--since", "yesterday", *data)
+    assert refused.returncode == 2
+    assert b"--since: 'yesterday' is not a time" in refused.stderr
+
+
+def test_trace_follows_one_job_and_totals_what_it_cost(costed: Fabric) -> None:
+    printed = ok(costed("witness", "trace", "job-1", "--data", str(costed.data))).splitlines()
+    events = [line.split()[2] for line in printed[:-1]]
+    assert events == [
+        "board/task.created",
+        "board/task.created",
+        "board/task.claimed",
+        "board/task.completed",
+        "board/task.claimed",
+        "board/task.progress",
+        "board/task.completed",
+    ]
+    assert printed[-1] == "7 decisions; 1040 tokens in, 205 out, $0.5300"
+    missing = costed("witness", "trace", "job-2", "--data", str(costed.data))
+    assert missing.returncode == 1
+    assert b"no witnessed decision carries trace job-2" in missing.stderr
+
+
+def test_cost_totals_by_agent_and_model(costed: Fabric) -> None:
+    report = json.loads(ok(costed("witness", "cost", "--json", "--data", str(costed.data))))
+    rows = {(row["agent"], row["model"]): row for row in report["by_agent_and_model"]}
+    assert set(rows) == {
+        ("if://agent/alice", "big"),
+        ("if://agent/alice", "small"),
+        ("if://agent/bob", "small"),
+    }
+    assert rows[("if://agent/bob", "small")] == {
+        "agent": "if://agent/bob",
+        "model": "small",
+        "entries": 2,
+        "tokens_in": 40,
+        "tokens_out": 5,
+        "usd": pytest.approx(0.03),
+    }
+    assert rows[("if://agent/alice", "small")]["usd"] == pytest.approx(0.25)  # the failed task
+    assert report["total"]["tokens_in"] == 1047
+    assert report["total"]["usd"] == pytest.approx(0.78)
+    table = ok(costed("witness", "cost", "--data", str(costed.data)))
+    assert "total" in table
+    assert "0.7800" in table
+
+
+def test_export_writes_every_entry_as_json_or_csv(costed: Fabric, tmp_path: Path) -> None:
+    import csv
+
+    data = ("--data", str(costed.data))
+    ok(costed("witness", "export", "--format", "json", "-o", str(tmp_path / "log.json"), *data))
+    exported = json.loads((tmp_path / "log.json").read_text())
+    assert exported == _json_lines(ok(costed("witness", "log", "--count", "1000", "--json", *data)))
+    printed = ok(costed("witness", "export", "--format", "csv", *data))
+    rows = list(csv.DictReader(printed.splitlines()))
+    assert [int(row["index"]) for row in rows] == list(range(14))
+    assert [row["leaf"] for row in rows] == [item["leaf"] for item in exported]
+    failed = next(row for row in rows if row["event"] == "task.failed")
+    assert (failed["tokens_in"], failed["usd"], failed["model"]) == ("7", "0.25", "small")
+    assert json.loads(failed["payload"])["state"] == "available"
+    wrong = costed("witness", "export", "--format", "xml", *data)
+    assert wrong.returncode == 2

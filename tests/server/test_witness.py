@@ -327,3 +327,32 @@ def test_strict_mode_refuses_a_failed_check_without_witnessing_it(fabric: Fabric
         "agent.enrolled",
         "task.created",
     ]
+
+
+def test_entries_are_searched_on_the_server_and_bad_filters_are_refused(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_tasks([{"id": f"t{n}", "title": "T"} for n in range(5)])
+            for n in range(5):
+                await agent.claim(f"t{n}")
+            await _signed_at_least(agent, 12)
+            page = await agent.witness_search(event="task.claimed", limit=2)
+            assert [e["entry"]["task_id"] for e in page["entries"]] == ["t0", "t1"]
+            assert page["size"] == 12
+            rest = await agent.witness_search(page["next"], event="task.claimed", limit=100)
+            assert [e["entry"]["task_id"] for e in rest["entries"]] == ["t2", "t3", "t4"]
+            assert rest["next"] == rest["size"] == 12
+            later = await agent.witness_search(since="2999-01-01T00:00:00Z")
+            assert later["entries"] == []
+            for bad in (
+                {"since": "yesterday"},
+                {"cost": "maybe"},
+                {"component": "x" * 300},
+            ):
+                with pytest.raises(RemoteError) as refused:
+                    await agent.witness_search(**bad)
+                assert (refused.value.code, refused.value.status) == ("MALFORMED", 400)
+
+    asyncio.run(scenario())

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from infrafabric.cli.board import DEFAULT_SERVER, AdminToken, AsOptional, Server, _read
-from infrafabric.cli.common import fail, reported_errors
+from infrafabric.cli.common import EXIT_USAGE, fail, print_table, reported_errors
 from infrafabric.keystore import Keystore
+from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
 from infrafabric.server.runner import ENV_DATA, FABRIC_IDENTITY, default_data_dir
 from infrafabric.witness.audit import audit_log
 from infrafabric.witness.bundle import BundleError, verify_bundle
 from infrafabric.witness.checkpoint import verifier_key
 from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.query import EntryFilter, scan
 
 app = typer.Typer(
     help="The witness log: signed checkpoints, entries, proofs, and offline checks.",
@@ -26,6 +35,35 @@ Data = Annotated[
     Path | None,
     typer.Option("--data", help=f"The fabric's data directory (default: ${ENV_DATA} or yours)."),
 ]
+Component = Annotated[
+    str | None, typer.Option("--component", help="Only this component: board, keys, verify.")
+]
+Event = Annotated[
+    str | None,
+    typer.Option("--event", help="Only events matching this pattern: task.claimed, task.*"),
+]
+TraceId = Annotated[str | None, typer.Option("--trace-id", help="Only this trace.")]
+TaskId = Annotated[str | None, typer.Option("--task", help="Only this task.")]
+Actor = Annotated[
+    str | None, typer.Option("--actor", help="Only decisions by this agent (name or if:// id).")
+]
+Since = Annotated[
+    str | None,
+    typer.Option(
+        "--since", help="From this time: 2026-11-30T18:00:00Z, 2026-11-30, or 15m, 2h, 7d ago."
+    ),
+]
+Until = Annotated[
+    str | None, typer.Option("--until", help="Before this time (same forms as --since).")
+]
+Offline = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Read the log file in this fabric data directory instead of asking a server (offline; the server may run or not).",
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="JSON instead of text.")]
 Key = Annotated[
     str | None,
     typer.Option(
@@ -47,18 +85,135 @@ def checkpoint(
 
 @app.command()
 def log(
-    start: Annotated[int, typer.Option("--start", min=0, help="First index.")] = 0,
-    count: Annotated[int, typer.Option("--count", min=1, max=1000, help="How many.")] = 50,
+    component: Component = None,
+    event: Event = None,
+    trace_id: TraceId = None,
+    task: TaskId = None,
+    actor: Actor = None,
+    since: Since = None,
+    until: Until = None,
+    start: Annotated[int, typer.Option("--start", min=0, help="First index to look at.")] = 0,
+    count: Annotated[int, typer.Option("--count", min=1, help="Most entries to print.")] = 50,
+    as_json: AsJson = False,
+    data: Offline = None,
     server: Server = DEFAULT_SERVER,
     agent: AsOptional = None,
     admin_token: AdminToken = None,
 ) -> None:
-    """Print entries of the witness log, one JSON object per line."""
-    entries = _read(
-        server, agent, admin_token, "/v1/witness/entries", start=start, end=start + count
-    )["entries"]
-    for item in entries:
-        typer.echo(json.dumps(item["entry"], sort_keys=True))
+    """Print the entries that match every filter given, oldest first.
+
+    One line each, or with --json one JSON object each ({"index", "leaf", "entry"})."""
+    where = _filter(component, event, trace_id, task, actor, since, until)
+    fetch = _source(data, server, agent, admin_token)
+    for item in _matching(fetch, where, start, count):
+        typer.echo(json.dumps(item, sort_keys=True) if as_json else _line(item))
+
+
+@app.command()
+def trace(
+    trace_id: Annotated[str, typer.Argument(help="The trace to follow (a message's trace_id).")],
+    as_json: AsJson = False,
+    data: Offline = None,
+    server: Server = DEFAULT_SERVER,
+    agent: AsOptional = None,
+    admin_token: AdminToken = None,
+) -> None:
+    """Every decision made for one trace, in order, with what it cost.
+
+    Exits 1 if the log holds none."""
+    fetch = _source(data, server, agent, admin_token)
+    items = list(_matching(fetch, EntryFilter(trace_id=trace_id)))
+    if not items:
+        fail(f"no witnessed decision carries trace {trace_id}")
+    for item in items:
+        typer.echo(json.dumps(item, sort_keys=True) if as_json else _line(item))
+    if not as_json:
+        spent = _totals(item["entry"] for item in items)
+        typer.echo(
+            f"{len(items)} decisions; {spent.tokens_in} tokens in, {spent.tokens_out} out,"
+            f" ${spent.usd:.4f}"
+        )
+
+
+@app.command()
+def cost(
+    component: Component = None,
+    event: Event = None,
+    trace_id: TraceId = None,
+    task: TaskId = None,
+    actor: Actor = None,
+    since: Since = None,
+    until: Until = None,
+    as_json: AsJson = False,
+    data: Offline = None,
+    server: Server = DEFAULT_SERVER,
+    agent: AsOptional = None,
+    admin_token: AdminToken = None,
+) -> None:
+    """What the witnessed work cost, totalled by agent and model.
+
+    The costs are the usage agents reported with progress, completion and failure."""
+    where = _filter(component, event, trace_id, task, actor, since, until, with_cost=True)
+    fetch = _source(data, server, agent, admin_token)
+    groups: dict[tuple[str, str], _Spent] = {}
+    for item in _matching(fetch, where):
+        entry = item["entry"]
+        key = (entry.get("actor") or "-", entry["cost"].get("model") or "-")
+        groups.setdefault(key, _Spent()).add(entry["cost"])
+    total = _Spent()
+    for spent in groups.values():
+        total.merge(spent)
+    if as_json:
+        rows = [{"agent": a, "model": m, **vars(s)} for (a, m), s in sorted(groups.items())]
+        typer.echo(json.dumps({"by_agent_and_model": rows, "total": vars(total)}, indent=2))
+        return
+    print_table(
+        ("agent", "model", "entries", "tokens in", "tokens out", "usd"),
+        [(a, m, *s.columns()) for (a, m), s in sorted(groups.items())]
+        + [("total", "", *total.columns())],
+    )
+
+
+@app.command()
+def export(
+    output_format: Annotated[
+        str, typer.Option("--format", help="json (one array) or csv (one row per entry).")
+    ] = "json",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="File to write (default: stdout).")
+    ] = None,
+    component: Component = None,
+    event: Event = None,
+    trace_id: TraceId = None,
+    task: TaskId = None,
+    actor: Actor = None,
+    since: Since = None,
+    until: Until = None,
+    data: Offline = None,
+    server: Server = DEFAULT_SERVER,
+    agent: AsOptional = None,
+    admin_token: AdminToken = None,
+) -> None:
+    """Write the log's entries (or those matching the filters) as JSON or CSV.
+
+    JSON keeps every field of each entry, with its index and leaf hash; CSV flattens
+    them, one row per entry, for spreadsheets."""
+    if output_format not in ("json", "csv"):
+        raise typer.BadParameter("json or csv", param_hint="--format")
+    where = _filter(component, event, trace_id, task, actor, since, until)
+    fetch = _source(data, server, agent, admin_token)
+    with reported_errors():
+        stream = (
+            contextlib.nullcontext(sys.stdout)
+            if output is None
+            else output.open("w", encoding="utf-8", newline="")
+        )
+        with stream as out:
+            written = (_write_json if output_format == "json" else _write_csv)(
+                out, _matching(fetch, where)
+            )
+    if output is not None:
+        typer.echo(f"wrote {written} entries to {output}")
 
 
 @app.command()
@@ -116,6 +271,238 @@ def verify(data: Data = None, key: Key = None) -> None:
     for problem in report.problems[:20]:
         typer.echo(f"  {problem}", err=True)
     raise typer.Exit(1)
+
+
+# -- finding entries -----------------------------------------------------------------------
+
+Fetch = Callable[[EntryFilter, int, int], dict[str, Any]]
+
+
+def _source(data: Path | None, server: str, agent: str | None, token: str | None) -> Fetch:
+    """Where entries come from: the server, or with --data the log file itself (offline,
+    while the server runs or not)."""
+    if data is None:
+
+        def remote(where: EntryFilter, start: int, limit: int) -> dict[str, Any]:
+            return _read(
+                server,
+                agent,
+                token,
+                "/v1/witness/entries",
+                start=start,
+                limit=limit,
+                **_query_params(where),
+            )
+
+        return remote
+    path = data / "witness.db"
+    if not path.exists():
+        fail(f"no witness log at {path}")
+
+    def local(where: EntryFilter, start: int, limit: int) -> dict[str, Any]:
+        log = WitnessLog(path)
+        try:
+            page = scan(log, where, start, limit=limit, budget=1_000_000)
+        finally:
+            log.close()
+        return {
+            "entries": [
+                {"index": f.index, "leaf": f.leaf.hex(), "entry": json.loads(f.data)}
+                for f in page.found
+            ],
+            "next": page.next,
+            "size": page.size,
+        }
+
+    return local
+
+
+def _matching(
+    fetch: Fetch, where: EntryFilter, start: int = 0, count: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every entry from ``start`` that matches (at most ``count``), page by page."""
+    taken = 0
+    while True:
+        limit = 1000 if count is None else min(1000, count - taken)
+        with reported_errors():
+            page = fetch(where, start, limit)
+        for item in page["entries"]:
+            yield item
+            taken += 1
+        if (count is not None and taken >= count) or page["next"] >= page["size"]:
+            return
+        start = page["next"]
+
+
+def _query_params(where: EntryFilter) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        name: value
+        for name, value in (
+            ("component", where.component),
+            ("event", where.event),
+            ("trace_id", where.trace_id),
+            ("task_id", where.task_id),
+            ("actor", where.actor),
+        )
+        if value is not None
+    }
+    if where.since is not None:
+        params["since"] = format_timestamp(where.since)
+    if where.until is not None:
+        params["until"] = format_timestamp(where.until)
+    if where.with_cost:
+        params["cost"] = "true"
+    return params
+
+
+def _filter(
+    component: str | None,
+    event: str | None,
+    trace_id: str | None,
+    task: str | None,
+    actor: str | None,
+    since: str | None,
+    until: str | None,
+    *,
+    with_cost: bool = False,
+) -> EntryFilter:
+    now = time.time()
+    return EntryFilter(
+        component=component,
+        event=event,
+        trace_id=trace_id,
+        task_id=task,
+        actor=None if actor is None else (actor if "://" in actor else f"if://agent/{actor}"),
+        since=None if since is None else _instant(since, now, "--since"),
+        until=None if until is None else _instant(until, now, "--until"),
+        with_cost=with_cost,
+    )
+
+
+_AGO = re.compile(r"([0-9]{1,9})([smhd])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _instant(text: str, now: float, option: str) -> float:
+    """``2026-11-30T18:00:00Z`` (RFC 3339 UTC), ``2026-11-30`` (midnight UTC), or a time
+    ago: ``90s``, ``15m``, ``2h``, ``7d``."""
+    ago = _AGO.fullmatch(text)
+    if ago:
+        return now - int(ago.group(1)) * _UNIT[ago.group(2)]
+    try:
+        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+            return parse_timestamp(f"{text}T00:00:00Z")
+        return parse_timestamp(text)
+    except ValueError:
+        fail(
+            f"{option}: {text!r} is not a time (2026-11-30T18:00:00Z, 2026-11-30, or 15m, 2h, 7d ago)",
+            EXIT_USAGE,
+        )
+
+
+def _line(item: dict[str, Any]) -> str:
+    entry = item["entry"]
+    parts = [
+        f"{item['index']:>7}",
+        entry.get("at", "?"),
+        f"{entry.get('component')}/{entry.get('event')}",
+    ]
+    for name, label in (("actor", "by"), ("task_id", "task"), ("trace_id", "trace")):
+        if entry.get(name):
+            parts.append(f"{label}={entry[name]}")
+    spent = entry.get("cost")
+    if spent:
+        parts.append(
+            f"cost={spent.get('tokens_in', 0)}+{spent.get('tokens_out', 0)} tokens"
+            f" ${spent.get('usd', 0):.4f} {spent.get('model', '')}".rstrip()
+        )
+    return "  ".join(parts)
+
+
+@dataclass
+class _Spent:
+    entries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    usd: float = 0.0
+
+    def add(self, cost: dict[str, Any]) -> None:
+        self.entries += 1
+        self.tokens_in += int(cost.get("tokens_in", 0))
+        self.tokens_out += int(cost.get("tokens_out", 0))
+        self.usd += float(cost.get("usd", 0.0))
+
+    def merge(self, other: _Spent) -> None:
+        self.entries += other.entries
+        self.tokens_in += other.tokens_in
+        self.tokens_out += other.tokens_out
+        self.usd += other.usd
+
+    def columns(self) -> tuple[str, str, str, str]:
+        return (str(self.entries), str(self.tokens_in), str(self.tokens_out), f"{self.usd:.4f}")
+
+
+def _totals(entries: Iterable[dict[str, Any]]) -> _Spent:
+    spent = _Spent()
+    for entry in entries:
+        if entry.get("cost"):
+            spent.add(entry["cost"])
+    return spent
+
+
+_CSV_COLUMNS = (
+    "index",
+    "leaf",
+    "at",
+    "component",
+    "event",
+    "actor",
+    "task_id",
+    "trace_id",
+    "tokens_in",
+    "tokens_out",
+    "usd",
+    "model",
+    "payload",
+)
+
+
+def _write_json(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
+    count = 0
+    out.write("[")
+    for item in items:
+        out.write(("," if count else "") + "\n" + json.dumps(item, sort_keys=True))
+        count += 1
+    out.write("\n]\n")
+    return count
+
+
+def _write_csv(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
+    writer = csv.writer(out)
+    writer.writerow(_CSV_COLUMNS)
+    count = 0
+    for item in items:
+        entry = item["entry"]
+        spent = entry.get("cost") or {}
+        writer.writerow(
+            (
+                item["index"],
+                item["leaf"],
+                entry.get("at", ""),
+                entry.get("component", ""),
+                entry.get("event", ""),
+                entry.get("actor", ""),
+                entry.get("task_id", ""),
+                entry.get("trace_id", ""),
+                spent.get("tokens_in", ""),
+                spent.get("tokens_out", ""),
+                spent.get("usd", ""),
+                spent.get("model", ""),
+                json.dumps(entry.get("payload", {}), sort_keys=True, separators=(",", ":")),
+            )
+        )
+        count += 1
+    return count
 
 
 def _fabric_key(directory: Path) -> str:

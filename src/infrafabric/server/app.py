@@ -31,6 +31,7 @@ from infrafabric.board.model import BoardEvent, TaskState
 from infrafabric.errors import KeyringError
 from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
+from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
@@ -41,6 +42,7 @@ from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
 from infrafabric.witness.bundle import make_bundle
 from infrafabric.witness.feeder import Witness
+from infrafabric.witness.query import EntryFilter, Page, scan
 
 __all__ = ["ServerState", "create_app"]
 
@@ -345,6 +347,8 @@ def _key_event(before: KeyRecord | None, after: KeyRecord, now: Timestamp) -> Bo
 # -- the witness ----------------------------------------------------------------------------
 
 MAX_WITNESS_ENTRIES: Final = 1000
+#: Entries one filtered request reads at most (some tens of milliseconds of decoding).
+MAX_WITNESS_SCAN: Final = 20_000
 
 
 def _witness(state: ServerState, request: Request) -> Witness:
@@ -376,16 +380,64 @@ async def _witness_checkpoint(state: ServerState, request: Request) -> dict[str,
 
 
 async def _witness_entries(state: ServerState, request: Request) -> dict[str, Any]:
+    """Entries from ``start`` (before ``end``, if given) that match the filters
+    (``component``, ``event`` pattern, ``trace_id``, ``task_id``, ``actor``, ``since`` and
+    ``until`` as RFC 3339 UTC, ``cost=true``): at most ``limit`` (1,000), scanning at most
+    ``MAX_WITNESS_SCAN`` entries; ``next`` says where to continue, ``size`` the log's size."""
     witness = _witness(state, request)
     start = _int_param(request, "start", 0)
-    end = min(_int_param(request, "end", start + 100), start + MAX_WITNESS_ENTRIES)
-    rows = await run_in_threadpool(witness.log.entries, start, end)
+    limit = min(_int_param(request, "limit", 100), MAX_WITNESS_ENTRIES)
+    where = _entry_filter(request)
+    budget = MAX_WITNESS_SCAN if not where.everything else limit
+    if "end" in request.query_params:
+        budget = min(budget, max(0, _int_param(request, "end", 0) - start))
+        if where.everything:
+            limit = budget
+
+    def find() -> Page:
+        witness.log.refresh()  # a feeder process may have appended since
+        return scan(witness.log, where, start, limit=limit, budget=budget)
+
+    page = await run_in_threadpool(find)
     return {
         "entries": [
-            {"index": index, "leaf": leaf.hex(), "entry": json.loads(entry)}
-            for index, leaf, entry in rows
-        ]
+            {"index": found.index, "leaf": found.leaf.hex(), "entry": json.loads(found.data)}
+            for found in page.found
+        ],
+        "next": page.next,
+        "size": page.size,
     }
+
+
+def _entry_filter(request: Request) -> EntryFilter:
+    query = request.query_params
+
+    def text(name: str) -> str | None:
+        value = query.get(name) or None
+        if value is not None and len(value) > 256:
+            raise ServiceError("MALFORMED", f"{name} is longer than 256 characters", 400)
+        return value
+
+    def instant(name: str) -> float | None:
+        value = text(name)
+        try:
+            return None if value is None else parse_timestamp(value)
+        except ValueError as exc:
+            raise ServiceError("MALFORMED", f"{name}: {exc}", 400) from None
+
+    cost = query.get("cost", "false")
+    if cost not in ("true", "false"):
+        raise ServiceError("MALFORMED", "cost is true or false", 400)
+    return EntryFilter(
+        component=text("component"),
+        event=text("event"),
+        trace_id=text("trace_id"),
+        task_id=text("task_id"),
+        actor=text("actor"),
+        since=instant("since"),
+        until=instant("until"),
+        with_cost=cost == "true",
+    )
 
 
 async def _witness_proof(state: ServerState, request: Request) -> dict[str, Any]:

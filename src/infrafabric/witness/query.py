@@ -1,0 +1,115 @@
+"""Finding entries in the witness log: by component, event, trace, task, actor and time.
+
+The log is ordered by index, not indexed by field, so a query scans forward from a
+start index and stops after ``limit`` matches or ``budget`` entries read, whichever
+comes first, saying where the next scan should start. A server answers each request in
+bounded time that way, and a reader (``ifab witness log``, ``trace``, ``cost``,
+``export``) pages through as much of the log as it needs. Scanning decodes about a
+million entries in a few seconds; an index by trace would be the next step if traces
+over very long logs become common.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from infrafabric.protocol.timefmt import format_timestamp
+from infrafabric.types import Timestamp
+from infrafabric.witness.entry import WitnessEntry, decode_entry
+
+__all__ = ["EntryFilter", "Found", "Page", "scan"]
+
+#: Entries read from the log per round of a scan.
+CHUNK = 1000
+
+
+class Entries(Protocol):
+    """What a scan reads: :class:`~infrafabric.witness.log.WitnessLog` has it."""
+
+    @property
+    def size(self) -> int: ...
+
+    def entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EntryFilter:
+    """Which entries a query wants; every field given must match (``None``: any).
+
+    ``event`` is a shell pattern (``task.*``); ``since`` is inclusive and ``until``
+    exclusive, in POSIX seconds; ``with_cost`` keeps only entries that carry a cost.
+    """
+
+    component: str | None = None
+    event: str | None = None
+    trace_id: str | None = None
+    task_id: str | None = None
+    actor: str | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
+    with_cost: bool = False
+
+    def matches(self, entry: WitnessEntry) -> bool:
+        # Entries carry canonical millisecond timestamps, which sort as text.
+        return (
+            (self.component is None or entry.component == self.component)
+            and (self.event is None or fnmatch.fnmatchcase(entry.event, self.event))
+            and (self.trace_id is None or entry.trace_id == self.trace_id)
+            and (self.task_id is None or entry.task_id == self.task_id)
+            and (self.actor is None or entry.actor == self.actor)
+            and (self.since is None or entry.at >= format_timestamp(self.since))
+            and (self.until is None or entry.at < format_timestamp(self.until))
+            and (not self.with_cost or entry.cost is not None)
+        )
+
+    @property
+    def everything(self) -> bool:
+        return self == EntryFilter()
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    index: int
+    leaf: bytes
+    data: bytes  # the entry's canonical JSON, as logged
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    found: list[Found]
+    next: int  # where to continue; ``size`` once the whole log was read
+    size: int
+
+
+def scan(
+    log: Entries, where: EntryFilter, start: int = 0, *, limit: int = 100, budget: int = 10_000
+) -> Page:
+    """Entries from ``start`` on that match ``where``: at most ``limit`` of them, reading at
+    most ``budget`` entries. An entry that does not decode (a damaged log: see ``ifab
+    witness verify``) matches only the empty filter."""
+    size = log.size
+    found: list[Found] = []
+    position = start
+    while position < size and len(found) < limit and position - start < budget:
+        end = min(size, position + CHUNK, start + budget)
+        for index, leaf, data in log.entries(position, end):
+            position = index + 1
+            if where.everything or _matches(where, data):
+                found.append(Found(index, leaf, data))
+                if len(found) == limit:
+                    break
+        else:
+            position = end
+    return Page(found, min(position, size), size)
+
+
+def _matches(where: EntryFilter, data: bytes) -> bool:
+    try:
+        entry = decode_entry(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return where.matches(entry)
