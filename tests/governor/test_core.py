@@ -103,6 +103,8 @@ def test_the_cheapest_adequate_idle_agent_is_preferred() -> None:
     g.register("if://agent/big", Manifest(capabilities=PY, model="big"), 0)
     g.register("if://agent/small", Manifest(capabilities=PY, model="small"), 0)
     task = TaskView("t", PY, available_since=0)
+    assert g.choose("if://agent/big", [task], 1) == task  # small was never seen: not idle
+    g.seen("if://agent/small", 1)
     assert g.choose("if://agent/big", [task], 1) is None  # small is idle and cheaper
     assert g.choose("if://agent/small", [task], 1) == task
     g.observe("task.claimed", "other", "if://agent/small", 1, {})
@@ -115,6 +117,7 @@ def test_the_cheapest_adequate_idle_agent_is_preferred() -> None:
 def test_a_vanished_favourite_does_not_hold_work_back() -> None:
     g = governor()
     g.register("if://agent/small", Manifest(capabilities=PY, model="small"), 0)
+    g.seen("if://agent/small", 0)
     g.register("if://agent/big", Manifest(capabilities=PY, model="big"), 0)
     task = TaskView("t", PY, available_since=100)
     assert g.choose("if://agent/big", [task], 100) == task  # small unseen for 100 s
@@ -294,17 +297,22 @@ def test_reputation_follows_success_rate_and_p99_latency_against_the_slo() -> No
     assert refusal.code == "LOW_REPUTATION"
 
 
-def test_the_state_survives_a_round_trip_through_json() -> None:
+def test_the_state_survives_a_round_trip_through_its_documents() -> None:
     g = governor()
     g.register("if://agent/alice", Manifest(capabilities=PY, model="small"), 0)
     g.register("if://agent/carol", Manifest(capabilities=PY, model="small"), 0)
     g.charge("if://agent/alice", "t", _usage(0.9), 1)
     _fail(g, "if://agent/carol", "t", 2)
     g.observe("task.claimed", "u", "if://agent/carol", 5, {})
+    kept = {key: doc for key, doc in g.take_changes().items() if doc is not None}
+    assert sorted(kept) == ["agent/if://agent/alice", "agent/if://agent/carol", "task/t"]
     copy = Governor(g.policy)
-    copy.restore(g.to_json(), 10)
+    copy.restore(kept, 10)
     assert copy.report(10) == g.report(10)
-    assert copy.to_json() == g.to_json()
+    assert g.take_changes() == {}  # nothing changed since
+    g.observe("task.completed", "t", "if://agent/alice", 11, {})
+    assert list(g.take_changes()) == ["agent/if://agent/alice", "task/t"]
+    assert g.take_changes() == {}
 
 
 def test_a_reloaded_policy_reprices_agents_and_keeps_their_books() -> None:
@@ -316,3 +324,12 @@ def test_a_reloaded_policy_reprices_agents_and_keeps_their_books() -> None:
     assert loaded.payload == {"source": "new.yaml", "profile": "default"}
     assert g.agents["if://agent/a"].unit_cost == pytest.approx(0.002)
     assert g.agents["if://agent/a"].spend.usd == pytest.approx(0.1)
+
+
+def test_equals_do_not_defer_to_each_other() -> None:
+    g = governor()
+    for name in ("a", "b"):
+        g.register(f"if://agent/{name}", Manifest(capabilities=PY, model="small"), 0)
+        g.seen(f"if://agent/{name}", 0)
+    task = TaskView("t", PY, available_since=0)
+    assert g.choose("if://agent/b", [task], 1) == task  # a ranks first by name, not better

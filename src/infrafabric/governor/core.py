@@ -11,8 +11,8 @@ witness. The service drives it (``infrafabric.governor.service``).
   ``overdraft_factor`` lets spending run over by that fraction) and the task has not
   cost ``max_cost_per_task`` or its task budget already.
 * **Assignment** (``choose``): of the tasks an agent may take, highest priority first,
-  it gets the first one for which it ranks best among the admitted agents that are
-  idle (seen within ``patience_seconds`` and holding no task). A task that has waited
+  it gets the first one for which no admitted, idle agent (seen within
+  ``patience_seconds``, holding no task) ranks strictly better. A task that has waited
   ``patience_seconds`` goes to any admitted agent: a busy or vanished favourite never
   holds work back for longer than that.
 * **Spending** (``charge``): usage an agent reports is priced by the policy's price
@@ -155,6 +155,7 @@ class Governor:
         self.swarms: dict[str, Spend] = {}
         self.tasks: dict[str, Spend] = {}
         self._ranked: dict[tuple[str, ...], list[Candidate]] = {}  # by need, while valid
+        self._dirty: set[str] = set()  # documents to write (see take_changes)
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -170,13 +171,12 @@ class Governor:
         price = manifest.price or self.policy.prices.get(manifest.model) or Price()
         book = self.agents.get(agent)
         if book is None:
-            book = self.agents[agent] = AgentBook(
-                agent, manifest, frozenset(), price, 0.0, swarm, last_seen=now
-            )
+            book = self.agents[agent] = AgentBook(agent, manifest, frozenset(), price, 0.0, swarm)
         book.manifest, book.price, book.swarm = manifest, price, swarm
         book.have = frozenset(manifest.capabilities)
         book.unit_cost = unit_cost(price, self.policy.reference_task)
         self._ranked.clear()
+        self._dirty.add(f"agent/{agent}")
         return [
             GovernorEvent(
                 kind="agent.registered",
@@ -236,7 +236,8 @@ class Governor:
             if now - task.available_since >= patience:
                 return task
             best = self._best_idle(task, now, asking=agent)
-            if best is None or best == agent:
+            # defer only to a strictly better agent: among equals, whoever asks first
+            if best is None or best.agent == agent or best.score <= self._score(agent, task):
                 return task
         return None
 
@@ -290,6 +291,7 @@ class Governor:
         if book is None:
             return events
         book.last_seen = max(book.last_seen, at)
+        self._dirty.add(f"agent/{book.agent}")
         usage = payload.get("usage")
         if isinstance(usage, Mapping):
             events += self.charge(book.agent, task_id, usage, at)
@@ -305,8 +307,9 @@ class Governor:
             book.holding.pop(task_id, None)
             if book.trial == task_id:
                 book.trial = None
-        if kind in ("task.completed", "task.cancelled") or (kind == "task.dead"):
-            self.tasks.pop(task_id, None)
+        if kind in ("task.completed", "task.cancelled", "task.dead"):
+            if self.tasks.pop(task_id, None) is not None:  # its budget is moot now
+                self._dirty.add(f"task/{task_id}")
         return events
 
     def charge(
@@ -353,6 +356,9 @@ class Governor:
         accounts.append(
             (f"task {task_id}", self.tasks.setdefault(task_id, Spend()), self._task_budget())
         )
+        self._dirty.update((f"agent/{agent}", f"task/{task_id}"))
+        if book.swarm is not None:
+            self._dirty.add(f"swarm/{book.swarm}")
         for name, spend, budget in accounts:
             spend.usd += usd
             spend.tokens += tokens
@@ -367,6 +373,7 @@ class Governor:
         before = book.breaker
         book.breaker, book.trial, book.consecutive_failures = "closed", None, 0
         book.spend.exhausted = False
+        self._dirty.add(f"agent/{agent}")
         return [
             GovernorEvent(
                 kind="breaker.reset",
@@ -385,6 +392,7 @@ class Governor:
             book.swarm = manifest.swarm or policy.swarm_of(book.agent)
             if book.swarm is not None and book.swarm not in policy.swarms:
                 book.swarm = None
+            self._dirty.add(f"agent/{book.agent}")
         self._ranked.clear()
         return [
             GovernorEvent(
@@ -439,7 +447,13 @@ class Governor:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _best_idle(self, task: TaskView, now: float, *, asking: str) -> str | None:
+    def _score(self, agent: str, task: TaskView) -> float:
+        book = self.agents[agent]
+        return Candidate(
+            agent, coverage(book.have, task.need), book.reputation, book.unit_cost
+        ).score
+
+    def _best_idle(self, task: TaskView, now: float, *, asking: str) -> Candidate | None:
         patience = self.policy.profile.patience_seconds
         for candidate in self.ranked(task.need, now):
             book = self.agents[candidate.agent]
@@ -447,7 +461,7 @@ class Governor:
                 not book.holding and now - book.last_seen <= patience
             )
             if idle and self.admit(candidate.agent, task, now) is None:
-                return candidate.agent
+                return candidate
         return None
 
     def _outcome(
@@ -605,47 +619,64 @@ class Governor:
                 return name
         return "untrusted"
 
-    def to_json(self) -> bytes:
-        """The governor's state (books, spend), for keeping across restarts."""
-        return msgspec.json.encode(
-            {
-                "agents": {
-                    agent: {
-                        "manifest": msgspec.to_builtins(book.manifest),
-                        "reputation": book.reputation,
-                        "outcomes": list(book.outcomes),
-                        "durations": list(book.durations),
-                        "consecutive_failures": book.consecutive_failures,
-                        "breaker": book.breaker,
-                        "opened_at": book.opened_at,
-                        "trial": book.trial,
-                        "spend": vars(book.spend),
-                        "holding": book.holding,
-                    }
-                    for agent, book in self.agents.items()
-                },
-                "swarms": {name: vars(spend) for name, spend in self.swarms.items()},
-                "tasks": {name: vars(spend) for name, spend in self.tasks.items()},
-            }
-        )
+    # -- keeping the state ------------------------------------------------------------------
 
-    def restore(self, data: bytes, now: float) -> None:
-        state = msgspec.json.decode(data)
-        for agent, saved in state["agents"].items():
-            self.register(agent, msgspec.convert(saved["manifest"], Manifest), now)
-            book = self.agents[agent]
-            book.reputation = saved["reputation"]
-            book.outcomes.extend(saved["outcomes"])
-            book.durations.extend(saved["durations"])
-            book.consecutive_failures = saved["consecutive_failures"]
-            book.breaker = saved["breaker"]
-            book.opened_at = saved["opened_at"]
-            book.trial = saved["trial"]
-            book.spend = Spend(**saved["spend"])
-            book.holding = dict(saved["holding"])
-        self.swarms = {name: Spend(**spend) for name, spend in state["swarms"].items()}
-        self.tasks = {name: Spend(**spend) for name, spend in state["tasks"].items()}
+    def take_changes(self) -> dict[str, bytes | None]:
+        """The documents changed since the last call, by key (``agent/<id>``,
+        ``swarm/<name>``, ``task/<id>``); ``None`` for one to delete. The driver writes
+        them in the same transaction as the board change that caused them."""
+        changes: dict[str, bytes | None] = {}
+        for key in sorted(self._dirty):
+            kind, _, name = key.partition("/")
+            if kind == "agent" and name in self.agents:
+                changes[key] = msgspec.json.encode(_book_document(self.agents[name]))
+            elif kind == "swarm" and name in self.swarms:
+                changes[key] = msgspec.json.encode(vars(self.swarms[name]))
+            elif kind == "task" and name in self.tasks:
+                changes[key] = msgspec.json.encode(vars(self.tasks[name]))
+            else:
+                changes[key] = None
+        self._dirty.clear()
+        return changes
+
+    def restore(self, documents: Mapping[str, bytes], now: float) -> None:
+        """Load the documents :meth:`take_changes` gave (what survived a restart)."""
+        for key, data in sorted(documents.items()):
+            kind, _, name = key.partition("/")
+            saved = msgspec.json.decode(data)
+            if kind == "agent":
+                self.register(name, msgspec.convert(saved["manifest"], Manifest), now)
+                book = self.agents[name]
+                book.reputation = saved["reputation"]
+                book.outcomes.extend(saved["outcomes"])
+                book.durations.extend(saved["durations"])
+                book.consecutive_failures = saved["consecutive_failures"]
+                book.breaker = saved["breaker"]
+                book.opened_at = saved["opened_at"]
+                book.trial = saved["trial"]
+                book.spend = Spend(**saved["spend"])
+                book.holding = dict(saved["holding"])
+            elif kind == "swarm":
+                self.swarms[name] = Spend(**saved)
+            elif kind == "task":
+                self.tasks[name] = Spend(**saved)
+        self._dirty.clear()
         self._ranked.clear()
+
+
+def _book_document(book: AgentBook) -> dict[str, Any]:
+    return {
+        "manifest": msgspec.to_builtins(book.manifest),
+        "reputation": book.reputation,
+        "outcomes": list(book.outcomes),
+        "durations": list(book.durations),
+        "consecutive_failures": book.consecutive_failures,
+        "breaker": book.breaker,
+        "opened_at": book.opened_at,
+        "trial": book.trial,
+        "spend": vars(book.spend),
+        "holding": book.holding,
+    }
 
 
 def _left(spend: Spend, budget: Budget) -> float | None:
