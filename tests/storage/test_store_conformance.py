@@ -261,6 +261,20 @@ def test_replay_windows_are_kept_and_only_grow(store: Store) -> None:
     assert store.sequences() == [(ALICE, 9, 0b111), (BOB, 80, wide | 1)]
 
 
+def test_state_documents_are_replaced_deleted_and_read_by_prefix(store: Store) -> None:
+    store.save_state({"governor/agent/a": b"1", "governor/task/t": b"2", "other/x": b"3"})
+    store.save_state({"governor/agent/a": b"4", "governor/task/t": None})
+    store.save_state({})
+    assert store.load_state("governor/") == {"governor/agent/a": b"4"}
+    assert store.load_state("other/") == {"other/x": b"3"}
+    assert store.load_state("governor_") == {}  # a prefix, not a pattern
+    with pytest.raises(RuntimeError), store.batch():  # an abandoned batch keeps none
+        store.save_state({"governor/agent/b": b"5"})
+        raise RuntimeError("abandoned")
+    if not isinstance(store, MemoryStore):  # memory keeps no rollback (see batch)
+        assert "governor/agent/b" not in store.load_state("governor/")
+
+
 def test_inbox_keeps_messages_until_acknowledged_and_ignores_resends(store: Store) -> None:
     first = store.deliver(BOB, "m-1", b'{"hello":1}')
     second = store.deliver(BOB, "m-2", b'{"hello":2}')

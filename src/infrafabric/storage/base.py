@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -141,6 +141,14 @@ class Store(Protocol):
 
     def sequences(self) -> list[tuple[str, int, int]]:
         """Every recorded window ``(sender, highest, seen)``, for a restarting verifier."""
+
+    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+        """Keep named documents of the fabric's other state machines (the governor's
+        books), replacing those of the same name; ``None`` deletes one. All or none are
+        written; inside a :meth:`batch` they become durable with it."""
+
+    def load_state(self, prefix: str) -> dict[str, bytes]:
+        """Every kept document whose name starts with ``prefix``, by name."""
 
     # -- agents ---------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 from infrafabric.board.model import Task, TaskState
@@ -38,6 +38,7 @@ class MemoryStore:
         self._position = 0
         self._agents: dict[str, AgentRecord] = {}
         self._sequences: dict[str, tuple[int, int]] = {}
+        self._state: dict[str, bytes] = {}
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -137,6 +138,18 @@ class MemoryStore:
     def sequences(self) -> list[tuple[str, int, int]]:
         with self._lock:
             return [(sender, *window) for sender, window in sorted(self._sequences.items())]
+
+    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+        with self._lock:
+            for name, doc in documents.items():
+                if doc is None:
+                    self._state.pop(name, None)
+                else:
+                    self._state[name] = doc
+
+    def load_state(self, prefix: str) -> dict[str, bytes]:
+        with self._lock:
+            return {k: v for k, v in sorted(self._state.items()) if k.startswith(prefix)}
 
     def enroll(self, agent: AgentRecord) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Final, Literal
@@ -79,6 +79,10 @@ CREATE TABLE IF NOT EXISTS sequences (
     sender  TEXT PRIMARY KEY,
     highest INTEGER NOT NULL,
     seen    TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    name TEXT PRIMARY KEY,
+    doc  BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -256,6 +260,28 @@ class SqliteStore:
         with self._read() as db:
             rows = db.execute("SELECT sender, highest, seen FROM sequences ORDER BY sender")
             return [(row[0], int(row[1]), int(row[2], 16)) for row in rows.fetchall()]
+
+    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+        if not documents:
+            return
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO state (name, doc) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                [(name, doc) for name, doc in documents.items() if doc is not None],
+            )
+            db.executemany(
+                "DELETE FROM state WHERE name = ?",
+                [(name,) for name, doc in documents.items() if doc is None],
+            )
+
+    def load_state(self, prefix: str) -> dict[str, bytes]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT name, doc FROM state WHERE substr(name, 1, ?) = ? ORDER BY name",
+                (len(prefix), prefix),
+            ).fetchall()
+        return {str(row[0]): bytes(row[1]) for row in rows}
 
     def enroll(self, agent: AgentRecord) -> None:
         with self._read() as db:
