@@ -97,16 +97,28 @@ class Coordinator:
             task_id, agent, lambda task, now: rules.claim(task, agent, now, self.config)
         )
 
-    def claim_next(self, agent: AgentId, capabilities: Iterable[str] = ()) -> Task | None:
+    def claim_next(
+        self,
+        agent: AgentId,
+        capabilities: Iterable[str] = (),
+        *,
+        accept: Callable[[Task, Timestamp], bool] | None = None,
+    ) -> Task | None:
         """Claim the highest-priority available task ``agent`` qualifies for, or ``None``.
 
-        Filler tasks are left for blocked agents (:meth:`block` offers them); claim one
-        by id to take it on purpose."""
+        ``accept`` (the governor's choice) replaces the default test, which is that the
+        agent has every capability the task requires. Filler tasks are left for blocked
+        agents (:meth:`block` offers them); claim one by id to take it on purpose."""
         have = tuple(capabilities)
         self._saw(agent)
 
+        def qualified(task: Task, now: Timestamp) -> bool:
+            return rules.qualifies(task, have)
+
+        test = accept or qualified
+
         def decide(store: Store) -> Outcome | None:
-            choice = _best_for(store, have)
+            choice = _best_for(store, test, self.clock())
             return None if choice is None else rules.claim(choice, agent, self.clock(), self.config)
 
         # One transaction under the store's write lock: a crowd of claimants never races
@@ -350,15 +362,17 @@ def _with_usage(outcome: Outcome, task_id: str, usage: Mapping[str, Any] | None)
     return Outcome(outcome.tasks, tuple(events), outcome.created)
 
 
-def _best_for(store: Store, capabilities: tuple[str, ...]) -> Task | None:
+def _best_for(
+    store: Store, accept: Callable[[Task, Timestamp], bool], now: Timestamp
+) -> Task | None:
     """The first real task (filler tasks wait for blocked agents, who are offered them)
-    in claim order that an agent with ``capabilities`` qualifies for."""
+    in claim order that ``accept`` takes."""
     offset, size = 0, _FIRST_PAGE
     while page := store.available(offset, size):
         for task in page:
             if task.filler:
                 return None  # claim order puts fillers last: no real work is left
-            if rules.qualifies(task, capabilities):
+            if accept(task, now):
                 return task
         offset += size
         size = min(size * 4, _LARGEST_PAGE)  # a picky agent: read further ahead each time

@@ -159,8 +159,8 @@ class Governor:
 
     # -- agents ---------------------------------------------------------------------------
 
-    def register(self, agent: str, manifest: Manifest, now: float) -> list[GovernorEvent]:
-        """Add or update an agent's manifest (validated against the policy)."""
+    def validate(self, agent: str, manifest: Manifest) -> None:
+        """Raise :class:`ManifestError` if the policy does not accept ``manifest``."""
         for capability in manifest.capabilities:
             problem = self.policy.capability_problem(capability)
             if problem is not None:
@@ -168,6 +168,11 @@ class Governor:
         swarm = manifest.swarm or self.policy.swarm_of(agent)
         if swarm is not None and swarm not in self.policy.swarms:
             raise ManifestError(f"no swarm {swarm!r} in the policy ({sorted(self.policy.swarms)})")
+
+    def register(self, agent: str, manifest: Manifest, now: float) -> list[GovernorEvent]:
+        """Add or update an agent's manifest (validated against the policy)."""
+        self.validate(agent, manifest)
+        swarm = manifest.swarm or self.policy.swarm_of(agent)
         price = manifest.price or self.policy.prices.get(manifest.model) or Price()
         book = self.agents.get(agent)
         if book is None:
@@ -285,6 +290,15 @@ class Governor:
         payload: Mapping[str, Any],
     ) -> list[GovernorEvent]:
         """Learn from one board event: claims, outcomes, and the usage reported with them."""
+        events = self._observe(kind, task_id, actor, at, payload)
+        ended = kind in ("task.completed", "task.cancelled", "task.dead")
+        if ended and self.tasks.pop(task_id, None) is not None:  # its budget is moot now
+            self._dirty.add(f"task/{task_id}")
+        return events
+
+    def _observe(
+        self, kind: str, task_id: str, actor: str | None, at: float, payload: Mapping[str, Any]
+    ) -> list[GovernorEvent]:
         events: list[GovernorEvent] = []
         owner = actor or payload.get("old_owner")
         book = self.agents.get(owner) if isinstance(owner, str) else None
@@ -307,9 +321,6 @@ class Governor:
             book.holding.pop(task_id, None)
             if book.trial == task_id:
                 book.trial = None
-        if kind in ("task.completed", "task.cancelled", "task.dead"):
-            if self.tasks.pop(task_id, None) is not None:  # its budget is moot now
-                self._dirty.add(f"task/{task_id}")
         return events
 
     def charge(
@@ -620,6 +631,10 @@ class Governor:
         return "untrusted"
 
     # -- keeping the state ------------------------------------------------------------------
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self._dirty)
 
     def take_changes(self) -> dict[str, bytes | None]:
         """The documents changed since the last call, by key (``agent/<id>``,

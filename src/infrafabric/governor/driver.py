@@ -1,0 +1,180 @@
+"""The governor inside a fabric: fed with board events, its decisions logged and kept.
+
+A thin, thread-safe shell around :class:`~infrafabric.governor.core.Governor`:
+
+* it listens to the coordinator, so every claim, completion, failure, expiry and
+  reported usage reaches the governor in the order the board decided them;
+* each decision the governor takes (a charge, a budget warning, a breaker change, a
+  refusal) is logged in the board's event log as a ``governor`` event, and the books it
+  changed are saved with :meth:`~infrafabric.storage.base.Store.save_state`: inside the
+  server's group commit both land in the same transaction as the board change that
+  caused them, so the witness sees them and a restart finds them;
+* ``claim_next`` asks it which task an agent should take (:meth:`accepting`), a claim
+  by id asks whether the agent may (:meth:`admit`), a help request whom to invite.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from infrafabric.board.model import BoardEvent, Task
+from infrafabric.coordinator import Coordinator
+from infrafabric.governor.core import Governor, GovernorEvent, Manifest, Refusal, TaskView
+from infrafabric.governor.policy import DEFAULT_POLICY, Policy, load_policy
+from infrafabric.types import AgentId, Timestamp
+
+__all__ = ["GovernorDriver"]
+
+#: Where the governor's books live among the store's state documents.
+PREFIX: Final = "governor/"
+
+
+class GovernorDriver:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        policy: Policy = DEFAULT_POLICY,
+        *,
+        policy_path: Path | None = None,
+        profile: str | None = None,
+    ) -> None:
+        self.coordinator = coordinator
+        self.store = coordinator.store
+        self.clock = coordinator.clock
+        self.policy_path = policy_path
+        self.profile = profile
+        self._lock = threading.RLock()  # recording an event calls back into _on_events
+        self.governor = Governor(policy)
+        now = self.clock()
+        with self._lock:
+            self.governor.restore(self.store.load_state(PREFIX), now)
+            # agents enrolled before the governor knew them join with what they enrolled
+            events: list[GovernorEvent] = []
+            for record in self.store.agents():
+                if record.id not in self.governor.agents:
+                    manifest = Manifest(capabilities=record.capabilities)
+                    events += self.governor.register(record.id, manifest, now)
+            self._commit(events)
+        coordinator.listen(self._on_events)
+
+    @classmethod
+    def from_file(
+        cls, coordinator: Coordinator, path: Path, profile: str | None = None
+    ) -> GovernorDriver:
+        return cls(
+            coordinator, load_policy(path, profile=profile), policy_path=path, profile=profile
+        )
+
+    @property
+    def policy(self) -> Policy:
+        return self.governor.policy
+
+    # -- agents ---------------------------------------------------------------------------
+
+    def check(self, agent: AgentId, manifest: Manifest) -> None:
+        """Raise :class:`~infrafabric.governor.core.ManifestError` if the policy refuses
+        ``manifest`` (before anything about the agent is written)."""
+        with self._lock:
+            self.governor.validate(agent, manifest)
+
+    def register(self, agent: AgentId, manifest: Manifest) -> None:
+        with self._lock:
+            self._commit(self.governor.register(agent, manifest, self.clock()))
+
+    # -- work -----------------------------------------------------------------------------
+
+    def accepting(self, agent: AgentId) -> Callable[[Task, Timestamp], bool]:
+        """For ``claim_next``: whether ``agent`` should take a task (see
+        :meth:`Governor.choose`)."""
+
+        def accept(task: Task, now: Timestamp) -> bool:
+            with self._lock:
+                return self.governor.choose(agent, [_view(task)], now) is not None
+
+        return accept
+
+    def admit(self, agent: AgentId, task: Task) -> Refusal | None:
+        """Whether ``agent`` may claim ``task`` by id; a refusal is logged."""
+        with self._lock:
+            now = self.clock()
+            self.governor.seen(agent, now)
+            refusal = self.governor.admit(agent, _view(task), now)
+            if refusal is not None:
+                refused = GovernorEvent(
+                    kind="assignment.refused",
+                    agent=agent,
+                    task_id=task.id,
+                    payload={"code": refusal.code, "reason": refusal.reason},
+                )
+                self._commit([refused])
+            return refusal
+
+    def helpers(self, task: Task, asker: AgentId, needed: Sequence[str]) -> list[AgentId]:
+        """Whom to invite to help on ``task``: admitted agents best ranked for ``needed``
+        (the task's own needs if empty), at most ``max_helpers_per_task``."""
+        view = TaskView(task.id, tuple(needed) or task.required_capabilities, task.priority)
+        with self._lock:
+            return self.governor.helpers(view, exclude=[asker], now=self.clock())
+
+    # -- operators ------------------------------------------------------------------------
+
+    def reset(self, agent: AgentId, operator: AgentId) -> None:
+        with self._lock:
+            self._commit(self.governor.reset(agent, operator, self.clock()))
+
+    def reload(self, policy: Policy | None = None) -> Policy:
+        """Swap in ``policy``, or read the policy file again. A policy that does not
+        load raises :class:`~infrafabric.governor.policy.PolicyError` and changes
+        nothing; work in flight is not touched either way."""
+        if policy is None:
+            if self.policy_path is None:
+                policy = self.governor.policy  # the built-in policy: nothing to re-read
+            else:
+                policy = load_policy(self.policy_path, profile=self.profile)
+        with self._lock:
+            self._commit(self.governor.reload(policy))
+        return policy
+
+    def report(self) -> dict[str, Any]:
+        with self._lock:
+            return self.governor.report(self.clock())
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _on_events(self, events: Sequence[BoardEvent]) -> None:
+        with self._lock:
+            decided: list[GovernorEvent] = []
+            for event in events:
+                if event.component == "board":
+                    decided += self.governor.observe(
+                        event.kind, event.task_id, event.actor, event.at, event.payload
+                    )
+            if decided or self.governor.has_changes:
+                self._commit(decided)
+
+    def _commit(self, events: Iterable[GovernorEvent]) -> None:
+        """Save the changed books and log the decisions (one transaction inside a batch)."""
+        changes = self.governor.take_changes()
+        if changes:
+            self.store.save_state({PREFIX + key: doc for key, doc in changes.items()})
+        now = self.clock()
+        logged = [
+            BoardEvent(
+                component="governor",
+                kind=event.kind,
+                task_id=event.task_id,
+                actor=None,  # the governor decided; the agent it concerns is in the payload
+                at=now,
+                payload={"agent": event.agent, **event.payload} if event.agent else event.payload,
+            )
+            for event in events
+        ]
+        if logged:
+            self.coordinator.record(logged)
+
+
+def _view(task: Task) -> TaskView:
+    return TaskView(task.id, task.required_capabilities, task.priority, task.updated_at)
