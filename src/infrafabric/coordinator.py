@@ -249,16 +249,21 @@ class Coordinator:
         agent: AgentId,
         needed: Iterable[str],
         agents: Mapping[AgentId, Iterable[str]],
+        *,
+        helpers: Sequence[AgentId] | None = None,
     ) -> list[AgentId]:
         """Invite up to ``max_helpers`` qualified agents (never the asker) to help on a task
-        ``agent`` owns; the invitation is a ``help.requested`` event."""
+        ``agent`` owns, or ``helpers`` (the governor's choice); the invitation is a
+        ``help.requested`` event."""
         task = self.get(task_id)
         now = self.clock()
         rules.heartbeat(task, agent, now, self.config)  # owner check, nothing applied
         wanted = tuple(needed)
-        helpers = rules.select_helpers(
-            agents, wanted, exclude=[agent], max_helpers=self.config.max_helpers
-        )
+        if helpers is None:
+            helpers = rules.select_helpers(
+                agents, wanted, exclude=[agent], max_helpers=self.config.max_helpers
+            )
+        helpers = list(helpers)
         event = BoardEvent(
             kind="help.requested",
             task_id=task_id,

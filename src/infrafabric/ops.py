@@ -10,8 +10,11 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from msgspec import Meta, Struct
 
+from infrafabric.protocol.patterns import AgentField
+
 __all__ = [
     "BOARD",
+    "GOVERNOR",
     "Block",
     "Cancel",
     "Claim",
@@ -20,10 +23,12 @@ __all__ = [
     "Create",
     "Fail",
     "GiveUp",
+    "GovernorOperation",
     "Heartbeat",
     "Help",
     "Operation",
     "Progress",
+    "ResetBreaker",
     "TaskSpec",
     "Unblock",
     "Usage",
@@ -142,3 +147,16 @@ Operation: TypeAlias = (
     | Help
     | Cancel
 )
+
+
+#: The address operators send governor operations to.
+GOVERNOR: Final = "if://service/governor"
+
+
+class ResetBreaker(_Op, frozen=True, tag="reset"):
+    """Close an agent's circuit breaker: only a message signed with an operator key."""
+
+    agent: AgentField
+
+
+GovernorOperation: TypeAlias = ResetBreaker

@@ -30,7 +30,10 @@ from infrafabric.board.model import Blocker, BoardEvent, Task, Urgency
 from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner
 from infrafabric.board.transitions import IllegalTransition
 from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
-from infrafabric.errors import FabricError, StoreError
+from infrafabric.errors import CallerError, FabricError, StoreError
+from infrafabric.governor.core import Manifest, ManifestError
+from infrafabric.governor.driver import GovernorDriver
+from infrafabric.protocol.keyring import KeyRecord, KeyRole
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
@@ -58,6 +61,7 @@ _STATUS_OF_REASON: Final = {
 
 _log = logging.getLogger(__name__)
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
+_GOVERNOR_DECODER: Final = msgspec.json.Decoder(ops.GovernorOperation)
 _CONTENT_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -94,10 +98,16 @@ class _Listeners:
 class FabricService:
     """Verification, board operations, inboxes and topics behind one ``handle`` call."""
 
-    def __init__(self, coordinator: Coordinator, verifier: Verifier) -> None:
+    def __init__(
+        self,
+        coordinator: Coordinator,
+        verifier: Verifier,
+        governor: GovernorDriver | None = None,
+    ) -> None:
         self.coordinator = coordinator
         self.store = coordinator.store
         self.verifier = verifier
+        self.governor = governor
         self._verify_lock = threading.Lock()  # the verifier's replay state is not thread-safe
         self._listeners = _Listeners()
         self._held = threading.local()  # inside handle_batch: announcements wait for the commit
@@ -113,6 +123,7 @@ class FabricService:
         with self._verify_lock:
             verdict = self.verifier.check(data, now=now, local=local)
             message = _accepted(verdict)
+            key = verdict.key
             window = self.verifier.sequences.snapshot(message.sender)
         if window is not None:
             # Durable with the message's effects (one commit in a batch): after a crash
@@ -122,6 +133,8 @@ class FabricService:
         receivers = message.receivers
         if receivers == (ops.BOARD,):
             return self._board(message)
+        if receivers == (ops.GOVERNOR,):
+            return self._governor(message, key)
         if any(receiver.startswith("if://service/") for receiver in receivers):
             raise ServiceError("UNKNOWN_SERVICE", f"no such service among {list(receivers)}", 404)
         body = encode_json(message)
@@ -167,13 +180,34 @@ class FabricService:
 
     # -- agents ---------------------------------------------------------------------------
 
-    def enroll(self, record: AgentRecord, events: Sequence[BoardEvent] = ()) -> None:
+    def enroll(
+        self,
+        record: AgentRecord,
+        events: Sequence[BoardEvent] = (),
+        manifest: Manifest | None = None,
+    ) -> None:
         """Enroll an agent; ``events`` (its keys added, rotated or revoked) are logged in
-        the same transaction, for the witness."""
+        the same transaction, for the witness. With a governor the agent registers its
+        capability ``manifest`` (default: the enrolled capabilities, no price); one the
+        policy refuses raises :class:`ServiceError` ``INVALID_MANIFEST`` before anything
+        is written."""
+        manifest = manifest or Manifest(capabilities=record.capabilities)
+        if self.governor is not None:
+            self.check_manifest(record.id, manifest)
         with self._announced_after_commit(), self.store.batch():
             self.store.enroll(record)
             if events:
                 self.coordinator.record(events)
+            if self.governor is not None:
+                self.governor.register(record.id, manifest)
+
+    def check_manifest(self, agent: AgentId, manifest: Manifest) -> None:
+        """Refuse (``INVALID_MANIFEST``, 422) a manifest the governor's policy does not accept."""
+        if self.governor is not None:
+            try:
+                self.governor.check(agent, manifest)
+            except ManifestError as exc:
+                raise ServiceError("INVALID_MANIFEST", str(exc), 422) from None
 
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
         return self.store.agent(agent_id)
@@ -243,14 +277,21 @@ class FabricService:
                     "tasks": [_task_json(t) for t in board.create([_task(s, agent) for s in specs])]
                 }
             case ops.Claim(task_id=task_id):
+                if self.governor is not None:
+                    refusal = self.governor.admit(agent, board.get(task_id))
+                    if refusal is not None:
+                        raise ServiceError(refusal.code, refusal.reason, 403)
                 return {"task": _task_json(board.claim(task_id, agent))}
             case ops.ClaimNext():
-                task = board.claim_next(agent, record.capabilities)
+                accept = None if self.governor is None else self.governor.accepting(agent)
+                task = board.claim_next(agent, record.capabilities, accept=accept)
                 return {"task": None if task is None else _task_json(task)}
             case ops.Heartbeat(task_id=task_id):
                 return {"task": _task_json(board.heartbeat(task_id, agent))}
             case ops.Progress(task_id=task_id, percent=percent, note=note, usage=usage):
-                task = board.progress(task_id, agent, percent, note, usage=_usage(usage))
+                task = board.progress(
+                    task_id, agent, percent, note, usage=self._usage(agent, usage)
+                )
                 return {"task": _task_json(task)}
             case ops.Block(task_id=task_id) as block:
                 blocker = Blocker(
@@ -267,16 +308,22 @@ class FabricService:
             case ops.Unblock(task_id=task_id):
                 return {"task": _task_json(board.unblock(task_id, agent))}
             case ops.Complete(task_id=task_id, result=result, usage=usage):
-                task = board.complete(task_id, agent, result, usage=_usage(usage))
+                task = board.complete(task_id, agent, result, usage=self._usage(agent, usage))
                 return {"task": _task_json(task)}
             case ops.Fail(task_id=task_id, reason=reason, retry=retry, usage=usage):
-                task = board.fail(task_id, agent, reason, retry=retry, usage=_usage(usage))
+                task = board.fail(
+                    task_id, agent, reason, retry=retry, usage=self._usage(agent, usage)
+                )
                 return {"task": _task_json(task)}
             case ops.GiveUp(task_id=task_id):
                 return {"task": _task_json(board.give_up(task_id, agent))}
             case ops.Help(task_id=task_id, needed=needed):
                 agents = {a.id: a.capabilities for a in self.store.agents()}
-                return {"invited": board.request_help(task_id, agent, needed, agents)}
+                chosen = None
+                if self.governor is not None:
+                    chosen = self.governor.helpers(board.get(task_id), agent, needed)
+                invited = board.request_help(task_id, agent, needed, agents, helpers=chosen)
+                return {"invited": invited}
             case ops.Cancel(task_id=task_id, reason=reason):
                 task = board.get(task_id)
                 if task.creator != agent:
@@ -304,6 +351,33 @@ class FabricService:
             self._held.announcements = None
         for announce in held:
             announce()
+
+    def _usage(self, agent: AgentId, usage: ops.Usage | None) -> dict[str, Any] | None:
+        if usage is None:
+            return None
+        reported: dict[str, Any] = msgspec.to_builtins(usage)
+        return reported if self.governor is None else self.governor.priced(agent, reported)
+
+    def _governor(self, message: IFMessage, key: KeyRecord | None) -> dict[str, Any]:
+        if self.governor is None:
+            raise ServiceError("UNKNOWN_SERVICE", "this fabric runs no governor", 404)
+        if message.performative != "request":
+            raise ServiceError("UNSUPPORTED_PERFORMATIVE", "governor operations are requests", 400)
+        try:
+            operation = _GOVERNOR_DECODER.decode(_CONTENT_ENCODER.encode(message.content))
+        except msgspec.ValidationError as exc:
+            raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
+        if key is None or key.role is not KeyRole.OPERATOR:
+            raise ServiceError(
+                "NOT_OPERATOR",
+                f"{message.sender} signed with an agent key; a reset needs an operator key",
+                403,
+            )
+        try:
+            self.governor.reset(operation.agent, message.sender)
+        except CallerError as exc:
+            raise ServiceError("NOT_FOUND", str(exc), 404) from None
+        return {"reset": operation.agent}
 
     def _witness_verdict(self, verdict: Verdict) -> None:
         """Audit mode: log every message that failed a check (accepted or not) as a
@@ -370,10 +444,6 @@ def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:
         max_attempts=spec.max_attempts,
         creator=creator,
     )
-
-
-def _usage(usage: ops.Usage | None) -> dict[str, Any] | None:
-    return None if usage is None else msgspec.to_builtins(usage)
 
 
 def _task_json(task: Task) -> dict[str, Any]:

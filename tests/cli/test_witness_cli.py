@@ -22,8 +22,8 @@ def ok(result: subprocess.CompletedProcess[bytes]) -> str:
 
 @pytest.fixture(scope="module")
 def witnessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fabric, str]:
-    """A fabric that witnessed 42 decisions (its lead's key and enrollment, 20 tasks added
-    and 20 claimed), stopped; and its verifier key."""
+    """A fabric that witnessed 43 decisions (its lead's key, enrollment and registration
+    with the governor, 20 tasks added and 20 claimed), stopped; and its verifier key."""
     fabric = Fabric(tmp_path_factory.mktemp("witnessed"))
     fabric.start()
     ok(fabric("identity", "new", "lead"))
@@ -35,18 +35,18 @@ def witnessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fabric, str]:
     deadline = time.monotonic() + 10
     while True:
         printed = ok(fabric("witness", "checkpoint"))
-        if printed.split("\n")[1] == "42":
+        if printed.split("\n")[1] == "43":
             break
         assert time.monotonic() < deadline, printed
         time.sleep(0.2)
     key = printed.rsplit("verifier key: ", 1)[1].strip()
-    bundle = ok(fabric("witness", "prove", "23"))
+    bundle = ok(fabric("witness", "prove", "24"))
     (fabric.data.parent / "bundle.json").write_text(bundle)
-    log = ok(fabric("witness", "log", "--start", "22", "--count", "2", "--json")).splitlines()
+    log = ok(fabric("witness", "log", "--start", "23", "--count", "2", "--json")).splitlines()
     assert [json.loads(line)["entry"]["event"] for line in log] == ["task.claimed"] * 2
     # filtered on the server, paged by the CLI
     claims = ok(fabric("witness", "log", "--event", "task.claimed", "--task", "t07", "--json"))
-    assert [json.loads(line)["index"] for line in claims.splitlines()] == [29]
+    assert [json.loads(line)["index"] for line in claims.splitlines()] == [30]
     lines = ok(fabric("witness", "log", "--component", "keys")).splitlines()
     assert [line.split()[2] for line in lines] == ["keys/key.added", "keys/agent.enrolled"]
     fabric.kill()
@@ -59,9 +59,9 @@ def test_a_proof_bundle_verifies_offline_and_a_forged_one_does_not(
     fabric, key = witnessed
     bundle = fabric.data.parent / "bundle.json"
     printed = ok(fabric("witness", "verify-proof", str(bundle), "--key", key))
-    assert "verified: entry 23 is in the log of 42 entries" in printed
+    assert "verified: entry 24 is in the log of 43 entries" in printed
     document = json.loads(bundle.read_text())
-    document["index"] = 24
+    document["index"] = 25
     forged = fabric.data.parent / "forged.json"
     forged.write_text(json.dumps(document))
     refused = fabric("witness", "verify-proof", str(forged), "--key", key)
@@ -82,7 +82,7 @@ def _edit_entry(db: sqlite3.Connection) -> None:
     (entry,) = db.execute("SELECT entry FROM entries WHERE idx = 17").fetchone()
     db.execute(
         "UPDATE entries SET entry = ? WHERE idx = 17",
-        (entry.replace(b'"task_id":"t15"', b'"task_id":"t16"'),),
+        (entry.replace(b'"task_id":"t14"', b'"task_id":"t15"'),),
     )
 
 
@@ -90,7 +90,7 @@ def _edit_entry_and_leaf(db: sqlite3.Connection) -> None:
     import hashlib
 
     (entry,) = db.execute("SELECT entry FROM entries WHERE idx = 17").fetchone()
-    changed = entry.replace(b'"task_id":"t15"', b'"task_id":"t16"')
+    changed = entry.replace(b'"task_id":"t14"', b'"task_id":"t15"')
     db.execute(
         "UPDATE entries SET entry = ?, leaf = ? WHERE idx = 17",
         (changed, hashlib.sha256(b"\x00" + changed).digest()),
@@ -132,7 +132,7 @@ def test_verify_names_the_first_entry_tampered_with(
 ) -> None:
     fabric, _ = witnessed
     copy = _copy(fabric, tmp_path)
-    assert "ok: 42 entries agree with" in ok(fabric("witness", "verify", "--data", str(copy)))
+    assert "ok: 43 entries agree with" in ok(fabric("witness", "verify", "--data", str(copy)))
     with sqlite3.connect(copy / "witness.db") as db:
         edit(db)
     result = fabric("witness", "verify", "--data", str(copy))
@@ -161,8 +161,8 @@ def test_a_kill_9_during_appends_loses_no_witnessed_decision(tmp_path: Path) -> 
         (events,) = db.execute("SELECT count(*) FROM events").fetchone()
     fabric.start()  # the feeder resumes from its cursor
     deadline = time.monotonic() + 10
-    while ok(fabric("witness", "checkpoint")).split("\n")[1] != str(events):
-        assert time.monotonic() < deadline
+    while (size := ok(fabric("witness", "checkpoint")).split("\n")[1]) != str(events):
+        assert time.monotonic() < deadline, f"checkpoint at {size}, not {events}"
         time.sleep(0.2)
     fabric.kill()
     assert f"ok: {events} entries agree" in ok(fabric("witness", "verify"))
@@ -238,8 +238,10 @@ def test_log_filters_read_offline_from_the_data_directory(costed: Fabric) -> Non
     assert all("by=if://agent/bob" in line for line in by_bob)
     assert "cost=30+5 tokens $0.0200 small" in by_bob[-1]
     everything = _json_lines(ok(costed("witness", "log", "--count", "1000", "--json", *data)))
-    assert len(everything) == 14  # 2 keys + 2 enrollments, 10 board decisions
-    assert ok(costed("witness", "log", "--since", "1h", "--count", "1000", *data)).count("\n") == 14
+    # 2 keys, 2 enrollments, 2 registrations with the governor, 10 board decisions, and
+    # the governor's 4 charges and 3 reputation updates
+    assert len(everything) == 23
+    assert ok(costed("witness", "log", "--since", "1h", "--count", "1000", *data)).count("\n") == 23
     assert ok(costed("witness", "log", "--until", "2020-01-01", *data)) == ""
     refused = costed("witness", "log", "--since", "yesterday", *data)
     assert refused.returncode == 2
@@ -249,16 +251,21 @@ def test_log_filters_read_offline_from_the_data_directory(costed: Fabric) -> Non
 def test_trace_follows_one_job_and_totals_what_it_cost(costed: Fabric) -> None:
     printed = ok(costed("witness", "trace", "job-1", "--data", str(costed.data))).splitlines()
     events = [line.split()[2] for line in printed[:-1]]
-    assert events == [
+    assert events == [  # the governor's decisions carry the trace of what caused them
         "board/task.created",
         "board/task.created",
         "board/task.claimed",
         "board/task.completed",
+        "governor/usage.charged",
+        "governor/reputation.updated",
         "board/task.claimed",
         "board/task.progress",
+        "governor/usage.charged",
         "board/task.completed",
+        "governor/usage.charged",
+        "governor/reputation.updated",
     ]
-    assert printed[-1] == "7 decisions; 1040 tokens in, 205 out, $0.5300"
+    assert printed[-1] == "12 decisions; 1040 tokens in, 205 out, $0.5300"
     missing = costed("witness", "trace", "job-2", "--data", str(costed.data))
     assert missing.returncode == 1
     assert b"no witnessed decision carries trace job-2" in missing.stderr
@@ -297,7 +304,7 @@ def test_export_writes_every_entry_as_json_or_csv(costed: Fabric, tmp_path: Path
     assert exported == _json_lines(ok(costed("witness", "log", "--count", "1000", "--json", *data)))
     printed = ok(costed("witness", "export", "--format", "csv", *data))
     rows = list(csv.DictReader(printed.splitlines()))
-    assert [int(row["index"]) for row in rows] == list(range(14))
+    assert [int(row["index"]) for row in rows] == list(range(23))
     assert [row["leaf"] for row in rows] == [item["leaf"] for item in exported]
     failed = next(row for row in rows if row["event"] == "task.failed")
     assert (failed["tokens_in"], failed["usd"], failed["model"]) == ("7", "0.25", "small")

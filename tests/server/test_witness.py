@@ -46,10 +46,10 @@ def test_board_decisions_are_witnessed_and_proved(fabric: Fabric) -> None:
     async def scenario() -> dict[str, Any]:
         async with Client.connect(fabric.url, alice) as agent:
             await agent.create_tasks([{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
-            first = await _signed_at_least(agent, 4)
+            first = await _signed_at_least(agent, 5)
             await agent.claim("a")
             await agent.complete("a", {"ok": True})
-            latest = await _signed_at_least(agent, 6)
+            latest = await _signed_at_least(agent, 8)
             entries = await agent.witness_entries(0, 10)
             assert [
                 (e["entry"]["component"], e["entry"]["event"], e["entry"].get("task_id"))
@@ -57,16 +57,18 @@ def test_board_decisions_are_witnessed_and_proved(fabric: Fabric) -> None:
             ] == [
                 ("keys", "key.added", None),  # the enrollment, in one transaction
                 ("keys", "agent.enrolled", None),
+                ("governor", "agent.registered", None),
                 ("board", "task.created", "a"),
                 ("board", "task.created", "b"),
                 ("board", "task.claimed", "a"),
                 ("board", "task.completed", "a"),
+                ("governor", "reputation.updated", "a"),
             ]
             assert entries[0]["entry"]["payload"]["agent"] == alice.agent
-            assert entries[4]["entry"]["actor"] == alice.agent
-            assert [e["entry"]["source"]["board_event"] for e in entries] == [1, 2, 3, 4, 5, 6]
-            by_index = await agent.witness_proof(4)
-            by_hash = await agent.witness_proof(leaf=bytes.fromhex(entries[4]["leaf"]))
+            assert entries[5]["entry"]["actor"] == alice.agent
+            assert [e["entry"]["source"]["board_event"] for e in entries] == list(range(1, 9))
+            by_index = await agent.witness_proof(5)
+            by_hash = await agent.witness_proof(leaf=bytes.fromhex(entries[5]["leaf"]))
             assert by_index == by_hash
             consistency = await agent.witness_consistency(first["size"])
             old = open_checkpoint(first["checkpoint"], first["key"])
@@ -171,21 +173,24 @@ def test_a_trace_and_the_reported_usage_follow_the_decisions_into_the_witness(
                     usage={"tokens_in": 1200, "tokens_out": 300, "model": "big", "usd": 0.02},
                 )
             await agent.claim("b")  # outside the trace
-            await _signed_at_least(agent, 8)
-            return [e["entry"] for e in await agent.witness_entries(0, 10)]
+            await _signed_at_least(agent, 12)
+            return [e["entry"] for e in await agent.witness_entries(0, 20)]
 
     entries = asyncio.run(scenario())
     traced = [(e["event"], e.get("task_id")) for e in entries if e.get("trace_id") == "release-42"]
-    assert traced == [
+    assert traced == [  # the governor's decisions carry the trace of what caused them
         ("task.created", "a"),
         ("task.created", "b"),
         ("task.claimed", "a"),
         ("task.progress", "a"),
+        ("usage.charged", "a"),
         ("task.completed", "a"),
+        ("usage.charged", "a"),
+        ("reputation.updated", "a"),
     ]
     assert entries[-1]["event"] == "task.claimed"
     assert "trace_id" not in entries[-1]
-    costs = {e["event"]: e.get("cost") for e in entries}
+    costs = {e["event"]: e.get("cost") for e in entries if e["component"] == "board"}
     assert costs["task.progress"] == {"tokens_in": 10, "tokens_out": 0, "usd": 0, "model": "small"}
     assert costs["task.completed"] == {
         "tokens_in": 1200,
@@ -242,10 +247,10 @@ def test_a_rotated_key_is_witnessed_with_the_old_one_deprecated(fabric: Fabric) 
 
     async def scenario() -> list[dict[str, Any]]:
         async with Client.connect(fabric.url, second) as client:
-            await _signed_at_least(client, 5)
+            await _signed_at_least(client, 7)  # and the governor's two registrations
             return [e["entry"] for e in await client.witness_entries(0, 10)]
 
-    entries = asyncio.run(scenario())
+    entries = [e for e in asyncio.run(scenario()) if e["component"] == "keys"]
     assert [(e["component"], e["event"], e["payload"].get("kid")) for e in entries] == [
         ("keys", "key.added", old.kid),
         ("keys", "agent.enrolled", None),
@@ -291,8 +296,8 @@ def test_audit_mode_witnesses_every_failed_check(
 
         assert post(b"{not json").json()["error"]["code"] == "MALFORMED"
         assert post(forged).status_code == 200  # audit mode: accepted, and flagged
-        entries = _witnessed(state, 5)
-    rejected, flagged, created = entries[2:]
+        entries = _witnessed(state, 6)
+    rejected, flagged, created = entries[3:]
     assert (rejected["component"], rejected["event"]) == ("verify", "message.rejected")
     assert rejected["payload"]["reason"] == "MALFORMED"
     assert rejected["payload"]["accepted"] is False
@@ -319,12 +324,13 @@ def test_strict_mode_refuses_a_failed_check_without_witnessing_it(fabric: Fabric
     async def scenario() -> list[dict[str, Any]]:
         async with Client.connect(fabric.url, alice) as agent:
             await agent.create_task("A", id="a")
-            await _signed_at_least(agent, 3)
+            await _signed_at_least(agent, 4)
             return [e["entry"] for e in await agent.witness_entries(0, 10)]
 
     assert [e["event"] for e in asyncio.run(scenario())] == [
         "key.added",
         "agent.enrolled",
+        "agent.registered",
         "task.created",
     ]
 
@@ -337,13 +343,13 @@ def test_entries_are_searched_on_the_server_and_bad_filters_are_refused(fabric: 
             await agent.create_tasks([{"id": f"t{n}", "title": "T"} for n in range(5)])
             for n in range(5):
                 await agent.claim(f"t{n}")
-            await _signed_at_least(agent, 12)
+            await _signed_at_least(agent, 13)
             page = await agent.witness_search(event="task.claimed", limit=2)
             assert [e["entry"]["task_id"] for e in page["entries"]] == ["t0", "t1"]
-            assert page["size"] == 12
+            assert page["size"] == 13
             rest = await agent.witness_search(page["next"], event="task.claimed", limit=100)
             assert [e["entry"]["task_id"] for e in rest["entries"]] == ["t2", "t3", "t4"]
-            assert rest["next"] == rest["size"] == 12
+            assert rest["next"] == rest["size"] == 13
             later = await agent.witness_search(since="2999-01-01T00:00:00Z")
             assert later["entries"] == []
             for bad in (

@@ -12,6 +12,8 @@ from typing import Annotated
 import typer
 
 from infrafabric.board.rules import BoardConfig
+from infrafabric.cli.common import reported_errors
+from infrafabric.governor.policy import PolicyError
 from infrafabric.protocol.verify import Mode
 from infrafabric.server.runner import ENV_DATA, default_data_dir, open_server, run_server
 
@@ -52,6 +54,24 @@ def serve(
             help="strict: refuse every message that fails a check. audit: accept every message that parses, and witness each failed check (to roll out signing, or watch a suspect swarm).",
         ),
     ] = "strict",
+    governor: Annotated[
+        bool,
+        typer.Option(
+            "--governor/--no-governor",
+            help="Assign work by capability and price, enforce budgets and breakers (off only to measure its cost).",
+        ),
+    ] = True,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            "--policy",
+            help="The governor's YAML policy (docs/governor.md); default: the built-in one. SIGHUP reloads it.",
+        ),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option("--profile", help="Policy profile: default, development, production..."),
+    ] = None,
 ) -> None:
     """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
     if synchronous not in ("FULL", "NORMAL"):
@@ -59,16 +79,34 @@ def serve(
     if verify_mode not in (Mode.STRICT, Mode.AUDIT):
         raise typer.BadParameter("strict or audit", param_hint="--verify-mode")
     directory = data or default_data_dir()
-    state = open_server(
-        directory,
-        synchronous=synchronous,
-        config=BoardConfig(lease_seconds=lease),
-        witness=witness,
-        witness_process=True,
-        verify_mode=Mode(verify_mode),
-    )
+    with reported_errors():  # a policy that does not load: its file, line and key
+        state = open_server(
+            directory,
+            synchronous=synchronous,
+            config=BoardConfig(lease_seconds=lease),
+            witness=witness,
+            witness_process=True,
+            verify_mode=Mode(verify_mode),
+            governor=governor,
+            policy=policy,
+            profile=profile,
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if state.service.governor is not None:
+        driver = state.service.governor
+
+        def reload_policy(*_: object) -> None:
+            def reload() -> None:  # off the signal handler: it reads a file and writes
+                try:
+                    loaded = driver.reload()
+                    typer.echo(f"policy reloaded: {loaded.source} ({loaded.profile_name})")
+                except PolicyError as exc:
+                    typer.echo(f"policy NOT reloaded, the old one stays: {exc}", err=True)
+
+            threading.Thread(target=reload, name="ifab-policy-reload", daemon=True).start()
+
+        signal.signal(signal.SIGHUP, reload_policy)
     with run_server(state, host=host, port=port) as server:
         # The objects of start-up (modules, routes, keyring) live as long as the process:
         # moved out of the collector's sight, a full collection walks only what requests

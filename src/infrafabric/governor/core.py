@@ -323,6 +323,20 @@ class Governor:
                 book.trial = None
         return events
 
+    def price(self, agent: str, usage: Mapping[str, Any]) -> tuple[float, str, str]:
+        """What ``usage`` costs in USD, who priced it (``policy``: the price table's
+        entry for the model; ``manifest``: the agent's declared price; ``agent``: its own
+        figure, when neither exists) and the model."""
+        book = self.agents.get(agent)
+        declared = "" if book is None else book.manifest.model
+        model = str(usage.get("model") or declared)
+        price = self.policy.prices.get(model) or (None if book is None else book.manifest.price)
+        if price is None:
+            return float(usage.get("usd", 0.0)), "agent", model
+        seconds = float(usage.get("seconds", 0.0))
+        cost = price.cost(int(usage.get("tokens_in", 0)), int(usage.get("tokens_out", 0)), seconds)
+        return cost, ("policy" if model in self.policy.prices else "manifest"), model
+
     def charge(
         self, agent: str, task_id: str, usage: Mapping[str, Any], now: float
     ) -> list[GovernorEvent]:
@@ -330,16 +344,8 @@ class Governor:
         book = self.agents.get(agent)
         if book is None:
             return []
-        tokens_in = int(usage.get("tokens_in", 0))
-        tokens_out = int(usage.get("tokens_out", 0))
-        model = str(usage.get("model") or book.manifest.model)
-        price = self.policy.prices.get(model) or book.manifest.price
-        if price is not None:
-            usd = price.cost(tokens_in, tokens_out, float(usage.get("seconds", 0.0)))
-            priced_by = "policy" if model in self.policy.prices else "manifest"
-        else:
-            usd, priced_by = float(usage.get("usd", 0.0)), "agent"
-        tokens = tokens_in + tokens_out
+        usd, priced_by, model = self.price(agent, usage)
+        tokens = int(usage.get("tokens_in", 0)) + int(usage.get("tokens_out", 0))
         events = [
             GovernorEvent(
                 kind="usage.charged",

@@ -50,7 +50,8 @@ class GovernorDriver:
         self.governor = Governor(policy)
         now = self.clock()
         with self._lock:
-            self.governor.restore(self.store.load_state(PREFIX), now)
+            kept = self.store.load_state(PREFIX)
+            self.governor.restore({key[len(PREFIX) :]: doc for key, doc in kept.items()}, now)
             # agents enrolled before the governor knew them join with what they enrolled
             events: list[GovernorEvent] = []
             for record in self.store.agents():
@@ -118,6 +119,13 @@ class GovernorDriver:
         view = TaskView(task.id, tuple(needed) or task.required_capabilities, task.priority)
         with self._lock:
             return self.governor.helpers(view, exclude=[asker], now=self.clock())
+
+    def priced(self, agent: AgentId, usage: dict[str, Any]) -> dict[str, Any]:
+        """``usage`` with ``usd`` as the governor prices it (so the witness records the
+        price the budgets are charged, not the agent's own figure)."""
+        with self._lock:
+            usd, _, model = self.governor.price(agent, usage)
+        return {**usage, "usd": usd, "model": model}
 
     # -- operators ------------------------------------------------------------------------
 

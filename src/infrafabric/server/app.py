@@ -29,6 +29,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from infrafabric._version import __version__
 from infrafabric.board.model import BoardEvent, TaskState
 from infrafabric.errors import KeyringError
+from infrafabric.governor.core import Manifest
+from infrafabric.governor.driver import GovernorDriver
+from infrafabric.governor.policy import PolicyError, Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
 from infrafabric.protocol.timefmt import parse_timestamp
@@ -81,6 +84,9 @@ class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
     keys: KeyringFile
     capabilities: list[str] = []
     description: str = ""
+    model: str = ""  # the capability manifest the governor ranks the agent by
+    price: Price | None = None
+    swarm: str | None = None
 
 
 def create_app(state: ServerState) -> Starlette:
@@ -107,6 +113,8 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/inbox", _route(state, _inbox), methods=["GET"]),
         Route("/v1/inbox/ack", _route(state, _ack), methods=["POST"]),
         Route("/v1/admin/agents", _route(state, _enroll), methods=["POST"]),
+        Route("/v1/governor/report", _route(state, _governor_report), methods=["GET"]),
+        Route("/v1/admin/governor/reload", _route(state, _governor_reload), methods=["POST"]),
         Route("/v1/witness/checkpoint", _route(state, _witness_checkpoint), methods=["GET"]),
         Route("/v1/witness/entries", _route(state, _witness_entries), methods=["GET"]),
         Route("/v1/witness/proof", _route(state, _witness_proof), methods=["GET"]),
@@ -292,6 +300,13 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
     agents = sorted({record.agent for record in enrollment.keys.keys})
     if len(agents) != 1:
         raise ServiceError("MALFORMED", "enroll one agent at a time", 400)
+    manifest = Manifest(
+        capabilities=tuple(enrollment.capabilities),
+        model=enrollment.model,
+        price=enrollment.price,
+        swarm=enrollment.swarm,
+    )
+    state.service.check_manifest(agents[0], manifest)  # before any key is trusted
     now = state.clock()
     events = []
     try:
@@ -317,7 +332,7 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
         at=now,
         payload={"agent": record.id, "capabilities": list(record.capabilities)},
     )
-    await run_in_threadpool(state.service.enroll, record, [*events, enrolled])
+    await run_in_threadpool(state.service.enroll, record, [*events, enrolled], manifest)
     return {"agent": msgspec.to_builtins(record)}
 
 
@@ -342,6 +357,32 @@ def _key_event(before: KeyRecord | None, after: KeyRecord, now: Timestamp) -> Bo
             "state": str(after.state),
         },
     )
+
+
+# -- the governor ---------------------------------------------------------------------------
+
+
+def _governor(state: ServerState) -> GovernorDriver:
+    if state.service.governor is None:
+        raise ServiceError("NOT_FOUND", "this fabric runs no governor", 404)
+    return state.service.governor
+
+
+async def _governor_report(state: ServerState, request: Request) -> dict[str, Any]:
+    """Budgets, spend, breakers and reputation of every agent and swarm."""
+    _reader(state, request)
+    return await run_in_threadpool(_governor(state).report)
+
+
+async def _governor_reload(state: ServerState, request: Request) -> dict[str, Any]:
+    """Read the policy file again (as SIGHUP does); a bad one changes nothing."""
+    _admin(state, request)
+    driver = _governor(state)
+    try:
+        policy = await run_in_threadpool(driver.reload)
+    except PolicyError as exc:
+        raise ServiceError("INVALID_POLICY", str(exc), 422) from None
+    return {"policy": policy.source, "profile": policy.profile_name}
 
 
 # -- the witness ----------------------------------------------------------------------------

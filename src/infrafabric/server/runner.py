@@ -28,6 +28,8 @@ import uvicorn
 
 from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.coordinator import Coordinator
+from infrafabric.governor.driver import GovernorDriver
+from infrafabric.governor.policy import DEFAULT_POLICY
 from infrafabric.keystore import Keystore, load_keyring_dir
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Mode, Verifier
@@ -68,12 +70,18 @@ def open_server(
     witness: bool = True,
     witness_process: bool = False,
     verify_mode: Mode = Mode.STRICT,
+    governor: bool = True,
+    policy: Path | None = None,
+    profile: str | None = None,
 ) -> ServerState:
     """Open (creating if needed) the data directory and build the server's state
     (``witness=False``: keep no witness log, for measuring what it costs;
     ``witness_process``: feed it from a child process rather than a thread, as
     ``ifab serve`` does, so it does not share the server's GIL; ``verify_mode``
-    ``audit``: accept every message that parses and witness each failed check)."""
+    ``audit``: accept every message that parses and witness each failed check;
+    ``governor``: assign work and enforce budgets under ``policy``, a YAML file, or the
+    built-in policy, with ``profile`` instead of the file's own; a policy that does not
+    load raises :class:`~infrafabric.governor.policy.PolicyError`)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store = SqliteStore(
         data_dir / "board.db",
@@ -86,7 +94,14 @@ def open_server(
     verifier = Verifier(keyring, mode=verify_mode)
     for sender, highest, seen in store.sequences():  # what was accepted before a restart
         verifier.sequences.restore(sender, highest, seen)
-    service = FabricService(coordinator, verifier)
+    driver = None
+    if governor:
+        if policy is not None:
+            driver = GovernorDriver.from_file(coordinator, policy, profile)
+        else:
+            chosen = DEFAULT_POLICY if profile is None else DEFAULT_POLICY.with_profile(profile)
+            driver = GovernorDriver(coordinator, chosen, profile=profile)
+    service = FabricService(coordinator, verifier, driver)
     sessions = Sessions(keyring, _admin_token(data_dir))
     feeder: Witness | None = None
     if witness:
