@@ -79,13 +79,30 @@ OPENAPI: Final[dict[str, Any]] = {
         "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
         "/v1/admin/agents": {
             "post": _op(
-                "Enroll an agent: its public keys and capabilities (admin token)", body=True
+                "Enroll an agent: its public keys and capability manifest"
+                " (capabilities, model, price, swarm; admin token)",
+                body=True,
+            )
+        },
+        "/v1/governor/report": {
+            "get": _op(
+                "The governor's books: budgets, spend, breakers, reputation per agent and swarm"
+            )
+        },
+        "/v1/admin/governor/reload": {
+            "post": _op(
+                "Read the governor's policy file again (admin token); a bad one changes nothing"
             )
         },
         "/v1/witness/checkpoint": {
             "get": _op("The latest signed checkpoint (C2SP signed note) and its verifier key")
         },
-        "/v1/witness/entries": {"get": _op("Witness log entries ?start=&end= (at most 1,000)")},
+        "/v1/witness/entries": {
+            "get": _op(
+                "Witness log entries ?start=&end=, or searched: ?limit=&component=&event="
+                "&trace_id=&task_id=&actor=&since=&until=&cost=true (next, size to page on)"
+            )
+        },
         "/v1/witness/proof": {
             "get": _op("A proof bundle for entry ?index= or ?hash= (hex leaf), at ?size=")
         },
