@@ -368,6 +368,16 @@ class Client:
 
     # -- the witness ----------------------------------------------------------------------
 
+    async def reset_breaker(self, agent: str) -> dict[str, Any]:
+        """Close ``agent``'s circuit breaker (this identity's key must be an operator key)."""
+        return await self._post(
+            performative="request", receiver=ops.GOVERNOR, content={"op": "reset", "agent": agent}
+        )
+
+    async def governor_report(self) -> dict[str, Any]:
+        """Budgets, spend, breakers and reputation of every agent and swarm."""
+        return await self._get("/v1/governor/report")
+
     async def witness_checkpoint(self) -> dict[str, Any]:
         """The latest signed checkpoint: ``size``, ``checkpoint`` (the note), ``key``."""
         return await self._get("/v1/witness/checkpoint")

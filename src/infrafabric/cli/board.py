@@ -319,19 +319,43 @@ def agent_enroll(
         list[str], typer.Option("--cap", help="A capability, category:skill (repeat).")
     ] = [],  # noqa: B006
     description: Annotated[str, typer.Option("--description")] = "",
+    model: Annotated[
+        str, typer.Option("--model", help="Its model (priced by the policy's price table).")
+    ] = "",
+    usd_per_1m_in: Annotated[
+        float | None, typer.Option("--usd-per-1m-in", min=0, help="Its own price per 1M tokens in.")
+    ] = None,
+    usd_per_1m_out: Annotated[
+        float | None, typer.Option("--usd-per-1m-out", min=0, help="Per 1M tokens out.")
+    ] = None,
+    usd_per_hour: Annotated[
+        float | None, typer.Option("--usd-per-hour", min=0, help="Or per hour of work.")
+    ] = None,
+    swarm: Annotated[
+        str | None, typer.Option("--swarm", help="Its swarm (default: the policy's listing).")
+    ] = None,
     server: Server = DEFAULT_SERVER,
     admin_token: AdminToken = None,
 ) -> None:
-    """Enroll a local identity in the fabric (operator)."""
+    """Enroll a local identity in the fabric with its capability manifest (operator)."""
     store = keystore()
     with reported_errors():
         info = store.info(name)
         keys = store.load_keyring().to_file(info.agent)
-    document = {
+    document: dict[str, Any] = {
         "keys": msgspec.to_builtins(keys),
         "capabilities": capabilities,
         "description": description,
+        "model": model,
+        "swarm": swarm,
     }
+    prices = {
+        "usd_per_1m_in": usd_per_1m_in,
+        "usd_per_1m_out": usd_per_1m_out,
+        "usd_per_hour": usd_per_hour,
+    }
+    if any(value is not None for value in prices.values()):
+        document["price"] = {name: value for name, value in prices.items() if value is not None}
     _admin_request(server, admin_token, "POST", "/v1/admin/agents", json=document)
     typer.echo(f"enrolled {info.agent} with {', '.join(capabilities) or 'no capabilities'}")
 
