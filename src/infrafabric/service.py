@@ -249,6 +249,8 @@ class FabricService:
         if record is None:
             raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
         trace = None if message.trace_id is UNSET else message.trace_id
+        if self.governor is not None:
+            self.governor.seen(agent)
         try:
             with self.coordinator.traced(trace):
                 return self._operate(operation, agent, record)

@@ -87,6 +87,11 @@ class GovernorDriver:
 
     # -- work -----------------------------------------------------------------------------
 
+    def seen(self, agent: AgentId) -> None:
+        """``agent`` sent something: it is alive (an idle agent the governor may prefer)."""
+        with self._lock:
+            self.governor.seen(agent, self.clock())
+
     def accepting(self, agent: AgentId) -> Callable[[Task, Timestamp], bool]:
         """For ``claim_next``: whether ``agent`` should take a task (see
         :meth:`Governor.choose`)."""
