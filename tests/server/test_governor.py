@@ -45,7 +45,7 @@ class Governed:
     def enroll(
         self,
         name: str,
-        capabilities: list[str] = PY,  # noqa: B006
+        capabilities: list[str] = PY,
         model: str = "small",
         *,
         role: KeyRole = KeyRole.AGENT,
