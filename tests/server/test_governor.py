@@ -243,7 +243,8 @@ def test_the_books_survive_a_restart(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             async with Client.connect(server.url, spender) as agent:
-                await agent.create_task("A", id="a")
+                await agent.create_tasks([{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
+                await agent.claim("b")  # held across the restart: the board says so
                 await agent.claim("a")
                 await agent.fail("a", "no", usage={"tokens_in": 70_000, "model": "big"})
 
@@ -255,3 +256,4 @@ def test_the_books_survive_a_restart(tmp_path: Path) -> None:
     assert after == before
     assert after["agents"][0]["spent_usd"] == pytest.approx(1.05)
     assert after["agents"][0]["tasks_failed"] == 1
+    assert after["agents"][0]["holding"] == ["b"]

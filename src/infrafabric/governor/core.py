@@ -240,9 +240,7 @@ class Governor:
                 continue
             if now - task.available_since >= patience:
                 return task
-            best = self._best_idle(task, now, asking=agent)
-            # defer only to a strictly better agent: among equals, whoever asks first
-            if best is None or best.agent == agent or best.score <= self._score(agent, task):
+            if self._better_idle(task, now, asking=agent) is None:
                 return task
         return None
 
@@ -305,14 +303,13 @@ class Governor:
         if book is None:
             return events
         book.last_seen = max(book.last_seen, at)
-        self._dirty.add(f"agent/{book.agent}")
         usage = payload.get("usage")
         if isinstance(usage, Mapping):
             events += self.charge(book.agent, task_id, usage, at)
+        # What a claim changes (the tasks held) is not written: the board knows it, and
+        # a claim stays one write. Only a breaker's trial is.
         if kind == "task.claimed":
-            book.holding[task_id] = at
-            if book.breaker == "half_open":
-                book.trial = task_id
+            self.hold(book.agent, task_id, at)
         elif kind == "task.completed":
             events += self._outcome(book, task_id, True, at)
         elif kind in ("task.failed", "task.expired"):
@@ -321,7 +318,19 @@ class Governor:
             book.holding.pop(task_id, None)
             if book.trial == task_id:
                 book.trial = None
+                self._dirty.add(f"agent/{book.agent}")
         return events
+
+    def hold(self, agent: str, task_id: str, claimed_at: float) -> None:
+        """``agent`` holds ``task_id`` since ``claimed_at`` (a claim; or, at start, what
+        the board says it holds)."""
+        book = self.agents.get(agent)
+        if book is None:
+            return
+        book.holding[task_id] = claimed_at
+        if book.breaker == "half_open" and book.trial is None:
+            book.trial = task_id
+            self._dirty.add(f"agent/{agent}")
 
     def price(self, agent: str, usage: Mapping[str, Any]) -> tuple[float, str, str]:
         """What ``usage`` costs in USD, who priced it (``policy``: the price table's
@@ -470,13 +479,18 @@ class Governor:
             agent, coverage(book.have, task.need), book.reputation, book.unit_cost
         ).score
 
-    def _best_idle(self, task: TaskView, now: float, *, asking: str) -> Candidate | None:
+    def _better_idle(self, task: TaskView, now: float, *, asking: str) -> Candidate | None:
+        """An idle, admitted agent that ranks strictly better than ``asking`` for
+        ``task``, if any: among equals, whoever asks first gets the work. The ranking is
+        best first, so the search stops at the first agent no better than the asker
+        (with equal agents, at once)."""
         patience = self.policy.profile.patience_seconds
+        mine = self._score(asking, task)
         for candidate in self.ranked(task.need, now):
+            if candidate.score <= mine:
+                return None
             book = self.agents[candidate.agent]
-            idle = candidate.agent == asking or (
-                not book.holding and now - book.last_seen <= patience
-            )
+            idle = not book.holding and now - book.last_seen <= patience
             if idle and self.admit(candidate.agent, task, now) is None:
                 return candidate
         return None
@@ -485,6 +499,7 @@ class Governor:
         self, book: AgentBook, task_id: str, success: bool, at: float
     ) -> list[GovernorEvent]:
         claimed_at = book.holding.pop(task_id, None)
+        self._dirty.add(f"agent/{book.agent}")
         book.outcomes.append(success)
         if claimed_at is not None:
             book.durations.append(max(0.0, at - claimed_at))
@@ -676,7 +691,6 @@ class Governor:
                 book.opened_at = saved["opened_at"]
                 book.trial = saved["trial"]
                 book.spend = Spend(**saved["spend"])
-                book.holding = dict(saved["holding"])
             elif kind == "swarm":
                 self.swarms[name] = Spend(**saved)
             elif kind == "task":
@@ -696,7 +710,6 @@ def _book_document(book: AgentBook) -> dict[str, Any]:
         "opened_at": book.opened_at,
         "trial": book.trial,
         "spend": vars(book.spend),
-        "holding": book.holding,
     }
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
-from infrafabric.board.model import BoardEvent, Task
+from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.coordinator import Coordinator
 from infrafabric.governor.core import Governor, GovernorEvent, Manifest, Refusal, TaskView
 from infrafabric.governor.policy import DEFAULT_POLICY, Policy, load_policy
@@ -52,6 +52,9 @@ class GovernorDriver:
         with self._lock:
             kept = self.store.load_state(PREFIX)
             self.governor.restore({key[len(PREFIX) :]: doc for key, doc in kept.items()}, now)
+            for task in self.store.tasks([s for s in TaskState if s.owned]):
+                if task.owner is not None:  # held since about its last change
+                    self.governor.hold(task.owner, task.id, task.updated_at)
             # agents enrolled before the governor knew them join with what they enrolled
             events: list[GovernorEvent] = []
             for record in self.store.agents():
