@@ -265,7 +265,34 @@ def main(quick: bool = False) -> None:
         rows.append((f"embedded p50 vs raw p50, {sync}", f"{ours / raw:.1f}x (aim: within 3x)"))
     for synchronous in ("NORMAL", "FULL"):
         rows += server_rows(synchronous, quick)
+    rows += governor_cost(quick)
     print(render(rows))
+
+
+def governor_cost(quick: bool) -> list[tuple[str, str]]:
+    """Claim latency at a steady rate with the governor choosing each claim, and without
+    it (``ifab serve --no-governor``: the board's own capability test)."""
+    rows = []
+    rate, seconds = (200.0, 3.0) if quick else (1000.0, 10.0)
+    p99s = {}
+    for option in ("--governor", "--no-governor"):
+        fabric = RunningFabric("FULL", option)
+        try:
+            agents = [fabric.enroll(f"bench-{i:03d}") for i in range(100)]
+            samples, achieved = asyncio.run(server_steady(fabric, agents, rate, seconds))
+        finally:
+            fabric.close()
+        p50, p95, p99 = percentiles(samples)
+        p99s[option] = p99
+        rows.append(
+            (
+                f"server FULL {option}: claim_next at {rate:,.0f}/s",
+                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s",
+            )
+        )
+    worse = p99s["--governor"] / p99s["--no-governor"] - 1
+    rows.append(("claim p99 with the governor vs without", f"{worse:+.0%}"))
+    return rows
 
 
 def server_rows(synchronous: str, quick: bool) -> list[tuple[str, str]]:

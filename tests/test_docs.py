@@ -50,3 +50,19 @@ def test_the_witness_docs_example_checkpoint_verifies_with_its_key() -> None:
     key = text.split("(verifier key: `", 1)[1].split("`", 1)[0]
     checkpoint = open_checkpoint(note, key)
     assert (checkpoint.size, checkpoint.time) == (2, "2026-11-23T20:24:18.972Z")
+
+
+def test_the_governor_docs_policies_load() -> None:
+    from infrafabric.governor.policy import parse_policy
+
+    text = (ROOT / "docs" / "governor.md").read_text()
+    examples = re.findall(r"<!-- policy:([a-z-]+) -->\n```yaml\n(.*?)```", text, re.S)
+    assert [name for name, _ in examples] == ["cost-first", "deadline-first", "untrusted"]
+    for name, body in examples:
+        parse_policy(body, source=name)
+    untrusted = parse_policy(examples[2][1])
+    assert untrusted.profile_name == "production"
+    assert untrusted.profile.min_capability_match == 1.0
+    reference = text.split("## Policy reference\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    policy = parse_policy(reference, source="reference")
+    assert policy.profile == parse_policy("").profile  # the values shown are the built-in ones

@@ -26,6 +26,8 @@ import httpx
 
 from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.client import Client
+from infrafabric.governor.core import Manifest
+from infrafabric.governor.policy import Price
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
@@ -72,8 +74,13 @@ class Fabric:
         identity: SigningIdentity | str,
         capabilities: Iterable[str] = (),
         description: str = "",
+        *,
+        model: str = "",
+        price: Price | None = None,
+        swarm: str | None = None,
     ) -> SigningIdentity:
-        """Trust ``identity`` (or a fresh one named so) with ``capabilities``; returns it."""
+        """Trust ``identity`` (or a fresh one named so) with ``capabilities``; returns it.
+        ``model``, ``price`` and ``swarm`` complete its manifest for the governor."""
         if isinstance(identity, str):
             identity = SigningIdentity.generate(agent_id(identity))
         now = time.time()
@@ -82,14 +89,14 @@ class Fabric:
                 identity.agent, identity.public_key, version=identity.version, now=now - 60
             )
         )
-        self.state.service.enroll(
-            AgentRecord(
-                id=identity.agent,
-                capabilities=tuple(capabilities),
-                description=description,
-                enrolled_at=now,
-            )
+        record = AgentRecord(
+            id=identity.agent,
+            capabilities=tuple(capabilities),
+            description=description,
+            enrolled_at=now,
         )
+        manifest = Manifest(capabilities=record.capabilities, model=model, price=price, swarm=swarm)
+        self.state.service.enroll(record, manifest=manifest)
         return identity
 
     @contextlib.asynccontextmanager

@@ -65,6 +65,7 @@ class Usage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tokens_out: Annotated[int, Meta(ge=0, le=10**12)] = 0
     model: Annotated[str, Meta(max_length=128)] = ""
     usd: Annotated[float, Meta(ge=0, le=1e9)] = 0.0
+    seconds: Annotated[float, Meta(ge=0, le=1e9)] = 0.0  # for agents priced by the hour
 
 
 class _Op(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="op"):
