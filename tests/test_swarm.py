@@ -25,6 +25,7 @@ def test_the_demo_swarm_finishes_its_board_through_a_crash(tmp_path: Path) -> No
         "filler.offered",
         "help.requested",
         "Summary",
+        "Cost (the governor's books)",
         "still running at http://127.0.0.1:",
     ):
         assert sign in output, sign
@@ -33,3 +34,7 @@ def test_the_demo_swarm_finishes_its_board_through_a_crash(tmp_path: Path) -> No
     assert re.search(
         r"completed\s*\S\s*1\s*\S", summary
     )  # the crashed task: done on its second attempt
+    costs = output.split("Cost (the governor's books)", 1)[1]
+    planner = re.search(r"planner\s*\S\s*large\s*\S\s*\$([0-9.]+)", costs)
+    assert planner is not None
+    assert float(planner.group(1)) > 0  # its completions' usage, priced by the demo policy

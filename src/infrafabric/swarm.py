@@ -50,16 +50,29 @@ class AgentPlan:
     name: str
     capabilities: tuple[str, ...]
     role: str  # "worker", "crasher" (dies mid-task once), "blocker" (blocks, takes a filler)
+    model: str  # priced by DEMO_POLICY: the governor prefers the cheaper of equals
 
 
 AGENTS: Final = (
-    AgentPlan("planner", ("plan:roadmap", "write:docs"), "worker"),
-    AgentPlan("coder-1", ("code:python", "test:pytest"), "worker"),
-    AgentPlan("coder-2", ("code:python", "test:pytest"), "crasher"),
-    AgentPlan("reviewer", ("review:code", "write:docs"), "blocker"),
-    AgentPlan("tester", ("test:pytest", "code:python"), "worker"),
-    AgentPlan("writer", ("write:docs",), "worker"),
+    AgentPlan("planner", ("plan:roadmap", "write:docs"), "worker", "large"),
+    AgentPlan("coder-1", ("code:python", "test:pytest"), "worker", "small"),
+    AgentPlan("coder-2", ("code:python", "test:pytest"), "crasher", "small"),
+    AgentPlan("reviewer", ("review:code", "write:docs"), "blocker", "large"),
+    AgentPlan("tester", ("test:pytest", "code:python"), "worker", "medium"),
+    AgentPlan("writer", ("write:docs",), "worker", "small"),
 )
+
+#: The governor's policy for the demo: a price table, and patience on the demo's
+#: timescale (a task waits at most 2 s for a cheaper idle agent).
+DEMO_POLICY: Final = """\
+profiles:
+  default:
+    patience_seconds: 2
+prices:
+  small: {usd_per_1m_in: 0.15, usd_per_1m_out: 0.6}
+  medium: {usd_per_1m_in: 3, usd_per_1m_out: 15}
+  large: {usd_per_1m_in: 15, usd_per_1m_out: 75}
+"""
 
 BOARD: Final = [
     {"id": "spike", "title": "Spike the parser", "priority": 85, "required_capabilities": ["code:python"]},
@@ -94,8 +107,14 @@ def run_swarm(
     """Run the demo to the end (every task finished, or ``timeout``); ``show`` sees each
     board event live; ``keep_serving`` runs while the server is still up afterwards."""
     directory = data_dir or Path(tempfile.mkdtemp(prefix="ifab-run-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    policy = directory / "policy.yaml"
+    policy.write_text(DEMO_POLICY)
     state = open_server(
-        directory, synchronous="NORMAL", config=BoardConfig(lease_seconds=DEMO_LEASE)
+        directory,
+        synchronous="NORMAL",
+        config=BoardConfig(lease_seconds=DEMO_LEASE),
+        policy=policy,
     )
     started = time.monotonic()
     with run_server(state, port=_port(port)) as server:
@@ -138,6 +157,7 @@ def _enroll(server: RunningServer, admin_token: str, plan: AgentPlan) -> Signing
         "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]},
         "capabilities": list(plan.capabilities),
         "description": plan.role,
+        "model": plan.model,
     }
     response = httpx.post(
         f"{server.url}/v1/admin/agents",
@@ -260,7 +280,8 @@ async def _do(agent: Client, task: dict[str, Any], role: str, rng: random.Random
         await agent.unblock(task["id"])
     if task["id"] == "tests":
         await agent.request_help(task["id"], ["test:pytest"])
-    await agent.complete(task["id"], {"done_by": agent.agent})
+    usage = {"tokens_in": rng.randint(2_000, 30_000), "tokens_out": rng.randint(500, 6_000)}
+    await agent.complete(task["id"], {"done_by": agent.agent}, usage=usage)
 
 
 def agent_main() -> None:

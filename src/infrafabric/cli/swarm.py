@@ -99,6 +99,25 @@ def _capture(directory: list[Path], keep_serving: Any, console: Console) -> Any:
                 str(done_by).removeprefix("if://agent/"),
             )
         console.print(table)
+        governor = server.state.service.governor
+        if governor is not None:
+            costs = Table(
+                "agent",
+                "model",
+                "spent",
+                "reputation",
+                "breaker",
+                title="\nCost (the governor's books)",
+            )
+            for row in governor.report()["agents"]:
+                costs.add_row(
+                    row["agent"].removeprefix("if://agent/"),
+                    row["model"],
+                    f"${row['spent_usd']:.4f}",
+                    f"{row['reputation']:.2f}",
+                    row["breaker"],
+                )
+            console.print(costs)
         keep_serving(server)
 
     return wrapped
