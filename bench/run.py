@@ -19,6 +19,7 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import claims  # bench/claims.py: the board and the server
+import governor  # bench/governor.py: waste and matching time
 import witness  # bench/witness.py: the Merkle log
 from infrafabric import (
     Keyring,
@@ -226,6 +227,7 @@ def main() -> None:
     print(render(rows))
     claims.main(quick=args.quick)
     witness.main(quick=args.quick)
+    governor.main(quick=args.quick)
     if args.json:
         print(
             json.dumps(

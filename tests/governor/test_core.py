@@ -98,7 +98,7 @@ def test_an_agent_never_gets_work_it_is_not_qualified_for() -> None:
     assert g.admit("if://agent/stranger", task, 0) is not None  # no manifest, no work
 
 
-def test_the_cheapest_adequate_idle_agent_is_preferred() -> None:
+def test_the_cheapest_adequate_alive_agent_is_waited_for_up_to_the_patience() -> None:
     g = governor()
     g.register("if://agent/big", Manifest(capabilities=PY, model="big"), 0)
     g.register("if://agent/small", Manifest(capabilities=PY, model="small"), 0)
@@ -108,10 +108,12 @@ def test_the_cheapest_adequate_idle_agent_is_preferred() -> None:
     assert g.choose("if://agent/big", [task], 1) is None  # small is idle and cheaper
     assert g.choose("if://agent/small", [task], 1) == task
     g.observe("task.claimed", "other", "if://agent/small", 1, {})
-    assert g.choose("if://agent/big", [task], 2) == task  # small is busy now
+    assert g.choose("if://agent/big", [task], 2) is None  # small is busy, but alive
     g.observe("task.completed", "other", "if://agent/small", 3, {})
     assert g.choose("if://agent/big", [task], 4) is None
     assert g.choose("if://agent/big", [task], 31) == task  # waited past the patience
+    late = TaskView("late", PY, available_since=40)
+    assert g.choose("if://agent/big", [late], 40) == late  # small unseen for 37 s: gone
 
 
 def test_a_vanished_favourite_does_not_hold_work_back() -> None:
@@ -287,14 +289,19 @@ def test_reputation_follows_success_rate_and_p99_latency_against_the_slo() -> No
         (55 / 105) / 0.9, abs=1e-6
     )
     assert reputation([True] * 10, [50.0] * 9 + [400.0], policy) == pytest.approx(0.25)
-    g = governor("profiles: {default: {min_reputation: 0.5}}")
+    g = governor("profiles: {default: {min_reputation: 0.5, failure_threshold: 100}}")
     g.register("if://agent/flaky", Manifest(capabilities=PY), 0)
     for n in range(20):
-        _fail(g, "if://agent/flaky", f"t{n}", n)
-        g.reset("if://agent/flaky", "op", n)
+        _fail(g, "if://agent/flaky", f"t{n}", n * 2)
     refusal = g.admit("if://agent/flaky", TaskView("u", PY), 100)
     assert refusal is not None
     assert refusal.code == "LOW_REPUTATION"
+    # refused work, it could never earn its reputation back: an operator's reset gives a
+    # fresh record
+    (reset,) = g.reset("if://agent/flaky", "if://agent/op", 100)
+    assert reset.payload["reputation_was"] < 0.5
+    assert g.agents["if://agent/flaky"].reputation == 1.0
+    assert g.admit("if://agent/flaky", TaskView("u", PY), 100) is None
 
 
 def test_the_state_survives_a_round_trip_through_its_documents() -> None:

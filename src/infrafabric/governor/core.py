@@ -11,10 +11,10 @@ witness. The service drives it (``infrafabric.governor.service``).
   ``overdraft_factor`` lets spending run over by that fraction) and the task has not
   cost ``max_cost_per_task`` or its task budget already.
 * **Assignment** (``choose``): of the tasks an agent may take, highest priority first,
-  it gets the first one for which no admitted, idle agent (seen within
-  ``patience_seconds``, holding no task) ranks strictly better. A task that has waited
-  ``patience_seconds`` goes to any admitted agent: a busy or vanished favourite never
-  holds work back for longer than that.
+  it gets the first one for which no admitted agent that is alive (seen within
+  ``patience_seconds``, idle or busy) ranks strictly better: the task waits for the
+  better agent. A task that has waited ``patience_seconds`` goes to any admitted agent:
+  a busy or vanished favourite never holds work back for longer than that.
 * **Spending** (``charge``): usage an agent reports is priced by the policy's price
   table (the model's price, else the agent's manifest price; an agent's own ``usd``
   figure is used only when neither exists) and debited from the agent, its swarm and
@@ -39,7 +39,13 @@ import msgspec
 from msgspec import Struct
 
 from infrafabric.errors import CallerError
-from infrafabric.governor.matching import Candidate, coverage, rank, unit_cost
+from infrafabric.governor.matching import (
+    Candidate,
+    coverage,
+    rank,
+    unit_cost,
+    wildcard_prefixes,
+)
 from infrafabric.governor.policy import DEFAULT_POLICY, Budget, Policy, Price
 
 __all__ = [
@@ -119,6 +125,7 @@ class AgentBook:
     unit_cost: float
     swarm: str | None
     reputation: float = 1.0
+    wildcards: tuple[str, ...] = ()  # prefixes of its category:* capabilities
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
     durations: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     consecutive_failures: int = 0
@@ -179,6 +186,7 @@ class Governor:
             book = self.agents[agent] = AgentBook(agent, manifest, frozenset(), price, 0.0, swarm)
         book.manifest, book.price, book.swarm = manifest, price, swarm
         book.have = frozenset(manifest.capabilities)
+        book.wildcards = wildcard_prefixes(book.have)
         book.unit_cost = unit_cost(price, self.policy.reference_task)
         self._ranked.clear()
         self._dirty.add(f"agent/{agent}")
@@ -208,7 +216,7 @@ class Governor:
         if book is None:
             return Refusal("NOT_QUALIFIED", f"{agent} has no capability manifest")
         profile = self.policy.profile
-        covered = coverage(book.have, task.need)
+        covered = coverage(book.have, task.need, book.wildcards)
         if covered < profile.min_capability_match:
             return Refusal(
                 "NOT_QUALIFIED",
@@ -240,7 +248,7 @@ class Governor:
                 continue
             if now - task.available_since >= patience:
                 return task
-            if self._better_idle(task, now, asking=agent) is None:
+            if self._better_alive(task, now, asking=agent) is None:
                 return task
         return None
 
@@ -251,9 +259,10 @@ class Governor:
         cached = self._ranked.get(key)
         if cached is None:
             minimum = self.policy.profile.min_capability_match
+            wanted = frozenset(key)
             candidates = []
             for book in self.agents.values():
-                covered = coverage(book.have, key)
+                covered = coverage(book.have, wanted, book.wildcards)
                 if covered >= minimum:
                     candidates.append(
                         Candidate(book.agent, covered, book.reputation, book.unit_cost)
@@ -392,21 +401,23 @@ class Governor:
         return events
 
     def reset(self, agent: str, operator: str, now: float) -> list[GovernorEvent]:
-        """An operator closes ``agent``'s breaker (and forgives its spent budget flag)."""
+        """An operator closes ``agent``'s breaker. An agent whose reputation fell below
+        ``min_reputation`` (which gets no work, so could never earn it back) starts a
+        fresh record. A spent budget stays spent: raise it in the policy."""
         book = self.agents.get(agent)
         if book is None:
             raise CallerError(f"the governor knows no agent {agent}")
-        before = book.breaker
+        payload: dict[str, Any] = {"by": operator, "was": book.breaker}
         book.breaker, book.trial, book.consecutive_failures = "closed", None, 0
         book.spend.exhausted = False
+        if book.reputation < self.policy.profile.min_reputation:
+            payload["reputation_was"] = book.reputation
+            book.outcomes.clear()
+            book.durations.clear()
+            book.reputation = 1.0
+            self._ranked.clear()
         self._dirty.add(f"agent/{agent}")
-        return [
-            GovernorEvent(
-                kind="breaker.reset",
-                agent=agent,
-                payload={"by": operator, "was": before},
-            )
-        ]
+        return [GovernorEvent(kind="breaker.reset", agent=agent, payload=payload)]
 
     def reload(self, policy: Policy) -> list[GovernorEvent]:
         """Swap the policy; agents keep their books (prices re-read from the new one)."""
@@ -479,19 +490,18 @@ class Governor:
             agent, coverage(book.have, task.need), book.reputation, book.unit_cost
         ).score
 
-    def _better_idle(self, task: TaskView, now: float, *, asking: str) -> Candidate | None:
-        """An idle, admitted agent that ranks strictly better than ``asking`` for
-        ``task``, if any: among equals, whoever asks first gets the work. The ranking is
-        best first, so the search stops at the first agent no better than the asker
-        (with equal agents, at once)."""
+    def _better_alive(self, task: TaskView, now: float, *, asking: str) -> Candidate | None:
+        """An admitted agent, alive (seen within ``patience_seconds``, idle or busy),
+        that ranks strictly better than ``asking`` for ``task``, if any: among equals,
+        whoever asks first gets the work. The ranking is best first, so the search stops
+        at the first agent no better than the asker (with equal agents, at once)."""
         patience = self.policy.profile.patience_seconds
         mine = self._score(asking, task)
         for candidate in self.ranked(task.need, now):
             if candidate.score <= mine:
                 return None
-            book = self.agents[candidate.agent]
-            idle = not book.holding and now - book.last_seen <= patience
-            if idle and self.admit(candidate.agent, task, now) is None:
+            alive = now - self.agents[candidate.agent].last_seen <= patience
+            if alive and self.admit(candidate.agent, task, now) is None:
                 return candidate
         return None
 

@@ -25,17 +25,29 @@ __all__ = ["Candidate", "coverage", "rank", "unit_cost"]
 FREE: float = 1e-9
 
 
-def coverage(have: frozenset[str], need: Iterable[str]) -> float:
-    wanted = set(need)
+def coverage(
+    have: frozenset[str], need: Iterable[str], wildcards: tuple[str, ...] | None = None
+) -> float:
+    """``wildcards``: the prefixes of ``have``'s ``category:*`` entries, if precomputed
+    (the governor keeps them per agent: ranking 1,000 agents is then one C-level set
+    intersection each)."""
+    wanted = need if isinstance(need, frozenset) else frozenset(need)
     if not wanted:
         return 1.0
-    wildcards = {capability[:-1] for capability in have if capability.endswith("*")}
+    if wildcards is None:
+        wildcards = wildcard_prefixes(have)
+    if not wildcards:
+        return len(wanted & have) / len(wanted)
     covered = sum(
         1
         for capability in wanted
         if capability in have or any(capability.startswith(prefix) for prefix in wildcards)
     )
     return covered / len(wanted)
+
+
+def wildcard_prefixes(have: Iterable[str]) -> tuple[str, ...]:
+    return tuple(capability[:-1] for capability in have if capability.endswith("*"))
 
 
 def unit_cost(price: Price, reference: ReferenceTask) -> float:
