@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 import sqlite3
@@ -150,27 +149,9 @@ def million(directory: Path, size: int) -> list[tuple[str, str]]:
 
 
 def claim_cost(quick: bool) -> list[tuple[str, str]]:
-    rows = []
-    rate, seconds = (200.0, 3.0) if quick else (1000.0, 10.0)
-    p99s = {}
-    for witness in ("--witness", "--no-witness"):
-        fabric = claims.RunningFabric("FULL", witness)
-        try:
-            agents = [fabric.enroll(f"bench-{i:03d}") for i in range(100)]
-            samples, achieved = asyncio.run(claims.server_steady(fabric, agents, rate, seconds))
-        finally:
-            fabric.close()
-        p50, p95, p99 = claims.percentiles(samples)
-        p99s[witness] = p99
-        rows.append(
-            (
-                f"server FULL {witness}: claim_next at {rate:,.0f}/s",
-                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s",
-            )
-        )
-    worse = p99s["--witness"] / p99s["--no-witness"] - 1
-    rows.append(("claim p99 with the witness vs without", f"{worse:+.0%} (aim: worse by < 10 %)"))
-    return rows
+    return claims.with_and_without(
+        "--witness", "--no-witness", "the witness", quick, " (aim: worse by < 10 %)"
+    )
 
 
 def main(quick: bool = False) -> None:
