@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from infrafabric.types import AgentId, Timestamp
 
 __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 
+_log = logging.getLogger(__name__)
 #: Attempts before a write that keeps losing races gives up (each attempt re-reads).
 MAX_RETRIES: Final = 200
 # Most agents qualify for the first task or the next: decoding more is waste.
@@ -119,14 +121,18 @@ class Coordinator:
 
         def decide(store: Store) -> Outcome | None:
             choice = _best_for(store, test, self.clock())
-            return None if choice is None else rules.claim(choice, agent, self.clock(), self.config)
+            if choice is None:
+                return None
+            return _traced(rules.claim(choice, agent, self.clock(), self.config))
 
         # One transaction under the store's write lock: a crowd of claimants never races
-        # for the same task, each simply gets the next one.
-        outcome, _ = self.store.transact(decide)
-        if outcome is None:
-            return None
-        self._notify(outcome.events)
+        # for the same task, each simply gets the next one. The listeners hear of it in
+        # the same batch (see _try).
+        with self.store.batch():
+            outcome, _ = self.store.transact(decide)
+            if outcome is None:
+                return None
+            self._notify(outcome.events)
         return outcome.tasks[0]
 
     # -- working ----------------------------------------------------------------------------
@@ -316,22 +322,32 @@ class Coordinator:
 
     def _try(self, outcome: Outcome) -> bool:
         outcome = _traced(outcome)
-        try:
-            self.store.apply(outcome)
-        except Conflict:
-            return False
-        self._notify(outcome.events)
+        # The change and what its listeners write because of it (the governor's books
+        # and decisions) commit together, and every thread takes the store's write lock
+        # before any listener's own lock: one lock order, no deadlock.
+        with self.store.batch():
+            try:
+                self.store.apply(outcome)
+            except Conflict:
+                return False
+            self._notify(outcome.events)
         return True
 
     def _publish(self, outcome: Outcome) -> None:
         outcome = _traced(outcome)
-        self.store.apply(outcome)
-        self._notify(outcome.events)
+        with self.store.batch():
+            self.store.apply(outcome)
+            self._notify(outcome.events)
 
     def _notify(self, events: Sequence[BoardEvent]) -> None:
+        """Tell every listener; one that fails is logged and does not stop the others,
+        nor undo the change (it is applied)."""
         if events:
-            for listener in self._listeners:
-                listener(events)
+            for listener in tuple(self._listeners):
+                try:
+                    listener(events)
+                except Exception:
+                    _log.exception("board listener %r failed", listener)
 
     def _state_of(self, task_id: str) -> TaskState | None:
         task = self.store.get(task_id)

@@ -26,7 +26,7 @@ from msgspec import UNSET
 
 from infrafabric import ops
 from infrafabric.board.dag import DependencyError
-from infrafabric.board.model import Blocker, BoardEvent, Task, Urgency
+from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState, Urgency
 from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner
 from infrafabric.board.transitions import IllegalTransition
 from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
@@ -112,6 +112,8 @@ class FabricService:
         self._listeners = _Listeners()
         self._held = threading.local()  # inside handle_batch: announcements wait for the commit
         coordinator.listen(self._on_board_events)
+        if governor is not None:
+            governor.attach()
         if verifier.mode is Mode.AUDIT and verifier.on_reject is None:
             verifier.on_reject = self._witness_verdict
 
@@ -123,7 +125,9 @@ class FabricService:
         with self._verify_lock:
             verdict = self.verifier.check(data, now=now, local=local)
             message = _accepted(verdict)
-            key = verdict.key
+            # an operator's authority needs a message that passed every check: audit mode
+            # accepts a forged or replayed one, which proves nothing about its sender
+            key = verdict.key if verdict.reason is None else None
             window = self.verifier.sequences.snapshot(message.sender)
         if window is not None:
             # Durable with the message's effects (one commit in a batch): after a crash
@@ -279,8 +283,10 @@ class FabricService:
                     "tasks": [_task_json(t) for t in board.create([_task(s, agent) for s in specs])]
                 }
             case ops.Claim(task_id=task_id):
-                if self.governor is not None:
-                    refusal = self.governor.admit(agent, board.get(task_id))
+                wanted = board.get(task_id)
+                if self.governor is not None and wanted.state is TaskState.AVAILABLE:
+                    # (a task that is not available: the board says why, with its 409)
+                    refusal = self.governor.admit(agent, wanted)
                     if refusal is not None:
                         raise ServiceError(refusal.code, refusal.reason, 403)
                 return {"task": _task_json(board.claim(task_id, agent))}
@@ -372,7 +378,8 @@ class FabricService:
         if key is None or key.role is not KeyRole.OPERATOR:
             raise ServiceError(
                 "NOT_OPERATOR",
-                f"{message.sender} signed with an agent key; a reset needs an operator key",
+                f"a reset needs a message from {message.sender} that passed every check,"
+                " signed with an operator key",
                 403,
             )
         try:

@@ -342,3 +342,52 @@ def test_equals_do_not_defer_to_each_other() -> None:
         g.seen(f"if://agent/{name}", 0)
     task = TaskView("t", PY, available_since=0)
     assert g.choose("if://agent/b", [task], 1) == task  # a ranks first by name, not better
+
+
+def test_a_cancelled_trial_frees_its_owner() -> None:
+    g = governor()
+    agent = "if://agent/bob"
+    g.register(agent, Manifest(capabilities=PY, model="small"), 0)
+    g.register("if://agent/lead", Manifest(capabilities=PY, model="small"), 0)
+    for n in range(3):
+        _fail(g, agent, f"t{n}", n * 2)
+    assert g.admit(agent, TaskView("trial", PY), 100) is None  # cooled off: half-open
+    g.observe("task.claimed", "trial", agent, 100, {})  # its one trial
+    assert g.agents[agent].trial == "trial"
+    g.observe("task.cancelled", "trial", "if://agent/lead", 101, {"old_owner": agent})
+    assert g.agents[agent].trial is None
+    assert g.agents[agent].holding == {}
+    assert g.admit(agent, TaskView("next", PY), 102) is None  # a new trial may start
+
+
+def test_an_expired_lease_does_not_count_as_its_owner_being_alive() -> None:
+    g = governor()
+    g.register("if://agent/small", Manifest(capabilities=PY, model="small"), 0)
+    g.register("if://agent/big", Manifest(capabilities=PY, model="big"), 0)
+    g.seen("if://agent/small", 0)
+    g.observe("task.claimed", "t", "if://agent/small", 0, {})
+    g.observe("task.expired", "t", None, 130, {"old_owner": "if://agent/small"})
+    task = TaskView("t", PY, available_since=130)
+    assert g.choose("if://agent/big", [task], 131) == task  # small crashed at 0: not alive
+
+
+def test_work_waits_only_for_a_cheaper_priced_agent() -> None:
+    g = governor()
+    g.register("if://agent/ops", Manifest(), 0)  # an operator: no price, no capability
+    g.register("if://agent/cheap", Manifest(capabilities=PY, model="small"), 0)
+    g.register("if://agent/peer", Manifest(capabilities=PY, model="small"), 0)
+    for name in ("ops", "cheap", "peer"):
+        g.seen(f"if://agent/{name}", 0)
+    anything = TaskView("any", (), available_since=0)
+    assert g.choose("if://agent/cheap", [anything], 1) == anything  # never waits for ops
+    _fail(g, "if://agent/peer", "x", 0)  # peer's reputation falls below cheap's
+    g.seen("if://agent/peer", 1)
+    python = TaskView("py", PY, available_since=1)
+    assert g.choose("if://agent/peer", [python], 2) == python  # same price: no waiting
+
+
+def test_an_unknown_model_name_does_not_make_work_free() -> None:
+    g = governor()
+    g.register("if://agent/big", Manifest(capabilities=PY, model="big"), 0)
+    usage = {"tokens_in": 1_000_000, "model": "mystery", "usd": 0}
+    assert g.price("if://agent/big", usage) == (pytest.approx(15.0), "policy", "big")

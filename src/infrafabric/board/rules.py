@@ -376,8 +376,9 @@ def cancel(
     cancelled = _move(
         task, TaskEvent.CANCEL, now, owner=None, lease_expires_at=None, failure=reason
     )
+    held = {} if task.owner is None else {"old_owner": task.owner}  # whose work stopped
     outcome = Outcome(
-        (cancelled,), (_event("task.cancelled", cancelled, actor, now, reason=reason),)
+        (cancelled,), (_event("task.cancelled", cancelled, actor, now, reason=reason, **held),)
     )
     return outcome + _propagate_failure(cancelled, dependents, now)
 

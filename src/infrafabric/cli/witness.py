@@ -36,7 +36,10 @@ Data = Annotated[
     typer.Option("--data", help=f"The fabric's data directory (default: ${ENV_DATA} or yours)."),
 ]
 Component = Annotated[
-    str | None, typer.Option("--component", help="Only this component: board, keys, verify.")
+    str | None,
+    typer.Option(
+        "--component", help="Only this component: board, keys, verify, governor, witness."
+    ),
 ]
 Event = Annotated[
     str | None,
@@ -299,12 +302,10 @@ def _source(data: Path | None, server: str, agent: str | None, token: str | None
     if not path.exists():
         fail(f"no witness log at {path}")
 
+    log = WitnessLog(path)  # once: opening reads the tree's edge (closed at exit)
+
     def local(where: EntryFilter, start: int, limit: int) -> dict[str, Any]:
-        log = WitnessLog(path)
-        try:
-            page = scan(log, where, start, limit=limit, budget=1_000_000)
-        finally:
-            log.close()
+        page = scan(log, where, start, limit=limit, budget=1_000_000)
         return {
             "entries": [
                 {"index": f.index, "leaf": f.leaf.hex(), "entry": json.loads(f.data)}

@@ -63,6 +63,8 @@ __all__ = [
 WINDOW: Final = 100
 #: The reputation prior: an agent starts as if it had this many successes on record.
 PRIOR: Final = 5
+#: Rankings kept (one per distinct set of needs) before the cache starts over.
+RANKED_CACHE: Final = 1024
 
 Breaker = Literal["closed", "open", "half_open"]
 
@@ -176,10 +178,17 @@ class Governor:
         if swarm is not None and swarm not in self.policy.swarms:
             raise ManifestError(f"no swarm {swarm!r} in the policy ({sorted(self.policy.swarms)})")
 
-    def register(self, agent: str, manifest: Manifest, now: float) -> list[GovernorEvent]:
-        """Add or update an agent's manifest (validated against the policy)."""
-        self.validate(agent, manifest)
+    def register(
+        self, agent: str, manifest: Manifest, now: float, *, validate: bool = True
+    ) -> list[GovernorEvent]:
+        """Add or update an agent's manifest, validated against the policy unless
+        ``validate`` is false (books kept from before a policy change, or agents
+        enrolled before the governor: a stricter policy must not stop a restart)."""
+        if validate:
+            self.validate(agent, manifest)
         swarm = manifest.swarm or self.policy.swarm_of(agent)
+        if swarm is not None and swarm not in self.policy.swarms:
+            swarm = None  # a swarm the policy no longer has
         price = manifest.price or self.policy.prices.get(manifest.model) or Price()
         book = self.agents.get(agent)
         if book is None:
@@ -267,6 +276,8 @@ class Governor:
                     candidates.append(
                         Candidate(book.agent, covered, book.reputation, book.unit_cost)
                     )
+            if len(self._ranked) >= RANKED_CACHE:  # many distinct needs: start over
+                self._ranked.clear()
             cached = self._ranked[key] = rank(candidates)
         return cached
 
@@ -307,11 +318,14 @@ class Governor:
         self, kind: str, task_id: str, actor: str | None, at: float, payload: Mapping[str, Any]
     ) -> list[GovernorEvent]:
         events: list[GovernorEvent] = []
-        owner = actor or payload.get("old_owner")
+        # whose work it was: the old owner of a failed, expired or cancelled task (a
+        # cancel's actor is its creator), else whoever acted
+        owner = payload.get("old_owner") or actor
         book = self.agents.get(owner) if isinstance(owner, str) else None
         if book is None:
             return events
-        book.last_seen = max(book.last_seen, at)
+        if actor == book.agent and kind != "task.escalated":  # it acted: it is alive (an
+            book.last_seen = max(book.last_seen, at)  # expiry or escalation says otherwise)
         usage = payload.get("usage")
         if isinstance(usage, Mapping):
             events += self.charge(book.agent, task_id, usage, at)
@@ -348,12 +362,16 @@ class Governor:
         book = self.agents.get(agent)
         declared = "" if book is None else book.manifest.model
         model = str(usage.get("model") or declared)
-        price = self.policy.prices.get(model) or (None if book is None else book.manifest.price)
+        price = self.policy.prices.get(model)
+        if price is None and book is not None:  # a model the table does not know: the
+            price = book.manifest.price or self.policy.prices.get(declared)  # agent's own
+            model = model if book.manifest.price is not None else declared
         if price is None:
             return float(usage.get("usd", 0.0)), "agent", model
         seconds = float(usage.get("seconds", 0.0))
         cost = price.cost(int(usage.get("tokens_in", 0)), int(usage.get("tokens_out", 0)), seconds)
-        return cost, ("policy" if model in self.policy.prices else "manifest"), model
+        priced_by = "manifest" if book is not None and price is book.manifest.price else "policy"
+        return cost, priced_by, model
 
     def charge(
         self, agent: str, task_id: str, usage: Mapping[str, Any], now: float
@@ -492,18 +510,28 @@ class Governor:
 
     def _better_alive(self, task: TaskView, now: float, *, asking: str) -> Candidate | None:
         """An admitted agent, alive (seen within ``patience_seconds``, idle or busy),
-        that ranks strictly better than ``asking`` for ``task``, if any: among equals,
-        whoever asks first gets the work. The ranking is best first, so the search stops
-        at the first agent no better than the asker (with equal agents, at once)."""
+        that ranks strictly better than ``asking`` for ``task`` *and* charges less, with a
+        known price and some capabilities, if any. Work waits only to save money: among
+        equals, or for a better reputation at the same price, whoever asks first gets
+        it, and an agent with no price (an operator, an unpriced script) is never waited
+        for. The ranking is best first, so the search stops at the first agent no better
+        than the asker (with equal agents, at once)."""
         patience = self.policy.profile.patience_seconds
         mine = self._score(asking, task)
+        my_cost = self.agents[asking].unit_cost
         for candidate in self.ranked(task.need, now):
             if candidate.score <= mine:
                 return None
-            alive = now - self.agents[candidate.agent].last_seen <= patience
+            other = self.agents[candidate.agent]
+            if not other.have or not self._priced(other) or candidate.unit_cost >= my_cost:
+                continue
+            alive = now - other.last_seen <= patience
             if alive and self.admit(candidate.agent, task, now) is None:
                 return candidate
         return None
+
+    def _priced(self, book: AgentBook) -> bool:
+        return book.manifest.price is not None or book.manifest.model in self.policy.prices
 
     def _outcome(
         self, book: AgentBook, task_id: str, success: bool, at: float
@@ -517,14 +545,16 @@ class Governor:
         book.reputation = reputation(book.outcomes, book.durations, self.policy)
         if book.reputation != before:
             self._ranked.clear()
-        events = [
-            GovernorEvent(
-                kind="reputation.updated",
-                agent=book.agent,
-                task_id=task_id,
-                payload={"reputation": book.reputation, "was": before, "success": success},
+        events = []
+        if book.reputation != before:  # one event per change, not per outcome
+            events.append(
+                GovernorEvent(
+                    kind="reputation.updated",
+                    agent=book.agent,
+                    task_id=task_id,
+                    payload={"reputation": book.reputation, "was": before, "success": success},
+                )
             )
-        ]
         trial = book.trial == task_id
         if trial:
             book.trial = None
@@ -561,7 +591,7 @@ class Governor:
             book.breaker == "open"
             and cooloff is not None
             and now - book.opened_at >= cooloff
-            and not book.spend.exhausted
+            and self._budget_refusal(book, "") is None  # money, not time, is what is missing
         ):
             book.breaker = "half_open"
 
@@ -691,7 +721,8 @@ class Governor:
             kind, _, name = key.partition("/")
             saved = msgspec.json.decode(data)
             if kind == "agent":
-                self.register(name, msgspec.convert(saved["manifest"], Manifest), now)
+                manifest = msgspec.convert(saved["manifest"], Manifest)
+                self.register(name, manifest, now, validate=False)
                 book = self.agents[name]
                 book.reputation = saved["reputation"]
                 book.outcomes.extend(saved["outcomes"])

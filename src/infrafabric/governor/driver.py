@@ -6,9 +6,11 @@ A thin, thread-safe shell around :class:`~infrafabric.governor.core.Governor`:
   reported usage reaches the governor in the order the board decided them;
 * each decision the governor takes (a charge, a budget warning, a breaker change, a
   refusal) is logged in the board's event log as a ``governor`` event, and the books it
-  changed are saved with :meth:`~infrafabric.storage.base.Store.save_state`: inside the
-  server's group commit both land in the same transaction as the board change that
-  caused them, so the witness sees them and a restart finds them;
+  changed are saved with :meth:`~infrafabric.storage.base.Store.save_state`: both in
+  the same transaction as the board change that caused them (the coordinator tells its
+  listeners inside its batch), so the witness sees them and a restart finds them;
+* lock order: the store's write lock, then the driver's; every method that writes
+  takes them in that order, and the coordinator calls in with the store's held;
 * ``claim_next`` asks it which task an agent should take (:meth:`accepting`), a claim
   by id asks whether the agent may (:meth:`admit`), a help request whom to invite.
 """
@@ -49,7 +51,7 @@ class GovernorDriver:
         self._lock = threading.RLock()  # recording an event calls back into _on_events
         self.governor = Governor(policy)
         now = self.clock()
-        with self._lock:
+        with self.store.batch(), self._lock:
             kept = self.store.load_state(PREFIX)
             self.governor.restore({key[len(PREFIX) :]: doc for key, doc in kept.items()}, now)
             for task in self.store.tasks([s for s in TaskState if s.owned]):
@@ -60,9 +62,13 @@ class GovernorDriver:
             for record in self.store.agents():
                 if record.id not in self.governor.agents:
                     manifest = Manifest(capabilities=record.capabilities)
-                    events += self.governor.register(record.id, manifest, now)
+                    events += self.governor.register(record.id, manifest, now, validate=False)
             self._commit(events)
-        coordinator.listen(self._on_events)
+
+    def attach(self) -> None:
+        """Start hearing the board's events (the service calls it after its own
+        listener, so live subscribers hear of a change before the governor's verdict)."""
+        self.coordinator.listen(self._on_events)
 
     @classmethod
     def from_file(
@@ -85,7 +91,7 @@ class GovernorDriver:
             self.governor.validate(agent, manifest)
 
     def register(self, agent: AgentId, manifest: Manifest) -> None:
-        with self._lock:
+        with self.store.batch(), self._lock:  # the store's lock first, always
             self._commit(self.governor.register(agent, manifest, self.clock()))
 
     # -- work -----------------------------------------------------------------------------
@@ -107,7 +113,7 @@ class GovernorDriver:
 
     def admit(self, agent: AgentId, task: Task) -> Refusal | None:
         """Whether ``agent`` may claim ``task`` by id; a refusal is logged."""
-        with self._lock:
+        with self.store.batch(), self._lock:
             now = self.clock()
             self.governor.seen(agent, now)
             refusal = self.governor.admit(agent, _view(task), now)
@@ -138,7 +144,7 @@ class GovernorDriver:
     # -- operators ------------------------------------------------------------------------
 
     def reset(self, agent: AgentId, operator: AgentId) -> None:
-        with self._lock:
+        with self.store.batch(), self._lock:
             self._commit(self.governor.reset(agent, operator, self.clock()))
 
     def reload(self, policy: Policy | None = None) -> Policy:
@@ -150,7 +156,7 @@ class GovernorDriver:
                 policy = self.governor.policy  # the built-in policy: nothing to re-read
             else:
                 policy = load_policy(self.policy_path, profile=self.profile)
-        with self._lock:
+        with self.store.batch(), self._lock:
             self._commit(self.governor.reload(policy))
         return policy
 
@@ -161,6 +167,7 @@ class GovernorDriver:
     # -- internals ------------------------------------------------------------------------
 
     def _on_events(self, events: Sequence[BoardEvent]) -> None:
+        # called by the coordinator inside its batch: the store's lock is held already
         with self._lock:
             decided: list[GovernorEvent] = []
             for event in events:

@@ -34,7 +34,7 @@ from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import PolicyError, Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
-from infrafabric.protocol.timefmt import parse_timestamp
+from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
@@ -427,13 +427,14 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
     ``MAX_WITNESS_SCAN`` entries; ``next`` says where to continue, ``size`` the log's size."""
     witness = _witness(state, request)
     start = _int_param(request, "start", 0)
-    limit = min(_int_param(request, "limit", 100), MAX_WITNESS_ENTRIES)
     where = _entry_filter(request)
-    budget = MAX_WITNESS_SCAN if not where.everything else limit
-    if "end" in request.query_params:
-        budget = min(budget, max(0, _int_param(request, "end", 0) - start))
-        if where.everything:
-            limit = budget
+    if "end" in request.query_params:  # a range: [start, end), at most 1,000 entries
+        span = min(max(0, _int_param(request, "end", 0) - start), MAX_WITNESS_ENTRIES)
+        limit = min(_int_param(request, "limit", span), span)
+        budget = span if where.everything else min(span, MAX_WITNESS_SCAN)
+    else:
+        limit = min(_int_param(request, "limit", 100), MAX_WITNESS_ENTRIES)
+        budget = limit if where.everything else MAX_WITNESS_SCAN
 
     def find() -> Page:
         witness.log.refresh()  # a feeder process may have appended since
@@ -462,8 +463,12 @@ def _entry_filter(request: Request) -> EntryFilter:
     def instant(name: str) -> float | None:
         value = text(name)
         try:
-            return None if value is None else parse_timestamp(value)
-        except ValueError as exc:
+            if value is None:
+                return None
+            instant = parse_timestamp(value)
+            format_timestamp(instant)  # entries compare as text: it must format back
+            return instant
+        except (ValueError, OverflowError, OSError) as exc:
             raise ServiceError("MALFORMED", f"{name}: {exc}", 400) from None
 
     cost = query.get("cost", "false")

@@ -12,6 +12,7 @@ over very long logs become common.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,16 +56,20 @@ class EntryFilter:
 
     def matches(self, entry: WitnessEntry) -> bool:
         # Entries carry canonical millisecond timestamps, which sort as text.
+        since, until = self._bounds()
         return (
             (self.component is None or entry.component == self.component)
             and (self.event is None or fnmatch.fnmatchcase(entry.event, self.event))
             and (self.trace_id is None or entry.trace_id == self.trace_id)
             and (self.task_id is None or entry.task_id == self.task_id)
             and (self.actor is None or entry.actor == self.actor)
-            and (self.since is None or entry.at >= format_timestamp(self.since))
-            and (self.until is None or entry.at < format_timestamp(self.until))
+            and (since is None or entry.at >= since)
+            and (until is None or entry.at < until)
             and (not self.with_cost or entry.cost is not None)
         )
+
+    def _bounds(self) -> tuple[str | None, str | None]:
+        return _as_text(self.since), _as_text(self.until)
 
     @property
     def everything(self) -> bool:
@@ -105,6 +110,12 @@ def scan(
         else:
             position = end
     return Page(found, min(position, size), size)
+
+
+@functools.lru_cache(maxsize=64)
+def _as_text(instant: Timestamp | None) -> str | None:
+    """``instant`` as entries spell times (formatted once per filter, not per entry)."""
+    return None if instant is None else format_timestamp(instant)
 
 
 def _matches(where: EntryFilter, data: bytes) -> bool:
