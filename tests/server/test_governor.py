@@ -259,3 +259,62 @@ def test_the_books_survive_a_restart(tmp_path: Path) -> None:
     assert after["agents"][0]["spent_usd"] == pytest.approx(1.05)
     assert after["agents"][0]["tasks_failed"] == 1
     assert after["agents"][0]["holding"] == ["b"]
+
+
+def test_in_audit_mode_a_forged_reset_is_refused(tmp_path: Path) -> None:
+    from infrafabric.protocol.message import build_message, encode_json
+    from infrafabric.protocol.verify import Mode
+
+    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
+    with run_server(state) as server:
+        governed = Governed(server, state.sessions.admin_token, tmp_path / "none.yaml")
+        operator = governed.enroll("operator", [], role=KeyRole.OPERATOR)
+        worker = governed.enroll("worker")
+        reset = operator.sign(
+            build_message(
+                sender=operator.agent,
+                sequence_num=1,
+                now=time.time(),
+                performative="request",
+                receiver="if://service/governor",
+                content={"op": "reset", "agent": worker.agent},
+            )
+        )
+        forged = encode_json(reset).replace(b'"sequence_num":1', b'"sequence_num":2')
+        refused = httpx.post(
+            f"{server.url}/v1/messages", content=forged, headers={"content-type": "x"}
+        )
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "NOT_OPERATOR"
+        assert [e for e in governed.events() if e["kind"] == "breaker.reset"] == []
+
+
+def test_a_reloaded_policy_takes_effect(governed: Governed) -> None:
+    flaky = governed.enroll("flaky")
+    governed.policy.write_text(POLICY.replace("failure_threshold: 2", "failure_threshold: 5"))
+    assert governed.admin_post("/v1/admin/governor/reload").status_code == 200
+
+    async def scenario() -> None:
+        async with Client.connect(governed.url, flaky) as agent:
+            await agent.create_tasks([{"id": n, "title": n} for n in ("a", "b", "c")])
+            for task in ("a", "b"):
+                await agent.claim(task)
+                await agent.fail(task, "crashed", retry=False)
+            assert (await agent.claim("c"))["owner"] == flaky.agent  # 2 < 5: still closed
+
+    asyncio.run(scenario())
+    assert governed.report()["agents"][0]["breaker"] == "closed"
+
+
+def test_claim_next_carries_the_trace_into_the_event_log(governed: Governed) -> None:
+    agent_identity = governed.enroll("tracer")
+
+    async def scenario() -> None:
+        async with Client.connect(governed.url, agent_identity) as agent:
+            await agent.create_task("A", id="a")
+            with Client.trace("job-9"):
+                assert (await agent.claim_next()) is not None
+
+    asyncio.run(scenario())
+    (claimed,) = [e for e in governed.events("board") if e["kind"] == "task.claimed"]
+    assert claimed["trace_id"] == "job-9"

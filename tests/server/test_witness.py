@@ -362,3 +362,17 @@ def test_entries_are_searched_on_the_server_and_bad_filters_are_refused(fabric: 
                 assert (refused.value.code, refused.value.status) == ("MALFORMED", 400)
 
     asyncio.run(scenario())
+
+
+def test_a_range_of_entries_returns_up_to_a_thousand(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_tasks([{"id": f"t{n}", "title": "T"} for n in range(150)])
+            size = (await _signed_at_least(agent, 153))["size"]
+            entries = await agent.witness_entries(0, 1000)
+            assert [e["index"] for e in entries] == list(range(size))
+            assert len(await agent.witness_entries(10, 20)) == 10
+
+    asyncio.run(scenario())
