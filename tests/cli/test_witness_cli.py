@@ -239,9 +239,9 @@ def test_log_filters_read_offline_from_the_data_directory(costed: Fabric) -> Non
     assert "cost=30+5 tokens $0.0200 small" in by_bob[-1]
     everything = _json_lines(ok(costed("witness", "log", "--count", "1000", "--json", *data)))
     # 2 keys, 2 enrollments, 2 registrations with the governor, 10 board decisions, and
-    # the governor's 4 charges and 3 reputation updates
-    assert len(everything) == 23
-    assert ok(costed("witness", "log", "--since", "1h", "--count", "1000", *data)).count("\n") == 23
+    # the governor's 4 charges and 1 reputation update (the failure; successes keep 1.0)
+    assert len(everything) == 21
+    assert ok(costed("witness", "log", "--since", "1h", "--count", "1000", *data)).count("\n") == 21
     assert ok(costed("witness", "log", "--until", "2020-01-01", *data)) == ""
     refused = costed("witness", "log", "--since", "yesterday", *data)
     assert refused.returncode == 2
@@ -257,15 +257,13 @@ def test_trace_follows_one_job_and_totals_what_it_cost(costed: Fabric) -> None:
         "board/task.claimed",
         "board/task.completed",
         "governor/usage.charged",
-        "governor/reputation.updated",
         "board/task.claimed",
         "board/task.progress",
         "governor/usage.charged",
         "board/task.completed",
         "governor/usage.charged",
-        "governor/reputation.updated",
     ]
-    assert printed[-1] == "12 decisions; 1040 tokens in, 205 out, $0.5300"
+    assert printed[-1] == "10 decisions; 1040 tokens in, 205 out, $0.5300"
     missing = costed("witness", "trace", "job-2", "--data", str(costed.data))
     assert missing.returncode == 1
     assert b"no witnessed decision carries trace job-2" in missing.stderr
@@ -304,7 +302,7 @@ def test_export_writes_every_entry_as_json_or_csv(costed: Fabric, tmp_path: Path
     assert exported == _json_lines(ok(costed("witness", "log", "--count", "1000", "--json", *data)))
     printed = ok(costed("witness", "export", "--format", "csv", *data))
     rows = list(csv.DictReader(printed.splitlines()))
-    assert [int(row["index"]) for row in rows] == list(range(23))
+    assert [int(row["index"]) for row in rows] == list(range(21))
     assert [row["leaf"] for row in rows] == [item["leaf"] for item in exported]
     failed = next(row for row in rows if row["event"] == "task.failed")
     assert (failed["tokens_in"], failed["usd"], failed["model"]) == ("7", "0.25", "small")

@@ -363,9 +363,11 @@ class Governor:
         declared = "" if book is None else book.manifest.model
         model = str(usage.get("model") or declared)
         price = self.policy.prices.get(model)
-        if price is None and book is not None:  # a model the table does not know: the
-            price = book.manifest.price or self.policy.prices.get(declared)  # agent's own
-            model = model if book.manifest.price is not None else declared
+        if price is None and book is not None:  # a model the table does not know:
+            if book.manifest.price is not None:  # the agent's own price,
+                price = book.manifest.price
+            elif declared in self.policy.prices:  # or that of the model it enrolled with
+                price, model = self.policy.prices[declared], declared
         if price is None:
             return float(usage.get("usd", 0.0)), "agent", model
         seconds = float(usage.get("seconds", 0.0))
