@@ -70,6 +70,7 @@ class Coordinator:
         self._seen: dict[AgentId, Timestamp] = {}
         self._seen_lock = threading.Lock()
         self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
+        self._writers: list[Callable[[Sequence[BoardEvent]], Sequence[BoardEvent]]] = []
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -128,11 +129,11 @@ class Coordinator:
         # One transaction under the store's write lock: a crowd of claimants never races
         # for the same task, each simply gets the next one. The listeners hear of it in
         # the same batch (see _try).
-        with self.store.batch():
-            outcome, _ = self.store.transact(decide)
-            if outcome is None:
-                return None
-            self._notify(outcome.events)
+        decided: list[BoardEvent] = []
+        outcome, _ = self.store.transact(decide, then=lambda done: self._write(done, decided))
+        if outcome is None:
+            return None
+        self._notify([*outcome.events, *decided])
         return outcome.tasks[0]
 
     # -- working ----------------------------------------------------------------------------
@@ -304,8 +305,17 @@ class Coordinator:
             _TRACE.reset(token)
 
     def listen(self, listener: Callable[[Sequence[BoardEvent]], None]) -> None:
-        """Call ``listener`` with the events of every change this coordinator applies."""
+        """Call ``listener`` with the events of every change this coordinator applies,
+        once the change is written (and committed, unless a batch encloses it)."""
         self._listeners.append(listener)
+
+    def listen_inside(self, writer: Callable[[Sequence[BoardEvent]], Sequence[BoardEvent]]) -> None:
+        """Call ``writer`` with the events of every change *inside* the change's
+        transaction, with the store's write lock held (take it before any lock of your
+        own: one lock order). What it writes commits with the change; the events it
+        returns (its own decisions) are logged with the change too, and listeners hear
+        them right after the change's own events."""
+        self._writers.append(writer)
 
     # -- internals --------------------------------------------------------------------------
 
@@ -322,22 +332,36 @@ class Coordinator:
 
     def _try(self, outcome: Outcome) -> bool:
         outcome = _traced(outcome)
-        # The change and what its listeners write because of it (the governor's books
-        # and decisions) commit together, and every thread takes the store's write lock
-        # before any listener's own lock: one lock order, no deadlock.
-        with self.store.batch():
-            try:
-                self.store.apply(outcome)
-            except Conflict:
-                return False
-            self._notify(outcome.events)
+        # The writers (the governor) hear of the change inside its transaction: what they
+        # write because of it commits with it, and every thread takes the store's write
+        # lock before their own (one lock order, no deadlock). The listeners hear of it
+        # once it is written.
+        decided: list[BoardEvent] = []
+        try:
+            self.store.apply(outcome, then=lambda done: self._write(done, decided))
+        except Conflict:
+            return False
+        self._notify([*outcome.events, *decided])
         return True
 
     def _publish(self, outcome: Outcome) -> None:
         outcome = _traced(outcome)
-        with self.store.batch():
-            self.store.apply(outcome)
-            self._notify(outcome.events)
+        decided: list[BoardEvent] = []
+        self.store.apply(outcome, then=lambda done: self._write(done, decided))
+        self._notify([*outcome.events, *decided])
+
+    def _write(self, outcome: Outcome, decided: list[BoardEvent]) -> None:
+        """Inside the change's transaction: the writers' turn, and their events logged."""
+        for writer in self._writers:
+            try:
+                produced = tuple(writer(outcome.events))
+            except Exception:  # a bug in a writer must not stop the board: it is logged
+                _log.exception("board writer %r failed", writer)
+                continue
+            if produced:
+                logged = _traced(Outcome((), produced))
+                self.store.apply(logged)  # a savepoint of the change's transaction
+                decided.extend(logged.events)
 
     def _notify(self, events: Sequence[BoardEvent]) -> None:
         """Tell every listener; one that fails is logged and does not stop the others,

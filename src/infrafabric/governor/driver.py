@@ -2,15 +2,18 @@
 
 A thin, thread-safe shell around :class:`~infrafabric.governor.core.Governor`:
 
-* it listens to the coordinator, so every claim, completion, failure, expiry and
-  reported usage reaches the governor in the order the board decided them;
+* it hears the coordinator inside each change's transaction
+  (:meth:`~infrafabric.coordinator.Coordinator.listen_inside`), so every claim,
+  completion, failure, expiry and reported usage reaches the governor in the order the
+  board decided them;
 * each decision the governor takes (a charge, a budget warning, a breaker change, a
   refusal) is logged in the board's event log as a ``governor`` event, and the books it
   changed are saved with :meth:`~infrafabric.storage.base.Store.save_state`: both in
-  the same transaction as the board change that caused them (the coordinator tells its
-  listeners inside its batch), so the witness sees them and a restart finds them;
+  the same transaction as the board change that caused them, so the witness sees them
+  and a restart finds them;
 * lock order: the store's write lock, then the driver's; every method that writes
-  takes them in that order, and the coordinator calls in with the store's held;
+  takes them in that order, and the coordinator calls in with the store's held (so
+  live subscribers hear a change's own events first, then the governor's);
 * ``claim_next`` asks it which task an agent should take (:meth:`accepting`), a claim
   by id asks whether the agent may (:meth:`admit`), a help request whom to invite.
 """
@@ -68,7 +71,7 @@ class GovernorDriver:
     def attach(self) -> None:
         """Start hearing the board's events (the service calls it after its own
         listener, so live subscribers hear of a change before the governor's verdict)."""
-        self.coordinator.listen(self._on_events)
+        self.coordinator.listen_inside(self._on_events)
 
     @classmethod
     def from_file(
@@ -166,8 +169,10 @@ class GovernorDriver:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _on_events(self, events: Sequence[BoardEvent]) -> None:
-        # called by the coordinator inside its batch: the store's lock is held already
+    def _on_events(self, events: Sequence[BoardEvent]) -> list[BoardEvent]:
+        """Inside the board change's transaction (the store's lock held): learn from it,
+        save the books it changed, and return the decisions for the coordinator to log
+        with it."""
         with self._lock:
             decided: list[GovernorEvent] = []
             for event in events:
@@ -175,16 +180,24 @@ class GovernorDriver:
                     decided += self.governor.observe(
                         event.kind, event.task_id, event.actor, event.at, event.payload
                     )
-            if decided or self.governor.has_changes:
-                self._commit(decided)
+            self._save()
+            return self._logged(decided)
 
     def _commit(self, events: Iterable[GovernorEvent]) -> None:
-        """Save the changed books and log the decisions (one transaction inside a batch)."""
+        """Save the changed books and log the decisions (the caller holds a batch)."""
+        self._save()
+        logged = self._logged(events)
+        if logged:
+            self.coordinator.record(logged)
+
+    def _save(self) -> None:
         changes = self.governor.take_changes()
         if changes:
             self.store.save_state({PREFIX + key: doc for key, doc in changes.items()})
+
+    def _logged(self, events: Iterable[GovernorEvent]) -> list[BoardEvent]:
         now = self.clock()
-        logged = [
+        return [
             BoardEvent(
                 component="governor",
                 kind=event.kind,
@@ -195,8 +208,6 @@ class GovernorDriver:
             )
             for event in events
         ]
-        if logged:
-            self.coordinator.record(logged)
 
 
 def _view(task: Task) -> TaskView:

@@ -94,14 +94,25 @@ class Store(Protocol):
         ``limit``: what the lease sweeper returns to the board. Stores keep an index on
         the lease so the sweep costs nothing when no lease has run out."""
 
-    def apply(self, outcome: Outcome) -> int:
-        """Write ``outcome`` atomically (see above); returns the last event's sequence number."""
+    def apply(self, outcome: Outcome, *, then: Callable[[Outcome], None] | None = None) -> int:
+        """Write ``outcome`` atomically (see above); returns the last event's sequence
+        number. ``then`` as for :meth:`transact`."""
 
-    def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
+    def transact(
+        self,
+        work: Callable[[Store], Outcome | None],
+        *,
+        then: Callable[[Outcome], None] | None = None,
+    ) -> tuple[Outcome | None, int]:
         """Run ``work`` with the store's write lock held and apply what it returns, in one
         atomic transaction: the reads ``work`` makes (through the store it is given) see
         no concurrent change, so its outcome cannot conflict with another writer's. Returns
-        the outcome (``None``: nothing to write) and the last event's sequence number."""
+        the outcome (``None``: nothing to write) and the last event's sequence number.
+
+        ``then`` runs once the outcome is written, still inside the transaction and under
+        the lock: what it writes (the governor's books, say) commits with the outcome,
+        and it is called with the store's lock held (one lock order for its own locks).
+        If it raises, nothing is written."""
 
     def batch(self) -> AbstractContextManager[None]:
         """Group commit: every ``transact``, ``apply`` and ``deliver`` made by this thread

@@ -77,10 +77,15 @@ class MemoryStore:
         with self._lock:  # nothing to make durable; holding the lock keeps the batch whole
             yield
 
-    def apply(self, outcome: Outcome) -> int:
-        return self.transact(lambda store: outcome)[1]
+    def apply(self, outcome: Outcome, *, then: Callable[[Outcome], None] | None = None) -> int:
+        return self.transact(lambda store: outcome, then=then)[1]
 
-    def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
+    def transact(
+        self,
+        work: Callable[[Store], Outcome | None],
+        *,
+        then: Callable[[Outcome], None] | None = None,
+    ) -> tuple[Outcome | None, int]:
         with self._lock:
             outcome = work(self)
             if outcome is None:
@@ -96,6 +101,8 @@ class MemoryStore:
             for event in outcome.events:
                 self._seq += 1
                 self._events.append(StoredEvent(self._seq, event))
+            if then is not None:  # (memory keeps no rollback: a failure here stays written)
+                then(outcome)
             return outcome, self._seq
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:

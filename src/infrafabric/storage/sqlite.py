@@ -180,10 +180,15 @@ class SqliteStore:
         with self._transaction():  # transactions inside become savepoints of this one
             yield
 
-    def apply(self, outcome: Outcome) -> int:
-        return self.transact(lambda store: outcome)[1]
+    def apply(self, outcome: Outcome, *, then: Callable[[Outcome], None] | None = None) -> int:
+        return self.transact(lambda store: outcome, then=then)[1]
 
-    def transact(self, work: Callable[[Store], Outcome | None]) -> tuple[Outcome | None, int]:
+    def transact(
+        self,
+        work: Callable[[Store], Outcome | None],
+        *,
+        then: Callable[[Outcome], None] | None = None,
+    ) -> tuple[Outcome | None, int]:
         with self._transaction() as db:
             outcome = work(self)  # its reads run inside this transaction, under the write lock
             last = 0
@@ -191,6 +196,8 @@ class SqliteStore:
                 for task in outcome.tasks:
                     self._write(db, task, created=task.id in outcome.created)
                 last = self._log(db, outcome.events)
+                if then is not None:
+                    then(outcome)
         return outcome, last
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
