@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,6 +27,16 @@ settings.register_profile(
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=5_000)
 settings.load_profile(os.environ.get("IFAB_HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_server_outlives_the_session() -> Iterator[None]:
+    """`ifab serve` processes of tests that failed before stopping them are stopped."""
+    from tests.harness import stop_leftovers
+
+    yield
+    stop_leftovers()
+
 
 #: The instant every deterministic test runs at.
 NOW = parse_timestamp("2026-11-23T12:00:00Z")

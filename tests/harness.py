@@ -15,6 +15,20 @@ import httpx
 
 IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
 PASS = "board cli passphrase"
+#: Servers started and not yet stopped: a test that fails before its `kill` would leave
+#: its server running after the session; `stop_leftovers` (a session fixture) stops them.
+RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
+def stop_leftovers() -> None:
+    for process in list(RUNNING):
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=20)
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+        RUNNING.discard(process)
 
 
 def free_port() -> int:
@@ -47,6 +61,7 @@ class Fabric:
             [IFAB, "serve", "--port", str(self.port), "--synchronous", "NORMAL", *options],
             env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
+        RUNNING.add(self.process)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -60,6 +75,7 @@ class Fabric:
         assert self.process is not None
         self.process.send_signal(sig)
         self.process.wait(timeout=20)
+        RUNNING.discard(self.process)
         assert self.process.stdout is not None
         assert self.process.stderr is not None
         self.process.stdout.close()
