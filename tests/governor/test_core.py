@@ -391,3 +391,17 @@ def test_an_unknown_model_name_does_not_make_work_free() -> None:
     g.register("if://agent/big", Manifest(capabilities=PY, model="big"), 0)
     usage = {"tokens_in": 1_000_000, "model": "mystery", "usd": 0}
     assert g.price("if://agent/big", usage) == (pytest.approx(15.0), "policy", "big")
+
+
+def test_a_raised_budget_warns_again_and_a_final_failure_drops_the_task_record() -> None:
+    g = governor()
+    g.register("if://agent/alice", Manifest(capabilities=PY, model="small"), 0)
+    assert "budget.warning" in kinds(g.charge("if://agent/alice", "t", _usage(0.85), 1))
+    g.reload(parse_policy(POLICY.replace("alice: {usd: 1.0}", "alice: {usd: 10.0}")))
+    assert "budget.warning" not in kinds(g.charge("if://agent/alice", "t", _usage(0.1), 2))
+    assert "budget.warning" in kinds(g.charge("if://agent/alice", "t", _usage(7.5), 3))
+    assert "t" in g.tasks
+    g.observe(
+        "task.failed", "t", "if://agent/alice", 4, {"old_owner": "if://agent/alice"}, final=True
+    )
+    assert "t" not in g.tasks

@@ -306,10 +306,13 @@ class Governor:
         actor: str | None,
         at: float,
         payload: Mapping[str, Any],
+        *,
+        final: bool = False,
     ) -> list[GovernorEvent]:
-        """Learn from one board event: claims, outcomes, and the usage reported with them."""
+        """Learn from one board event: claims, outcomes, and the usage reported with them.
+        ``final``: the task ended for good (its spend record is dropped)."""
         events = self._observe(kind, task_id, actor, at, payload)
-        ended = kind in ("task.completed", "task.cancelled", "task.dead")
+        ended = final or kind in ("task.completed", "task.cancelled", "task.dead")
         if ended and self.tasks.pop(task_id, None) is not None:  # its budget is moot now
             self._dirty.add(f"task/{task_id}")
         return events
@@ -653,6 +656,8 @@ class Governor:
         if left is None:
             return events
         fraction = self.policy.profile.budget_warning_fraction
+        if left > fraction:  # a budget raised since (a reload): warn again when it runs low
+            spend.warned = False
         if not spend.warned and left <= fraction:
             spend.warned = True
             events.append(
@@ -672,6 +677,8 @@ class Governor:
         spent = (usd is not None and spend.usd >= usd) or (
             tokens is not None and spend.tokens >= tokens
         )
+        if not spent:
+            spend.exhausted = False
         if spent and not spend.exhausted:
             spend.exhausted = True
             events.append(

@@ -177,8 +177,9 @@ class GovernorDriver:
             decided: list[GovernorEvent] = []
             for event in events:
                 if event.component == "board":
+                    final = event.state is not None and event.state.final
                     decided += self.governor.observe(
-                        event.kind, event.task_id, event.actor, event.at, event.payload
+                        event.kind, event.task_id, event.actor, event.at, event.payload, final=final
                     )
             self._save()
             return self._logged(decided)
