@@ -614,37 +614,35 @@ class Governor:
         return usd, tokens
 
     def _budget_refusal(self, book: AgentBook, task_id: str) -> Refusal | None:
-        checks: list[tuple[str, Spend, Budget, str]] = [
-            (
-                "BUDGET_EXHAUSTED",
-                book.spend,
-                self.policy.agent_budget(book.agent),
-                f"{book.agent}'s budget",
-            )
-        ]
+        # (on every claim: the accounts without a bound are skipped before any work)
+        budget = self.policy.agent_budget(book.agent)
+        if budget.usd is not None or budget.tokens is not None:
+            refusal = self._spent("BUDGET_EXHAUSTED", book.spend, budget, f"{book.agent}'s budget")
+            if refusal is not None:
+                return refusal
         if book.swarm is not None:
-            checks.append(
-                (
-                    "BUDGET_EXHAUSTED",
-                    self.swarms.get(book.swarm, Spend()),
-                    self.policy.swarms[book.swarm].budget,
-                    f"swarm {book.swarm}'s budget",
-                )
+            budget = self.policy.swarms[book.swarm].budget
+            if budget.usd is not None or budget.tokens is not None:
+                spend = self.swarms.get(book.swarm)
+                if spend is not None:
+                    refusal = self._spent(
+                        "BUDGET_EXHAUSTED", spend, budget, f"swarm {book.swarm}'s budget"
+                    )
+                    if refusal is not None:
+                        return refusal
+        spend = self.tasks.get(task_id)
+        if spend is not None:
+            return self._spent(
+                "TASK_OVER_BUDGET", spend, self._task_budget(), f"task {task_id}'s budget"
             )
-        checks.append(
-            (
-                "TASK_OVER_BUDGET",
-                self.tasks.get(task_id, Spend()),
-                self._task_budget(),
-                f"task {task_id}'s budget",
-            )
-        )
-        for code, spend, budget, name in checks:
-            usd, tokens = self._limit(budget)
-            if (usd is not None and spend.usd >= usd) or (
-                tokens is not None and spend.tokens >= tokens
-            ):
-                return Refusal(code, f"{name} is spent (${spend.usd:.4f}, {spend.tokens} tokens)")
+        return None
+
+    def _spent(self, code: str, spend: Spend, budget: Budget, name: str) -> Refusal | None:
+        usd, tokens = self._limit(budget)
+        if (usd is not None and spend.usd >= usd) or (
+            tokens is not None and spend.tokens >= tokens
+        ):
+            return Refusal(code, f"{name} is spent (${spend.usd:.4f}, {spend.tokens} tokens)")
         return None
 
     def _check_budget(

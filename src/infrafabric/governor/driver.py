@@ -181,8 +181,9 @@ class GovernorDriver:
                     decided += self.governor.observe(
                         event.kind, event.task_id, event.actor, event.at, event.payload, final=final
                     )
-            self._save()
-            return self._logged(decided)
+            if self.governor.has_changes:  # (a claim changes nothing that is kept)
+                self._save()
+            return self._logged(decided) if decided else []
 
     def _commit(self, events: Iterable[GovernorEvent]) -> None:
         """Save the changed books and log the decisions (the caller holds a batch)."""
