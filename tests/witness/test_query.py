@@ -96,3 +96,35 @@ def test_an_entry_that_does_not_decode_matches_only_the_empty_filter(tmp_path: P
     witness.append([_entry(0), b'{"not": "an entry"}', _entry(2)])
     assert _indexes(witness, EntryFilter()) == [0, 1, 2]
     assert _indexes(witness, EntryFilter(event="task.*")) == [0, 2]
+
+
+def test_a_filter_goes_through_query_parameters_and_back() -> None:
+    where = EntryFilter(
+        component="board",
+        event="task.*",
+        trace_id="job-1",
+        task_id="t",
+        actor="if://agent/a",
+        since=START,
+        until=START + 60,
+        with_cost=True,
+    )
+    params = where.as_params()
+    assert params["since"] == "2026-11-30T12:00:00.000Z"
+    assert EntryFilter.from_params(params) == where
+    assert EntryFilter().as_params() == {}
+    assert EntryFilter.from_params({}) == EntryFilter()
+
+
+@pytest.mark.parametrize(
+    ("params", "problem"),
+    [
+        ({"since": "yesterday"}, "since: not an RFC 3339"),
+        ({"until": "9999-12-31T23:59:59.9999999Z"}, "until:"),
+        ({"cost": "maybe"}, "cost is true or false"),
+        ({"actor": "x" * 257}, "actor is longer than 256"),
+    ],
+)
+def test_bad_query_parameters_are_refused_by_name(params: dict[str, str], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        EntryFilter.from_params(params)

@@ -18,7 +18,7 @@ import typer
 from infrafabric.cli.board import DEFAULT_SERVER, AdminToken, AsOptional, Server, _read
 from infrafabric.cli.common import EXIT_USAGE, fail, print_table, reported_errors
 from infrafabric.keystore import Keystore
-from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
+from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.server.runner import ENV_DATA, FABRIC_IDENTITY, default_data_dir
 from infrafabric.witness.audit import audit_log
 from infrafabric.witness.bundle import BundleError, verify_bundle
@@ -294,7 +294,7 @@ def _source(data: Path | None, server: str, agent: str | None, token: str | None
                 "/v1/witness/entries",
                 start=start,
                 limit=limit,
-                **_query_params(where),
+                **where.as_params(),
             )
 
         return remote
@@ -333,27 +333,6 @@ def _matching(
         if (count is not None and taken >= count) or page["next"] >= page["size"]:
             return
         start = page["next"]
-
-
-def _query_params(where: EntryFilter) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        name: value
-        for name, value in (
-            ("component", where.component),
-            ("event", where.event),
-            ("trace_id", where.trace_id),
-            ("task_id", where.task_id),
-            ("actor", where.actor),
-        )
-        if value is not None
-    }
-    if where.since is not None:
-        params["since"] = format_timestamp(where.since)
-    if where.until is not None:
-        params["until"] = format_timestamp(where.until)
-    if where.with_cost:
-        params["cost"] = "true"
-    return params
 
 
 def _filter(

@@ -34,7 +34,6 @@ from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import PolicyError, Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
-from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
@@ -452,38 +451,10 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
 
 
 def _entry_filter(request: Request) -> EntryFilter:
-    query = request.query_params
-
-    def text(name: str) -> str | None:
-        value = query.get(name) or None
-        if value is not None and len(value) > 256:
-            raise ServiceError("MALFORMED", f"{name} is longer than 256 characters", 400)
-        return value
-
-    def instant(name: str) -> float | None:
-        value = text(name)
-        try:
-            if value is None:
-                return None
-            instant = parse_timestamp(value)
-            format_timestamp(instant)  # entries compare as text: it must format back
-            return instant
-        except (ValueError, OverflowError, OSError) as exc:
-            raise ServiceError("MALFORMED", f"{name}: {exc}", 400) from None
-
-    cost = query.get("cost", "false")
-    if cost not in ("true", "false"):
-        raise ServiceError("MALFORMED", "cost is true or false", 400)
-    return EntryFilter(
-        component=text("component"),
-        event=text("event"),
-        trace_id=text("trace_id"),
-        task_id=text("task_id"),
-        actor=text("actor"),
-        since=instant("since"),
-        until=instant("until"),
-        with_cost=cost == "true",
-    )
+    try:
+        return EntryFilter.from_params(request.query_params)
+    except ValueError as exc:
+        raise ServiceError("MALFORMED", str(exc), 400) from None
 
 
 async def _witness_proof(state: ServerState, request: Request) -> dict[str, Any]:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
 
-from infrafabric.protocol.timefmt import format_timestamp
+from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
 from infrafabric.types import Timestamp
 from infrafabric.witness.entry import WitnessEntry, decode_entry
 
@@ -26,6 +27,10 @@ __all__ = ["EntryFilter", "Found", "Page", "scan"]
 
 #: Entries read from the log per round of a scan.
 CHUNK = 1000
+#: The filters that match a text field exactly (``event``: a shell pattern).
+TEXT_FIELDS = ("component", "event", "trace_id", "task_id", "actor")
+#: Longest filter value a query accepts.
+MAX_PARAM = 256
 
 
 class Entries(Protocol):
@@ -74,6 +79,48 @@ class EntryFilter:
     @property
     def everything(self) -> bool:
         return self == EntryFilter()
+
+    def as_params(self) -> dict[str, str]:
+        """The filter as the query parameters of ``/v1/witness/entries``."""
+        params = {name: value for name in TEXT_FIELDS if (value := getattr(self, name))}
+        for name in ("since", "until"):
+            text = _as_text(getattr(self, name))
+            if text is not None:
+                params[name] = text
+        if self.with_cost:
+            params["cost"] = "true"
+        return params
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> EntryFilter:
+        """The filter the query parameters name; :class:`ValueError` names a bad one."""
+        texts: dict[str, str | None] = {}
+        for name in TEXT_FIELDS:
+            value = params.get(name) or None
+            if value is not None and len(value) > MAX_PARAM:
+                raise ValueError(f"{name} is longer than {MAX_PARAM} characters")
+            texts[name] = value
+        instants: dict[str, float | None] = {}
+        for name in ("since", "until"):
+            value = params.get(name) or None
+            try:
+                instants[name] = None if value is None else parse_timestamp(value[:MAX_PARAM])
+                _as_text(instants[name])  # entries compare as text: it must format back
+            except (ValueError, OverflowError, OSError) as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        cost = params.get("cost", "false")
+        if cost not in ("true", "false"):
+            raise ValueError("cost is true or false")
+        return cls(
+            component=texts["component"],
+            event=texts["event"],
+            trace_id=texts["trace_id"],
+            task_id=texts["task_id"],
+            actor=texts["actor"],
+            since=instants["since"],
+            until=instants["until"],
+            with_cost=cost == "true",
+        )
 
 
 @dataclass(frozen=True, slots=True)
