@@ -159,13 +159,12 @@ def cost(
     where = _filter(component, event, trace_id, task, actor, since, until, with_cost=True)
     fetch = _source(data, server, agent, admin_token)
     groups: dict[tuple[str, str], _Spent] = {}
+    total = _Spent()
     for item in _matching(fetch, where):
         entry = item["entry"]
         key = (entry.get("actor") or "-", entry["cost"].get("model") or "-")
         groups.setdefault(key, _Spent()).add(entry["cost"])
-    total = _Spent()
-    for spent in groups.values():
-        total.merge(spent)
+        total.add(entry["cost"])
     if as_json:
         rows = [{"agent": a, "model": m, **vars(s)} for (a, m), s in sorted(groups.items())]
         typer.echo(json.dumps({"by_agent_and_model": rows, "total": vars(total)}, indent=2))
@@ -411,12 +410,6 @@ class _Spent:
         self.tokens_in += int(cost.get("tokens_in", 0))
         self.tokens_out += int(cost.get("tokens_out", 0))
         self.usd += float(cost.get("usd", 0.0))
-
-    def merge(self, other: _Spent) -> None:
-        self.entries += other.entries
-        self.tokens_in += other.tokens_in
-        self.tokens_out += other.tokens_out
-        self.usd += other.usd
 
     def columns(self) -> tuple[str, str, str, str]:
         return (str(self.entries), str(self.tokens_in), str(self.tokens_out), f"{self.usd:.4f}")
