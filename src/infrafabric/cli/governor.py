@@ -81,8 +81,9 @@ def policy_check(
     file: Annotated[Path, typer.Argument(help="The policy file (YAML).")],
     profile: Annotated[str | None, typer.Option("--profile", help="Check this profile.")] = None,
 ) -> None:
-    """Validate a policy file; print the active profile's values, or the first problem
-    with its file, line and key (exit 1)."""
+    """Validate a policy file and print the active profile's values.
+
+    The first problem is printed with its file, line and key (exit 1)."""
     try:
         policy = load_policy(file, profile=profile)
     except PolicyError as exc:
@@ -106,8 +107,9 @@ def reset(
     operator: As,
     server: Server = DEFAULT_SERVER,
 ) -> None:
-    """Close an agent's circuit breaker: a message signed by an operator identity
-    (made with `ifab identity new NAME --operator`)."""
+    """Close an agent's circuit breaker (signed by an operator identity).
+
+    Make one with `ifab identity new NAME --operator` and enroll it."""
     target = agent if agent.startswith("if://") else agent_id(agent)
 
     async def work(client: Client) -> dict[str, Any]:
@@ -119,8 +121,9 @@ def reset(
 
 @app.command()
 def reload(server: Server = DEFAULT_SERVER, admin_token: AdminToken = None) -> None:
-    """Make the server read its policy file again (as SIGHUP does); a bad file changes
-    nothing and its problem is printed."""
+    """Make the server read its policy file again (as SIGHUP does).
+
+    A file that does not load changes nothing; its problem is printed."""
     document = _admin_request(server, admin_token, "POST", "/v1/admin/governor/reload")
     typer.echo(f"policy reloaded: {document['policy']} (profile {document['profile']})")
 
