@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test lint bench clean redis
 
 setup: $(STAMP)
 
@@ -27,10 +27,18 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-test: lint
+# The scale-out tests start a real Redis: installed from Debian when it is missing.
+redis:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package) for the scale-out tests"; \
+	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)) ; }
+	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
+
+test: lint redis
 	$(BIN)/python -m pytest
 
-bench: setup
+bench: setup redis
 	$(BIN)/python bench/run.py
 
 clean:

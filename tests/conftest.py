@@ -38,6 +38,23 @@ def _no_server_outlives_the_session() -> Iterator[None]:
     stop_leftovers()
 
 
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real Redis for the session (see tests/redis_server.py); tests flush it."""
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """The session's Redis, emptied for this test."""
+    redis_server.flush()
+    return str(redis_server.url)
+
+
 #: The instant every deterministic test runs at.
 NOW = parse_timestamp("2026-11-23T12:00:00Z")
 

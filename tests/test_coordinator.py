@@ -15,6 +15,7 @@ from infrafabric.board.transitions import IllegalTransition
 from infrafabric.coordinator import Coordinator, TaskNotFound
 from infrafabric.storage.base import Store
 from infrafabric.storage.memory import MemoryStore
+from infrafabric.storage.redis import RedisStore
 from infrafabric.storage.sqlite import SqliteStore
 
 T0 = 1_000_000.0
@@ -32,13 +33,15 @@ class ManualClock:
         self.now += seconds
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "redis"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    engine: Store = (
-        MemoryStore()
-        if request.param == "memory"
-        else SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
-    )
+    engine: Store
+    if request.param == "memory":
+        engine = MemoryStore()
+    elif request.param == "redis":
+        engine = RedisStore(request.getfixturevalue("redis_url"))
+    else:
+        engine = SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
     yield engine
     engine.close()
 

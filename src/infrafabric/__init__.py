@@ -23,6 +23,7 @@ from infrafabric.errors import (
     PeerError,
     RotationError,
     StoreError,
+    StoreUnavailable,
     WrongPassphrase,
 )
 from infrafabric.fabric import Fabric
@@ -86,6 +87,7 @@ __all__ = [
     "Signature",
     "SigningIdentity",
     "StoreError",
+    "StoreUnavailable",
     "Verdict",
     "Verifier",
     "WrongPassphrase",

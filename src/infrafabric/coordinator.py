@@ -76,12 +76,14 @@ class Coordinator:
 
     def create(self, tasks: Sequence[Task]) -> list[Task]:
         """Create ``tasks`` together (they may depend on each other); returns them stored."""
-        for _ in range(MAX_RETRIES):
-            existing = {task.id: task for task in self.store.tasks()}
-            outcome = rules.create(tasks, existing, self.clock(), self.config)
-            if self._try(outcome):
-                return list(outcome.tasks)
-        raise _busy("create")
+
+        def decide(store: Store) -> Outcome:
+            # only the tasks named (new ids, dependencies) are read, not the whole board
+            return rules.create(tasks, _Lookup(store), self.clock(), self.config)
+
+        outcome = self._transact(decide, "create")
+        assert outcome is not None  # noqa: S101 - create always decides something
+        return list(outcome.tasks)
 
     def get(self, task_id: str) -> Task:
         task = self.store.get(task_id)
@@ -126,15 +128,11 @@ class Coordinator:
                 return None
             return _traced(rules.claim(choice, agent, self.clock(), self.config))
 
-        # One transaction under the store's write lock: a crowd of claimants never races
-        # for the same task, each simply gets the next one. The listeners hear of it in
-        # the same batch (see _try).
-        decided: list[BoardEvent] = []
-        outcome, _ = self.store.transact(decide, then=lambda done: self._write(done, decided))
-        if outcome is None:
-            return None
-        self._notify([*outcome.events, *decided])
-        return outcome.tasks[0]
+        # One transaction: under the write lock of a local store, a crowd of claimants
+        # never races for the same task, each simply gets the next one; on a shared store
+        # (Redis) the loser of a race conflicts and looks again.
+        outcome = self._transact(decide, f"claim for {agent}")
+        return None if outcome is None else outcome.tasks[0]
 
     # -- working ----------------------------------------------------------------------------
 
@@ -168,7 +166,7 @@ class Coordinator:
         offered: list[str] = []
 
         def decide(task: Task, now: Timestamp) -> Outcome:
-            fillers = self.store.tasks([TaskState.AVAILABLE])
+            fillers = [t for t in self.store.tasks([TaskState.AVAILABLE]) if t.filler]
             outcome = rules.block(task, agent, blocker, now, fillers, have)
             offered[:] = [
                 event.task_id for event in outcome.events if event.kind == "filler.offered"
@@ -237,8 +235,7 @@ class Coordinator:
         for _ in range(SWEEP_PAGES):  # bounded: a sweep never runs away under a flood
             late = self.store.expired(self.clock(), SWEEP_PAGE)
             for task in late:
-                outcome = rules.expire(task, self.clock(), self.store.dependents(task.id))
-                if outcome.tasks and self._try(outcome):
+                if self._try_once(lambda store, task=task: self._expire(store, task)):
                     changed += 1
             if len(late) < SWEEP_PAGE:
                 break
@@ -246,9 +243,18 @@ class Coordinator:
             self.store.tasks([TaskState.BLOCKED]), self.clock(), self.config
         )
         for task, event in zip(escalations.tasks, escalations.events, strict=True):
-            if self._try(Outcome((task,), (event,))):
+            if self._try_once(lambda store, t=task, e=event: _unchanged(store, t, e)):
                 changed += 1
         return changed
+
+    def _expire(self, store: Store, seen: Task) -> Outcome | None:
+        """The lease of ``seen`` ran out: return it, if nobody changed it meanwhile (a
+        heartbeat that just came in, or another server's sweeper)."""
+        task = store.get(seen.id)
+        if task is None or task.version != seen.version:
+            return None
+        outcome = rules.expire(task, self.clock(), store.dependents(task.id))
+        return outcome if outcome.tasks else None
 
     def request_help(
         self,
@@ -324,31 +330,53 @@ class Coordinator:
     ) -> Task:
         if agent is not None:
             self._saw(agent)
-        for _ in range(MAX_RETRIES):
-            outcome = decide(self.get(task_id), self.clock())
-            if self._try(outcome):
-                return next(task for task in outcome.tasks if task.id == task_id)
-        raise _busy(task_id)
 
-    def _try(self, outcome: Outcome) -> bool:
-        outcome = _traced(outcome)
-        # The writers (the governor) hear of the change inside its transaction: what they
-        # write because of it commits with it, and every thread takes the store's write
-        # lock before their own (one lock order, no deadlock). The listeners hear of it
-        # once it is written.
-        decided: list[BoardEvent] = []
+        def work(store: Store) -> Outcome:
+            task = store.get(task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            return decide(task, self.clock())
+
+        outcome = self._transact(work, task_id)
+        assert outcome is not None  # noqa: S101 - work always decides something
+        return next(task for task in outcome.tasks if task.id == task_id)
+
+    def _transact(self, work: Callable[[Store], Outcome | None], what: str) -> Outcome | None:
+        """Decide and write in one transaction, deciding again after a lost race."""
+        for _ in range(MAX_RETRIES):
+            try:
+                return self._attempt(work)
+            except Conflict:
+                continue
+        raise _busy(what)
+
+    def _try_once(self, work: Callable[[Store], Outcome | None]) -> bool:
+        """One attempt: whether it changed something (a lost race changes nothing)."""
         try:
-            self.store.apply(outcome, then=lambda done: self._write(done, decided))
+            return self._attempt(work) is not None
         except Conflict:
             return False
-        self._notify([*outcome.events, *decided])
-        return True
+
+    def _attempt(self, work: Callable[[Store], Outcome | None]) -> Outcome | None:
+        # The decision reads inside the transaction: under a local store's write lock, or
+        # checked at commit by a shared one (every task read must be unchanged). The
+        # writers (the governor) hear of the change inside it too: what they write because
+        # of it commits with it, and every thread takes the store's write lock before
+        # their own (one lock order, no deadlock). The listeners hear of it once written.
+        decided: list[BoardEvent] = []
+
+        def traced_work(store: Store) -> Outcome | None:
+            decided.clear()  # (a shared store may run the work again)
+            outcome = work(store)
+            return None if outcome is None else _traced(outcome)
+
+        outcome, _ = self.store.transact(traced_work, then=lambda done: self._write(done, decided))
+        if outcome is not None:
+            self._notify([*outcome.events, *decided])
+        return outcome
 
     def _publish(self, outcome: Outcome) -> None:
-        outcome = _traced(outcome)
-        decided: list[BoardEvent] = []
-        self.store.apply(outcome, then=lambda done: self._write(done, decided))
-        self._notify([*outcome.events, *decided])
+        self._transact(lambda store: outcome, "record")  # no task: it cannot conflict
 
     def _write(self, outcome: Outcome, decided: list[BoardEvent]) -> None:
         """Inside the change's transaction: the writers' turn, and their events logged."""
@@ -422,6 +450,34 @@ def _best_for(
         offset += size
         size = min(size * 4, _LARGEST_PAGE)  # a picky agent: read further ahead each time
     return None
+
+
+class _Lookup(Mapping[str, Task]):
+    """The board as a mapping that reads only the tasks asked for (a creation needs its
+    new ids to be free and its dependencies' states, not every task)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getitem__(self, task_id: str) -> Task:
+        task = self._store.get(task_id)
+        if task is None:
+            raise KeyError(task_id)
+        return task
+
+    def __iter__(self) -> Iterator[str]:
+        return (task.id for task in self._store.tasks())
+
+    def __len__(self) -> int:
+        return len(self._store.tasks())
+
+
+def _unchanged(store: Store, seen: Task, change: BoardEvent) -> Outcome | None:
+    """``seen``'s next version with its ``change``, if ``seen`` is still current."""
+    current = store.get(seen.id)
+    if current is None or current.version != seen.version - 1:
+        return None
+    return Outcome((seen,), (change,))
 
 
 def _busy(what: str) -> Busy:

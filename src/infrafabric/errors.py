@@ -36,6 +36,14 @@ class StoreError(FabricError):
     """Local storage failed (I/O, corruption, permissions)."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (Redis down, restarting, a timeout): the
+    request did not happen, or its outcome is unknown. Retryable; the fabric reconnects
+    by itself."""
+
+    retryable = True
+
+
 class CanonicalizationError(CallerError):
     """A value has no RFC 8785 canonical form (non-finite float, unsafe integer,
     non-string key, lone surrogate, unsupported type)."""

@@ -73,8 +73,16 @@ class Store(Protocol):
     * ``apply`` appends the outcome's events to the event log in order, in the same
       transaction: an event is logged exactly when its change is stored.
     * Reads return committed state; ``tasks``, ``dependents`` return ids in ascending order.
-    * A store is safe to share between threads of one process.
+    * A store is safe to share between threads of one process. A ``shared`` store
+      (Redis) is shared by several processes too: what a process keeps in memory from
+      it (the governor's books) may be stale, and :meth:`state_version` says when.
     """
+
+    #: Other processes write this store too (see :meth:`state_version`).
+    shared: bool
+    #: :meth:`batch` commits its steps together (SQLite); without it (memory, Redis)
+    #: each step is committed when it is made and the batch only groups them.
+    group_commit: bool
 
     def get(self, task_id: str) -> Task | None:
         """The task, or ``None``."""
@@ -119,7 +127,8 @@ class Store(Protocol):
         inside the block stays atomic on its own (one that fails leaves no trace), and all
         of them become durable together when the block ends, at the cost of one commit.
         Nothing in the block is durable before it ends; if the final commit fails, none of
-        it happened and :class:`~infrafabric.errors.StoreError` is raised. Other threads
+        it happened (with ``group_commit``; otherwise each step commits when it is made,
+        and the block only groups them) and :class:`~infrafabric.errors.StoreError` is raised. Other threads
         wait for the block (it holds the write lock), so keep it short."""
 
     def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
@@ -160,6 +169,11 @@ class Store(Protocol):
 
     def load_state(self, prefix: str) -> dict[str, bytes]:
         """Every kept document whose name starts with ``prefix``, by name."""
+
+    def state_version(self) -> int:
+        """A number that changes when another process saves a state document (always 0
+        on a store only this process writes). Read inside :meth:`transact`, it is also
+        checked when the transaction commits: documents saved from stale books conflict."""
 
     # -- agents ---------------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ class MemoryStore:
     Durability: none, by design; everything is gone with the process.
     """
 
+    shared = False
+    group_commit = False
+
     def __init__(self, *, retention: int = 100_000) -> None:
         self._lock = threading.RLock()  # re-entrant: reads inside ``transact`` take it again
         self._tasks: dict[str, Task] = {}
@@ -153,6 +156,9 @@ class MemoryStore:
                     self._state.pop(name, None)
                 else:
                     self._state[name] = doc
+
+    def state_version(self) -> int:
+        return 0  # only this process writes: what it keeps in memory is never stale
 
     def load_state(self, prefix: str) -> dict[str, bytes]:
         with self._lock:

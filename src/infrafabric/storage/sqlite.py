@@ -99,6 +99,9 @@ _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
 class SqliteStore:
     """Tasks and events in one SQLite database file (created if missing, mode 0600)."""
 
+    shared = False
+    group_commit = True
+
     def __init__(
         self,
         path: Path | str,
@@ -281,6 +284,9 @@ class SqliteStore:
                 "DELETE FROM state WHERE name = ?",
                 [(name,) for name, doc in documents.items() if doc is None],
             )
+
+    def state_version(self) -> int:
+        return 0  # only this process writes: what it keeps in memory is never stale
 
     def load_state(self, prefix: str) -> dict[str, bytes]:
         with self._read() as db:

@@ -1,0 +1,538 @@
+"""A store on Redis, shared by several stateless fabric servers.
+
+Every change is **one Lua script** (``EVALSHA``): Redis runs a script alone, so its
+checks and writes are atomic across every server that talks to the same Redis. A change
+is optimistic: the coordinator decides from what it read, and the script applies the
+decision only if nothing it read has changed since:
+
+* each task written is compared and set on its version (a new one must not exist);
+* each task *read* while deciding (inside :meth:`RedisStore.transact`) must still be at
+  the version read: two servers completing the last two dependencies of a task at once
+  cannot both miss that the other finished (one of them conflicts, re-reads, and
+  releases the task);
+* each list of dependents read must have the same size (a task created meanwhile that
+  depends on the one being completed is a conflict, not a task left waiting forever);
+* the state documents (the governor's books) are compared on a generation counter.
+
+A conflict writes nothing and raises :class:`~infrafabric.storage.base.Conflict`; the
+coordinator reads again and decides again, as it does on SQLite. Expired leases are
+found in a sorted set by any server's sweeper; two sweepers expiring the same task
+compare and set the same version, so exactly one wins.
+
+Keys (``prefix`` is a Redis Cluster hash tag, ``{ifab}`` by default, so every key of a
+fabric lives in one slot and the scripts stay legal on a cluster)::
+
+    {ifab}:t:<id>        hash: v (version), d (task JSON), s (state), k (claim key)
+    {ifab}:ids           zset of every task id (lexical order)
+    {ifab}:s:<state>     zset of the ids in one state
+    {ifab}:avail         zset of claim keys "<order>|<id>": the next task is the first
+    {ifab}:leases        zset id -> lease expiry, for owned tasks
+    {ifab}:deps:<id>     set of the tasks that depend on <id>
+    {ifab}:seq, :ev      event counter and stream (entry id "<seq>-0"), capped ~retention
+    {ifab}:ib:<agent>    stream: the agent's inbox, entry id "<position>-0"; XDEL acks
+    {ifab}:ibpos         inbox position counter
+    {ifab}:dl:<agent>|<message id>   position of a delivered message (expires)
+    {ifab}:bus           stream of live announcements (deliveries, topic messages)
+    {ifab}:seqw, :st, :stgen, :agents, :nonce:<sender>|<nonce>
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
+acknowledged change survives a crash of Redis; with ``everysec`` up to a second of
+changes may be lost (docs/operations.md). A Redis that cannot be reached makes every
+call raise :class:`~infrafabric.errors.StoreUnavailable` quickly (retryable); the next
+call reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import redis
+import redis.exceptions
+
+from infrafabric.board.model import BoardEvent, Task, TaskState
+from infrafabric.board.rules import Outcome
+from infrafabric.errors import StoreError, StoreUnavailable
+from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
+
+__all__ = ["RedisStore", "redacted"]
+
+#: How long a delivered message id stays known, so a resend is not delivered twice: past
+#: the longest a message lives (its ``ttl`` is at most a day), the verifier refuses it.
+DELIVERED_SECONDS: Final = 2 * 86_400
+#: Live announcements kept for servers catching up (the bus stream's approximate cap).
+BUS_RETENTION: Final = 10_000
+
+_ENCODER: Final = msgspec.json.Encoder()
+_TASK_DECODER: Final = msgspec.json.Decoder(Task)
+_EVENT_DECODER: Final = msgspec.json.Decoder(BoardEvent)
+_AGENT_DECODER: Final = msgspec.json.Decoder(AgentRecord)
+
+# ARGV: prefix, retention, then four sections, each a count and its items:
+#   reads      (id, version or "")           tasks read while deciding
+#   dependents (id, count)                   dependent lists read while deciding
+#   state generation ("" if not read)
+#   tasks      (id, expected version or "", state, doc, claim key or "", lease or "",
+#               dependency count, dependencies...)
+#   events     (doc)
+#   documents  (name, "s" doc | "d" "")
+# Returns {"ok", last event seq, state generation} or {"conflict", id, expected, found}.
+_APPLY = """
+local p = ARGV[1]
+local retention = ARGV[2]
+local i = 3
+local function nxt() local v = ARGV[i]; i = i + 1; return v end
+local n = tonumber(nxt())
+for _ = 1, n do
+  local id, want = nxt(), nxt()
+  local have = redis.call('HGET', p .. 't:' .. id, 'v') or ''
+  if have ~= want then return {'conflict', id, want, have} end
+end
+n = tonumber(nxt())
+for _ = 1, n do
+  local id, want = nxt(), tonumber(nxt())
+  local have = redis.call('SCARD', p .. 'deps:' .. id)
+  if have ~= want then return {'conflict', id, 'dependents ' .. want, 'dependents ' .. have} end
+end
+local gen_want = nxt()
+if gen_want ~= '' then
+  local gen = redis.call('GET', p .. 'stgen') or '0'
+  if gen ~= gen_want then return {'conflict', '', 'state ' .. gen_want, 'state ' .. gen} end
+end
+n = tonumber(nxt())
+local tasks = {}
+for t = 1, n do
+  local task = {id = nxt(), expect = nxt(), version = nxt(), state = nxt(), doc = nxt(),
+                ckey = nxt(), lease = nxt(), deps = {}}
+  for d = 1, tonumber(nxt()) do task.deps[d] = nxt() end
+  local have = redis.call('HGET', p .. 't:' .. task.id, 'v') or ''
+  if have ~= task.expect then return {'conflict', task.id, task.expect, have} end
+  tasks[t] = task
+end
+for _, task in ipairs(tasks) do
+  local key = p .. 't:' .. task.id
+  local old = redis.call('HMGET', key, 's', 'k')
+  if old[1] then redis.call('ZREM', p .. 's:' .. old[1], task.id) end
+  if old[2] and old[2] ~= '' then redis.call('ZREM', p .. 'avail', old[2]) end
+  redis.call('HSET', key, 'v', task.version, 'd', task.doc, 's', task.state, 'k', task.ckey)
+  redis.call('ZADD', p .. 's:' .. task.state, 0, task.id)
+  if task.ckey ~= '' then redis.call('ZADD', p .. 'avail', 0, task.ckey) end
+  if task.lease ~= '' then
+    redis.call('ZADD', p .. 'leases', task.lease, task.id)
+  else
+    redis.call('ZREM', p .. 'leases', task.id)
+  end
+  if task.expect == '' then
+    redis.call('ZADD', p .. 'ids', 0, task.id)
+    for _, dep in ipairs(task.deps) do redis.call('SADD', p .. 'deps:' .. dep, task.id) end
+  end
+end
+n = tonumber(nxt())
+local seq
+for _ = 1, n do
+  seq = redis.call('INCR', p .. 'seq')
+  redis.call('XADD', p .. 'ev', 'MAXLEN', '~', retention, seq .. '-0', 'd', nxt())
+end
+if not seq then seq = tonumber(redis.call('GET', p .. 'seq') or '0') end
+n = tonumber(nxt())
+for _ = 1, n do
+  local name, op, doc = nxt(), nxt(), nxt()
+  if op == 's' then redis.call('HSET', p .. 'st', name, doc) else redis.call('HDEL', p .. 'st', name) end
+end
+local gen
+if n > 0 then gen = redis.call('INCR', p .. 'stgen') else gen = tonumber(redis.call('GET', p .. 'stgen') or '0') end
+return {'ok', seq, gen}
+"""
+
+# ARGV: prefix, receiver, message id, body, seconds to remember the id, bus cap.
+_DELIVER = """
+local p, receiver, mid = ARGV[1], ARGV[2], ARGV[3]
+local known = p .. 'dl:' .. receiver .. '|' .. mid
+local position = redis.call('GET', known)
+if position then return tonumber(position) end
+position = redis.call('INCR', p .. 'ibpos')
+redis.call('XADD', p .. 'ib:' .. receiver, position .. '-0', 'm', mid, 'b', ARGV[4])
+redis.call('SET', known, position, 'EX', ARGV[5])
+redis.call('XADD', p .. 'bus', 'MAXLEN', '~', ARGV[6], '*', 'k', 'dm', 'r', receiver,
+           'p', position, 'b', ARGV[4])
+return position
+"""
+
+# ARGV: prefix, sender, highest, seen (hex): keep the wider window.
+_REMEMBER = """
+local p, sender, highest, seen = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local old = redis.call('HGET', p .. 'seqw', sender)
+if old then
+  local sep = string.find(old, ':', 1, true)
+  local old_highest, old_seen = tonumber(string.sub(old, 1, sep - 1)), string.sub(old, sep + 1)
+  if old_highest > highest then return 0 end
+  if old_highest == highest then
+    if #old_seen > #seen then return 0 end
+    if #old_seen == #seen and old_seen > seen then return 0 end
+  end
+end
+redis.call('HSET', p .. 'seqw', sender, ARGV[3] .. ':' .. seen)
+return 1
+"""
+
+# ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "due": by lease score,
+# "members": a set), key suffix, then the range. Returns the task documents in order.
+_FETCH = """
+local p, how, key = ARGV[1], ARGV[2], ARGV[1] .. ARGV[3]
+local ids
+if how == 'due' then
+  ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[4], 'LIMIT', 0, ARGV[5])
+elseif how == 'members' then
+  ids = redis.call('SMEMBERS', key)
+else
+  ids = redis.call('ZRANGE', key, ARGV[4], ARGV[5])
+end
+local docs = {}
+for n, id in ipairs(ids) do
+  if how == 'avail' then id = string.sub(id, string.find(id, '|', 1, true) + 1) end
+  docs[n] = redis.call('HGET', p .. 't:' .. id, 'd') or ''
+end
+return docs
+"""
+
+
+@dataclass
+class _Transaction:
+    """What one thread's :meth:`RedisStore.transact` read and will write."""
+
+    reads: dict[str, int | None] = field(default_factory=dict)
+    dependents: dict[str, int] = field(default_factory=dict)
+    generation: int | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    documents: dict[str, bytes | None] = field(default_factory=dict)
+
+
+class RedisStore:
+    """Tasks, events, inboxes and state in one Redis (see the module's text).
+
+    ``url`` is ``redis://[user:password@]host:port/db`` (or ``rediss://`` for TLS); the
+    connection is checked at once, and an unreachable Redis raises
+    :class:`~infrafabric.errors.StoreUnavailable` naming it. Safe to share between
+    threads (a pool of connections)."""
+
+    #: Several processes share this store: what one keeps in memory may be stale.
+    shared: Final = True
+    group_commit: Final = False
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "{ifab}:",
+        retention: int = 100_000,
+        timeout: float = 5.0,
+        connections: int = 32,
+    ) -> None:
+        self.url = redacted(url)
+        self.prefix = prefix
+        self.retention = retention
+        try:
+            # A bounded pool that makes a thread wait for a free connection (the default
+            # pool raises when it runs out): many threads, few sockets.
+            pool = redis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=connections,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            self.redis = redis.Redis(connection_pool=pool, retry=None)
+        except ValueError as exc:
+            raise StoreError(f"not a Redis URL: {self.url}: {exc}") from None
+        self._apply = self.redis.register_script(_APPLY)
+        self._deliver = self.redis.register_script(_DELIVER)
+        self._remember = self.redis.register_script(_REMEMBER)
+        self._fetch = self.redis.register_script(_FETCH)
+        self._local = threading.local()
+        with self._guard():
+            self.redis.ping()
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task | None:
+        with self._guard():
+            doc = self.redis.hget(self._key("t:", task_id), "d")
+        task = None if doc is None else _TASK_DECODER.decode(doc)
+        txn = self._txn()
+        if txn is not None and task_id not in txn.reads:
+            txn.reads[task_id] = None if task is None else task.version
+        return task
+
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        if states is None:
+            return self._tasks("ids", "ids", 0, -1)
+        found: list[Task] = []
+        for state in set(states):
+            found += self._tasks("ids", f"s:{state}", 0, -1)
+        return sorted(found, key=lambda task: task.id)
+
+    def dependents(self, task_id: str) -> list[Task]:
+        found = sorted(self._tasks("members", f"deps:{task_id}"), key=lambda task: task.id)
+        txn = self._txn()
+        if txn is not None:
+            txn.dependents.setdefault(task_id, len(found))
+        return found
+
+    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+        if limit <= 0:
+            return []
+        return self._tasks("avail", "avail", offset, offset + limit - 1)
+
+    def expired(self, now: float, limit: int = 500) -> list[Task]:
+        return self._tasks("due", "leases", repr(float(now)), limit)
+
+    def events_since(self, seq: int, limit: int = 1000) -> Sequence[StoredEvent]:
+        with self._guard():
+            entries = self.redis.xrange(self._key("ev"), f"{seq + 1}-0", "+", count=limit)
+        return [
+            StoredEvent(int(entry_id.split(b"-")[0]), _EVENT_DECODER.decode(fields[b"d"]))
+            for entry_id, fields in entries
+        ]
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (0: none yet)."""
+        with self._guard():
+            return int(self.redis.get(self._key("seq")) or 0)
+
+    # -- writes -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Redis makes each step durable when it is made (no group commit): a batch is
+        only a grouping here, and a failed step leaves the earlier ones written."""
+        yield
+
+    def apply(self, outcome: Outcome, *, then: Callable[[Outcome], None] | None = None) -> int:
+        return self.transact(lambda store: outcome, then=then)[1]
+
+    def transact(
+        self,
+        work: Callable[[Store], Outcome | None],
+        *,
+        then: Callable[[Outcome], None] | None = None,
+    ) -> tuple[Outcome | None, int]:
+        """Run ``work`` and apply its outcome if nothing it read has changed meanwhile
+        (optimistic: :class:`Conflict` otherwise, and nothing written; the caller decides
+        again). Inside, ``apply`` and ``save_state`` join this transaction."""
+        outer = self._txn()
+        if outer is not None:  # called from ``then``: part of the enclosing change
+            outcome = work(self)
+            if outcome is not None:
+                outer.outcomes.append(outcome)
+                if then is not None:
+                    then(outcome)
+            return outcome, 0
+        txn = _Transaction()
+        self._local.txn = txn
+        try:
+            outcome = work(self)
+            if outcome is None:
+                return None, 0
+            txn.outcomes.append(outcome)
+            if then is not None:
+                then(outcome)
+        finally:
+            self._local.txn = None
+        return outcome, self._commit(txn)
+
+    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+        txn = self._txn()
+        if txn is not None:
+            txn.documents.update(documents)
+        elif documents:
+            self._commit(_Transaction(documents=dict(documents)))
+
+    def state_version(self) -> int:
+        """A number that changes whenever any process saves a state document: a process
+        that keeps the documents in memory reloads them when it is not what it saw."""
+        txn = self._txn()
+        if txn is not None and txn.generation is not None:
+            return txn.generation
+        with self._guard():
+            generation = int(self.redis.get(self._key("stgen")) or 0)
+        if txn is not None:
+            txn.generation = generation  # checked when the transaction commits
+        return generation
+
+    def load_state(self, prefix: str) -> dict[str, bytes]:
+        with self._guard():
+            kept = self.redis.hgetall(self._key("st"))
+        return {
+            name.decode(): bytes(doc)
+            for name, doc in sorted(kept.items())
+            if name.decode().startswith(prefix)
+        }
+
+    # -- inboxes ----------------------------------------------------------------------------
+
+    def deliver(self, receiver: str, message_id: str, body: bytes) -> int:
+        with self._guard():
+            position = self._deliver(
+                args=[self.prefix, receiver, message_id, body, DELIVERED_SECONDS, BUS_RETENTION]
+            )
+        return int(position)
+
+    def pending(self, receiver: str, after: int = 0, limit: int = 100) -> Sequence[InboxEntry]:
+        with self._guard():
+            entries = self.redis.xrange(
+                self._key("ib:", receiver), f"{after + 1}-0", "+", count=limit
+            )
+        return [
+            InboxEntry(int(entry_id.split(b"-")[0]), fields[b"m"].decode(), bytes(fields[b"b"]))
+            for entry_id, fields in entries
+        ]
+
+    def ack(self, receiver: str, position: int) -> bool:
+        with self._guard():
+            return int(self.redis.xdel(self._key("ib:", receiver), f"{position}-0")) == 1
+
+    def publish(self, topic: str, body: bytes) -> None:
+        """Announce a topic message to every server (the bus stream; live, not kept)."""
+        with self._guard():
+            self.redis.xadd(
+                self._key("bus"),
+                {"k": "topic", "t": topic, "b": body},
+                maxlen=BUS_RETENTION,
+                approximate=True,
+            )
+
+    # -- replay protection ------------------------------------------------------------------
+
+    def remember_sequence(self, sender: str, highest: int, seen: int) -> None:
+        with self._guard():
+            self._remember(args=[self.prefix, sender, highest, format(seen, "x")])
+
+    def sequences(self) -> list[tuple[str, int, int]]:
+        with self._guard():
+            kept = self.redis.hgetall(self._key("seqw"))
+        windows = []
+        for sender, window in sorted(kept.items()):
+            highest, _, seen = window.decode().partition(":")
+            windows.append((sender.decode(), int(highest), int(seen, 16)))
+        return windows
+
+    def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
+        """Record that ``sender`` used ``nonce``, for ``seconds`` (until its message has
+        expired); ``False`` if some server recorded it already (a replay)."""
+        with self._guard():
+            kept = self.redis.set(
+                self._key("nonce:", f"{sender}|{nonce}"), 1, nx=True, px=max(1, int(seconds * 1000))
+            )
+        return bool(kept)
+
+    # -- agents -----------------------------------------------------------------------------
+
+    def enroll(self, agent: AgentRecord) -> None:
+        with self._guard():
+            self.redis.hset(self._key("agents"), agent.id, _ENCODER.encode(agent))
+
+    def agents(self) -> list[AgentRecord]:
+        with self._guard():
+            kept = self.redis.hgetall(self._key("agents"))
+        return [_AGENT_DECODER.decode(kept[agent_id]) for agent_id in sorted(kept)]
+
+    def agent(self, agent_id: str) -> AgentRecord | None:
+        with self._guard():
+            doc = self.redis.hget(self._key("agents"), agent_id)
+        return None if doc is None else _AGENT_DECODER.decode(doc)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _key(self, kind: str, name: str = "") -> str:
+        return f"{self.prefix}{kind}{name}"
+
+    def _txn(self) -> _Transaction | None:
+        txn: _Transaction | None = getattr(self._local, "txn", None)
+        return txn
+
+    def _tasks(self, how: str, key: str, start: Any = 0, stop: Any = -1) -> list[Task]:
+        with self._guard():
+            docs = self._fetch(args=[self.prefix, how, key, start, stop])
+        return [_TASK_DECODER.decode(doc) for doc in docs if doc]
+
+    def _commit(self, txn: _Transaction) -> int:
+        args: list[Any] = [self.prefix, self.retention, len(txn.reads)]
+        for task_id, version in txn.reads.items():
+            args += [task_id, "" if version is None else version]
+        args.append(len(txn.dependents))
+        for task_id, count in txn.dependents.items():
+            args += [task_id, count]
+        saving = bool(txn.documents)
+        args.append("" if txn.generation is None or not saving else txn.generation)
+        tasks = [(task, outcome) for outcome in txn.outcomes for task in outcome.tasks]
+        args.append(len(tasks))
+        for task, outcome in tasks:
+            created = task.id in outcome.created
+            owned = task.state.owned and task.lease_expires_at is not None
+            args += [
+                task.id,
+                "" if created else task.version - 1,
+                task.version,
+                str(task.state),
+                _ENCODER.encode(task),
+                claim_key(task) if task.state is TaskState.AVAILABLE else "",
+                repr(task.lease_expires_at) if owned else "",
+                len(task.dependencies) if created else 0,
+                *(task.dependencies if created else ()),
+            ]
+        events = [event for outcome in txn.outcomes for event in outcome.events]
+        args.append(len(events))
+        args += [_ENCODER.encode(event) for event in events]
+        args.append(len(txn.documents))
+        for name, doc in txn.documents.items():
+            args += [name, "d", ""] if doc is None else [name, "s", doc]
+        with self._guard():
+            reply = self._apply(args=args)
+        if reply[0] == b"conflict":
+            task_id, expected, found = (part.decode() for part in reply[1:])
+            raise Conflict(task_id, _version(expected), _version(found))
+        return int(reply[1])
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Redis's errors as the fabric's: unreachable is retryable, the rest is not."""
+        try:
+            yield
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+            raise StoreUnavailable(f"Redis at {self.url} is unavailable: {exc}") from None
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"Redis at {self.url}: {exc}") from None
+
+
+def claim_key(task: Task) -> str:
+    """A string whose byte order is :func:`~infrafabric.storage.base.claim_order`: real
+    work before fillers, highest priority, oldest (the IEEE bits of the time, ordered),
+    then the id."""
+    bits = struct.unpack(">Q", struct.pack(">d", task.created_at))[0]
+    bits = bits ^ 0xFFFF_FFFF_FFFF_FFFF if bits >> 63 else bits | 1 << 63  # negatives first
+    return f"{int(task.filler)}{1000 - task.priority:04d}{bits:016x}|{task.id}"
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _version(text: str) -> int | None:
+    return int(text) if text.isdigit() else None

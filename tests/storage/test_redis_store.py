@@ -1,0 +1,218 @@
+"""What the Redis store adds to the conformance suite: several processes share it.
+
+Two ``RedisStore`` objects on one Redis stand for two fabric servers; races between
+them are made deterministic where they can be (the other "server" writes in the middle
+of a transaction) and hammered with threads where they cannot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infrafabric.board.model import Task, TaskState
+from infrafabric.board.rules import BoardConfig, Outcome, cancel, claim, create
+from infrafabric.coordinator import Coordinator
+from infrafabric.errors import StoreError, StoreUnavailable
+from infrafabric.storage.base import Conflict, Store
+from infrafabric.storage.redis import RedisStore, claim_key, redacted
+from tests.redis_server import RedisServer
+
+T0 = 1_000_000.0
+ALICE, BOB = "if://agent/alice", "if://agent/bob"
+
+
+@pytest.fixture
+def servers(redis_url: str) -> Iterator[tuple[RedisStore, RedisStore]]:
+    one, two = RedisStore(redis_url), RedisStore(redis_url)
+    yield one, two
+    one.close()
+    two.close()
+
+
+def test_a_task_read_while_deciding_that_changed_meanwhile_is_a_conflict(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    one.apply(create([Task(id="a", title="A"), Task(id="b", title="B")], {}, T0))
+
+    def decide(store: Store) -> Outcome:
+        a, b = store.get("a"), store.get("b")
+        assert a is not None and b is not None
+        two.apply(cancel(b, None, "the other server got there first", T0))  # meanwhile
+        return claim(a, ALICE, T0)  # writes only a, but was decided on b's old state
+
+    with pytest.raises(Conflict) as caught:
+        one.transact(decide)
+    assert caught.value.task_id == "b"
+    assert one.get("a").state is TaskState.AVAILABLE  # type: ignore[union-attr]
+
+
+def test_a_dependent_created_meanwhile_is_a_conflict(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    one.apply(create([Task(id="a", title="A")], {}, T0))
+    a = one.get("a")
+    assert a is not None
+
+    def decide(store: Store) -> Outcome:
+        assert store.dependents("a") == []
+        two.apply(create([Task(id="c", title="C", dependencies=("a",))], {"a": a}, T0))
+        return cancel(a, None, "no longer needed", T0)
+
+    with pytest.raises(Conflict):
+        one.transact(decide)
+    # decided again, the cancellation sees c and marks its dependency failed
+    Coordinator(one).cancel("a", None, "no longer needed")
+    assert one.get("c").failed_dependencies == ("a",)  # type: ignore[union-attr]
+
+
+def test_documents_saved_from_stale_books_are_a_conflict(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    one.apply(create([Task(id="a", title="A")], {}, T0))
+    before = one.state_version()
+
+    def decide(store: Store) -> Outcome:
+        assert store.state_version() == before
+        two.save_state({"governor/agent/x": b"spent 5"})
+        return claim(store.get("a"), ALICE, T0)  # type: ignore[arg-type]
+
+    with pytest.raises(Conflict):
+        one.transact(decide, then=lambda _: one.save_state({"governor/agent/x": b"spent 3"}))
+    assert one.load_state("governor/") == {"governor/agent/x": b"spent 5"}
+    assert one.state_version() == before + 1
+    # a transaction that saves nothing does not care about the generation
+    one.transact(lambda store: claim(store.get("a"), ALICE, T0))  # type: ignore[arg-type]
+
+
+def test_two_servers_completing_the_last_two_dependencies_release_the_task(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    rounds = 40
+    specs = []
+    for n in range(rounds):
+        specs += [Task(id=f"a{n}", title="A"), Task(id=f"b{n}", title="B")]
+        specs.append(Task(id=f"c{n}", title="C", dependencies=(f"a{n}", f"b{n}")))
+    Coordinator(one).create(specs)
+    for n in range(rounds):
+        Coordinator(one).claim(f"a{n}", ALICE)
+        Coordinator(two).claim(f"b{n}", BOB)
+    gate = threading.Barrier(2)
+
+    def finish(store: RedisStore, prefix: str, agent: str) -> None:
+        coordinator = Coordinator(store)
+        for n in range(rounds):
+            gate.wait()
+            coordinator.complete(f"{prefix}{n}", agent)
+
+    threads = [
+        threading.Thread(target=finish, args=(one, "a", ALICE)),
+        threading.Thread(target=finish, args=(two, "b", BOB)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [one.get(f"c{n}").state for n in range(rounds)] == [TaskState.AVAILABLE] * rounds  # type: ignore[union-attr]
+
+
+def test_servers_racing_claim_each_task_once_and_one_sweeper_wins_each_expiry(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    clock = [T0]
+    config = BoardConfig(lease_seconds=10)
+    coordinators = [Coordinator(s, config=config, clock=lambda: clock[0]) for s in servers]
+    coordinators[0].create([Task(id=f"t{i:03d}", title="x") for i in range(300)])
+    won: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def agent(number: int) -> None:
+        coordinator = coordinators[number % 2]
+        name = f"if://agent/w{number}"
+        while (task := coordinator.claim_next(name)) is not None:
+            with lock:
+                won[task.id] += 1
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 300
+    assert set(won.values()) == {1}
+    clock[0] += 11  # every lease has run out; both servers sweep at once
+    swept: list[int] = []
+    sweepers = [threading.Thread(target=lambda c=c: swept.append(c.sweep())) for c in coordinators]
+    for sweeper in sweepers:
+        sweeper.start()
+    for sweeper in sweepers:
+        sweeper.join()
+    assert sum(swept) == 300
+    expired = [s.event.task_id for s in one.events_since(0, 10_000) if s.event.kind == "task.expired"]
+    assert sorted(expired) == sorted(won)
+    assert all(task.state is TaskState.AVAILABLE for task in one.tasks())
+
+
+def test_an_inbox_is_the_same_from_every_server(servers: tuple[RedisStore, RedisStore]) -> None:
+    one, two = servers
+    first = one.deliver(BOB, "m-1", b"hello")
+    assert two.deliver(BOB, "m-1", b"hello") == first  # a resend through another server
+    assert [(e.position, e.body) for e in two.pending(BOB)] == [(first, b"hello")]
+    assert two.ack(BOB, first)
+    assert not one.ack(BOB, first)
+    assert one.pending(BOB) == []
+
+
+def test_a_nonce_is_accepted_once_across_servers(servers: tuple[RedisStore, RedisStore]) -> None:
+    one, two = servers
+    assert one.claim_nonce(ALICE, "n-1", 60)
+    assert not two.claim_nonce(ALICE, "n-1", 60)
+    assert two.claim_nonce(BOB, "n-1", 60)  # nonces are per sender
+
+
+def test_claim_keys_sort_as_the_claim_order() -> None:
+    tasks = [
+        Task(id="z", title="x", priority=100, created_at=5.0),
+        Task(id="a", title="x", priority=100, created_at=5.0),
+        Task(id="b", title="x", priority=0, created_at=1.0),
+        Task(id="c", title="x", priority=50, created_at=1e9),
+        Task(id="d", title="x", priority=50, created_at=2.5),
+        Task(id="e", title="x", priority=100, filler=True),
+    ]
+    by_key = sorted(tasks, key=claim_key)
+    assert [t.id for t in by_key] == ["a", "z", "d", "c", "b", "e"]
+
+
+def test_an_unreachable_redis_fails_fast_and_a_restarted_one_is_used_again(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path / "redis").start()
+    url = server.url
+    store = RedisStore(url, timeout=2)
+    Coordinator(store).create([Task(id="a", title="A")])
+    server.stop()
+    with pytest.raises(StoreUnavailable, match="unavailable"):
+        store.get("a")
+    with pytest.raises(StoreUnavailable):  # a new store: refused at start
+        RedisStore(url, timeout=2)
+    restarted = RedisServer(tmp_path / "redis")
+    restarted.port = server.port
+    restarted.start()
+    assert store.get("a").title == "A"  # type: ignore[union-attr]  # the AOF kept it
+    store.close()
+    restarted.stop()
+
+
+def test_a_bad_url_is_a_clear_error_without_its_password() -> None:
+    with pytest.raises(StoreError, match="not a Redis URL"):
+        RedisStore("http://127.0.0.1:1/0")
+    assert redacted("redis://user:secret@host:6380/1") == "redis://user:***@host:6380/1"
