@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -82,7 +83,7 @@ class Coordinator:
             return rules.create(tasks, _Lookup(store), self.clock(), self.config)
 
         outcome = self._transact(decide, "create")
-        assert outcome is not None  # noqa: S101 - create always decides something
+        assert outcome is not None
         return list(outcome.tasks)
 
     def get(self, task_id: str) -> Task:
@@ -235,7 +236,7 @@ class Coordinator:
         for _ in range(SWEEP_PAGES):  # bounded: a sweep never runs away under a flood
             late = self.store.expired(self.clock(), SWEEP_PAGE)
             for task in late:
-                if self._try_once(lambda store, task=task: self._expire(store, task)):
+                if self._try_once(functools.partial(self._expire, seen=task)):
                     changed += 1
             if len(late) < SWEEP_PAGE:
                 break
@@ -243,7 +244,7 @@ class Coordinator:
             self.store.tasks([TaskState.BLOCKED]), self.clock(), self.config
         )
         for task, event in zip(escalations.tasks, escalations.events, strict=True):
-            if self._try_once(lambda store, t=task, e=event: _unchanged(store, t, e)):
+            if self._try_once(functools.partial(_unchanged, seen=task, change=event)):
                 changed += 1
         return changed
 
@@ -338,7 +339,7 @@ class Coordinator:
             return decide(task, self.clock())
 
         outcome = self._transact(work, task_id)
-        assert outcome is not None  # noqa: S101 - work always decides something
+        assert outcome is not None
         return next(task for task in outcome.tasks if task.id == task_id)
 
     def _transact(self, work: Callable[[Store], Outcome | None], what: str) -> Outcome | None:

@@ -33,7 +33,7 @@ from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
 from infrafabric.errors import CallerError, FabricError, StoreError
 from infrafabric.governor.core import Manifest, ManifestError
 from infrafabric.governor.driver import GovernorDriver
-from infrafabric.protocol.keyring import KeyRecord, KeyRole
+from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
@@ -60,6 +60,9 @@ _STATUS_OF_REASON: Final = {
 
 
 _log = logging.getLogger(__name__)
+#: Where a shared store keeps each agent's keyring document (see ``share_keys``).
+KEYS_PREFIX: Final = "keyring/"
+_KEYRING_DECODER: Final = msgspec.json.Decoder(KeyringFile)
 T = TypeVar("T")
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
 _GOVERNOR_DECODER: Final = msgspec.json.Decoder(ops.GovernorOperation)
@@ -125,11 +128,26 @@ class FabricService:
         :class:`ServiceError`."""
         with self._verify_lock:
             verdict = self.verifier.check(data, now=now, local=local)
+            if verdict.reason is Reason.UNKNOWN_KEY and self.store.shared:
+                # enrolled through another server a moment ago? read the keys again
+                self._load_shared_keys()
+                verdict = self.verifier.check(data, now=now, local=local)
             message = _accepted(verdict)
             # an operator's authority needs a message that passed every check: audit mode
             # accepts a forged or replayed one, which proves nothing about its sender
             key = verdict.key if verdict.reason is None else None
             window = self.verifier.sequences.snapshot(message.sender)
+        if self.store.shared and verdict.reason is None:
+            # Each server keeps its own replay windows; one more check makes a replay
+            # through another server fail too: the nonce, recorded once for the fabric
+            # until the message expires.
+            seconds = message.expires_at - now + self.verifier.clock_skew
+            if not self.store.claim_nonce(message.sender, message.nonce, seconds):
+                raise ServiceError(
+                    str(Reason.REPLAY),
+                    f"nonce {message.nonce} of {message.sender} was used before",
+                    _STATUS_OF_REASON.get(Reason.REPLAY, 409),
+                )
         if window is not None:
             # Durable with the message's effects (one commit in a batch): after a crash
             # the restarted verifier still refuses a replay of anything acknowledged. A
@@ -216,6 +234,33 @@ class FabricService:
 
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
         return self.store.agent(agent_id)
+
+    # -- keys shared by several servers ---------------------------------------------------
+
+    def share_keys(self, agents: Sequence[AgentId]) -> None:
+        """On a shared store: keep ``agents``' keys there, for the other servers."""
+        if self.store.shared:
+            keyring = self.verifier.keyring
+            self.store.save_state(
+                {
+                    KEYS_PREFIX + agent: msgspec.json.encode(keyring.to_file(agent))
+                    for agent in agents
+                }
+            )
+
+    def load_shared_keys(self) -> None:
+        """On a shared store: trust the keys the other servers enrolled or revoked."""
+        with self._verify_lock:
+            self._load_shared_keys()
+
+    def _load_shared_keys(self) -> None:
+        for name, document in self.store.load_state(KEYS_PREFIX).items():
+            try:
+                records = _KEYRING_DECODER.decode(document).keys
+                for record in records:
+                    self.verifier.keyring.add(record)
+            except (msgspec.DecodeError, msgspec.ValidationError, CallerError) as exc:
+                _log.warning("shared keys %s not loaded: %s", name, exc)
 
     # -- listeners (the server's WebSocket fan-out) ---------------------------------------
 

@@ -42,7 +42,8 @@ def test_a_task_read_while_deciding_that_changed_meanwhile_is_a_conflict(
 
     def decide(store: Store) -> Outcome:
         a, b = store.get("a"), store.get("b")
-        assert a is not None and b is not None
+        assert a is not None
+        assert b is not None
         two.apply(cancel(b, None, "the other server got there first", T0))  # meanwhile
         return claim(a, ALICE, T0)  # writes only a, but was decided on b's old state
 
@@ -127,7 +128,7 @@ def test_two_servers_completing_the_last_two_dependencies_release_the_task(
 def test_servers_racing_claim_each_task_once_and_one_sweeper_wins_each_expiry(
     servers: tuple[RedisStore, RedisStore],
 ) -> None:
-    one, two = servers
+    one = servers[0]
     clock = [T0]
     config = BoardConfig(lease_seconds=10)
     coordinators = [Coordinator(s, config=config, clock=lambda: clock[0]) for s in servers]
@@ -157,7 +158,9 @@ def test_servers_racing_claim_each_task_once_and_one_sweeper_wins_each_expiry(
     for sweeper in sweepers:
         sweeper.join()
     assert sum(swept) == 300
-    expired = [s.event.task_id for s in one.events_since(0, 10_000) if s.event.kind == "task.expired"]
+    expired = [
+        s.event.task_id for s in one.events_since(0, 10_000) if s.event.kind == "task.expired"
+    ]
     assert sorted(expired) == sorted(won)
     assert all(task.state is TaskState.AVAILABLE for task in one.tasks())
 

@@ -15,7 +15,8 @@ from infrafabric.board.rules import BoardConfig
 from infrafabric.cli.common import reported_errors
 from infrafabric.governor.policy import PolicyError
 from infrafabric.protocol.verify import Mode
-from infrafabric.server.runner import ENV_DATA, default_data_dir, open_server, run_server
+from infrafabric.server.runner import ENV_DATA, ENV_STORE, default_data_dir, open_server, run_server
+from infrafabric.storage.redis import redacted
 
 
 def serve(
@@ -72,6 +73,14 @@ def serve(
         str | None,
         typer.Option("--profile", help="Policy profile: default, development, production..."),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar=ENV_STORE,
+            help="Share the board with other servers: redis://host:port/db (docs/operations.md). Default: SQLite in the data directory.",
+        ),
+    ] = None,
 ) -> None:
     """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
     if synchronous not in ("FULL", "NORMAL"):
@@ -90,6 +99,7 @@ def serve(
             governor=governor,
             policy=policy,
             profile=profile,
+            store_url=store,
         )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -112,7 +122,8 @@ def serve(
         # moved out of the collector's sight, a full collection walks only what requests
         # made since, and takes ~1 ms instead of ~30 ms (a stall every few seconds).
         gc.freeze()
-        typer.echo(f"InfraFabric serving {server.url} (data in {directory})")
+        where = directory if store is None else f"{redacted(store)}, keys in {directory}"
+        typer.echo(f"InfraFabric serving {server.url} (data in {where})")
         typer.echo(f"operator token: {directory / 'admin.token'} (or $IFAB_ADMIN_TOKEN)")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

@@ -55,6 +55,7 @@ class GovernorDriver:
         self.governor = Governor(policy)
         now = self.clock()
         with self.store.batch(), self._lock:
+            self._known: int | None = self.store.state_version()
             kept = self.store.load_state(PREFIX)
             self.governor.restore({key[len(PREFIX) :]: doc for key, doc in kept.items()}, now)
             for task in self.store.tasks([s for s in TaskState if s.owned]):
@@ -95,6 +96,7 @@ class GovernorDriver:
 
     def register(self, agent: AgentId, manifest: Manifest) -> None:
         with self.store.batch(), self._lock:  # the store's lock first, always
+            self._refresh()
             self._commit(self.governor.register(agent, manifest, self.clock()))
 
     # -- work -----------------------------------------------------------------------------
@@ -117,6 +119,7 @@ class GovernorDriver:
     def admit(self, agent: AgentId, task: Task) -> Refusal | None:
         """Whether ``agent`` may claim ``task`` by id; a refusal is logged."""
         with self.store.batch(), self._lock:
+            self._refresh()
             now = self.clock()
             self.governor.seen(agent, now)
             refusal = self.governor.admit(agent, _view(task), now)
@@ -148,6 +151,7 @@ class GovernorDriver:
 
     def reset(self, agent: AgentId, operator: AgentId) -> None:
         with self.store.batch(), self._lock:
+            self._refresh()
             self._commit(self.governor.reset(agent, operator, self.clock()))
 
     def reload(self, policy: Policy | None = None) -> Policy:
@@ -160,11 +164,13 @@ class GovernorDriver:
             else:
                 policy = load_policy(self.policy_path, profile=self.profile)
         with self.store.batch(), self._lock:
+            self._refresh()
             self._commit(self.governor.reload(policy))
         return policy
 
     def report(self) -> dict[str, Any]:
         with self._lock:
+            self._refresh()
             return self.governor.report(self.clock())
 
     # -- internals ------------------------------------------------------------------------
@@ -174,6 +180,7 @@ class GovernorDriver:
         save the books it changed, and return the decisions for the coordinator to log
         with it."""
         with self._lock:
+            self._refresh()
             decided: list[GovernorEvent] = []
             for event in events:
                 if event.component == "board":
@@ -196,6 +203,28 @@ class GovernorDriver:
         changes = self.governor.take_changes()
         if changes:
             self.store.save_state({PREFIX + key: doc for key, doc in changes.items()})
+            if self.store.shared:
+                # Whether these commit is not known here (on a shared store the change
+                # may yet conflict): the books are read again before the next decision.
+                self._known = None
+
+    def _refresh(self) -> None:
+        """On a store other servers write too, read the books again if any server saved
+        them since this one last read them (the caller holds the lock). What is only
+        this server's to know (who it saw, what it holds) carries over."""
+        if not self.store.shared:
+            return
+        version = self.store.state_version()  # inside a change: checked at its commit
+        if version == self._known:
+            return
+        fresh = Governor(self.governor.policy)
+        kept = self.store.load_state(PREFIX)
+        fresh.restore({key[len(PREFIX) :]: doc for key, doc in kept.items()}, self.clock())
+        for name, book in fresh.agents.items():
+            old = self.governor.agents.get(name)
+            if old is not None:
+                book.holding, book.last_seen = old.holding, old.last_seen
+        self.governor, self._known = fresh, version
 
     def _logged(self, events: Iterable[GovernorEvent]) -> list[BoardEvent]:
         now = self.clock()

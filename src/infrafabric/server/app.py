@@ -39,6 +39,7 @@ from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
 from infrafabric.server.openapi import OPENAPI
+from infrafabric.server.relay import Relay, RelayListeners
 from infrafabric.service import FabricService, ServiceError
 from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
@@ -63,6 +64,7 @@ class ServerState:
     clock: Callable[[], Timestamp] = time.time
     queue_limit: int = QUEUE_LIMIT  # frames waiting per WebSocket before it is dropped
     witness: Witness | None = None  # the witness log of this fabric's decisions
+    relay: Relay | None = None  # several servers over one Redis: their changes, live
     hub: Hub | None = field(default=None, init=False)
     committer: Committer = field(init=False)
 
@@ -73,6 +75,8 @@ class ServerState:
         """Finish the messages already submitted, witness what they decided, then close
         the witness log and the store."""
         self.committer.close()
+        if self.relay is not None:
+            self.relay.close()
         if self.witness is not None:
             self.witness.close()
             self.witness.log.close()
@@ -93,9 +97,13 @@ def create_app(state: ServerState) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         hub = Hub(asyncio.get_running_loop(), queue_limit=state.queue_limit)
         state.hub = hub
-        state.service.on_events(hub.board_events)
-        state.service.on_delivery(hub.delivery)
-        state.service.on_topic(hub.topic_message)
+        if state.relay is None:
+            state.service.on_events(hub.board_events)
+            state.service.on_delivery(hub.delivery)
+            state.service.on_topic(hub.topic_message)
+        else:  # every server's changes come back through the store, in one order
+            state.relay.start(RelayListeners(hub.board_events, hub.delivery, hub.topic_message))
+            state.service.on_topic(state.relay.store.publish)
         yield
         await asyncio.to_thread(state.committer.close)  # not a blocking join on the loop
 
@@ -316,6 +324,7 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
                 if before is None or before.state != after.state:
                     events.append(_key_event(before, after, now))
             write_keyring_dir(state.keyring, state.keyring_dir, agents=agents)
+            state.service.share_keys(agents)  # other servers (on Redis) read them there
     except KeyringError as exc:  # a record that contradicts a trusted one
         raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
     record = AgentRecord(

@@ -28,6 +28,7 @@ import uvicorn
 
 from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.coordinator import Coordinator
+from infrafabric.errors import CallerError
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import DEFAULT_POLICY
 from infrafabric.keystore import Keystore, load_keyring_dir
@@ -35,14 +36,18 @@ from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Mode, Verifier
 from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
+from infrafabric.server.relay import Relay
 from infrafabric.service import FabricService
+from infrafabric.storage.redis import RedisStore, redacted
 from infrafabric.storage.sqlite import SqliteStore
 from infrafabric.witness.feeder import Witness, WitnessFeeder, WitnessProcess
 from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.redis_log import RedisWitnessLog
 
 __all__ = [
     "ENV_ADMIN_TOKEN",
     "ENV_DATA",
+    "ENV_STORE",
     "RunningServer",
     "default_data_dir",
     "open_server",
@@ -50,6 +55,7 @@ __all__ = [
 ]
 
 ENV_DATA: Final = "IFAB_DATA"
+ENV_STORE: Final = "IFAB_STORE"
 ENV_ADMIN_TOKEN: Final = "IFAB_ADMIN_TOKEN"  # noqa: S105 - the variable's name
 ENV_WITNESS_PASSPHRASE: Final = "IFAB_WITNESS_PASSPHRASE"  # noqa: S105 - the variable's name
 FABRIC_IDENTITY: Final = "fabric"
@@ -73,6 +79,7 @@ def open_server(
     governor: bool = True,
     policy: Path | None = None,
     profile: str | None = None,
+    store_url: str | None = None,
 ) -> ServerState:
     """Open (creating if needed) the data directory and build the server's state
     (``witness=False``: keep no witness log, for measuring what it costs;
@@ -81,13 +88,20 @@ def open_server(
     ``audit``: accept every message that parses and witness each failed check;
     ``governor``: assign work and enforce budgets under ``policy``, a YAML file, or the
     built-in policy, with ``profile`` instead of the file's own; a policy that does not
-    load raises :class:`~infrafabric.governor.policy.PolicyError`)."""
+    load raises :class:`~infrafabric.governor.policy.PolicyError`; ``store_url``
+    ``redis://...``: keep the board, inboxes and witness log in that Redis, shared with
+    every other server given the same URL, instead of ``board.db``; an unreachable Redis
+    raises :class:`~infrafabric.errors.StoreUnavailable`)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store = SqliteStore(
-        data_dir / "board.db",
-        synchronous="NORMAL" if synchronous == "NORMAL" else "FULL",
-        background_checkpoints=True,
-    )
+    store: SqliteStore | RedisStore
+    if store_url is None:
+        store = SqliteStore(
+            data_dir / "board.db",
+            synchronous="NORMAL" if synchronous == "NORMAL" else "FULL",
+            background_checkpoints=True,
+        )
+    else:
+        store = open_store_url(store_url)
     keyring_dir = data_dir / "keyring"
     keyring = load_keyring_dir(keyring_dir)
     coordinator = Coordinator(store, config=config)
@@ -102,6 +116,10 @@ def open_server(
             chosen = DEFAULT_POLICY if profile is None else DEFAULT_POLICY.with_profile(profile)
             driver = GovernorDriver(coordinator, chosen, profile=profile)
     service = FabricService(coordinator, verifier, driver)
+    relay = None
+    if isinstance(store, RedisStore):
+        service.load_shared_keys()  # what the other servers enrolled
+        relay = Relay(store, on_keys=service.load_shared_keys)
     sessions = Sessions(keyring, _admin_token(data_dir))
     feeder: Witness | None = None
     if witness:
@@ -111,7 +129,9 @@ def open_server(
         # byte for byte, from the board's durable event log (time, index and all), so
         # commits lost to a power cut are appended again, identically, from the cursor,
         # and agree with any checkpoint already published. No fsync per round, then.
-        if witness_process:
+        if isinstance(store, RedisStore):  # one log for all servers; one of them feeds it
+            feeder = WitnessFeeder(RedisWitnessLog(store), store, key, name)
+        elif witness_process:
             feeder = WitnessProcess(store.path, data_dir / "witness.db", "NORMAL", key, name)
         else:
             log = WitnessLog(data_dir / "witness.db", synchronous="NORMAL")
@@ -122,7 +142,15 @@ def open_server(
         keyring=keyring,
         keyring_dir=keyring_dir,
         witness=feeder,
+        relay=relay,
     )
+
+
+def open_store_url(url: str) -> RedisStore:
+    """The shared store named by ``url`` (``redis://`` or ``rediss://``)."""
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise CallerError(f"--store {redacted(url)}: expected redis://host:port/db")
+    return RedisStore(url)
 
 
 def _fabric_identity(data_dir: Path) -> SigningIdentity:

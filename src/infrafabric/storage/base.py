@@ -162,6 +162,12 @@ class Store(Protocol):
     def sequences(self) -> list[tuple[str, int, int]]:
         """Every recorded window ``(sender, highest, seen)``, for a restarting verifier."""
 
+    def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
+        """Record that ``sender`` used ``nonce`` for ``seconds`` (until its message has
+        expired); ``False`` if it was recorded already: a replay through another
+        process. A store only this process uses returns ``True`` (the verifier's own
+        nonce cache covers one process)."""
+
     def save_state(self, documents: Mapping[str, bytes | None]) -> None:
         """Keep named documents of the fabric's other state machines (the governor's
         books), replacing those of the same name; ``None`` deletes one. All or none are

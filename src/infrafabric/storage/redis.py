@@ -55,13 +55,15 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 import redis
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError, StoreUnavailable
 from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
 
-__all__ = ["RedisStore", "redacted"]
+__all__ = ["RedisStore", "claim_key", "redacted", "redis_errors"]
 
 #: How long a delivered message id stays known, so a resend is not delivered twice: past
 #: the longest a message lives (its ``ttl`` is at most a day), the verifier refuses it.
@@ -222,8 +224,8 @@ class RedisStore:
     threads (a pool of connections)."""
 
     #: Several processes share this store: what one keeps in memory may be stale.
-    shared: Final = True
-    group_commit: Final = False
+    shared = True
+    group_commit = False
 
     def __init__(
         self,
@@ -247,7 +249,10 @@ class RedisStore:
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
             )
-            self.redis = redis.Redis(connection_pool=pool, retry=None)
+            # ``Any``: redis-py types every reply as "value or awaitable value" (one class
+            # for sync and async clients), which no caller can use without a cast each time
+            # no retries inside redis-py: a request fails fast, and the caller's retry decides
+            self.redis: Any = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
         except ValueError as exc:
             raise StoreError(f"not a Redis URL: {self.url}: {exc}") from None
         self._apply = self.redis.register_script(_APPLY)
@@ -503,15 +508,19 @@ class RedisStore:
             raise Conflict(task_id, _version(expected), _version(found))
         return int(reply[1])
 
-    @contextlib.contextmanager
-    def _guard(self) -> Iterator[None]:
-        """Redis's errors as the fabric's: unreachable is retryable, the rest is not."""
-        try:
-            yield
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-            raise StoreUnavailable(f"Redis at {self.url} is unavailable: {exc}") from None
-        except redis.exceptions.RedisError as exc:
-            raise StoreError(f"Redis at {self.url}: {exc}") from None
+    def _guard(self) -> contextlib.AbstractContextManager[None]:
+        return redis_errors(self.url)
+
+
+@contextlib.contextmanager
+def redis_errors(url: str) -> Iterator[None]:
+    """Redis's errors as the fabric's: unreachable is retryable, the rest is not."""
+    try:
+        yield
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+        raise StoreUnavailable(f"Redis at {url} is unavailable: {exc}") from None
+    except redis.exceptions.RedisError as exc:
+        raise StoreError(f"Redis at {url}: {exc}") from None
 
 
 def claim_key(task: Task) -> str:

@@ -16,7 +16,7 @@ import msgspec
 
 from infrafabric.witness.checkpoint import CheckpointError, open_checkpoint
 from infrafabric.witness.entry import decode_entry
-from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.log import MerkleLog
 from infrafabric.witness.merkle import LeafHashes, leaf_hash, range_hash
 
 __all__ = ["AuditReport", "audit_log"]
@@ -61,7 +61,7 @@ class AuditReport:
         self.ranges.append((low, high))
 
 
-def audit_log(log: WitnessLog, key: str) -> AuditReport:
+def audit_log(log: MerkleLog, key: str) -> AuditReport:
     report = AuditReport()
     leaves: list[bytes] = []
     position = 0

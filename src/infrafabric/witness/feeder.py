@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +28,7 @@ from infrafabric.storage.base import Store
 from infrafabric.types import Timestamp
 from infrafabric.witness.checkpoint import Checkpoint, sign_checkpoint, verifier_key
 from infrafabric.witness.entry import WitnessEntry, encode_entry, entry_of_board_event
-from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.log import MerkleLog, WitnessLog
 
 __all__ = ["BOARD_SOURCE", "Witness", "WitnessFeeder", "WitnessProcess"]
 
@@ -41,7 +43,7 @@ WITNESS_NICENESS: Final = 10
 class Witness(Protocol):
     """What a server needs of its witness: the log to read, the key, a start and a stop."""
 
-    log: WitnessLog
+    log: MerkleLog
     key: str
 
     def start(self) -> None: ...
@@ -52,7 +54,7 @@ class Witness(Protocol):
 class WitnessFeeder:
     def __init__(
         self,
-        log: WitnessLog,
+        log: MerkleLog,
         store: Store,
         signing_key: nacl.signing.SigningKey,
         name: str,
@@ -72,13 +74,21 @@ class WitnessFeeder:
         self._signed_size = max((size for size, _ in log.checkpoints()), default=-1)
         self._signed_at = 0.0
         self._lock = threading.Lock()  # one round at a time (thread, close, tests)
+        #: This feeder's name for the sequencer's lease of a shared log.
+        self.holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self, *, force_checkpoint: bool = False) -> int:
         """Witness the events waiting; sign a checkpoint if one is due. Returns how many
-        entries were appended."""
+        entries were appended. On a log shared by several servers, only the holder of
+        the sequencer's lease appends and signs; the others do nothing."""
         with self._lock:
+            lead = getattr(self.log, "lead", None)
+            if lead is not None:
+                if not lead(self.holder):
+                    return 0
+                self.log.refresh()  # what the previous sequencer appended
             cursor = self.log.cursor(BOARD_SOURCE)
             stored = self.store.events_since(cursor, self.batch)
             entries: list[bytes] = []
@@ -161,7 +171,7 @@ class WitnessProcess:
         signing_key: nacl.signing.SigningKey,
         name: str,
     ) -> None:
-        self.log = WitnessLog(witness_path, synchronous=synchronous)  # the server reads it
+        self.log: MerkleLog = WitnessLog(witness_path, synchronous=synchronous)  # read here
         self.key = verifier_key(name, bytes(signing_key.verify_key))
         context = multiprocessing.get_context("spawn")  # no fork of a threaded server
         self._stop = context.Event()

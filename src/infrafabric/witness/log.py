@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from infrafabric.errors import StoreError
 from infrafabric.storage.sqlite import locked_connection
@@ -33,7 +33,7 @@ from infrafabric.witness.merkle import (
     range_hash,
 )
 
-__all__ = ["WitnessLog"]
+__all__ = ["MerkleLog", "WitnessLog", "fold_edge", "load_edge"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -57,6 +57,46 @@ CREATE TABLE IF NOT EXISTS cursors (
     position INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+class MerkleLog(Protocol):
+    """What the feeder, the server and an audit use of a witness log: this SQLite file,
+    or the log a fabric keeps on Redis (:mod:`infrafabric.witness.redis_log`)."""
+
+    damaged: str
+
+    @property
+    def size(self) -> int: ...
+
+    def append(
+        self, entries: Sequence[bytes], *, source: str | None = None, position: int = 0
+    ) -> range: ...
+
+    def refresh(self) -> int: ...
+
+    def save_checkpoint(self, size: int, note: str) -> None: ...
+
+    def cursor(self, source: str) -> int: ...
+
+    def root(self, size: int | None = None) -> bytes: ...
+
+    def perfect(self, level: int, index: int) -> bytes: ...
+
+    def entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]: ...
+
+    def index_of(self, leaf: bytes) -> int | None: ...
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]: ...
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]: ...
+
+    def checkpoints(self, limit: int = 1) -> list[tuple[int, str]]: ...
+
+    def checkpoint_at(self, size: int) -> str | None: ...
+
+    def stored_nodes(self) -> list[tuple[int, int, bytes]]: ...
+
+    def close(self) -> None: ...
 
 
 class WitnessLog:
@@ -164,7 +204,7 @@ class WitnessLog:
         size = self._size if size is None else size
         self._check_size(size)
         if size == self._size:
-            return _fold(self._edge)
+            return fold_edge(self._edge)
         with self._read():
             return range_hash(0, size, self)
 
@@ -238,14 +278,7 @@ class WitnessLog:
             raise ValueError(f"the log has {self._size} entries, not {size}")
 
     def _load_edge(self, size: int) -> list[tuple[int, int, bytes]]:
-        """The perfect subtrees that make up a tree of ``size`` leaves, left to right."""
-        edge = []
-        start = 0
-        for level in range(size.bit_length() - 1, -1, -1):
-            if size >> level & 1:
-                edge.append((level, start >> level, self.perfect(level, start >> level)))
-                start += 1 << level
-        return edge
+        return load_edge(size, self.perfect)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -265,7 +298,19 @@ class WitnessLog:
         return locked_connection(self._lock, self._db, self.path)
 
 
-def _fold(edge: Sequence[tuple[int, int, bytes]]) -> bytes:
+def load_edge(size: int, perfect: Callable[[int, int], bytes]) -> list[tuple[int, int, bytes]]:
+    """The perfect subtrees that make up a tree of ``size`` leaves, left to right, as
+    ``(level, index, hash)``, read with ``perfect(level, index)``."""
+    edge = []
+    start = 0
+    for level in range(size.bit_length() - 1, -1, -1):
+        if size >> level & 1:
+            edge.append((level, start >> level, perfect(level, start >> level)))
+            start += 1 << level
+    return edge
+
+
+def fold_edge(edge: Sequence[tuple[int, int, bytes]]) -> bytes:
     """The root from the right edge: H(p0, H(p1, ... pk)), the RFC tree of that size."""
     if not edge:
         return EMPTY_ROOT
