@@ -32,7 +32,7 @@ from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
 from infrafabric.server.app import ServerState, create_app
-from infrafabric.server.runner import open_server
+from infrafabric.server.runner import open_server, sweep_until
 from infrafabric.storage.base import AgentRecord
 
 __all__ = ["Fabric"]
@@ -120,5 +120,4 @@ class Fabric:
         self.close()
 
     def _sweep(self, every: float) -> None:
-        while not self._stop.wait(every):
-            self.state.service.coordinator.sweep()
+        sweep_until(self._stop, self.state.service.coordinator, every)

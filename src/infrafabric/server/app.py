@@ -28,7 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infrafabric._version import __version__
 from infrafabric.board.model import BoardEvent, TaskState
-from infrafabric.errors import KeyringError
+from infrafabric.errors import KeyringError, StoreError
 from infrafabric.governor.core import Manifest
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import PolicyError, Price
@@ -142,6 +142,11 @@ def _route(state: ServerState, handler: Handler) -> Callable[[Request], Awaitabl
             result = await handler(state, request)
         except ServiceError as exc:
             return _json(exc.to_json(), exc.status)
+        except StoreError as exc:  # Redis down, a disk gone: retryable, said so
+            refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
+            response = _json(refusal.to_json(), 503)
+            response.headers["retry-after"] = "1"
+            return response
         return _json(result, 200)
 
     return endpoint

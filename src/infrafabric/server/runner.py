@@ -12,6 +12,7 @@ A data directory holds (files 0600, created on first start)::
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import threading
@@ -60,6 +61,7 @@ ENV_ADMIN_TOKEN: Final = "IFAB_ADMIN_TOKEN"  # noqa: S105 - the variable's name
 ENV_WITNESS_PASSPHRASE: Final = "IFAB_WITNESS_PASSPHRASE"  # noqa: S105 - the variable's name
 FABRIC_IDENTITY: Final = "fabric"
 SWEEP_SECONDS: Final = 1.0
+_log = logging.getLogger(__name__)
 
 
 def default_data_dir() -> Path:
@@ -232,5 +234,19 @@ def run_server(
 
 
 def _sweep(state: ServerState, stop: threading.Event) -> None:
-    while not stop.wait(SWEEP_SECONDS):
-        state.service.coordinator.sweep()
+    sweep_until(stop, state.service.coordinator, SWEEP_SECONDS)
+
+
+def sweep_until(stop: threading.Event, coordinator: Coordinator, every: float) -> None:
+    """Return expired leases every ``every`` seconds until ``stop``. A sweep that fails
+    (the store unreachable for a while) is logged and tried again: the sweeper must
+    outlive an outage, or the leases of tasks lost in it would never run out."""
+    failing = False
+    while not stop.wait(every):
+        try:
+            coordinator.sweep()
+            failing = False
+        except Exception:
+            if not failing:
+                _log.exception("lease sweep failed; retrying every %s s", every)
+            failing = True

@@ -78,6 +78,7 @@ class WitnessFeeder:
         self.holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing = False
 
     def run_once(self, *, force_checkpoint: bool = False) -> int:
         """Witness the events waiting; sign a checkpoint if one is due. Returns how many
@@ -131,8 +132,11 @@ class WitnessFeeder:
         try:
             while self.run_once() >= self.batch:
                 pass
+            self._failing = False
         except Exception:
-            _log.exception("witness round failed; retrying")
+            if not self._failing:  # once per outage, not every round
+                _log.exception("witness round failed; retrying")
+            self._failing = True
 
     def _sign(self, now: Timestamp) -> None:
         size = self.log.size

@@ -1,0 +1,364 @@
+"""Several real `ifab serve` processes over one real Redis: no lost or double work.
+
+Every server is a separate process started with ``--store redis://...`` and sharing one
+data directory (the fabric's key and the operator's token); agents are SDK clients in
+this process, spread over the servers, moving to another server when theirs dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+
+from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric.client import Client, RemoteError
+from infrafabric.storage.redis import RedisStore
+from infrafabric.witness.audit import audit_log
+from infrafabric.witness.checkpoint import verifier_key
+from infrafabric.witness.redis_log import RedisWitnessLog
+from tests.harness import Fabric, free_port
+from tests.redis_server import RedisServer
+
+#: What a client sees when its server is gone or Redis is (retry, maybe elsewhere).
+DOWN = (httpx.HTTPError, OSError, RemoteError, TimeoutError, ConnectionError)
+
+
+class Cluster:
+    """``count`` servers over the Redis at ``url``, sharing one data directory."""
+
+    def __init__(self, tmp: Path, url: str, count: int = 3) -> None:
+        self.redis_url = url
+        self.servers = [Fabric(tmp) for _ in range(count)]
+
+    def start(self, *options: str) -> None:
+        for server in self.servers:  # one at a time: the first makes the fabric's key
+            server.start("--store", self.redis_url, *options)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            if server.process is not None and server.process.poll() is None:
+                server.kill()
+
+    def get(self, path: str, through: int | None = None) -> Any:
+        """A read with the operator's token (through the first server alive)."""
+        alive = [n for n, server in enumerate(self.servers) if server.process.poll() is None]  # type: ignore[union-attr]
+        server = self.servers[alive[0] if through is None else through]
+        token = (server.data / "admin.token").read_text().strip()
+        response = httpx.get(
+            f"{server.url}{path}", headers={"authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    @property
+    def urls(self) -> list[str]:
+        return [server.url for server in self.servers]
+
+    def enroll(self, name: str, through: int = 0) -> SigningIdentity:
+        server = self.servers[through]
+        identity = SigningIdentity.generate(agent_id(name))
+        record = new_key_record(
+            identity.agent, identity.public_key, version=1, now=time.time() - 60
+        )
+        token = (server.data / "admin.token").read_text().strip()
+        response = httpx.post(
+            f"{server.url}/v1/admin/agents",
+            json={
+                "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
+            },
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        return identity
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_url: str) -> Iterator[Cluster]:
+    running = Cluster(tmp_path, redis_url)
+    yield running
+    running.stop()
+
+
+class Agent:
+    """An SDK client that works through the servers in ``urls``, starting at ``home``,
+    and moves to the next one when a request fails because its server is gone."""
+
+    def __init__(self, identity: SigningIdentity, urls: list[str], home: int) -> None:
+        self.identity = identity
+        self.urls = urls
+        self.at = home
+        self.moves = 0
+        self.client: Client | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if self.client is None:
+                    await self._connect()
+                assert self.client is not None
+                return await getattr(self.client, method)(*args, **kwargs)
+            except DOWN as exc:
+                if time.monotonic() > deadline:
+                    raise
+                retryable = not isinstance(exc, RemoteError) or exc.status in (503, 504)
+                if not retryable:
+                    raise
+                await self.close()
+                if not isinstance(exc, RemoteError):  # the server is gone: the next one
+                    self.at = (self.at + 1) % len(self.urls)
+                    self.moves += 1
+                await asyncio.sleep(0.05)
+
+    async def _connect(self) -> None:
+        self._stack = contextlib.AsyncExitStack()
+        self.client = await self._stack.enter_async_context(
+            Client.connect(self.urls[self.at], self.identity, timeout=10)
+        )
+
+    async def close(self) -> None:
+        stack, self._stack, self.client = self._stack, None, None
+        if stack is not None:
+            with contextlib.suppress(*DOWN):
+                await stack.aclose()
+
+
+async def work(agent: Agent, done: Counter[str], claimed: Counter[str]) -> None:
+    """Claim and complete until every task is done (a task held by a claim whose reply
+    died with its server comes back when its lease runs out: wait for it)."""
+    while True:
+        task = await agent.call("claim_next")
+        if task is None:
+            if not await agent.call("tasks", "available", "claimed", "in_progress"):
+                return
+            await asyncio.sleep(0.5)
+            continue
+        claimed[task["id"]] += 1
+        try:
+            await agent.call("complete", task["id"], {"by": agent.identity.agent})
+        except RemoteError as exc:
+            # the server died between committing the claim and answering: the lease ran
+            # out and someone else took it (the test's lease is short)
+            assert exc.code in ("LEASE_LOST", "NOT_OWNER", "ILLEGAL_TRANSITION"), exc
+            continue
+        done[task["id"]] += 1
+
+
+def events_of(url: str) -> list[Any]:
+    store = RedisStore(url)
+    try:
+        return [stored.event for stored in store.events_since(0, limit=1_000_000)]
+    finally:
+        store.close()
+
+
+def test_three_servers_share_the_work_of_100_agents_exactly_once(cluster: Cluster) -> None:
+    cluster.start("--lease", "60")
+    identities = [cluster.enroll(f"w{n:03d}", through=n % 3) for n in range(100)]
+    tasks = 1000
+
+    async def scenario() -> tuple[Counter[str], Counter[str], Counter[str], list[Agent]]:
+        agents = [Agent(identity, cluster.urls, n % 3) for n, identity in enumerate(identities)]
+        await agents[0].call(
+            "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
+        )
+        done: Counter[str] = Counter()
+        claimed: Counter[str] = Counter()
+        await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
+        # direct messages, each to an agent on another server, each received once
+        for n, agent in enumerate(agents):
+            peer = identities[(n + 1) % 100].agent
+            await agent.call("send", peer, "inform", {"from": n})
+        received: Counter[str] = Counter()
+        for agent in agents:
+            for position, message in await agent.call("inbox"):
+                received[message.id] += 1
+                assert await agent.call("ack", position)
+            assert await agent.call("inbox") == []  # acknowledged: gone, on every server
+        for agent in agents:
+            await agent.close()
+        return done, claimed, received, agents
+
+    done, claimed, received, agents = asyncio.run(scenario())
+    assert sorted(done) == [f"t{i:04d}" for i in range(tasks)]
+    assert set(done.values()) == {1}
+    assert set(claimed.values()) == {1}
+    assert len(received) == 100
+    assert set(received.values()) == {1}
+    kinds = Counter((event.kind, event.task_id) for event in events_of(cluster.redis_url))
+    for i in range(tasks):
+        assert kinds["task.claimed", f"t{i:04d}"] == 1
+        assert kinds["task.completed", f"t{i:04d}"] == 1
+    # the work was shared: every server carried out claims
+    witnessed = audit(cluster)
+    assert witnessed.ok, witnessed.problems
+    assert witnessed.size >= 2 * tasks
+
+
+def audit(cluster: Cluster) -> Any:
+    """Wait until the one witness log has every board event, then audit it."""
+    store = RedisStore(cluster.redis_url)
+    try:
+        log = RedisWitnessLog(store)
+        last = store.last_seq()
+        deadline = time.monotonic() + 30
+        while log.cursor("board-events") < last:
+            assert time.monotonic() < deadline, "the witness did not catch up"
+            time.sleep(0.1)
+        time.sleep(1.5)  # a checkpoint of the final size (signed once a second)
+        log.refresh()
+        key = cluster.get("/v1/witness/checkpoint")["key"]
+        assert key.startswith("infrafabric.witness/")
+        return audit_log(log, key)
+    finally:
+        store.close()
+
+
+def test_agents_of_a_server_killed_mid_run_finish_through_the_others(cluster: Cluster) -> None:
+    cluster.start("--lease", "3")
+    identities = [cluster.enroll(f"k{n:02d}") for n in range(30)]
+    tasks = 600
+
+    async def scenario() -> tuple[Counter[str], list[Agent]]:
+        agents = [Agent(identity, cluster.urls, n % 3) for n, identity in enumerate(identities)]
+        await agents[1].call(
+            "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
+        )
+        done: Counter[str] = Counter()
+        claimed: Counter[str] = Counter()
+        killer = threading.Timer(1.0, cluster.servers[0].kill, args=(signal.SIGKILL,))
+        killer.start()
+        await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
+        killer.join()
+        for agent in agents:
+            await agent.close()
+        return done, agents
+
+    done, agents = asyncio.run(scenario())
+    assert sum(agent.moves for agent in agents) >= 10  # the server's agents moved
+    # Every task was completed exactly once. A completion whose reply died with the
+    # server is not acknowledged (the agent saw an error) but happened all the same;
+    # every acknowledged one is among them.
+    completed = Counter(
+        e.task_id for e in events_of(cluster.redis_url) if e.kind == "task.completed"
+    )
+    assert sorted(completed) == [f"t{i:04d}" for i in range(tasks)]
+    assert set(completed.values()) == {1}
+    assert set(done) <= set(completed)
+    assert set(done.values()) == {1}
+    assert len(done) >= tasks - 30  # at most one unanswered completion per agent
+    witnessed = audit(cluster)
+    assert witnessed.ok, witnessed.problems
+
+
+def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path / "own-redis")  # this test's own, to restart
+    redis_server.start()
+    cluster.redis_url = redis_server.url
+    try:
+        cluster.start("--lease", "60")
+        identities = [cluster.enroll(f"r{n:02d}", through=n % 3) for n in range(30)]
+        tasks = 600
+
+        async def scenario() -> tuple[Counter[str], int]:
+            agents = [Agent(i, cluster.urls, n % 3) for n, i in enumerate(identities)]
+            await agents[0].call(
+                "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
+            )
+            done: Counter[str] = Counter()
+            claimed: Counter[str] = Counter()
+            witnessed_before = 0
+
+            def restart() -> None:
+                nonlocal witnessed_before
+                witnessed_before = int(cluster.get("/v1/witness/checkpoint")["size"])
+                redis_server.stop(hard=True)  # kill -9 of Redis
+                time.sleep(1.0)  # an outage: requests fail fast meanwhile
+                redis_server.start()  # same port, same append-only file
+
+            restarter = threading.Timer(1.0, restart)
+            restarter.start()
+            await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
+            restarter.join()
+            for agent in agents:
+                await agent.close()
+            return done, witnessed_before
+
+        done, witnessed_before = asyncio.run(scenario())
+        assert witnessed_before > 0
+        assert sorted(done) == [f"t{i:04d}" for i in range(tasks)]
+        assert set(done.values()) == {1}
+        store = RedisStore(cluster.redis_url)
+        try:  # every acknowledged completion is on the board after the restart
+            assert {t.id for t in store.tasks() if t.state.value == "completed"} == set(done)
+        finally:
+            store.close()
+        witnessed = audit(cluster)
+        assert witnessed.ok, witnessed.problems
+        assert witnessed.size >= witnessed_before  # no witness entry was lost
+        # the servers came back by themselves: all three still answer
+        for through in range(3):
+            assert len(cluster.get("/v1/tasks?state=completed", through)["tasks"]) == tasks
+    finally:
+        cluster.stop()
+        redis_server.stop()
+
+
+def test_an_unreachable_redis_stops_the_server_at_start_with_a_clear_error(
+    tmp_path: Path,
+) -> None:
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    started = Fabric(tmp_path)("serve", "--port", "0", "--store", nowhere)
+    assert started.returncode == 1
+    assert f"Redis at {nowhere} is unavailable" in started.stderr.decode()
+    wrong = Fabric(tmp_path)("serve", "--port", "0", "--store", "postgres://x/y")
+    assert wrong.returncode != 0
+    assert "expected redis://host:port/db" in wrong.stderr.decode()
+
+
+def test_during_a_redis_outage_requests_fail_fast_and_retryable_then_recover(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    redis_server = RedisServer(tmp_path / "own-redis").start()
+    cluster.redis_url = redis_server.url
+    cluster.servers = cluster.servers[:1]
+    try:
+        cluster.start()
+        identity = cluster.enroll("outage")
+
+        async def scenario() -> None:
+            async with Client.connect(cluster.urls[0], identity, timeout=10) as client:
+                await client.create_task("before the outage", id="a")
+                redis_server.stop(hard=True)
+                with pytest.raises(RemoteError) as refused:
+                    await client.claim_next()
+                # the server answered (no TIMEOUT from the client's 10 s): it did not hang
+                assert (refused.value.code, refused.value.status) == ("STORE_UNAVAILABLE", 503)
+                assert refused.value.retryable
+                with pytest.raises(RemoteError) as read_refused:
+                    await client.tasks()
+                assert read_refused.value.code == "STORE_UNAVAILABLE"
+                redis_server.start()  # same port, same append-only file
+                task = await client.claim_next()  # the server reconnected by itself
+                assert task is not None
+                assert task["id"] == "a"
+
+        asyncio.run(scenario())
+    finally:
+        cluster.stop()
+        redis_server.stop()
