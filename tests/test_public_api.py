@@ -14,7 +14,7 @@ EXPECTED = {
     "IdentityError", "IdentityExists", "IdentityNotFound", "KdfCost", "KeyRecord", "KeyRole",
     "KeyState", "Keyring", "KeyringError", "Keystore", "KeystoreCorrupt", "MessageError", "Mode",
     "Outbox", "PeerError", "Provenance", "Reason", "RotationError", "RotationKind", "Route", "Rule",
-    "RuleAuthorizer", "Scope", "Signature", "SigningIdentity", "StoreError", "Verdict", "Verifier",
+    "RuleAuthorizer", "Scope", "Signature", "SigningIdentity", "StoreError", "StoreUnavailable", "Verdict", "Verifier",
     "WrongPassphrase", "__version__", "agent_id", "announce_rotation", "apply_rotation",
     "build_message", "canonical_json", "decode_json", "decode_msgpack", "encode_json",
     "encode_msgpack", "key_id", "new_key_record", "route", "route_message", "signing_input",

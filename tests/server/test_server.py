@@ -384,7 +384,7 @@ def test_the_sdk_reconnects_after_a_server_restart(tmp_path: Path) -> None:
                     await agent.create_task("while down", id="b")
                 assert caught.value.code == "DISCONNECTED"
                 assert caught.value.retryable
-                with serve():  # same port, same data; the old session token is gone
+                with serve():  # same port, same data, a new socket
                     await agent.create_task("after", id="c")
                     assert [t["id"] for t in await agent.tasks()] == ["a", "c"]
 

@@ -16,7 +16,6 @@ from infrafabric.cli.common import reported_errors
 from infrafabric.governor.policy import PolicyError
 from infrafabric.protocol.verify import Mode
 from infrafabric.server.runner import ENV_DATA, ENV_STORE, default_data_dir, open_server, run_server
-from infrafabric.storage.redis import redacted
 
 
 def serve(
@@ -122,7 +121,11 @@ def serve(
         # moved out of the collector's sight, a full collection walks only what requests
         # made since, and takes ~1 ms instead of ~30 ms (a stall every few seconds).
         gc.freeze()
-        where = directory if store is None else f"{redacted(store)}, keys in {directory}"
+        where = f"{directory}"
+        if store is not None:
+            from infrafabric.storage.redis import redacted
+
+            where = f"{redacted(store)}, keys in {directory}"
         typer.echo(f"InfraFabric serving {server.url} (data in {where})")
         typer.echo(f"operator token: {directory / 'admin.token'} (or $IFAB_ADMIN_TOKEN)")
         with contextlib.suppress(KeyboardInterrupt):

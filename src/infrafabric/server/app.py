@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from starlette.applications import Starlette
@@ -39,13 +39,15 @@ from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
 from infrafabric.server.openapi import OPENAPI
-from infrafabric.server.relay import Relay, RelayListeners
 from infrafabric.service import FabricService, ServiceError
 from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
 from infrafabric.witness.bundle import make_bundle
 from infrafabric.witness.feeder import Witness
 from infrafabric.witness.query import EntryFilter, Page, scan
+
+if TYPE_CHECKING:
+    from infrafabric.server.relay import Relay
 
 __all__ = ["ServerState", "create_app"]
 
@@ -102,6 +104,8 @@ def create_app(state: ServerState) -> Starlette:
             state.service.on_delivery(hub.delivery)
             state.service.on_topic(hub.topic_message)
         else:  # every server's changes come back through the store, in one order
+            from infrafabric.server.relay import RelayListeners  # (redis-py: only if used)
+
             state.relay.start(RelayListeners(hub.board_events, hub.delivery, hub.topic_message))
             state.service.on_topic(state.relay.store.publish)
         yield

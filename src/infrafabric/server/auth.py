@@ -1,7 +1,7 @@
 """Agent sessions: an Ed25519 challenge-response yields a short-lived bearer token.
 
-1. ``POST /v1/auth/challenge {"agent": A}`` returns 32 random bytes (base64url), valid
-   for 60 s, usable once.
+1. ``POST /v1/auth/challenge {"agent": A}`` returns a challenge (base64url: 16 random
+   bytes, its expiry and a MAC binding both to A), valid for 60 s, usable once.
 2. The agent signs ``"IFMessage-v2.1-auth\\n" || challenge || agent`` with its current key
    and ``POST /v1/auth/token {"agent", "kid", "challenge", "signature"}``.
 3. The server checks the key in its keyring (as for any message) and returns a token
@@ -13,11 +13,16 @@ Pure state with time passed in; the server holds one :class:`Sessions`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
+import struct
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Final
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infrafabric.protocol.identity import b64url_decode, b64url_encode, verify_signature
 from infrafabric.protocol.keyring import Keyring
@@ -28,7 +33,9 @@ __all__ = ["AUTH_PREFIX", "AuthError", "Sessions", "auth_input"]
 AUTH_PREFIX: Final = b"IFMessage-v2.1-auth\n"
 CHALLENGE_SECONDS: Final = 60.0
 TOKEN_SECONDS: Final = 900.0
-MAX_OPEN_CHALLENGES: Final = 10_000
+MAX_OPEN_CHALLENGES: Final = 100_000
+MAX_TOKEN_CHARS: Final = 1024
+_MAC_BYTES: Final = 16
 
 
 class AuthError(Exception):
@@ -45,70 +52,101 @@ def auth_input(challenge: bytes, agent: AgentId) -> bytes:
     return AUTH_PREFIX + challenge + agent.encode()
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    agent: AgentId
-    expires_at: Timestamp
-
-
 class Sessions:
-    """Open challenges and issued tokens (thread-safe)."""
+    """Challenges and tokens that need no memory shared between servers (thread-safe).
 
-    def __init__(self, keyring: Keyring, admin_token: str) -> None:
+    Both are MACed with a key derived from the operator's token (HKDF-SHA256), which
+    every server of a fabric has: a challenge issued by one server is answered to
+    another, and a token issued by one opens any of them, behind any load balancer.
+
+    * a challenge is 16 random bytes and its expiry, MACed with the agent it is for;
+      ``used_once(challenge, until, now)`` says whether it is being used for the first
+      time (by default this server's memory; several servers pass the shared store's
+      nonce record);
+    * a token is the agent and its expiry, MACed. It cannot be withdrawn before it
+      expires (15 minutes), but it only opens reads, the inbox and the WebSocket: a
+      revoked key signs no change, and a new token needs a valid key.
+    """
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        admin_token: str,
+        *,
+        used_once: Callable[[str, Timestamp, Timestamp], bool] | None = None,
+    ) -> None:
         self.keyring = keyring
         self.admin_token = admin_token
+        self._key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"infrafabric sessions v1"
+        ).derive(admin_token.encode())
         self._lock = threading.Lock()
-        self._challenges: dict[str, _Pending] = {}
-        self._tokens: dict[str, _Pending] = {}
+        self._used: dict[str, Timestamp] = {}  # this server's spent challenges, till expiry
+        self._used_once = used_once or self._first_use_here
 
     def challenge(self, agent: AgentId, now: Timestamp) -> str:
-        with self._lock:
-            self._prune(now)
-            if len(self._challenges) >= MAX_OPEN_CHALLENGES:
-                raise AuthError("BUSY", "too many open challenges; try again shortly")
-            text = b64url_encode(secrets.token_bytes(32))
-            self._challenges[text] = _Pending(agent, now + CHALLENGE_SECONDS)
-            return text
+        body = secrets.token_bytes(16) + struct.pack(">d", now + CHALLENGE_SECONDS)
+        return b64url_encode(body + self._mac(b"challenge", body, agent.encode()))
 
     def token(
         self, agent: AgentId, kid: str, challenge: str, signature: str, now: Timestamp
     ) -> str:
         """Exchange a signed challenge for a token; raises :class:`AuthError`."""
-        with self._lock:
-            pending = self._challenges.pop(challenge, None)  # usable once, whatever happens
-        if pending is None or pending.expires_at < now or pending.agent != agent:
+        try:
+            raw_challenge = b64url_decode(challenge)
+            raw_signature = b64url_decode(signature)
+        except ValueError:
+            raise AuthError("MALFORMED", "signature or challenge is not base64url") from None
+        body, mac = raw_challenge[:24], raw_challenge[24:]
+        if (
+            len(raw_challenge) != 24 + _MAC_BYTES
+            or not hmac.compare_digest(mac, self._mac(b"challenge", body, agent.encode()))
+            or (until := struct.unpack(">d", body[16:])[0]) < now
+            or not self._used_once(challenge, until, now)
+        ):
             raise AuthError("BAD_CHALLENGE", "unknown, used or expired challenge")
         resolution = self.keyring.resolve(agent, kid, now)
         if resolution.verify_key is None:
             raise AuthError(str(resolution.reason), resolution.detail)
-        try:
-            raw_signature = b64url_decode(signature)
-            raw_challenge = b64url_decode(challenge)
-        except ValueError:
-            raise AuthError("MALFORMED", "signature or challenge is not base64url") from None
         if not verify_signature(
             resolution.verify_key, auth_input(raw_challenge, agent), raw_signature
         ):
             raise AuthError("BAD_SIGNATURE", "the challenge signature does not verify")
-        token = secrets.token_urlsafe(32)
-        with self._lock:
-            self._tokens[token] = _Pending(agent, now + TOKEN_SECONDS)
-        return token
+        body = struct.pack(">d", now + TOKEN_SECONDS) + agent.encode()
+        return b64url_encode(body) + "." + b64url_encode(self._mac(b"token", body))
 
     def agent_of(self, token: str | None, now: Timestamp) -> AgentId | None:
-        """The agent a token belongs to, or ``None`` if it is unknown or expired."""
-        if not token:
+        """The agent a token belongs to, or ``None`` if it is not one of ours or expired."""
+        if not token or token.count(".") != 1 or len(token) > MAX_TOKEN_CHARS:
             return None
-        with self._lock:
-            session = self._tokens.get(token)
-        if session is None or session.expires_at < now:
+        encoded_body, encoded_mac = token.split(".")
+        try:
+            body, mac = b64url_decode(encoded_body), b64url_decode(encoded_mac)
+        except ValueError:
             return None
-        return session.agent
+        if len(body) <= 8 or not hmac.compare_digest(mac, self._mac(b"token", body)):
+            return None
+        if struct.unpack(">d", body[:8])[0] < now:
+            return None
+        return body[8:].decode()
 
     def is_admin(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(token or "", self.admin_token)
 
-    def _prune(self, now: Timestamp) -> None:
-        for store in (self._challenges, self._tokens):
-            for key in [key for key, value in store.items() if value.expires_at < now]:
-                del store[key]
+    def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
+        digest = hmac.new(self._key, purpose, hashlib.sha256)
+        for part in parts:  # each with its length: no two splits of the bytes agree
+            digest.update(len(part).to_bytes(4, "big") + part)
+        return digest.digest()[:_MAC_BYTES]
+
+    def _first_use_here(self, challenge: str, until: Timestamp, now: Timestamp) -> bool:
+        with self._lock:
+            if len(self._used) >= MAX_OPEN_CHALLENGES:
+                for spent in [c for c, until in self._used.items() if until < now]:
+                    del self._used[spent]
+                if len(self._used) >= MAX_OPEN_CHALLENGES:
+                    return False  # refused rather than forgotten: a flood, try again later
+            if challenge in self._used:
+                return False
+            self._used[challenge] = until
+            return True

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import nacl.signing
 import platformdirs
@@ -37,13 +37,13 @@ from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Mode, Verifier
 from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
-from infrafabric.server.relay import Relay
 from infrafabric.service import FabricService
-from infrafabric.storage.redis import RedisStore, redacted
 from infrafabric.storage.sqlite import SqliteStore
 from infrafabric.witness.feeder import Witness, WitnessFeeder, WitnessProcess
 from infrafabric.witness.log import WitnessLog
-from infrafabric.witness.redis_log import RedisWitnessLog
+
+if TYPE_CHECKING:
+    from infrafabric.storage.redis import RedisStore
 
 __all__ = [
     "ENV_ADMIN_TOKEN",
@@ -104,6 +104,7 @@ def open_server(
         )
     else:
         store = open_store_url(store_url)
+    shared = None if isinstance(store, SqliteStore) else store
     keyring_dir = data_dir / "keyring"
     keyring = load_keyring_dir(keyring_dir)
     coordinator = Coordinator(store, config=config)
@@ -119,10 +120,19 @@ def open_server(
             driver = GovernorDriver(coordinator, chosen, profile=profile)
     service = FabricService(coordinator, verifier, driver)
     relay = None
-    if isinstance(store, RedisStore):
+    if shared is not None:
+        from infrafabric.server.relay import Relay  # (redis-py: imported only if used)
+
         service.load_shared_keys()  # what the other servers enrolled
-        relay = Relay(store, on_keys=service.load_shared_keys)
-    sessions = Sessions(keyring, _admin_token(data_dir))
+        relay = Relay(shared, on_keys=service.load_shared_keys)
+    used_once = None
+    if shared is not None:  # a challenge answered to any server is spent for all of them
+        store_nonce = shared.claim_nonce
+
+        def used_once(challenge: str, until: float, now: float) -> bool:
+            return store_nonce("auth", challenge, until - now)
+
+    sessions = Sessions(keyring, _admin_token(data_dir), used_once=used_once)
     feeder: Witness | None = None
     if witness:
         identity = _fabric_identity(data_dir)
@@ -131,9 +141,11 @@ def open_server(
         # byte for byte, from the board's durable event log (time, index and all), so
         # commits lost to a power cut are appended again, identically, from the cursor,
         # and agree with any checkpoint already published. No fsync per round, then.
-        if isinstance(store, RedisStore):  # one log for all servers; one of them feeds it
-            feeder = WitnessFeeder(RedisWitnessLog(store), store, key, name)
-        elif witness_process:
+        if shared is not None:  # one log for all servers; one of them feeds it
+            from infrafabric.witness.redis_log import RedisWitnessLog
+
+            feeder = WitnessFeeder(RedisWitnessLog(shared), shared, key, name)
+        elif witness_process and isinstance(store, SqliteStore):
             feeder = WitnessProcess(store.path, data_dir / "witness.db", "NORMAL", key, name)
         else:
             log = WitnessLog(data_dir / "witness.db", synchronous="NORMAL")
@@ -150,6 +162,8 @@ def open_server(
 
 def open_store_url(url: str) -> RedisStore:
     """The shared store named by ``url`` (``redis://`` or ``rediss://``)."""
+    from infrafabric.storage.redis import RedisStore, redacted
+
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise CallerError(f"--store {redacted(url)}: expected redis://host:port/db")
     return RedisStore(url)

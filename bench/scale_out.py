@@ -1,0 +1,221 @@
+"""Scale-out benchmarks (issue 6): claims over Redis, beside raw Redis round trips.
+
+* Raw baselines, in this run, on the same Redis: a redis-py ``SET key value NX`` round
+  trip, and an ``EVALSHA`` of a small compare-and-set script (what one claim's write is).
+* The store: ``Coordinator.claim`` over :class:`RedisStore` in this process (the Redis
+  round trips a claim costs, without a server or signatures).
+* Servers: one, then three real ``ifab serve --store redis://`` processes; 100 SDK agents
+  (one load process) claim in a closed loop (saturation), then at a steady offered rate
+  (latency percentiles), spread evenly over the servers.
+
+Redis runs with ``appendonly yes``, ``appendfsync always`` (an acknowledged claim survives
+a crash of Redis). Everything (Redis, the servers, the load process) shares the
+machine's two cores: three servers cannot add CPU that is not there, so their total is a
+measure of what the extra processes cost here, not of what more machines would give.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+import msgspec
+import redis
+
+from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric.board.model import Task
+from infrafabric.board.rules import BoardConfig
+from infrafabric.client import Client
+from infrafabric.coordinator import Coordinator
+from infrafabric.storage.redis import RedisStore
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from tests.harness import Fabric
+from tests.redis_server import RedisServer
+
+from claims import percentiles, render, timed
+
+_CAS = """
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
+return 1
+"""
+
+
+def _row(name: str, samples: list[float]) -> tuple[str, str]:
+    p50, p95, p99 = percentiles(samples)
+    return (
+        name,
+        f"p50 {p50:7.1f} us  p95 {p95:7.1f} us  p99 {p99:7.1f} us  {len(samples) / sum(samples):8,.0f}/s",
+    )
+
+
+def raw_and_store(url: str, count: int) -> list[tuple[str, list[float]]]:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    cas = client.register_script(_CAS)
+    for index in range(count):
+        client.hset(f"cas:{index}", mapping={"v": "1", "d": "x"})
+    document = b"x" * 600  # about a claimed task's JSON
+    raw_set = timed(lambda i: client.set(f"nx:{i}", document, nx=True), count)
+    raw_lua = timed(lambda i: cas(keys=[f"cas:{i}"], args=["1", "2", document]), count)
+    client.close()
+    store = RedisStore(url)
+    coordinator = Coordinator(store, config=BoardConfig(lease_seconds=3600))
+    coordinator.create([Task(id=f"t{i:05d}", title="x") for i in range(count)])
+    claim = timed(lambda i: coordinator.claim(f"t{i:05d}", "if://agent/bench"), count)
+    more = [Task(id=f"n{i:05d}", title="x") for i in range(count)]
+    coordinator.create(more)
+    claim_next = timed(lambda i: coordinator.claim_next("if://agent/bench"), count)
+    store.close()
+    return [
+        ("raw redis-py SET NX round trip", raw_set),
+        ("raw EVALSHA compare-and-set", raw_lua),
+        ("RedisStore claim (by id), in process", claim),
+        ("RedisStore claim_next, in process", claim_next),
+    ]
+
+
+class Servers:
+    """``count`` ``ifab serve`` processes over one Redis, one data directory."""
+
+    def __init__(self, url: str, count: int) -> None:
+        self.directory = tempfile.TemporaryDirectory()
+        self.fabrics = [Fabric(Path(self.directory.name)) for _ in range(count)]
+        for fabric in self.fabrics:
+            fabric.start("--lease", "3600", "--store", url)
+        self.admin = (self.fabrics[0].data / "admin.token").read_text().strip()
+
+    @property
+    def urls(self) -> list[str]:
+        return [fabric.url for fabric in self.fabrics]
+
+    def enroll(self, name: str) -> SigningIdentity:
+        identity = SigningIdentity.generate(agent_id(name))
+        record = new_key_record(
+            identity.agent, identity.public_key, version=1, now=time.time() - 60
+        )
+        httpx.post(
+            f"{self.urls[0]}/v1/admin/agents",
+            json={
+                "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
+            },
+            headers={"authorization": f"Bearer {self.admin}"},
+            timeout=30,
+        ).raise_for_status()
+        return identity
+
+    def close(self) -> None:
+        for fabric in self.fabrics:
+            fabric.kill()
+        self.directory.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def connected(urls: list[str], agents: list[SigningIdentity]) -> AsyncIterator[list[Client]]:
+    """Agent n connected to server n mod len(urls), warmed up outside the timed window."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(Client.connect(urls[n % len(urls)], agent))
+            for n, agent in enumerate(agents)
+        ]
+        await asyncio.gather(*(c.send("if://topic/bench/warm-up", "inform", {}) for c in clients))
+        yield clients
+
+
+async def _fill(url: str, planner: SigningIdentity, count: int) -> None:
+    async with Client.connect(url, planner) as agent:
+        for start in range(0, count, 500):
+            await agent.create_tasks(
+                [{"title": "x"} for _ in range(start, min(count, start + 500))]
+            )
+
+
+async def saturation(servers: Servers, agents: list[SigningIdentity], seconds: float) -> float:
+    await _fill(servers.urls[0], agents[0], 30_000)
+    done = 0
+    async with connected(servers.urls, agents) as clients:
+        started = time.monotonic()
+        stop = started + seconds
+
+        async def worker(agent: Client) -> None:
+            nonlocal done
+            while time.monotonic() < stop and await agent.claim_next() is not None:
+                done += 1
+
+        await asyncio.gather(*(worker(client) for client in clients))
+        return done / (time.monotonic() - started)
+
+
+async def steady(
+    servers: Servers, agents: list[SigningIdentity], rate: float, seconds: float
+) -> list[float]:
+    await _fill(servers.urls[0], agents[0], int(rate * seconds) + 1000)
+    await asyncio.sleep(2)
+    samples: list[float] = []
+    per_agent = rate / len(agents)
+    async with connected(servers.urls, agents) as clients:
+        started = time.monotonic()
+
+        async def worker(index: int, agent: Client) -> None:
+            begin = started + index / rate
+            for tick in range(int(per_agent * seconds)):
+                await asyncio.sleep(max(0.0, begin + tick / per_agent - time.monotonic()))
+                sent = time.perf_counter()
+                await agent.claim_next()
+                samples.append(time.perf_counter() - sent)
+
+        await asyncio.gather(*(worker(i, client) for i, client in enumerate(clients)))
+    return samples
+
+
+def through_servers(
+    url: str, count: int, quick: bool, flush: Callable[[], None]
+) -> list[tuple[str, str]]:
+    rows = []
+    seconds, rate = (3.0, 300.0) if quick else (10.0, 500.0)
+    for size in (1, 3):
+        flush()
+        servers = Servers(url, size)
+        try:
+            agents = [servers.enroll(f"bench-{n:03d}") for n in range(100)]
+            throughput = asyncio.run(saturation(servers, agents, seconds))
+            latency = asyncio.run(steady(servers, agents, rate, seconds))
+        finally:
+            servers.close()
+        label = "1 server" if size == 1 else f"{size} servers"
+        rows.append(
+            (f"{label} over Redis, saturation (100 agents)", f"{throughput:8,.0f} claims/s")
+        )
+        rows.append(_row(f"{label} over Redis, claim at {rate:.0f}/s offered", latency))
+    return rows
+
+
+def main(quick: bool = False) -> None:
+    count = 300 if quick else 3000
+    print("\nScale-out over Redis (appendfsync always; Redis, servers and load on 2 cores)")
+    with tempfile.TemporaryDirectory() as directory:
+        server = RedisServer(Path(directory) / "redis").start()
+        try:
+            measured = raw_and_store(server.url, count)
+            rows = [_row(name, samples) for name, samples in measured]
+            raw = statistics.median(measured[0][1])
+            for name, samples in measured[2:]:
+                ratio = statistics.median(samples) / raw
+                rows.append((f"{name} p50 vs raw SET NX p50", f"{ratio:.1f}x (aim: within 3x)"))
+            rows += through_servers(server.url, count, quick, server.flush)
+            rows.append(("(a server claim signs, verifies and witnesses; see claims above)", ""))
+        finally:
+            server.stop()
+    print(render(rows))
+
+
+if __name__ == "__main__":
+    main(quick="--quick" in sys.argv)
