@@ -42,6 +42,7 @@ from tests.redis_server import RedisServer
 
 from claims import percentiles, render, timed
 
+EXTRA: list[str] = []
 _CAS = """
 if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'd', ARGV[3])
@@ -90,7 +91,7 @@ class Servers:
         self.directory = tempfile.TemporaryDirectory()
         self.fabrics = [Fabric(Path(self.directory.name)) for _ in range(count)]
         for fabric in self.fabrics:
-            fabric.start("--lease", "3600", "--store", url)
+            fabric.start("--lease", "3600", "--store", url, *EXTRA)
         self.admin = (self.fabrics[0].data / "admin.token").read_text().strip()
 
     @property

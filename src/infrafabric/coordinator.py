@@ -70,6 +70,7 @@ class Coordinator:
         self.clock = clock
         self._seen: dict[AgentId, Timestamp] = {}
         self._seen_lock = threading.Lock()
+        self._claiming = threading.Lock()  # claim_next, one at a time (see there)
         self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
         self._writers: list[Callable[[Sequence[BoardEvent]], Sequence[BoardEvent]]] = []
 
@@ -130,9 +131,13 @@ class Coordinator:
             return _traced(rules.claim(choice, agent, self.clock(), self.config))
 
         # One transaction: under the write lock of a local store, a crowd of claimants
-        # never races for the same task, each simply gets the next one; on a shared store
-        # (Redis) the loser of a race conflicts and looks again.
-        outcome = self._transact(decide, f"claim for {agent}")
+        # never races for the same task, each simply gets the next one. A shared store
+        # (Redis) has no such lock: claimants all read the same best task, all but one
+        # conflict, and the rest race again for the next (a herd: n² attempts for n
+        # claims). So the claims of this process take turns; only claimants in other
+        # processes race, and the loser of such a race looks again.
+        with self._claiming:
+            outcome = self._transact(decide, f"claim for {agent}")
         return None if outcome is None else outcome.tasks[0]
 
     # -- working ----------------------------------------------------------------------------

@@ -148,7 +148,8 @@ class FabricService:
                     f"nonce {message.nonce} of {message.sender} was used before",
                     _STATUS_OF_REASON.get(Reason.REPLAY, 409),
                 )
-        if window is not None:
+        if window is not None and not self.store.shared:
+            # (A shared store records every nonce instead, above: no window to keep.)
             # Durable with the message's effects (one commit in a batch): after a crash
             # the restarted verifier still refuses a replay of anything acknowledged. A
             # window only grows, so the store keeps the widest it is given.

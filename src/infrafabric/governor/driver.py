@@ -110,6 +110,9 @@ class GovernorDriver:
         """For ``claim_next``: whether ``agent`` should take a task (see
         :meth:`Governor.choose`)."""
 
+        with self._lock:
+            self._refresh()  # an agent enrolled through another server, say
+
         def accept(task: Task, now: Timestamp) -> bool:
             with self._lock:
                 return self.governor.choose(agent, [_view(task)], now) is not None
@@ -138,12 +141,14 @@ class GovernorDriver:
         (the task's own needs if empty), at most ``max_helpers_per_task``."""
         view = TaskView(task.id, tuple(needed) or task.required_capabilities, task.priority)
         with self._lock:
+            self._refresh()
             return self.governor.helpers(view, exclude=[asker], now=self.clock())
 
     def priced(self, agent: AgentId, usage: dict[str, Any]) -> dict[str, Any]:
         """``usage`` with ``usd`` as the governor prices it (so the witness records the
         price the budgets are charged, not the agent's own figure)."""
         with self._lock:
+            self._refresh()
             usd, _, model = self.governor.price(agent, usage)
         return {**usage, "usd": usd, "model": model}
 

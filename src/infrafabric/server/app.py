@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ServerState", "create_app"]
 
+#: Threads carrying out messages side by side over a shared store (Redis round trips).
+SHARED_STORE_WORKERS: Final = 16
 #: Largest request body: a message, or an enrollment with a keyring document.
 MAX_BODY: Final = DEFAULT_MAX_BYTES
 
@@ -71,7 +73,9 @@ class ServerState:
     committer: Committer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.committer = Committer(self.service)
+        # Redis: many messages in flight at once (see Committer); SQLite: one writer
+        workers = SHARED_STORE_WORKERS if self.service.store.shared else 1
+        self.committer = Committer(self.service, workers=workers)
 
     def close(self) -> None:
         """Finish the messages already submitted, witness what they decided, then close
@@ -652,7 +656,9 @@ async def _frame_reply(
         if kind == "send":
             if not frame.message:
                 raise ServiceError("MALFORMED", "a send frame carries a message", 400)
-            result = await state.committer.submit(bytes(frame.message), state.clock())
+            result = await state.committer.submit(
+                bytes(frame.message), state.clock(), key=connection
+            )
             return {"type": "reply", "id": request_id, "result": result}
     except ServiceError as exc:
         return {"type": "error", "id": request_id, "status": exc.status, **exc.to_json()}

@@ -85,13 +85,13 @@ class RedisWitnessLog:
     """The witness log of a fabric on Redis (see the module's text)."""
 
     def __init__(self, store: RedisStore) -> None:
-        self.redis: Any = store.redis
+        self.store = store
         self.prefix = store.prefix
         self.url = store.url
         self.path = None  # not a file
         self.damaged = ""
-        self._append = self.redis.register_script(_APPEND)
-        self._lead = self.redis.register_script(_LEAD)
+        self._append = store.redis.register_script(_APPEND)
+        self._lead = store.redis.register_script(_LEAD)
         self._lock = threading.RLock()
         self._size = 0
         self._edge: list[tuple[int, int, bytes]] = []
@@ -102,7 +102,9 @@ class RedisWitnessLog:
     def lead(self, holder: str, seconds: float = LEASE_SECONDS) -> bool:
         """Take or renew the sequencer's lease for ``holder``; whether it holds it."""
         with self._guard():
-            return bool(self._lead(args=[self.prefix, holder, int(seconds * 1000)]))
+            return bool(
+                self._lead(client=self.redis, args=[self.prefix, holder, int(seconds * 1000)])
+            )
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -129,7 +131,7 @@ class RedisWitnessLog:
             args = [self.prefix, first, size, source or "", position, len(entries), *leaves]
             args += [len(nodes) // 2, *nodes]
             with self._guard():
-                reply = self._append(args=args)
+                reply = self._append(client=self.redis, args=args)
             if reply[0] == b"moved":
                 self.refresh()
                 raise LogMoved(f"the witness log grew to {int(reply[1])} meanwhile")
@@ -235,6 +237,10 @@ class RedisWitnessLog:
         """Nothing to release: the connections are the store's."""
 
     # -- internals --------------------------------------------------------------------------
+
+    @property
+    def redis(self) -> Any:
+        return self.store.redis  # this thread's connection
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}w:{name}"
