@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import claims  # bench/claims.py: the board and the server
 import governor  # bench/governor.py: waste and matching time
+import scale_out  # bench/scale_out.py: servers over Redis
 import witness  # bench/witness.py: the Merkle log
 from infrafabric import (
     Keyring,
@@ -228,6 +229,7 @@ def main() -> None:
     claims.main(quick=args.quick)
     witness.main(quick=args.quick)
     governor.main(quick=args.quick)
+    scale_out.main(quick=args.quick)
     if args.json:
         print(
             json.dumps(

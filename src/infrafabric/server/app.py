@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["ServerState", "create_app"]
 
 #: Threads carrying out messages side by side over a shared store (Redis round trips).
-SHARED_STORE_WORKERS: Final = 16
+SHARED_STORE_WORKERS: Final = 8
 #: Largest request body: a message, or an enrollment with a keyring document.
 MAX_BODY: Final = DEFAULT_MAX_BYTES
 

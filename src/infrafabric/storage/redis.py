@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ __all__ = ["RedisStore", "claim_key", "redacted", "redis_errors"]
 #: How long a delivered message id stays known, so a resend is not delivered twice: past
 #: the longest a message lives (its ``ttl`` is at most a day), the verifier refuses it.
 DELIVERED_SECONDS: Final = 2 * 86_400
+#: How stale the state generation may be when a change asks for it (see state_version).
+GENERATION_SECONDS: Final = 0.05
 #: Live announcements kept for servers catching up (the bus stream's approximate cap).
 BUS_RETENTION: Final = 10_000
 
@@ -247,6 +250,7 @@ class RedisStore:
         self._timeout = timeout
         self._local = threading.local()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._generation = (0, -GENERATION_SECONDS)  # the last one seen, and when
         try:
             with self._guard():  # unreachable: StoreUnavailable, at once
                 first = self.redis
@@ -378,8 +382,14 @@ class RedisStore:
         txn = self._txn()
         if txn is not None and txn.generation is not None:
             return txn.generation
-        with self._guard():
-            generation = int(self.redis.get(self._key("stgen")) or 0)
+        # Read at most every GENERATION_SECONDS (every change asks): a decision may use
+        # books that much out of date, but a change that saves documents commits only if
+        # the generation it read is still current, so no update is ever lost.
+        generation, read_at = self._generation
+        if time.monotonic() - read_at > GENERATION_SECONDS:
+            with self._guard():
+                generation = int(self.redis.get(self._key("stgen")) or 0)
+            self._generation = (generation, time.monotonic())
         if txn is not None:
             txn.generation = generation  # checked when the transaction commits
         return generation
@@ -522,7 +532,10 @@ class RedisStore:
             reply = self._apply(client=self.redis, args=args)
         if reply[0] == b"conflict":
             task_id, expected, found = (part.decode() for part in reply[1:])
+            if found.startswith("state "):  # the books moved: read them fresh next time
+                self._generation = (int(found.removeprefix("state ")), time.monotonic())
             raise Conflict(task_id, _version(expected), _version(found))
+        self._generation = (int(reply[2]), time.monotonic())
         return int(reply[1])
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:
