@@ -199,7 +199,7 @@ def test_a_message_left_behind_by_a_stopping_committer_is_refused_not_lost(
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         # queued behind the stop, as a request racing the shutdown would be
-        committer._jobs.put(
+        committer._queues[0].put(
             (_request(Outbox(agent), {"op": "claim_next"}), time.time(), future, loop)
         )
         await asyncio.to_thread(committer.close)
@@ -208,3 +208,39 @@ def test_a_message_left_behind_by_a_stopping_committer_is_refused_not_lost(
     with pytest.raises(ServiceError) as refused:
         asyncio.run(left_behind())
     assert (refused.value.code, refused.value.status) == ("STORE_UNAVAILABLE", 503)
+
+
+def test_with_several_threads_one_connection_s_messages_keep_their_order(
+    tmp_path: Path,
+) -> None:
+    agents = [SigningIdentity.generate(agent_id(f"w{n}")) for n in range(4)]
+    committer = Committer(_service(tmp_path / "board.db", agents), workers=4)
+    outboxes = [Outbox(agent) for agent in agents]
+
+    async def pipelined(n: int) -> list[Any]:
+        """Create, claim and complete a task, sent without waiting for the replies (as
+        the SDK pipelines frames on one WebSocket); any reordering makes one fail."""
+        task = f"t{n}"
+        steps = [
+            {"op": "create", "tasks": [{"id": task, "title": "x"}]},
+            {"op": "claim", "task_id": task},
+            {"op": "progress", "task_id": task, "percent": 50},
+            {"op": "complete", "task_id": task},
+        ]
+        now = time.time()
+        return list(
+            await asyncio.gather(
+                *(
+                    committer.submit(_request(outboxes[n % 4], step), now, key=f"conn{n % 4}")
+                    for step in steps
+                )
+            )
+        )
+
+    async def scenario() -> list[list[Any]]:
+        return list(await asyncio.gather(*(pipelined(n) for n in range(40))))
+
+    replies = asyncio.run(scenario())
+    committer.close()
+    assert len(replies) == 40
+    assert all(reply[-1]["task"]["state"] == "completed" for reply in replies)

@@ -219,6 +219,10 @@ def test_three_servers_share_the_work_of_100_agents_exactly_once(cluster: Cluste
     witnessed = audit(cluster)
     assert witnessed.ok, witnessed.problems
     assert witnessed.size >= 2 * tasks
+    # and the operator's command agrees, reading the log the servers share
+    checked = cluster.servers[0]("witness", "verify", "--store", cluster.redis_url)
+    assert checked.returncode == 0, checked.stderr.decode()
+    assert f"ok: {witnessed.size} entries agree" in checked.stdout.decode()
 
 
 def audit(cluster: Cluster) -> Any:

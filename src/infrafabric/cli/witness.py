@@ -19,7 +19,13 @@ from infrafabric.cli.board import DEFAULT_SERVER, AdminToken, AsOptional, Server
 from infrafabric.cli.common import EXIT_USAGE, fail, print_table, reported_errors
 from infrafabric.keystore import Keystore
 from infrafabric.protocol.timefmt import parse_timestamp
-from infrafabric.server.runner import ENV_DATA, FABRIC_IDENTITY, default_data_dir
+from infrafabric.server.runner import (
+    ENV_DATA,
+    ENV_STORE,
+    FABRIC_IDENTITY,
+    default_data_dir,
+    open_store_url,
+)
 from infrafabric.witness.audit import audit_log
 from infrafabric.witness.bundle import BundleError, verify_bundle
 from infrafabric.witness.checkpoint import verifier_key
@@ -250,18 +256,38 @@ def verify_proof(
 
 
 @app.command()
-def verify(data: Data = None, key: Key = None) -> None:
+def verify(
+    data: Data = None,
+    key: Key = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar=ENV_STORE,
+            help="The Redis of a fabric of several servers (redis://host:port/db): audit the log kept there.",
+        ),
+    ] = None,
+) -> None:
     """Check the whole log against every signed checkpoint, offline, and name the first entry that was changed, removed or moved. Exits 1 if anything is wrong."""
     directory = data or default_data_dir()
-    path = directory / "witness.db"
     with reported_errors():
-        if not path.exists():
-            fail(f"no witness log at {path}")
-        witness = WitnessLog(path)
-        try:
-            report = audit_log(witness, key or _fabric_key(directory))
-        finally:
-            witness.close()
+        if store is not None:  # the log the servers share
+            from infrafabric.witness.redis_log import RedisWitnessLog
+
+            shared = open_store_url(store)
+            try:
+                report = audit_log(RedisWitnessLog(shared), key or _fabric_key(directory))
+            finally:
+                shared.close()
+        else:
+            path = directory / "witness.db"
+            if not path.exists():
+                fail(f"no witness log at {path}")
+            witness = WitnessLog(path)
+            try:
+                report = audit_log(witness, key or _fabric_key(directory))
+            finally:
+                witness.close()
     if report.ok:
         typer.echo(f"ok: {report.size} entries agree with {report.checkpoints} signed checkpoints")
         return
