@@ -26,7 +26,7 @@ import msgspec
 from infrafabric.board import rules
 from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState
 from infrafabric.board.rules import BoardConfig, Health, Outcome
-from infrafabric.errors import CallerError, FabricError
+from infrafabric.errors import CallerError, FabricError, StoreError
 from infrafabric.storage.base import Conflict, Store
 from infrafabric.types import AgentId, Timestamp
 
@@ -389,6 +389,8 @@ class Coordinator:
         for writer in self._writers:
             try:
                 produced = tuple(writer(outcome.events))
+            except StoreError:
+                raise  # the store failed: the change must not commit without its books
             except Exception:  # a bug in a writer must not stop the board: it is logged
                 _log.exception("board writer %r failed", writer)
                 continue

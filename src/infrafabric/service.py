@@ -37,7 +37,7 @@ from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
-from infrafabric.storage.base import AgentRecord
+from infrafabric.storage.base import AgentRecord, Replayed
 from infrafabric.types import AgentId, Timestamp
 
 __all__ = ["Delivery", "FabricService", "ServiceError"]
@@ -62,6 +62,8 @@ _STATUS_OF_REASON: Final = {
 _log = logging.getLogger(__name__)
 #: Where a shared store keeps each agent's keyring document (see ``share_keys``).
 KEYS_PREFIX: Final = "keyring/"
+#: Reading the shared keys again for an unknown key: at most this often.
+KEYS_RELOAD_SECONDS: Final = 1.0
 _KEYRING_DECODER: Final = msgspec.json.Decoder(KeyringFile)
 T = TypeVar("T")
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
@@ -115,6 +117,7 @@ class FabricService:
         self._verify_lock = threading.Lock()  # the verifier's replay state is not thread-safe
         self._listeners = _Listeners()
         self._held = threading.local()  # inside handle_batch: announcements wait for the commit
+        self._keys_loaded_at = float("-inf")  # shared keys last read for an unknown key
         coordinator.listen(self._on_board_events)
         if governor is not None:
             governor.attach()
@@ -128,8 +131,9 @@ class FabricService:
         :class:`ServiceError`."""
         with self._verify_lock:
             verdict = self.verifier.check(data, now=now, local=local)
-            if verdict.reason is Reason.UNKNOWN_KEY and self.store.shared:
-                # enrolled through another server a moment ago? read the keys again
+            if verdict.reason is Reason.UNKNOWN_KEY and self._may_reload_keys(now):
+                # enrolled through another server a moment ago? read the keys again (at
+                # most once a second: an unknown key costs nothing to send)
                 self._load_shared_keys()
                 verdict = self.verifier.check(data, now=now, local=local)
             message = _accepted(verdict)
@@ -137,17 +141,13 @@ class FabricService:
             # accepts a forged or replayed one, which proves nothing about its sender
             key = verdict.key if verdict.reason is None else None
             window = self.verifier.sequences.snapshot(message.sender)
-        if self.store.shared and verdict.reason is None:
-            # Each server keeps its own replay windows; one more check makes a replay
-            # through another server fail too: the nonce, recorded once for the fabric
-            # until the message expires.
-            seconds = message.expires_at - now + self.verifier.clock_skew
-            if not self.store.claim_nonce(message.sender, message.nonce, seconds):
-                raise ServiceError(
-                    str(Reason.REPLAY),
-                    f"nonce {message.nonce} of {message.sender} was used before",
-                    _STATUS_OF_REASON.get(Reason.REPLAY, 409),
-                )
+        # Each server keeps its own replay windows; over a shared store one more check
+        # makes a replay through another server fail too: the nonce, recorded once for
+        # the fabric until the message expires.
+        spend = self.store.shared and verdict.reason is None
+        seconds = message.expires_at - now + self.verifier.clock_skew
+        if spend and message.receivers != (ops.BOARD,):
+            self._spend_nonce(message, seconds)
         if window is not None and not self.store.shared:
             # (A shared store records every nonce instead, above: no window to keep.)
             # Durable with the message's effects (one commit in a batch): after a crash
@@ -155,6 +155,26 @@ class FabricService:
             # window only grows, so the store keeps the widest it is given.
             self.store.remember_sequence(message.sender, *window)
         receivers = message.receivers
+        if receivers == (ops.BOARD,) and spend:
+            # spent in the same commit as the board change (one round trip, and only if
+            # the change is written); a message that changed nothing spends it after
+            self.store.spend_nonce_with_change(message.sender, message.nonce, seconds)
+            try:
+                result = self._board(message)
+            except Replayed:
+                raise _replay(message) from None
+            except ServiceError:
+                # refused before anything was written (a replayed creation finds its
+                # task, say): if it is a replay, that is the reason to give
+                if self.store.unspent_nonce():
+                    self._spend_nonce(message, seconds)
+                raise
+            except BaseException:
+                self.store.unspent_nonce()  # never left for this thread's next message
+                raise
+            if self.store.unspent_nonce():  # it changed nothing: spend it now
+                self._spend_nonce(message, seconds)
+            return result
         if receivers == (ops.BOARD,):
             return self._board(message)
         if receivers == (ops.GOVERNOR,):
@@ -236,12 +256,18 @@ class FabricService:
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
         return self.store.agent(agent_id)
 
+    def _spend_nonce(self, message: IFMessage, seconds: float) -> None:
+        if not self.store.claim_nonce(message.sender, message.nonce, seconds):
+            raise _replay(message)
+
     # -- keys shared by several servers ---------------------------------------------------
 
     def share_keys(self, agents: Sequence[AgentId]) -> None:
         """On a shared store: keep ``agents``' keys there, for the other servers."""
         if self.store.shared:
             keyring = self.verifier.keyring
+            with self._verify_lock:  # what another server wrote (a revocation) is kept
+                self._load_shared_keys()
             self.store.save_state(
                 {
                     KEYS_PREFIX + agent: msgspec.json.encode(keyring.to_file(agent))
@@ -253,6 +279,12 @@ class FabricService:
         """On a shared store: trust the keys the other servers enrolled or revoked."""
         with self._verify_lock:
             self._load_shared_keys()
+
+    def _may_reload_keys(self, now: Timestamp) -> bool:
+        if not self.store.shared or now - self._keys_loaded_at < KEYS_RELOAD_SECONDS:
+            return False
+        self._keys_loaded_at = now
+        return True
 
     def _load_shared_keys(self) -> None:
         for name, document in self.store.load_state(KEYS_PREFIX).items():
@@ -479,6 +511,14 @@ def _request(message: IFMessage, decoder: msgspec.json.Decoder[T], service: str)
         return decoder.decode(_CONTENT_ENCODER.encode(message.content))
     except msgspec.ValidationError as exc:
         raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
+
+
+def _replay(message: IFMessage) -> ServiceError:
+    return ServiceError(
+        str(Reason.REPLAY),
+        f"nonce {message.nonce} of {message.sender} was used before",
+        _STATUS_OF_REASON.get(Reason.REPLAY, 409),
+    )
 
 
 def _accepted(verdict: Verdict) -> IFMessage:

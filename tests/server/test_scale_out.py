@@ -21,7 +21,7 @@ import httpx
 import msgspec
 import pytest
 
-from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric import Outbox, SigningIdentity, agent_id, encode_json, new_key_record
 from infrafabric.client import Client, RemoteError
 from infrafabric.storage.redis import RedisStore
 from infrafabric.witness.audit import audit_log
@@ -395,5 +395,68 @@ def test_a_session_opened_on_one_server_works_on_the_others(cluster: Cluster) ->
                 )
                 assert response.status_code == 200, response.text
                 assert len(response.json()["messages"]) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_message_replayed_through_another_server_is_refused(cluster: Cluster) -> None:
+    cluster.start()
+    alice = cluster.enroll("alice")
+    outbox = Outbox(alice)
+
+    def signed(receiver: str, content: dict[str, Any]) -> bytes:
+        return encode_json(
+            outbox.message(
+                now=time.time(), performative="request", receiver=receiver, content=content
+            )
+        )
+
+    def post(through: int, wire: bytes) -> httpx.Response:
+        return httpx.post(
+            f"{cluster.urls[through]}/v1/messages",
+            content=wire,
+            headers={"content-type": "application/json"},
+            timeout=10,
+        )
+
+    create = signed("if://service/board", {"op": "create", "tasks": [{"id": "a", "title": "A"}]})
+    note = signed(alice.agent, {"note": "to self"})
+    for wire in (create, note):
+        assert post(0, wire).status_code == 200
+        for through in (1, 2, 0):  # the same bytes again, through every server
+            again = post(through, wire)
+            assert again.status_code == 409, again.text
+            assert again.json()["error"]["code"] == "REPLAY"
+    tasks = cluster.get("/v1/tasks")["tasks"]
+    assert [task["id"] for task in tasks] == ["a"]
+
+
+def test_a_client_of_one_server_sees_live_what_happens_through_another(
+    cluster: Cluster,
+) -> None:
+    cluster.start()
+    alice, bob = cluster.enroll("alice"), cluster.enroll("bob")
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(cluster.urls[0], alice) as through_first,
+            Client.connect(cluster.urls[2], bob) as on_last,
+            on_last.stream(["if://topic/board/task/**", "if://topic/news"]) as frames,
+        ):
+            await asyncio.sleep(0.3)  # subscribed
+            await through_first.create_task("made through the first server", id="a")
+            await through_first.send(bob.agent, "inform", {"hello": "bob"})
+            await through_first.send("if://topic/news", "inform", {"headline": "x"})
+            seen: list[tuple[str, str | None]] = []
+            iterator = frames.__aiter__()
+            async with asyncio.timeout(15):
+                while len(seen) < 3:
+                    frame = await iterator.__anext__()
+                    seen.append((frame.kind, frame.topic))
+                    if frame.kind == "message":
+                        assert await on_last.ack(frame.position)  # type: ignore[arg-type]
+            assert ("event", "if://topic/board/task/created") in seen
+            assert ("message", None) in seen  # bob's direct message, live
+            assert ("event", "if://topic/news") in seen
 
     asyncio.run(scenario())

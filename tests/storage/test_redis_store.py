@@ -8,6 +8,7 @@ of a transaction) and hammered with threads where they cannot.
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,9 @@ from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import BoardConfig, Outcome, cancel, claim, create
 from infrafabric.coordinator import Coordinator
 from infrafabric.errors import StoreError, StoreUnavailable
-from infrafabric.storage.base import Conflict, Store
+from infrafabric.storage.base import Conflict, Replayed, Store
 from infrafabric.storage.redis import RedisStore, claim_key, redacted
+from infrafabric.witness.redis_log import LogMoved, RedisWitnessLog
 from tests.redis_server import RedisServer
 
 T0 = 1_000_000.0
@@ -219,3 +221,73 @@ def test_a_bad_url_is_a_clear_error_without_its_password() -> None:
     with pytest.raises(StoreError, match="not a Redis URL"):
         RedisStore("http://127.0.0.1:1/0")
     assert redacted("redis://user:secret@host:6380/1") == "redis://user:***@host:6380/1"
+
+
+def test_a_nonce_spent_with_a_change_is_spent_only_if_the_change_is_written(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    one.spend_nonce_with_change(ALICE, "n-1", 60)
+    one.apply(create([Task(id="a", title="A")], {}, T0))
+    assert not one.unspent_nonce()  # spent with the change
+    two.spend_nonce_with_change(ALICE, "n-1", 60)  # the same message, another server
+    with pytest.raises(Replayed):
+        two.apply(create([Task(id="b", title="B")], {}, T0))
+    assert two.get("b") is None  # nothing of the replay was written
+    assert not two.claim_nonce(ALICE, "n-1", 60)
+    # a change that conflicts spends nothing; deciding again spends it with the change
+    one.spend_nonce_with_change(ALICE, "n-2", 60)
+    with pytest.raises(Conflict):
+        one.apply(create([Task(id="a", title="again")], {}, T0))
+    assert two.claim_nonce(BOB, "n-2", 60)  # (another sender's n-2: unrelated)
+    one.apply(create([Task(id="c", title="C")], {}, T0))
+    assert not one.unspent_nonce()
+    assert not two.claim_nonce(ALICE, "n-2", 60)
+    one.spend_nonce_with_change(ALICE, "n-3", 60)  # a message that changed nothing
+    assert one.unspent_nonce()
+    assert two.claim_nonce(ALICE, "n-3", 60)
+
+
+def test_books_saved_outside_a_change_from_a_stale_read_are_refused(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    seen = one.state_version()
+    two.save_state({"governor/agent/x": b"charged by two"})
+    with pytest.raises(Conflict):
+        one.save_state({"governor/agent/x": b"reset by one"}, expected=seen)
+    assert one.load_state("governor/") == {"governor/agent/x": b"charged by two"}
+    one.save_state({"governor/agent/x": b"reset by one"}, expected=seen + 1)
+
+
+def test_one_sequencer_appends_and_a_stale_one_cannot_fork_the_log(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    first, second = RedisWitnessLog(one), RedisWitnessLog(two)
+    assert first.lead("server-1", seconds=0.3)
+    assert not second.lead("server-2", seconds=0.3)  # held
+    first.append([b"a", b"b", b"c"], source="board-events", position=3)
+    time.sleep(0.4)  # server-1 stalls past its lease...
+    assert second.lead("server-2", seconds=5)  # ...and server-2 takes over
+    second.refresh()
+    second.append([b"d"], source="board-events", position=4)
+    with pytest.raises(LogMoved):  # server-1 wakes up and appends from its old size
+        first.append([b"x"], source="board-events", position=4)
+    assert first.size == 4  # it re-read the log
+    assert [entry for _, _, entry in second.entries(0, 10)] == [b"a", b"b", b"c", b"d"]
+    assert second.cursor("board-events") == 4
+    assert first.root() == second.root()
+
+
+def test_a_log_that_went_back_in_redis_stops_growing(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, _ = servers
+    log = RedisWitnessLog(one)
+    log.append([b"a", b"b"])
+    one.redis.set(f"{one.prefix}w:size", 1)  # as if Redis lost the last append
+    log.refresh()
+    assert "went back from 2 to 1" in log.damaged
+    with pytest.raises(StoreError, match="cannot grow"):
+        log.append([b"c"])

@@ -23,15 +23,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from infrafabric.board.model import BoardEvent, Task, TaskState
-from infrafabric.coordinator import Coordinator
+from infrafabric.coordinator import MAX_RETRIES, Busy, Coordinator
 from infrafabric.governor.core import Governor, GovernorEvent, Manifest, Refusal, TaskView
 from infrafabric.governor.policy import DEFAULT_POLICY, Policy, load_policy
+from infrafabric.storage.base import Conflict
 from infrafabric.types import AgentId, Timestamp
 
 __all__ = ["GovernorDriver"]
+
+T = TypeVar("T")
 
 #: Where the governor's books live among the store's state documents.
 PREFIX: Final = "governor/"
@@ -95,9 +98,7 @@ class GovernorDriver:
             self.governor.validate(agent, manifest)
 
     def register(self, agent: AgentId, manifest: Manifest) -> None:
-        with self.store.batch(), self._lock:  # the store's lock first, always
-            self._refresh()
-            self._commit(self.governor.register(agent, manifest, self.clock()))
+        self._changing(lambda: self._commit(self.governor.register(agent, manifest, self.clock())))
 
     # -- work -----------------------------------------------------------------------------
 
@@ -121,8 +122,8 @@ class GovernorDriver:
 
     def admit(self, agent: AgentId, task: Task) -> Refusal | None:
         """Whether ``agent`` may claim ``task`` by id; a refusal is logged."""
-        with self.store.batch(), self._lock:
-            self._refresh()
+
+        def decide() -> Refusal | None:
             now = self.clock()
             self.governor.seen(agent, now)
             refusal = self.governor.admit(agent, _view(task), now)
@@ -135,6 +136,8 @@ class GovernorDriver:
                 )
                 self._commit([refused])
             return refusal
+
+        return self._changing(decide)
 
     def helpers(self, task: Task, asker: AgentId, needed: Sequence[str]) -> list[AgentId]:
         """Whom to invite to help on ``task``: admitted agents best ranked for ``needed``
@@ -155,9 +158,7 @@ class GovernorDriver:
     # -- operators ------------------------------------------------------------------------
 
     def reset(self, agent: AgentId, operator: AgentId) -> None:
-        with self.store.batch(), self._lock:
-            self._refresh()
-            self._commit(self.governor.reset(agent, operator, self.clock()))
+        self._changing(lambda: self._commit(self.governor.reset(agent, operator, self.clock())))
 
     def reload(self, policy: Policy | None = None) -> Policy:
         """Swap in ``policy``, or read the policy file again. A policy that does not
@@ -168,9 +169,8 @@ class GovernorDriver:
                 policy = self.governor.policy  # the built-in policy: nothing to re-read
             else:
                 policy = load_policy(self.policy_path, profile=self.profile)
-        with self.store.batch(), self._lock:
-            self._refresh()
-            self._commit(self.governor.reload(policy))
+        chosen = policy
+        self._changing(lambda: self._commit(self.governor.reload(chosen)))
         return policy
 
     def report(self) -> dict[str, Any]:
@@ -204,10 +204,25 @@ class GovernorDriver:
         if logged:
             self.coordinator.record(logged)
 
+    def _changing(self, change: Callable[[], T]) -> T:
+        """Change the books outside a board change (an enrollment, a reset, a reload, a
+        refusal) from fresh books, and again from fresher ones if another server saved
+        them meanwhile (on a shared store the save is refused then: nothing is lost)."""
+        for _ in range(MAX_RETRIES):
+            with self.store.batch(), self._lock:  # the store's lock first, always
+                self._refresh()
+                try:
+                    return change()
+                except Conflict:
+                    self._known = None  # read them again
+        raise Busy(f"the governor's books changed {MAX_RETRIES} times meanwhile; try again")
+
     def _save(self) -> None:
         changes = self.governor.take_changes()
         if changes:
-            self.store.save_state({PREFIX + key: doc for key, doc in changes.items()})
+            self.store.save_state(
+                {PREFIX + key: doc for key, doc in changes.items()}, expected=self._known
+            )
             if self.store.shared:
                 # Whether these commit is not known here (on a shared store the change
                 # may yet conflict): the books are read again before the next decision.

@@ -241,8 +241,13 @@ async def _challenge(state: ServerState, request: Request) -> dict[str, Any]:
 async def _token(state: ServerState, request: Request) -> dict[str, Any]:
     answer = await _json_body(request, _TokenRequest)
     try:
-        token = state.sessions.token(
-            answer.agent, answer.kid, answer.challenge, answer.signature, state.clock()
+        token = await run_in_threadpool(  # (over Redis a challenge is spent there)
+            state.sessions.token,
+            answer.agent,
+            answer.kid,
+            answer.challenge,
+            answer.signature,
+            state.clock(),
         )
     except AuthError as exc:
         raise ServiceError(exc.code, exc.detail, 401) from None
@@ -337,7 +342,6 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
                 if before is None or before.state != after.state:
                     events.append(_key_event(before, after, now))
             write_keyring_dir(state.keyring, state.keyring_dir, agents=agents)
-            state.service.share_keys(agents)  # other servers (on Redis) read them there
     except KeyringError as exc:  # a record that contradicts a trusted one
         raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
     record = AgentRecord(
@@ -353,6 +357,7 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
         at=now,
         payload={"agent": record.id, "capabilities": list(record.capabilities)},
     )
+    await run_in_threadpool(state.service.share_keys, agents)  # for the other servers
     await run_in_threadpool(state.service.enroll, record, [*events, enrolled], manifest)
     return {"agent": msgspec.to_builtins(record)}
 

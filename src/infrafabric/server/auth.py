@@ -102,7 +102,6 @@ class Sessions:
             len(raw_challenge) != 24 + _MAC_BYTES
             or not hmac.compare_digest(mac, self._mac(b"challenge", body, agent.encode()))
             or (until := struct.unpack(">d", body[16:])[0]) < now
-            or not self._used_once(challenge, until, now)
         ):
             raise AuthError("BAD_CHALLENGE", "unknown, used or expired challenge")
         resolution = self.keyring.resolve(agent, kid, now)
@@ -112,6 +111,9 @@ class Sessions:
             resolution.verify_key, auth_input(raw_challenge, agent), raw_signature
         ):
             raise AuthError("BAD_SIGNATURE", "the challenge signature does not verify")
+        # spent only once answered: a forged answer must not use up the record's room
+        if not self._used_once(challenge, until, now):
+            raise AuthError("BAD_CHALLENGE", "unknown, used or expired challenge")
         body = struct.pack(">d", now + TOKEN_SECONDS) + agent.encode()
         return b64url_encode(body) + "." + b64url_encode(self._mac(b"token", body))
 

@@ -52,6 +52,7 @@ class Relay:
         self.on_keys = on_keys
         self.listeners: RelayListeners | None = None
         self._stop = threading.Event()
+        self._keys_pending = False
         self._thread: threading.Thread | None = None
         self._events_key = f"{store.prefix}ev"
         self._bus_key = f"{store.prefix}bus"
@@ -77,7 +78,15 @@ class Relay:
         failing = False
         while not self._stop.is_set():
             try:
+                if self._keys_pending and self.on_keys is not None:
+                    self.on_keys()  # (a revocation must not be missed for one failed read)
+                    self._keys_pending = False
                 with redis_errors(self.store.url):
+                    if self.store.last_seq() < _seq_of(self._positions[self._events_key]):
+                        # Redis lost acknowledged writes (a failover, a crash under
+                        # appendfsync everysec): the counter went back; follow it
+                        _log.error("the event log in Redis went back; the relay follows it")
+                        self._positions[self._events_key] = f"{self.store.last_seq()}-0"
                     replies = self.store.redis.xread(self._positions, count=1000, block=BLOCK_MS)
                 failing = False
             except StoreError as exc:
@@ -101,8 +110,8 @@ class Relay:
         assert self.listeners is not None
         events = [_EVENT_DECODER.decode(fields[b"d"]) for _, fields in entries]
         self.listeners.events(events)
-        if self.on_keys is not None and any(event.component == "keys" for event in events):
-            self.on_keys()
+        if any(event.component == "keys" for event in events):
+            self._keys_pending = True  # read at the top of the loop, until it succeeds
 
     def _bus(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         assert self.listeners is not None
@@ -112,6 +121,10 @@ class Relay:
                 self.listeners.delivery(Delivery(receiver, position, bytes(fields[b"b"])))
             else:
                 self.listeners.topic(fields[b"t"].decode(), bytes(fields[b"b"]))
+
+
+def _seq_of(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
 
 
 def _last_id(client: Any, key: str) -> str:

@@ -11,9 +11,17 @@ import msgspec
 
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
-from infrafabric.errors import FabricError
+from infrafabric.errors import FabricError, PeerError
 
-__all__ = ["AgentRecord", "Conflict", "InboxEntry", "Store", "StoredEvent", "claim_order"]
+__all__ = [
+    "AgentRecord",
+    "Conflict",
+    "InboxEntry",
+    "Replayed",
+    "Store",
+    "StoredEvent",
+    "claim_order",
+]
 
 
 def claim_order(task: Task) -> tuple[bool, int, float, str]:
@@ -33,6 +41,11 @@ class Conflict(FabricError):
         self.task_id = task_id
         self.expected = expected
         self.actual = actual
+
+
+class Replayed(PeerError):
+    """The change belongs to a message whose nonce was spent already (a replay, maybe
+    through another server): nothing was written."""
 
 
 class AgentRecord(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -168,10 +181,25 @@ class Store(Protocol):
         process. A store only this process uses returns ``True`` (the verifier's own
         nonce cache covers one process)."""
 
-    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
+        """Spend the nonce (as :meth:`claim_nonce`) in the same commit as this thread's
+        next change, which raises :class:`Replayed` instead if it was spent before: a
+        message's nonce is spent exactly when its effects are written. A store only this
+        process uses ignores it."""
+
+    def unspent_nonce(self) -> bool:
+        """Whether the nonce given to :meth:`spend_nonce_with_change` is still unspent (no
+        change was written); forgets it either way."""
+
+    def save_state(
+        self, documents: Mapping[str, bytes | None], *, expected: int | None = None
+    ) -> None:
         """Keep named documents of the fabric's other state machines (the governor's
         books), replacing those of the same name; ``None`` deletes one. All or none are
-        written; inside a :meth:`batch` they become durable with it."""
+        written; inside a :meth:`batch` they become durable with it. With ``expected``
+        (a :meth:`state_version` read earlier), outside a :meth:`transact`, a shared
+        store writes nothing and raises :class:`Conflict` if another process saved
+        documents since (inside one, the transaction's own check applies)."""
 
     def load_state(self, prefix: str) -> dict[str, bytes]:
         """Every kept document whose name starts with ``prefix``, by name."""

@@ -152,7 +152,15 @@ class MemoryStore:
     def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
         return True  # one process: the verifier's nonce cache has seen everything
 
-    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
+        return None  # one process: the verifier's nonce cache has seen everything
+
+    def unspent_nonce(self) -> bool:
+        return False
+
+    def save_state(
+        self, documents: Mapping[str, bytes | None], *, expected: int | None = None
+    ) -> None:
         with self._lock:
             for name, doc in documents.items():
                 if doc is None:

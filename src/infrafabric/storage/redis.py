@@ -45,6 +45,7 @@ call reconnects.
 from __future__ import annotations
 
 import contextlib
+import logging
 import struct
 import threading
 import time
@@ -63,7 +64,14 @@ from redis.retry import Retry
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError, StoreUnavailable
-from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
+from infrafabric.storage.base import (
+    AgentRecord,
+    Conflict,
+    InboxEntry,
+    Replayed,
+    Store,
+    StoredEvent,
+)
 
 __all__ = ["RedisStore", "claim_key", "redacted", "redis_errors"]
 
@@ -75,12 +83,14 @@ GENERATION_SECONDS: Final = 0.05
 #: Live announcements kept for servers catching up (the bus stream's approximate cap).
 BUS_RETENTION: Final = 10_000
 
+_log = logging.getLogger(__name__)
 _ENCODER: Final = msgspec.json.Encoder()
 _TASK_DECODER: Final = msgspec.json.Decoder(Task)
 _EVENT_DECODER: Final = msgspec.json.Decoder(BoardEvent)
 _AGENT_DECODER: Final = msgspec.json.Decoder(AgentRecord)
 
-# ARGV: prefix, retention, then four sections, each a count and its items:
+# ARGV: prefix, retention, a nonce key to spend with the change ("" for none) and its
+# lifetime in ms, then four sections, each a count and its items:
 #   reads      (id, version or "")           tasks read while deciding
 #   dependents (id, count)                   dependent lists read while deciding
 #   state generation ("" if not read)
@@ -88,11 +98,14 @@ _AGENT_DECODER: Final = msgspec.json.Decoder(AgentRecord)
 #               dependency count, dependencies...)
 #   events     (doc)
 #   documents  (name, "s" doc | "d" "")
-# Returns {"ok", last event seq, state generation} or {"conflict", id, expected, found}.
+# Returns {"ok", last event seq, state generation}, {"conflict", id, expected, found},
+# or {"replay"} when the nonce was spent already.
 _APPLY = """
 local p = ARGV[1]
 local retention = ARGV[2]
-local i = 3
+local nonce = ARGV[3]
+if nonce ~= '' and redis.call('EXISTS', nonce) == 1 then return {'replay'} end
+local i = 5
 local function nxt() local v = ARGV[i]; i = i + 1; return v end
 local n = tonumber(nxt())
 for _ = 1, n do
@@ -153,6 +166,7 @@ for _ = 1, n do
 end
 local gen
 if n > 0 then gen = redis.call('INCR', p .. 'stgen') else gen = tonumber(redis.call('GET', p .. 'stgen') or '0') end
+if nonce ~= '' then redis.call('SET', nonce, 1, 'PX', ARGV[4]) end
 return {'ok', seq, gen}
 """
 
@@ -225,7 +239,7 @@ class RedisStore:
     ``url`` is ``redis://[user:password@]host:port/db`` (or ``rediss://`` for TLS); the
     connection is checked at once, and an unreachable Redis raises
     :class:`~infrafabric.errors.StoreUnavailable` naming it. Safe to share between
-    threads (a pool of connections)."""
+    threads (each thread gets a connection of its own)."""
 
     #: Several processes share this store: what one keeps in memory may be stale.
     shared = True
@@ -257,6 +271,7 @@ class RedisStore:
                 first.ping()
         except ValueError as exc:
             raise StoreError(f"not a Redis URL: {self.url}: {exc}") from None
+        _warn_if_evicting(first, self.url)
         self._apply = first.register_script(_APPLY)
         self._deliver = first.register_script(_DELIVER)
         self._remember = first.register_script(_REMEMBER)
@@ -369,12 +384,14 @@ class RedisStore:
             self._local.txn = None
         return outcome, self._commit(txn)
 
-    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+    def save_state(
+        self, documents: Mapping[str, bytes | None], *, expected: int | None = None
+    ) -> None:
         txn = self._txn()
         if txn is not None:
             txn.documents.update(documents)
         elif documents:
-            self._commit(_Transaction(documents=dict(documents)))
+            self._commit(_Transaction(documents=dict(documents), generation=expected))
 
     def state_version(self) -> int:
         """A number that changes whenever any process saves a state document: a process
@@ -454,6 +471,19 @@ class RedisStore:
             windows.append((sender.decode(), int(highest), int(seen, 16)))
         return windows
 
+    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
+        """Spend ``sender``'s ``nonce`` in the same script as this thread's next change
+        (one round trip, and a message's nonce is spent exactly when its effects are
+        written); that change raises :class:`Replayed` if it was spent before. See
+        :meth:`unspent_nonce` for a message that changed nothing."""
+        key = self._key("nonce:", f"{sender}|{nonce}")
+        self._local.nonce = (key, max(1, int(seconds * 1000)))
+
+    def unspent_nonce(self) -> bool:
+        pending = getattr(self._local, "nonce", None) is not None
+        self._local.nonce = None
+        return pending
+
     def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
         """Record that ``sender`` used ``nonce``, for ``seconds`` (until its message has
         expired); ``False`` if some server recorded it already (a replay)."""
@@ -498,7 +528,8 @@ class RedisStore:
         return [_TASK_DECODER.decode(doc) for doc in docs if doc]
 
     def _commit(self, txn: _Transaction) -> int:
-        args: list[Any] = [self.prefix, self.retention, len(txn.reads)]
+        nonce: tuple[str, int] | None = getattr(self._local, "nonce", None)
+        args: list[Any] = [self.prefix, self.retention, *(nonce or ("", 0)), len(txn.reads)]
         for task_id, version in txn.reads.items():
             args += [task_id, "" if version is None else version]
         args.append(len(txn.dependents))
@@ -530,12 +561,16 @@ class RedisStore:
             args += [name, "d", ""] if doc is None else [name, "s", doc]
         with self._guard():
             reply = self._apply(client=self.redis, args=args)
+        if reply[0] == b"replay":
+            self._local.nonce = None
+            raise Replayed("the message's nonce was spent already: a replay")
         if reply[0] == b"conflict":
             task_id, expected, found = (part.decode() for part in reply[1:])
             if found.startswith("state "):  # the books moved: read them fresh next time
                 self._generation = (int(found.removeprefix("state ")), time.monotonic())
             raise Conflict(task_id, _version(expected), _version(found))
         self._generation = (int(reply[2]), time.monotonic())
+        self._local.nonce = None  # spent, with this change
         return int(reply[1])
 
     def _guard(self) -> contextlib.AbstractContextManager[None]:
@@ -551,6 +586,23 @@ def redis_errors(url: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis at {url} is unavailable: {exc}") from None
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis at {url}: {exc}") from None
+
+
+def _warn_if_evicting(client: Any, url: str) -> None:
+    """Nonces, delivered-message ids and the witness's lease are keys with a time to
+    live: a Redis that evicts such keys when full (``volatile-*``, ``allkeys-*``) would
+    let a replay through. Only ``noeviction`` is safe; say so loudly."""
+    try:
+        policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+    except redis.exceptions.RedisError:  # a managed Redis may refuse CONFIG: say nothing
+        return
+    if policy not in (None, "noeviction", b"noeviction"):
+        _log.warning(
+            "Redis at %s evicts keys when full (maxmemory-policy %s): set it to noeviction,"
+            " or replays and duplicate deliveries may get through",
+            url,
+            policy,
+        )
 
 
 def claim_key(task: Task) -> str:

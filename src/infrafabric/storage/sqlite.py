@@ -274,7 +274,15 @@ class SqliteStore:
     def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
         return True  # one process: the verifier's nonce cache has seen everything
 
-    def save_state(self, documents: Mapping[str, bytes | None]) -> None:
+    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
+        return None  # one process: the verifier's nonce cache has seen everything
+
+    def unspent_nonce(self) -> bool:
+        return False
+
+    def save_state(
+        self, documents: Mapping[str, bytes | None], *, expected: int | None = None
+    ) -> None:
         if not documents:
             return
         with self._transaction() as db:

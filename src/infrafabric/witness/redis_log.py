@@ -111,6 +111,8 @@ class RedisWitnessLog:
     def append(
         self, entries: Sequence[bytes], *, source: str | None = None, position: int = 0
     ) -> range:
+        if self.damaged:
+            raise StoreError(f"the witness log cannot grow: {self.damaged}")
         with self._lock:
             first = self._size
             edge = list(self._edge)
@@ -142,7 +144,15 @@ class RedisWitnessLog:
         """Catch up with appends made by another server; returns the size."""
         with self._lock, self._guard():
             size = int(self.redis.get(self._key("size")) or 0)
-            if size != self._size:  # another sequencer moved it (forward, always)
+            if size < self._size and not self.damaged:
+                # Redis lost acknowledged writes (a failover, a crash under appendfsync
+                # everysec): appending again would give other entries the indexes that
+                # published checkpoints cover, a fork. Stop growing; an operator decides.
+                self.damaged = (
+                    f"the log in Redis went back from {self._size} to {size} entries:"
+                    " Redis lost acknowledged writes"
+                )
+            if size > self._size:  # another sequencer moved it forward
                 self._edge, self._size = load_edge(size, self.perfect), size
             return self._size
 
