@@ -79,9 +79,11 @@ class Coordinator:
     def create(self, tasks: Sequence[Task]) -> list[Task]:
         """Create ``tasks`` together (they may depend on each other); returns them stored."""
 
+        named = {task.id for task in tasks} | {dep for task in tasks for dep in task.dependencies}
+
         def decide(store: Store) -> Outcome:
-            # only the tasks named (new ids, dependencies) are read, not the whole board
-            return rules.create(tasks, _Lookup(store), self.clock(), self.config)
+            # only the tasks named (new ids, dependencies) are read, in one go
+            return rules.create(tasks, store.get_many(sorted(named)), self.clock(), self.config)
 
         outcome = self._transact(decide, "create")
         assert outcome is not None
@@ -458,26 +460,6 @@ def _best_for(
         offset += size
         size = min(size * 4, _LARGEST_PAGE)  # a picky agent: read further ahead each time
     return None
-
-
-class _Lookup(Mapping[str, Task]):
-    """The board as a mapping that reads only the tasks asked for (a creation needs its
-    new ids to be free and its dependencies' states, not every task)."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def __getitem__(self, task_id: str) -> Task:
-        task = self._store.get(task_id)
-        if task is None:
-            raise KeyError(task_id)
-        return task
-
-    def __iter__(self) -> Iterator[str]:
-        return (task.id for task in self._store.tasks())
-
-    def __len__(self) -> int:
-        return len(self._store.tasks())
 
 
 def _unchanged(store: Store, seen: Task, change: BoardEvent) -> Outcome | None:

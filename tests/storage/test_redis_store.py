@@ -291,3 +291,22 @@ def test_a_log_that_went_back_in_redis_stops_growing(
     assert "went back from 2 to 1" in log.damaged
     with pytest.raises(StoreError, match="cannot grow"):
         log.append([b"c"])
+
+
+def test_a_dependency_finished_while_its_dependent_is_created_is_a_conflict(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, two = servers
+    Coordinator(one).create([Task(id="a", title="A")])
+    Coordinator(one).claim("a", ALICE)
+    spec = Task(id="c", title="C", dependencies=("a",))
+
+    def decide(store: Store) -> Outcome:
+        known = store.get_many(["a", "c"])
+        Coordinator(two).complete("a", ALICE)  # meanwhile, through the other server
+        return create([spec], known, T0)  # c would wait for ever on a finished task
+
+    with pytest.raises(Conflict):
+        one.transact(decide)
+    Coordinator(one).create([spec])  # decided again: a is done, c is available at once
+    assert one.get("c").state is TaskState.AVAILABLE  # type: ignore[union-attr]

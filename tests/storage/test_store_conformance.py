@@ -356,3 +356,12 @@ def test_sqlite_without_background_checkpoints_leaves_small_writes_in_the_wal(
     time.sleep(0.6)  # two checkpoint periods: nobody checkpoints a WAL this small
     assert _tasks_in_the_database_file_alone(path) == 0
     store.close()
+
+
+def test_many_tasks_are_read_in_one_call(store: Store) -> None:
+    add(store, *(Task(id=f"t{i:04d}", title="x") for i in range(1200)))
+    wanted = [f"t{i:04d}" for i in range(0, 1200, 2)] + ["missing", "t0000"]
+    found = store.get_many(wanted)
+    assert sorted(found) == sorted({f"t{i:04d}" for i in range(0, 1200, 2)})
+    assert found["t0002"].title == "x"
+    assert store.get_many([]) == {}

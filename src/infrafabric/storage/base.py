@@ -100,6 +100,9 @@ class Store(Protocol):
     def get(self, task_id: str) -> Task | None:
         """The task, or ``None``."""
 
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        """The tasks of ``task_ids`` that exist, by id (one read, however many)."""
+
     def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
         """All tasks, or those in ``states``."""
 

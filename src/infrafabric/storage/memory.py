@@ -46,6 +46,10 @@ class MemoryStore:
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
 
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        with self._lock:
+            return {i: self._tasks[i] for i in task_ids if i in self._tasks}
+
     def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
         wanted = None if states is None else set(states)
         with self._lock:

@@ -202,11 +202,15 @@ return 1
 """
 
 # ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "due": by lease score,
-# "members": a set), key suffix, then the range. Returns the task documents in order.
+# "members": a set, "list": the ids that follow), key suffix, then the range or the
+# ids. Returns the task documents in order ("" for a task that does not exist).
 _FETCH = """
 local p, how, key = ARGV[1], ARGV[2], ARGV[1] .. ARGV[3]
 local ids
-if how == 'due' then
+if how == 'list' then
+  ids = {}
+  for n = 4, #ARGV do ids[n - 3] = ARGV[n] end
+elseif how == 'due' then
   ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[4], 'LIMIT', 0, ARGV[5])
 elseif how == 'members' then
   ids = redis.call('SMEMBERS', key)
@@ -306,6 +310,20 @@ class RedisStore:
         if txn is not None and task_id not in txn.reads:
             txn.reads[task_id] = None if task is None else task.version
         return task
+
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        wanted = list(dict.fromkeys(task_ids))
+        if not wanted:
+            return {}
+        with self._guard():
+            docs = self._fetch(client=self.redis, args=[self.prefix, "list", "", *wanted])
+        found = {i: _TASK_DECODER.decode(doc) for i, doc in zip(wanted, docs, strict=True) if doc}
+        txn = self._txn()
+        if txn is not None:  # each one read is checked at commit, absent ones too
+            for task_id in wanted:
+                task = found.get(task_id)
+                txn.reads.setdefault(task_id, None if task is None else task.version)
+        return found
 
     def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
         if states is None:

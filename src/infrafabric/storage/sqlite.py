@@ -139,6 +139,22 @@ class SqliteStore:
             row = db.execute("SELECT doc FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else _TASK_DECODER.decode(row[0])
 
+    def get_many(self, task_ids: Iterable[str]) -> dict[str, Task]:
+        wanted = list(dict.fromkeys(task_ids))
+        found: dict[str, Task] = {}
+        with self._read() as db:
+            for start in range(0, len(wanted), 500):  # under SQLite's limit of parameters
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows = db.execute(
+                    f"SELECT doc FROM tasks WHERE id IN ({marks})",  # noqa: S608 - only "?" marks
+                    chunk,
+                ).fetchall()
+                for row in rows:
+                    task = _TASK_DECODER.decode(row[0])
+                    found[task.id] = task
+        return found
+
     def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
         with self._read() as db:
             if states is None:
