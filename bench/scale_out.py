@@ -4,6 +4,8 @@
   trip, and an ``EVALSHA`` of a small compare-and-set script (what one claim's write is).
 * The store: ``Coordinator.claim`` over :class:`RedisStore` in this process (the Redis
   round trips a claim costs, without a server or signatures).
+* The original design's choice, if etcd is installed: a compare-and-set transaction on
+  a real etcd through its JSON gateway.
 * Servers: one, then three real ``ifab serve --store redis://`` processes; 100 SDK agents
   (one load process) claim in a closed loop (saturation), then at a steady offered rate
   (latency percentiles), spread evenly over the servers.
@@ -17,8 +19,11 @@ measure of what the extra processes cost here, not of what more machines would g
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +42,7 @@ from infrafabric.coordinator import Coordinator
 from infrafabric.storage.redis import RedisStore
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tests.harness import Fabric
+from tests.harness import Fabric, free_port
 from tests.redis_server import RedisServer
 
 from claims import percentiles, render, timed
@@ -55,6 +60,69 @@ def _row(name: str, samples: list[float]) -> tuple[str, str]:
         name,
         f"p50 {p50:7.1f} us  p95 {p95:7.1f} us  p99 {p99:7.1f} us  {len(samples) / sum(samples):8,.0f}/s",
     )
+
+
+def etcd_compare_and_set(count: int) -> list[tuple[str, list[float]]]:
+    """The original design's choice, for comparison: a compare-and-set transaction on a
+    real etcd (Debian's etcd-server, on loopback; it fsyncs each write, as Redis does
+    here) through its JSON gateway, from Python with a kept-alive HTTP connection. Empty
+    when etcd is not installed (`make bench` tries to install it)."""
+    binary = shutil.which("etcd")
+    if binary is None:
+        return []
+    with tempfile.TemporaryDirectory() as directory:
+        client_port, peer_port = free_port(), free_port()
+        client_url, peer_url = f"http://127.0.0.1:{client_port}", f"http://127.0.0.1:{peer_port}"
+        process = subprocess.Popen(
+            [
+                binary, "--data-dir", directory, "--name", "bench",
+                "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
+                "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+                "--initial-cluster", f"bench={peer_url}", "--log-level", "error",
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            with httpx.Client(base_url=client_url, timeout=10) as http:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        if http.get("/health").status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("etcd did not start")
+                    time.sleep(0.1)
+                value = base64.b64encode(b"x" * 600).decode()
+
+                def key(index: int) -> str:
+                    return base64.b64encode(f"task/{index}".encode()).decode()
+
+                for index in range(count):
+                    http.post("/v3/kv/put", json={"key": key(index), "value": value})
+
+                def compare_and_set(index: int) -> None:
+                    reply = http.post(
+                        "/v3/kv/txn",
+                        json={
+                            "compare": [
+                                {
+                                    "key": key(index),
+                                    "target": "VERSION",
+                                    "result": "EQUAL",
+                                    "version": "1",
+                                }
+                            ],
+                            "success": [{"requestPut": {"key": key(index), "value": value}}],
+                        },
+                    ).json()
+                    assert reply.get("succeeded") is True, reply
+
+                return [("etcd compare-and-set txn (JSON gateway)", timed(compare_and_set, count))]
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
 
 
 def raw_and_store(url: str, count: int) -> list[tuple[str, list[float]]]:
@@ -218,6 +286,10 @@ def main(quick: bool = False) -> None:
             for name, samples in measured[2:]:
                 ratio = statistics.median(samples) / raw
                 rows.append((f"{name} p50 vs raw SET NX p50", f"{ratio:.1f}x (aim: within 3x)"))
+            etcd = etcd_compare_and_set(count)
+            rows += [_row(name, samples) for name, samples in etcd]
+            if not etcd:
+                rows.append(("etcd compare-and-set", "skipped: etcd is not installed"))
             rows += through_servers(server.url, count, quick, server.flush)
             rows.append(("(a server claim signs, verifies and witnesses; see claims above)", ""))
         finally:
