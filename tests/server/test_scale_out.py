@@ -254,13 +254,18 @@ def test_agents_of_a_server_killed_mid_run_finish_through_the_others(cluster: Cl
         await agents[1].call(
             "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
         )
+        # a message for every agent, acknowledged (delivered) by the server about to die
+        for identity in identities:
+            await agents[0].call("send", identity.agent, "inform", {"before": "the kill"})
         done: Counter[str] = Counter()
         claimed: Counter[str] = Counter()
         killer = threading.Timer(1.0, cluster.servers[0].kill, args=(signal.SIGKILL,))
         killer.start()
         await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
         killer.join()
-        for agent in agents:
+        for agent in agents:  # read through whichever server each agent ended up on
+            messages = await agent.call("inbox")
+            assert [m.content for _, m in messages] == [{"before": "the kill"}]
             await agent.close()
         return done, agents
 
