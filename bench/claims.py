@@ -26,9 +26,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
-import msgspec
 
-from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric import SigningIdentity
 from infrafabric.board.model import Task
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import Client
@@ -105,18 +104,9 @@ class RunningFabric:
         self.pid = self.fabric.process.pid
 
     def enroll(self, name: str) -> SigningIdentity:
-        identity = SigningIdentity.generate(agent_id(name))
-        record = new_key_record(
-            identity.agent, identity.public_key, version=1, now=time.time() - 60
-        )
-        httpx.post(
-            f"{self.fabric.url}/v1/admin/agents",
-            json={
-                "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
-            },
-            headers={"authorization": f"Bearer {self.admin}"},
-        ).raise_for_status()
-        return identity
+        from tests.harness import enroll
+
+        return enroll(self.fabric.url, self.admin, name)
 
     async def witness_settled(self, most: float = 30.0) -> None:
         """Wait until the witness log stops growing (it has caught up with the board)."""

@@ -31,10 +31,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
-import msgspec
 import redis
 
-from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric import SigningIdentity
 from infrafabric.board.model import Task
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import Client
@@ -42,7 +41,7 @@ from infrafabric.coordinator import Coordinator
 from infrafabric.storage.redis import RedisStore
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tests.harness import Fabric, free_port
+from tests.harness import Fabric, enroll, free_port
 from tests.redis_server import RedisServer
 
 from claims import percentiles, render, timed
@@ -166,19 +165,7 @@ class Servers:
         return [fabric.url for fabric in self.fabrics]
 
     def enroll(self, name: str) -> SigningIdentity:
-        identity = SigningIdentity.generate(agent_id(name))
-        record = new_key_record(
-            identity.agent, identity.public_key, version=1, now=time.time() - 60
-        )
-        httpx.post(
-            f"{self.urls[0]}/v1/admin/agents",
-            json={
-                "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
-            },
-            headers={"authorization": f"Bearer {self.admin}"},
-            timeout=30,
-        ).raise_for_status()
-        return identity
+        return enroll(self.urls[0], self.admin, name)
 
     def close(self) -> None:
         for fabric in self.fabrics:

@@ -10,8 +10,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import msgspec
+
+from infrafabric import KeyRole, SigningIdentity, agent_id, new_key_record
 
 IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
 PASS = "board cli passphrase"
@@ -71,6 +75,10 @@ class Fabric:
                 time.sleep(0.1)
         raise AssertionError("ifab serve did not come up")
 
+    @property
+    def admin_token(self) -> str:
+        return (self.data / "admin.token").read_text().strip()
+
     def kill(self, sig: int = signal.SIGTERM) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
@@ -87,3 +95,30 @@ class Fabric:
             [IFAB, *args], input=stdin, capture_output=True, env=self.env(), timeout=60, check=False,
             start_new_session=True,
         )  # fmt: skip
+
+
+def enrollment(
+    name: str, *, role: KeyRole = KeyRole.AGENT, **manifest: Any
+) -> tuple[SigningIdentity, dict[str, Any]]:
+    """A fresh identity named ``name`` and the document that enrolls it through
+    ``POST /v1/admin/agents``: its key (valid since a minute ago) and ``manifest``
+    (capabilities, model, price...)."""
+    identity = SigningIdentity.generate(agent_id(name))
+    record = new_key_record(
+        identity.agent, identity.public_key, version=1, now=time.time() - 60, role=role
+    )
+    keys = {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
+    return identity, {"keys": keys, **manifest}
+
+
+def enroll(url: str, admin_token: str, name: str, **manifest: Any) -> SigningIdentity:
+    """Enroll a fresh identity named ``name`` in the fabric at ``url``."""
+    identity, document = enrollment(name, **manifest)
+    response = httpx.post(
+        f"{url}/v1/admin/agents",
+        json=document,
+        headers={"authorization": f"Bearer {admin_token}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return identity

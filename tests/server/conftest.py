@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infrafabric import Keyring, SigningIdentity, agent_id, new_key_record
+from infrafabric import Keyring, SigningIdentity
 from infrafabric.server.runner import RunningServer, open_server, run_server
+from tests.harness import enroll
 
 
 @dataclass
@@ -24,21 +24,7 @@ class Fabric:
         return self.server.url
 
     def enroll(self, name: str, capabilities: tuple[str, ...] = ()) -> SigningIdentity:
-        identity = SigningIdentity.generate(agent_id(name))
-        record = new_key_record(
-            identity.agent, identity.public_key, version=1, now=time.time() - 60
-        )
-        document = {
-            "keys": {"format": "infrafabric-keyring/1", "keys": [_builtins(record)]},
-            "capabilities": list(capabilities),
-        }
-        response = httpx.post(
-            f"{self.url}/v1/admin/agents",
-            json=document,
-            headers={"authorization": f"Bearer {self.admin}"},
-        )
-        assert response.status_code == 200, response.text
-        return identity
+        return enroll(self.url, self.admin, name, capabilities=list(capabilities))
 
     def admin_get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers={"authorization": f"Bearer {self.admin}"})

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
-from infrafabric import Outbox, SigningIdentity, agent_id, encode_json, new_key_record
+from infrafabric import Outbox, SigningIdentity, encode_json
 from infrafabric.client import Client, RemoteError
 from tests.harness import Fabric
+from tests.harness import enroll as enroll_over_http
 
 WORKER = textwrap.dedent(
     """
@@ -48,16 +48,7 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
 
 
 def enroll(fabric: Fabric, name: str) -> SigningIdentity:
-    identity = SigningIdentity.generate(agent_id(name))
-    record = new_key_record(identity.agent, identity.public_key, version=1, now=time.time() - 60)
-    token = (fabric.data / "admin.token").read_text().strip()
-    response = httpx.post(
-        f"{fabric.url}/v1/admin/agents",
-        json={"keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}},
-        headers={"authorization": f"Bearer {token}"},
-    )
-    assert response.status_code == 200, response.text
-    return identity
+    return enroll_over_http(fabric.url, fabric.admin_token, name)
 
 
 def test_an_agent_killed_mid_task_loses_it_to_another_after_its_lease(fabric: Fabric) -> None:

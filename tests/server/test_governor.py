@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
-from infrafabric import SigningIdentity, agent_id, new_key_record
+from infrafabric import SigningIdentity, agent_id
 from infrafabric.client import Client, RemoteError
 from infrafabric.protocol.keyring import KeyRole
 from infrafabric.server.runner import RunningServer, open_server, run_server
+from tests.harness import enrollment
 
 POLICY = """\
 profiles:
@@ -51,15 +51,7 @@ class Governed:
         role: KeyRole = KeyRole.AGENT,
         expect: int = 200,
     ) -> SigningIdentity:
-        identity = SigningIdentity.generate(agent_id(name))
-        record = new_key_record(
-            identity.agent, identity.public_key, version=1, now=time.time() - 60, role=role
-        )
-        document = {
-            "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]},
-            "capabilities": capabilities,
-            "model": model,
-        }
+        identity, document = enrollment(name, role=role, capabilities=capabilities, model=model)
         response = self.admin_post("/v1/admin/agents", json=document)
         assert response.status_code == expect, response.text
         return identity

@@ -18,15 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 import pytest
 
-from infrafabric import Outbox, SigningIdentity, agent_id, encode_json, new_key_record
+from infrafabric import Outbox, SigningIdentity, encode_json
 from infrafabric.client import Client, RemoteError
 from infrafabric.storage.redis import RedisStore
 from infrafabric.witness.audit import audit_log
 from infrafabric.witness.redis_log import RedisWitnessLog
-from tests.harness import Fabric, free_port
+from tests.harness import Fabric, enroll, free_port
 from tests.redis_server import RedisServer
 
 #: What a client sees when its server is gone or Redis is (retry, maybe elsewhere).
@@ -53,9 +52,10 @@ class Cluster:
         """A read with the operator's token (through the first server alive)."""
         alive = [n for n, server in enumerate(self.servers) if server.process.poll() is None]  # type: ignore[union-attr]
         server = self.servers[alive[0] if through is None else through]
-        token = (server.data / "admin.token").read_text().strip()
         response = httpx.get(
-            f"{server.url}{path}", headers={"authorization": f"Bearer {token}"}, timeout=10
+            f"{server.url}{path}",
+            headers={"authorization": f"Bearer {server.admin_token}"},
+            timeout=10,
         )
         assert response.status_code == 200, response.text
         return response.json()
@@ -66,21 +66,7 @@ class Cluster:
 
     def enroll(self, name: str, through: int = 0) -> SigningIdentity:
         server = self.servers[through]
-        identity = SigningIdentity.generate(agent_id(name))
-        record = new_key_record(
-            identity.agent, identity.public_key, version=1, now=time.time() - 60
-        )
-        token = (server.data / "admin.token").read_text().strip()
-        response = httpx.post(
-            f"{server.url}/v1/admin/agents",
-            json={
-                "keys": {"format": "infrafabric-keyring/1", "keys": [msgspec.to_builtins(record)]}
-            },
-            headers={"authorization": f"Bearer {token}"},
-            timeout=30,
-        )
-        assert response.status_code == 200, response.text
-        return identity
+        return enroll(server.url, server.admin_token, name)
 
 
 @pytest.fixture
