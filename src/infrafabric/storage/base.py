@@ -17,6 +17,7 @@ __all__ = [
     "AgentRecord",
     "Conflict",
     "InboxEntry",
+    "OneProcess",
     "Replayed",
     "Store",
     "StoredEvent",
@@ -225,3 +226,23 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the engine's resources; further calls are errors."""
+
+
+class OneProcess:
+    """What a store that only this process writes (memory, SQLite) answers to the
+    questions of a shared one: nothing kept in memory is ever stale, and the verifier's
+    own nonce cache has seen every message already."""
+
+    shared = False
+
+    def state_version(self) -> int:
+        return 0
+
+    def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
+        return True
+
+    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
+        return None
+
+    def unspent_nonce(self) -> bool:
+        return False

@@ -13,6 +13,7 @@ from infrafabric.storage.base import (
     AgentRecord,
     Conflict,
     InboxEntry,
+    OneProcess,
     Store,
     StoredEvent,
     claim_order,
@@ -21,13 +22,12 @@ from infrafabric.storage.base import (
 __all__ = ["MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(OneProcess):
     """Tasks in a dict, events in a bounded deque; one lock makes ``apply`` atomic.
 
     Durability: none, by design; everything is gone with the process.
     """
 
-    shared = False
     group_commit = False
 
     def __init__(self, *, retention: int = 100_000) -> None:
@@ -153,15 +153,6 @@ class MemoryStore:
         with self._lock:
             return [(sender, *window) for sender, window in sorted(self._sequences.items())]
 
-    def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
-        return True  # one process: the verifier's nonce cache has seen everything
-
-    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
-        return None  # one process: the verifier's nonce cache has seen everything
-
-    def unspent_nonce(self) -> bool:
-        return False
-
     def save_state(
         self, documents: Mapping[str, bytes | None], *, expected: int | None = None
     ) -> None:
@@ -171,9 +162,6 @@ class MemoryStore:
                     self._state.pop(name, None)
                 else:
                     self._state[name] = doc
-
-    def state_version(self) -> int:
-        return 0  # only this process writes: what it keeps in memory is never stale
 
     def load_state(self, prefix: str) -> dict[str, bytes]:
         with self._lock:

@@ -26,7 +26,14 @@ import msgspec
 from infrafabric.board.model import BoardEvent, Task, TaskState
 from infrafabric.board.rules import Outcome
 from infrafabric.errors import StoreError
-from infrafabric.storage.base import AgentRecord, Conflict, InboxEntry, Store, StoredEvent
+from infrafabric.storage.base import (
+    AgentRecord,
+    Conflict,
+    InboxEntry,
+    OneProcess,
+    Store,
+    StoredEvent,
+)
 
 __all__ = ["SqliteStore", "locked_connection"]
 
@@ -96,10 +103,9 @@ _EVENT_DECODER = msgspec.json.Decoder(BoardEvent)
 _AGENT_DECODER = msgspec.json.Decoder(AgentRecord)
 
 
-class SqliteStore:
+class SqliteStore(OneProcess):
     """Tasks and events in one SQLite database file (created if missing, mode 0600)."""
 
-    shared = False
     group_commit = True
 
     def __init__(
@@ -287,15 +293,6 @@ class SqliteStore:
             rows = db.execute("SELECT sender, highest, seen FROM sequences ORDER BY sender")
             return [(row[0], int(row[1]), int(row[2], 16)) for row in rows.fetchall()]
 
-    def claim_nonce(self, sender: str, nonce: str, seconds: float) -> bool:
-        return True  # one process: the verifier's nonce cache has seen everything
-
-    def spend_nonce_with_change(self, sender: str, nonce: str, seconds: float) -> None:
-        return None  # one process: the verifier's nonce cache has seen everything
-
-    def unspent_nonce(self) -> bool:
-        return False
-
     def save_state(
         self, documents: Mapping[str, bytes | None], *, expected: int | None = None
     ) -> None:
@@ -311,9 +308,6 @@ class SqliteStore:
                 "DELETE FROM state WHERE name = ?",
                 [(name,) for name, doc in documents.items() if doc is None],
             )
-
-    def state_version(self) -> int:
-        return 0  # only this process writes: what it keeps in memory is never stale
 
     def load_state(self, prefix: str) -> dict[str, bytes]:
         with self._read() as db:
