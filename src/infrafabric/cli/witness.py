@@ -330,15 +330,7 @@ def _source(data: Path | None, server: str, agent: str | None, token: str | None
     log = WitnessLog(path)  # once: opening reads the tree's edge (closed at exit)
 
     def local(where: EntryFilter, start: int, limit: int) -> dict[str, Any]:
-        page = scan(log, where, start, limit=limit, budget=1_000_000)
-        return {
-            "entries": [
-                {"index": f.index, "leaf": f.leaf.hex(), "entry": json.loads(f.data)}
-                for f in page.found
-            ],
-            "next": page.next,
-            "size": page.size,
-        }
+        return scan(log, where, start, limit=limit, budget=1_000_000).to_json()
 
     return local
 

@@ -467,14 +467,7 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
         return scan(witness.log, where, start, limit=limit, budget=budget)
 
     page = await run_in_threadpool(find)
-    return {
-        "entries": [
-            {"index": found.index, "leaf": found.leaf.hex(), "entry": json.loads(found.data)}
-            for found in page.found
-        ],
-        "next": page.next,
-        "size": page.size,
-    }
+    return page.to_json()
 
 
 def _entry_filter(request: Request) -> EntryFilter:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
@@ -135,6 +136,17 @@ class Page:
     found: list[Found]
     next: int  # where to continue; ``size`` once the whole log was read
     size: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The page as the server sends it (``/v1/witness/entries``) and the CLI reads it."""
+        return {
+            "entries": [
+                {"index": f.index, "leaf": f.leaf.hex(), "entry": json.loads(f.data)}
+                for f in self.found
+            ],
+            "next": self.next,
+            "size": self.size,
+        }
 
 
 def scan(
