@@ -19,6 +19,7 @@ from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import BoardConfig, Outcome, cancel, claim, create
 from infrafabric.coordinator import Coordinator
 from infrafabric.errors import StoreError, StoreUnavailable
+from infrafabric.server.relay import Relay
 from infrafabric.storage.base import Conflict, Replayed, Store
 from infrafabric.storage.redis import RedisStore, claim_key, redacted
 from infrafabric.witness.redis_log import LogMoved, RedisWitnessLog
@@ -310,3 +311,16 @@ def test_a_dependency_finished_while_its_dependent_is_created_is_a_conflict(
         one.transact(decide)
     Coordinator(one).create([spec])  # decided again: a is done, c is available at once
     assert one.get("c").state is TaskState.AVAILABLE  # type: ignore[union-attr]
+
+
+def test_the_relay_follows_an_event_counter_that_went_back(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    one, _ = servers
+    Coordinator(one).create([Task(id=f"t{i}", title="x") for i in range(5)])
+    relay = Relay(one)
+    assert relay._positions[relay._events_key] == "5-0"
+    one.redis.set(f"{one.prefix}seq", 2)  # as if Redis lost the last three events (a
+    # real loss takes their stream entries too, so event 3 can be written again)
+    relay._follow_a_counter_that_went_back()
+    assert relay._positions[relay._events_key] == "2-0"  # from where new events come

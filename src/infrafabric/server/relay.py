@@ -24,6 +24,7 @@ import msgspec
 
 from infrafabric.board.model import BoardEvent
 from infrafabric.errors import StoreError
+from infrafabric.outage import Outage
 from infrafabric.service import Delivery
 from infrafabric.storage.redis import RedisStore, redis_errors
 
@@ -75,24 +76,19 @@ class Relay:
             self._thread = None
 
     def _run(self) -> None:
-        failing = False
+        outage = Outage(_log, "relay read")
         while not self._stop.is_set():
             try:
                 if self._keys_pending and self.on_keys is not None:
                     self.on_keys()  # (a revocation must not be missed for one failed read)
                     self._keys_pending = False
                 with redis_errors(self.store.url):
-                    if self.store.last_seq() < _seq_of(self._positions[self._events_key]):
-                        # Redis lost acknowledged writes (a failover, a crash under
-                        # appendfsync everysec): the counter went back; follow it
-                        _log.error("the event log in Redis went back; the relay follows it")
-                        self._positions[self._events_key] = f"{self.store.last_seq()}-0"
                     replies = self.store.redis.xread(self._positions, count=1000, block=BLOCK_MS)
-                failing = False
-            except StoreError as exc:
-                if not failing:
-                    _log.warning("relay paused: %s (retrying)", exc)
-                failing = True
+                    if not replies:
+                        self._follow_a_counter_that_went_back()
+                outage.ended()
+            except StoreError:
+                outage.failed()
                 self._stop.wait(RETRY_SECONDS)
                 continue
             for stream, entries in replies or ():
@@ -105,6 +101,15 @@ class Relay:
                         self._bus(entries)
                 except Exception:  # one bad entry or listener must not stop the relay
                     _log.exception("relay could not hand on %d entries", len(entries))
+
+    def _follow_a_counter_that_went_back(self) -> None:
+        """When Redis lost acknowledged writes (a failover, a crash under appendfsync
+        everysec), new events take numbers below the relay's position, and a read from
+        there never returns: checked when a read returns nothing, it follows them."""
+        last = self.store.last_seq()
+        if last < _seq_of(self._positions[self._events_key]):
+            _log.error("the event log in Redis went back to %d; the relay follows it", last)
+            self._positions[self._events_key] = f"{last}-0"
 
     def _events(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         assert self.listeners is not None

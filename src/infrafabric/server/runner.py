@@ -33,6 +33,7 @@ from infrafabric.errors import CallerError
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import DEFAULT_POLICY
 from infrafabric.keystore import Keystore, load_keyring_dir
+from infrafabric.outage import Outage
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Mode, Verifier
 from infrafabric.server.app import ServerState, create_app
@@ -255,12 +256,10 @@ def sweep_until(stop: threading.Event, coordinator: Coordinator, every: float) -
     """Return expired leases every ``every`` seconds until ``stop``. A sweep that fails
     (the store unreachable for a while) is logged and tried again: the sweeper must
     outlive an outage, or the leases of tasks lost in it would never run out."""
-    failing = False
+    outage = Outage(_log, "lease sweep")
     while not stop.wait(every):
         try:
             coordinator.sweep()
-            failing = False
+            outage.ended()
         except Exception:
-            if not failing:
-                _log.exception("lease sweep failed; retrying every %s s", every)
-            failing = True
+            outage.failed()

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, Protocol
 
 import nacl.signing
 
+from infrafabric.outage import Outage
 from infrafabric.protocol.timefmt import format_timestamp
 from infrafabric.storage.base import Store
 from infrafabric.types import Timestamp
@@ -78,7 +79,7 @@ class WitnessFeeder:
         self.holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failing = False
+        self._outage = Outage(_log, "witness round")
 
     def run_once(self, *, force_checkpoint: bool = False) -> int:
         """Witness the events waiting; sign a checkpoint if one is due. Returns how many
@@ -132,11 +133,9 @@ class WitnessFeeder:
         try:
             while self.run_once() >= self.batch:
                 pass
-            self._failing = False
+            self._outage.ended()
         except Exception:
-            if not self._failing:  # once per outage, not every round
-                _log.exception("witness round failed; retrying")
-            self._failing = True
+            self._outage.failed()
 
     def _sign(self, now: Timestamp) -> None:
         size = self.log.size
