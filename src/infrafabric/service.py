@@ -145,9 +145,8 @@ class FabricService:
         # makes a replay through another server fail too: the nonce, recorded once for
         # the fabric until the message expires.
         spend = self.store.shared and verdict.reason is None
-        seconds = message.expires_at - now + self.verifier.clock_skew
         if spend and message.receivers != (ops.BOARD,):
-            self._spend_nonce(message, seconds)
+            self._spend_nonce(message, now)
         if window is not None and not self.store.shared:
             # (A shared store records every nonce instead, above: no window to keep.)
             # Durable with the message's effects (one commit in a batch): after a crash
@@ -155,28 +154,8 @@ class FabricService:
             # window only grows, so the store keeps the widest it is given.
             self.store.remember_sequence(message.sender, *window)
         receivers = message.receivers
-        if receivers == (ops.BOARD,) and spend:
-            # spent in the same commit as the board change (one round trip, and only if
-            # the change is written); a message that changed nothing spends it after
-            self.store.spend_nonce_with_change(message.sender, message.nonce, seconds)
-            try:
-                result = self._board(message)
-            except Replayed:
-                raise _replay(message) from None
-            except ServiceError:
-                # refused before anything was written (a replayed creation finds its
-                # task, say): if it is a replay, that is the reason to give
-                if self.store.unspent_nonce():
-                    self._spend_nonce(message, seconds)
-                raise
-            except BaseException:
-                self.store.unspent_nonce()  # never left for this thread's next message
-                raise
-            if self.store.unspent_nonce():  # it changed nothing: spend it now
-                self._spend_nonce(message, seconds)
-            return result
         if receivers == (ops.BOARD,):
-            return self._board(message)
+            return self._board_spending(message, now) if spend else self._board(message)
         if receivers == (ops.GOVERNOR,):
             return self._governor(message, key)
         if any(receiver.startswith("if://service/") for receiver in receivers):
@@ -256,9 +235,39 @@ class FabricService:
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
         return self.store.agent(agent_id)
 
-    def _spend_nonce(self, message: IFMessage, seconds: float) -> None:
-        if not self.store.claim_nonce(message.sender, message.nonce, seconds):
+    def _board_spending(self, message: IFMessage, now: Timestamp) -> dict[str, Any]:
+        """A board message over a shared store: its nonce is spent in the same commit
+        as its change (one round trip, and only if the change is written); a message
+        that changed nothing spends it afterwards."""
+        nonce = message.nonce
+        self.store.spend_nonce_with_change(message.sender, nonce, self._nonce_life(message, now))
+        try:
+            result = self._board(message)
+        except Replayed:
+            raise _replay(message) from None
+        except ServiceError:
+            # refused before anything was written (a replayed creation finds its task,
+            # say): if it is a replay, that is the reason to give
+            if self.store.unspent_nonce():
+                self._spend_nonce(message, now)
+            raise
+        except BaseException:
+            self.store.unspent_nonce()  # never left for this thread's next message
+            raise
+        if self.store.unspent_nonce():
+            self._spend_nonce(message, now)
+        return result
+
+    def _spend_nonce(self, message: IFMessage, now: Timestamp) -> None:
+        if not self.store.claim_nonce(
+            message.sender, message.nonce, self._nonce_life(message, now)
+        ):
             raise _replay(message)
+
+    def _nonce_life(self, message: IFMessage, now: Timestamp) -> float:
+        """How long a nonce must be remembered: until its message would be refused as
+        expired anyway."""
+        return message.expires_at - now + self.verifier.clock_skew
 
     # -- keys shared by several servers ---------------------------------------------------
 
