@@ -88,7 +88,6 @@ class RedisWitnessLog:
         self.store = store
         self.prefix = store.prefix
         self.url = store.url
-        self.path = None  # not a file
         self.damaged = ""
         self._append = store.redis.register_script(_APPEND)
         self._lead = store.redis.register_script(_LEAD)
