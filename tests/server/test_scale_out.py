@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +148,32 @@ async def work(agent: Agent, done: Counter[str], claimed: Counter[str]) -> None:
         agent.completed += 1
 
 
+async def crowd(cluster: Cluster, identities: list[SigningIdentity], tasks: int) -> list[Agent]:
+    """Agent n works through server n mod 3; the tasks t0000... are created through the
+    first server."""
+    agents = [Agent(identity, cluster.urls, n % 3) for n, identity in enumerate(identities)]
+    await agents[0].call(
+        "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
+    )
+    return agents
+
+
+async def work_through(
+    agents: list[Agent], trouble: Callable[[], object] | None = None
+) -> tuple[Counter[str], Counter[str]]:
+    """Every agent works until every task is done, with ``trouble`` (a kill, say) a
+    second in; the tasks completed (acknowledged) and claimed, with how often."""
+    done: Counter[str] = Counter()
+    claimed: Counter[str] = Counter()
+    timer = None if trouble is None else threading.Timer(1.0, trouble)
+    if timer is not None:
+        timer.start()
+    await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
+    if timer is not None:
+        timer.join()
+    return done, claimed
+
+
 def events_of(url: str) -> list[Any]:
     store = RedisStore(url)
     try:
@@ -164,13 +190,8 @@ def test_three_servers_share_the_work_of_100_agents_exactly_once(cluster: Cluste
     tasks = 1000
 
     async def scenario() -> tuple[Counter[str], Counter[str], Counter[str], list[Agent]]:
-        agents = [Agent(i, cluster.urls, n % 3) for n, i in enumerate(identities)]
-        await agents[0].call(
-            "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
-        )
-        done: Counter[str] = Counter()
-        claimed: Counter[str] = Counter()
-        await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
+        agents = await crowd(cluster, identities, tasks)
+        done, claimed = await work_through(agents)
         # direct messages, each to an agent on another server, each received once
         for n, agent in enumerate(agents):
             peer = identities[(n + 1) % 100].agent
@@ -236,19 +257,11 @@ def test_agents_of_a_server_killed_mid_run_finish_through_the_others(cluster: Cl
     tasks = 600
 
     async def scenario() -> tuple[Counter[str], list[Agent]]:
-        agents = [Agent(identity, cluster.urls, n % 3) for n, identity in enumerate(identities)]
-        await agents[1].call(
-            "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
-        )
+        agents = await crowd(cluster, identities, tasks)
         # a message for every agent, acknowledged (delivered) by the server about to die
         for identity in identities:
             await agents[0].call("send", identity.agent, "inform", {"before": "the kill"})
-        done: Counter[str] = Counter()
-        claimed: Counter[str] = Counter()
-        killer = threading.Timer(1.0, cluster.servers[0].kill, args=(signal.SIGKILL,))
-        killer.start()
-        await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
-        killer.join()
+        done, _ = await work_through(agents, lambda: cluster.servers[0].kill(signal.SIGKILL))
         for agent in agents:  # read through whichever server each agent ended up on
             messages = await agent.call("inbox")
             assert [m.content for _, m in messages] == [{"before": "the kill"}]
@@ -284,12 +297,7 @@ def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
         tasks = 600
 
         async def scenario() -> tuple[Counter[str], int]:
-            agents = [Agent(i, cluster.urls, n % 3) for n, i in enumerate(identities)]
-            await agents[0].call(
-                "create_tasks", [{"id": f"t{i:04d}", "title": f"task {i}"} for i in range(tasks)]
-            )
-            done: Counter[str] = Counter()
-            claimed: Counter[str] = Counter()
+            agents = await crowd(cluster, identities, tasks)
             witnessed_before = 0
 
             def restart() -> None:
@@ -299,10 +307,7 @@ def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
                 time.sleep(1.0)  # an outage: requests fail fast meanwhile
                 redis_server.start()  # same port, same append-only file
 
-            restarter = threading.Timer(1.0, restart)
-            restarter.start()
-            await asyncio.gather(*(work(agent, done, claimed) for agent in agents))
-            restarter.join()
+            done, _ = await work_through(agents, restart)
             for agent in agents:
                 await agent.close()
             return done, witnessed_before
