@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from infrafabric import KeyRole, SigningIdentity, agent_id, new_key_record
+from infrafabric import IFMessage, KeyRole, SigningIdentity, agent_id, build_message, new_key_record
 
 IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
 PASS = "board cli passphrase"
@@ -122,3 +122,20 @@ def enroll(url: str, admin_token: str, name: str, **manifest: Any) -> SigningIde
     )
     assert response.status_code == 200, response.text
     return identity
+
+
+def signed_request(
+    identity: SigningIdentity, receiver: str, content: dict[str, Any], *, sequence_num: int = 1
+) -> IFMessage:
+    """A request from ``identity`` to ``receiver``, signed now, with a known sequence
+    number (tests that alter the signed bytes, or send them twice, need to know them)."""
+    return identity.sign(
+        build_message(
+            sender=identity.agent,
+            sequence_num=sequence_num,
+            now=time.time(),
+            performative="request",
+            receiver=receiver,
+            content=content,
+        )
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from infrafabric import SigningIdentity, agent_id
 from infrafabric.client import Client, RemoteError
 from infrafabric.protocol.keyring import KeyRole
 from infrafabric.server.runner import RunningServer, open_server, run_server
-from tests.harness import enrollment
+from tests.harness import enrollment, signed_request
 
 POLICY = """\
 profiles:
@@ -254,7 +253,7 @@ def test_the_books_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_in_audit_mode_a_forged_reset_is_refused(tmp_path: Path) -> None:
-    from infrafabric.protocol.message import build_message, encode_json
+    from infrafabric.protocol.message import encode_json
     from infrafabric.protocol.verify import Mode
 
     state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
@@ -262,15 +261,8 @@ def test_in_audit_mode_a_forged_reset_is_refused(tmp_path: Path) -> None:
         governed = Governed(server, state.sessions.admin_token, tmp_path / "none.yaml")
         operator = governed.enroll("operator", [], role=KeyRole.OPERATOR)
         worker = governed.enroll("worker")
-        reset = operator.sign(
-            build_message(
-                sender=operator.agent,
-                sequence_num=1,
-                now=time.time(),
-                performative="request",
-                receiver="if://service/governor",
-                content={"op": "reset", "agent": worker.agent},
-            )
+        reset = signed_request(
+            operator, "if://service/governor", {"op": "reset", "agent": worker.agent}
         )
         forged = encode_json(reset).replace(b'"sequence_num":1', b'"sequence_num":2')
         refused = httpx.post(

@@ -20,12 +20,12 @@ from typing import Any
 import httpx
 import pytest
 
-from infrafabric import Outbox, SigningIdentity, encode_json
+from infrafabric import SigningIdentity, encode_json
 from infrafabric.client import Client, RemoteError
 from infrafabric.storage.redis import RedisStore
 from infrafabric.witness.audit import audit_log
 from infrafabric.witness.redis_log import RedisWitnessLog
-from tests.harness import Fabric, enroll, free_port
+from tests.harness import Fabric, enroll, free_port, signed_request
 from tests.redis_server import RedisServer
 
 #: What a client sees when its server is gone or Redis is (retry, maybe elsewhere).
@@ -398,14 +398,6 @@ def test_a_session_opened_on_one_server_works_on_the_others(cluster: Cluster) ->
 def test_a_message_replayed_through_another_server_is_refused(cluster: Cluster) -> None:
     cluster.start()
     alice = cluster.enroll("alice")
-    outbox = Outbox(alice)
-
-    def signed(receiver: str, content: dict[str, Any]) -> bytes:
-        return encode_json(
-            outbox.message(
-                now=time.time(), performative="request", receiver=receiver, content=content
-            )
-        )
 
     def post(through: int, wire: bytes) -> httpx.Response:
         return httpx.post(
@@ -415,8 +407,12 @@ def test_a_message_replayed_through_another_server_is_refused(cluster: Cluster) 
             timeout=10,
         )
 
-    create = signed("if://service/board", {"op": "create", "tasks": [{"id": "a", "title": "A"}]})
-    note = signed(alice.agent, {"note": "to self"})
+    create = encode_json(
+        signed_request(
+            alice, "if://service/board", {"op": "create", "tasks": [{"id": "a", "title": "A"}]}
+        )
+    )
+    note = encode_json(signed_request(alice, alice.agent, {"note": "to self"}, sequence_num=2))
     for wire in (create, note):
         assert post(0, wire).status_code == 200
         for through in (1, 2, 0):  # the same bytes again, through every server

@@ -16,11 +16,11 @@ import msgspec
 import pytest
 
 from infrafabric.client import Client, RemoteError
-from infrafabric.protocol.message import build_message
 from infrafabric.witness import bundle as bundle_module
 from infrafabric.witness.bundle import BundleError, verify_bundle
 from infrafabric.witness.checkpoint import open_checkpoint
 from infrafabric.witness.merkle import verify_consistency
+from tests.harness import signed_request
 from tests.server.conftest import Fabric
 
 WITNESS_DIR = Path(bundle_module.__file__).parent
@@ -273,15 +273,8 @@ def test_audit_mode_witnesses_every_failed_check(
     with run_server(state) as server:
         fabric = ServerFabric(server, state.sessions.admin_token)
         alice = fabric.enroll("alice")
-        signed = alice.sign(
-            build_message(
-                sender=alice.agent,
-                sequence_num=1,
-                now=time.time(),
-                performative="request",
-                receiver="if://service/board",
-                content={"op": "create", "tasks": [{"id": "a", "title": "A"}]},
-            )
+        signed = signed_request(
+            alice, "if://service/board", {"op": "create", "tasks": [{"id": "a", "title": "A"}]}
         )
         forged = encode_json(signed).replace(b'"title":"A"', b'"title":"B"')
 
