@@ -167,10 +167,7 @@ def test_a_breaker_opens_after_failures_and_only_an_operator_key_resets_it(
 
     async def scenario() -> None:
         async with Client.connect(governed.url, flaky) as agent:
-            await agent.create_tasks([{"id": n, "title": n} for n in ("a", "b", "c")])
-            for task in ("a", "b"):
-                await agent.claim(task)
-                await agent.fail(task, "crashed", retry=False)
+            await _fail_two_of_three(agent)
             assert await _code(agent.claim("c")) == ("BREAKER_OPEN", 403)
             assert await _code(agent.reset_breaker(flaky.agent)) == ("NOT_OPERATOR", 403)
         async with Client.connect(governed.url, operator) as op:
@@ -280,14 +277,19 @@ def test_a_reloaded_policy_takes_effect(governed: Governed) -> None:
 
     async def scenario() -> None:
         async with Client.connect(governed.url, flaky) as agent:
-            await agent.create_tasks([{"id": n, "title": n} for n in ("a", "b", "c")])
-            for task in ("a", "b"):
-                await agent.claim(task)
-                await agent.fail(task, "crashed", retry=False)
+            await _fail_two_of_three(agent)
             assert (await agent.claim("c"))["owner"] == flaky.agent  # 2 < 5: still closed
 
     asyncio.run(scenario())
     assert governed.report()["agents"][0]["breaker"] == "closed"
+
+
+async def _fail_two_of_three(agent: Client) -> None:
+    """Create tasks a, b and c; claim a and b and fail them for good (c is left)."""
+    await agent.create_tasks([{"id": n, "title": n} for n in ("a", "b", "c")])
+    for task in ("a", "b"):
+        await agent.claim(task)
+        await agent.fail(task, "crashed", retry=False)
 
 
 def test_claim_next_carries_the_trace_into_the_event_log(governed: Governed) -> None:
