@@ -292,7 +292,7 @@ def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
     redis_server.start()
     cluster.redis_url = redis_server.url
     try:
-        cluster.start("--lease", "60")
+        cluster.start("--lease", "5")  # a claim whose reply was lost comes back soon
         identities = [cluster.enroll(f"r{n:02d}", through=n % 3) for n in range(30)]
         tasks = 600
 
@@ -314,11 +314,20 @@ def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
 
         done, witnessed_before = asyncio.run(scenario())
         assert witnessed_before > 0
-        assert sorted(done) == [f"t{i:04d}" for i in range(tasks)]
+        # Every task was completed exactly once, and every acknowledged completion is on
+        # the board after the restart. (A completion whose reply was lost in the outage
+        # is not acknowledged, the agent saw an error, but it happened all the same.)
+        completed = Counter(
+            e.task_id for e in events_of(cluster.redis_url) if e.kind == "task.completed"
+        )
+        assert sorted(completed) == [f"t{i:04d}" for i in range(tasks)]
+        assert set(completed.values()) == {1}
+        assert set(done) <= set(completed)
         assert set(done.values()) == {1}
+        assert len(done) >= tasks - 30  # at most one unanswered completion per agent
         store = RedisStore(cluster.redis_url)
-        try:  # every acknowledged completion is on the board after the restart
-            assert {t.id for t in store.tasks() if t.state.value == "completed"} == set(done)
+        try:
+            assert {t.id for t in store.tasks() if t.state.value == "completed"} == set(completed)
         finally:
             store.close()
         witnessed = audit(cluster)
