@@ -22,7 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -131,7 +131,7 @@ class RunningFabric:
         self.directory.cleanup()
 
 
-async def _fill(url: str, planner: SigningIdentity, count: int) -> None:
+async def fill(url: str, planner: SigningIdentity, count: int) -> None:
     async with Client.connect(url, planner) as agent:
         for start in range(0, count, 500):
             await agent.create_tasks(
@@ -146,12 +146,54 @@ def _cpu_seconds(pid: int) -> float:
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, agents: list[SigningIdentity]) -> AsyncIterator[list[Client]]:
-    """Every agent connected and warmed up (its WebSocket open), outside the timed window."""
+async def connected(
+    urls: str | Sequence[str], agents: list[SigningIdentity]
+) -> AsyncIterator[list[Client]]:
+    """Every agent connected (agent n to server n mod the servers) and warmed up (its
+    WebSocket open), outside the timed window."""
+    servers = [urls] if isinstance(urls, str) else list(urls)
     async with contextlib.AsyncExitStack() as stack:
-        clients = [await stack.enter_async_context(Client.connect(url, a)) for a in agents]
+        clients = [
+            await stack.enter_async_context(Client.connect(servers[n % len(servers)], agent))
+            for n, agent in enumerate(agents)
+        ]
         await asyncio.gather(*(c.send("if://topic/bench/warm-up", "inform", {}) for c in clients))
         yield clients
+
+
+async def closed_loop(clients: list[Client], seconds: float) -> int:
+    """Every client claims again as soon as it has its answer, for ``seconds``; how many
+    claims were made."""
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(agent: Client) -> None:
+        nonlocal done
+        while time.monotonic() < stop and await agent.claim_next() is not None:
+            done += 1
+
+    await asyncio.gather(*(worker(client) for client in clients))
+    return done
+
+
+async def paced(clients: list[Client], rate: float, seconds: float) -> list[float]:
+    """Claims at ``rate`` per second in all, spread over the clients and staggered over
+    one period, for ``seconds``; the latency of each."""
+    samples: list[float] = []
+    per_agent = rate / len(clients)
+    started = time.monotonic()
+
+    async def worker(index: int, agent: Client) -> None:
+        begin = started + index / rate  # stagger the agents over one period
+        for tick in range(int(per_agent * seconds)):
+            due = begin + tick / per_agent
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            sent = time.perf_counter()
+            await agent.claim_next()
+            samples.append(time.perf_counter() - sent)
+
+    await asyncio.gather(*(worker(i, client) for i, client in enumerate(clients)))
+    return samples
 
 
 async def server_saturation(
@@ -159,19 +201,11 @@ async def server_saturation(
 ) -> tuple[int, float, float, float]:
     """Claims per second with every agent claiming in a closed loop; and CPU per claim
     of the server and of this (load generating) process."""
-    await _fill(fabric.fabric.url, agents[0], 40_000)
-    done = 0
+    await fill(fabric.fabric.url, agents[0], 40_000)
     async with connected(fabric.fabric.url, agents) as clients:
         server_cpu, own_cpu = _cpu_seconds(fabric.pid), time.process_time()
         started = time.monotonic()
-        stop = started + seconds
-
-        async def worker(agent: Client) -> None:
-            nonlocal done
-            while time.monotonic() < stop and await agent.claim_next() is not None:
-                done += 1
-
-        await asyncio.gather(*(worker(client) for client in clients))
+        done = await closed_loop(clients, seconds)
         elapsed = time.monotonic() - started
         server_cpu = _cpu_seconds(fabric.pid) - server_cpu
         own_cpu = time.process_time() - own_cpu
@@ -181,26 +215,14 @@ async def server_saturation(
 async def server_steady(
     fabric: RunningFabric, agents: list[SigningIdentity], rate: float, seconds: float
 ) -> tuple[list[float], float]:
-    await _fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
+    await fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
     # Latency is measured on a settled server, not on the tail of a flood: the WAL the
     # previous phase and the fill left is copied, the witness has caught up.
     await asyncio.sleep(2)
     await fabric.witness_settled()
-    samples: list[float] = []
-    per_agent = rate / len(agents)
     async with connected(fabric.fabric.url, agents) as clients:
         started = time.monotonic()
-
-        async def worker(index: int, agent: Client) -> None:
-            begin = started + index / rate  # stagger the agents over one period
-            for tick in range(int(per_agent * seconds)):
-                due = begin + tick / per_agent
-                await asyncio.sleep(max(0.0, due - time.monotonic()))
-                sent = time.perf_counter()
-                await agent.claim_next()
-                samples.append(time.perf_counter() - sent)
-
-        await asyncio.gather(*(worker(i, client) for i, client in enumerate(clients)))
+        samples = await paced(clients, rate, seconds)
         return samples, len(samples) / (time.monotonic() - started)
 
 

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,7 +35,6 @@ import redis
 from infrafabric import SigningIdentity
 from infrafabric.board.model import Task
 from infrafabric.board.rules import BoardConfig
-from infrafabric.client import Client
 from infrafabric.coordinator import Coordinator
 from infrafabric.storage.redis import RedisStore
 
@@ -44,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.harness import Fabric, enroll, free_port
 from tests.redis_server import RedisServer
 
-from claims import percentiles, render, timed
+from claims import closed_loop, connected, fill, paced, percentiles, render, timed
 
 _CAS = """
 if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
@@ -173,62 +171,21 @@ class Servers:
         self.directory.cleanup()
 
 
-@contextlib.asynccontextmanager
-async def connected(urls: list[str], agents: list[SigningIdentity]) -> AsyncIterator[list[Client]]:
-    """Agent n connected to server n mod len(urls), warmed up outside the timed window."""
-    async with contextlib.AsyncExitStack() as stack:
-        clients = [
-            await stack.enter_async_context(Client.connect(urls[n % len(urls)], agent))
-            for n, agent in enumerate(agents)
-        ]
-        await asyncio.gather(*(c.send("if://topic/bench/warm-up", "inform", {}) for c in clients))
-        yield clients
-
-
-async def _fill(url: str, planner: SigningIdentity, count: int) -> None:
-    async with Client.connect(url, planner) as agent:
-        for start in range(0, count, 500):
-            await agent.create_tasks(
-                [{"title": "x"} for _ in range(start, min(count, start + 500))]
-            )
-
-
 async def saturation(servers: Servers, agents: list[SigningIdentity], seconds: float) -> float:
-    await _fill(servers.urls[0], agents[0], 30_000)
-    done = 0
+    await fill(servers.urls[0], agents[0], 30_000)
     async with connected(servers.urls, agents) as clients:
         started = time.monotonic()
-        stop = started + seconds
-
-        async def worker(agent: Client) -> None:
-            nonlocal done
-            while time.monotonic() < stop and await agent.claim_next() is not None:
-                done += 1
-
-        await asyncio.gather(*(worker(client) for client in clients))
+        done = await closed_loop(clients, seconds)
         return done / (time.monotonic() - started)
 
 
 async def steady(
     servers: Servers, agents: list[SigningIdentity], rate: float, seconds: float
 ) -> list[float]:
-    await _fill(servers.urls[0], agents[0], int(rate * seconds) + 1000)
+    await fill(servers.urls[0], agents[0], int(rate * seconds) + 1000)
     await asyncio.sleep(2)
-    samples: list[float] = []
-    per_agent = rate / len(agents)
     async with connected(servers.urls, agents) as clients:
-        started = time.monotonic()
-
-        async def worker(index: int, agent: Client) -> None:
-            begin = started + index / rate
-            for tick in range(int(per_agent * seconds)):
-                await asyncio.sleep(max(0.0, begin + tick / per_agent - time.monotonic()))
-                sent = time.perf_counter()
-                await agent.claim_next()
-                samples.append(time.perf_counter() - sent)
-
-        await asyncio.gather(*(worker(i, client) for i, client in enumerate(clients)))
-    return samples
+        return await paced(clients, rate, seconds)
 
 
 def through_servers(
