@@ -182,6 +182,22 @@ def events_of(url: str) -> list[Any]:
         store.close()
 
 
+def completed_once(cluster: Cluster, done: Counter[str], tasks: int, agents: int) -> set[str]:
+    """Every task was completed exactly once, and every acknowledged completion (in
+    ``done``) is among them. A completion whose reply was lost (its server died, or Redis
+    went away) is not acknowledged, the agent saw an error, but it happened all the
+    same: at most one per agent. Returns the completed tasks."""
+    completed = Counter(
+        e.task_id for e in events_of(cluster.redis_url) if e.kind == "task.completed"
+    )
+    assert sorted(completed) == [f"t{i:04d}" for i in range(tasks)]
+    assert set(completed.values()) == {1}
+    assert set(done) <= set(completed)
+    assert set(done.values()) == {1}
+    assert len(done) >= tasks - agents
+    return set(completed)
+
+
 def test_three_servers_share_the_work_of_100_agents_exactly_once(cluster: Cluster) -> None:
     cluster.start("--lease", "60")
     # every agent enrolled, and every task created, through the first server: the
@@ -270,17 +286,7 @@ def test_agents_of_a_server_killed_mid_run_finish_through_the_others(cluster: Cl
 
     done, agents = asyncio.run(scenario())
     assert sum(agent.moves for agent in agents) >= 10  # the server's agents moved
-    # Every task was completed exactly once. A completion whose reply died with the
-    # server is not acknowledged (the agent saw an error) but happened all the same;
-    # every acknowledged one is among them.
-    completed = Counter(
-        e.task_id for e in events_of(cluster.redis_url) if e.kind == "task.completed"
-    )
-    assert sorted(completed) == [f"t{i:04d}" for i in range(tasks)]
-    assert set(completed.values()) == {1}
-    assert set(done) <= set(completed)
-    assert set(done.values()) == {1}
-    assert len(done) >= tasks - 30  # at most one unanswered completion per agent
+    completed_once(cluster, done, tasks, agents=30)
     witnessed = audit(cluster)
     assert witnessed.ok, witnessed.problems
 
@@ -314,20 +320,10 @@ def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
 
         done, witnessed_before = asyncio.run(scenario())
         assert witnessed_before > 0
-        # Every task was completed exactly once, and every acknowledged completion is on
-        # the board after the restart. (A completion whose reply was lost in the outage
-        # is not acknowledged, the agent saw an error, but it happened all the same.)
-        completed = Counter(
-            e.task_id for e in events_of(cluster.redis_url) if e.kind == "task.completed"
-        )
-        assert sorted(completed) == [f"t{i:04d}" for i in range(tasks)]
-        assert set(completed.values()) == {1}
-        assert set(done) <= set(completed)
-        assert set(done.values()) == {1}
-        assert len(done) >= tasks - 30  # at most one unanswered completion per agent
+        completed = completed_once(cluster, done, tasks, agents=30)
         store = RedisStore(cluster.redis_url)
         try:
-            assert {t.id for t in store.tasks() if t.state.value == "completed"} == set(completed)
+            assert {t.id for t in store.tasks() if t.state.value == "completed"} == completed
         finally:
             store.close()
         witnessed = audit(cluster)
