@@ -366,6 +366,25 @@ class Client:
         )["events"]
         return events
 
+    # -- keys -----------------------------------------------------------------------------
+
+    async def delegate(self, public_key: bytes, seconds: int) -> dict[str, Any]:
+        """Lend this agent's authority to ``public_key`` for ``seconds`` (60 s to 30 days):
+        messages it signs count as this agent's until then. Returns the key's record."""
+        content = {"op": "delegate", "public_key": b64url_encode(public_key), "seconds": seconds}
+        key: dict[str, Any] = (
+            await self._post(performative="request", receiver=ops.KEYS, content=content)
+        )["key"]
+        return key
+
+    async def recall(self, kid: str) -> dict[str, Any]:
+        """Revoke a key this agent lent (see :meth:`delegate`) before its time is up."""
+        content = {"op": "recall", "kid": kid}
+        key: dict[str, Any] = (
+            await self._post(performative="request", receiver=ops.KEYS, content=content)
+        )["key"]
+        return key
+
     # -- the witness ----------------------------------------------------------------------
 
     async def reset_breaker(self, agent: str) -> dict[str, Any]:

@@ -10,24 +10,29 @@ from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from msgspec import Meta, Struct
 
-from infrafabric.protocol.patterns import AgentField
+from infrafabric.protocol.patterns import AgentField, KidField, PublicKeyField
 
 __all__ = [
     "BOARD",
     "GOVERNOR",
+    "KEYS",
+    "MAX_DELEGATION_SECONDS",
     "Block",
     "Cancel",
     "Claim",
     "ClaimNext",
     "Complete",
     "Create",
+    "Delegate",
     "Fail",
     "GiveUp",
     "GovernorOperation",
     "Heartbeat",
     "Help",
+    "KeysOperation",
     "Operation",
     "Progress",
+    "Recall",
     "ResetBreaker",
     "TaskSpec",
     "Unblock",
@@ -161,3 +166,26 @@ class ResetBreaker(_Op, frozen=True, tag="reset"):
 
 
 GovernorOperation: TypeAlias = ResetBreaker
+
+
+#: The address agents send their key operations to.
+KEYS: Final = "if://service/keys"
+#: The longest an agent may lend a key for: a forgotten token dies within a month.
+MAX_DELEGATION_SECONDS: Final = 30 * 86_400
+
+
+class Delegate(_Op, frozen=True, tag="delegate"):
+    """Lend the sender's authority to ``public_key`` for ``seconds`` (see
+    :attr:`~infrafabric.protocol.keyring.KeyRole.DELEGATE`); only the agent's own key may."""
+
+    public_key: PublicKeyField
+    seconds: Annotated[int, Meta(ge=60, le=MAX_DELEGATION_SECONDS)]
+
+
+class Recall(_Op, frozen=True, tag="recall"):
+    """Revoke one of the sender's delegated keys before its time is up."""
+
+    kid: KidField
+
+
+KeysOperation: TypeAlias = Delegate | Recall

@@ -30,10 +30,11 @@ from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState, Urgenc
 from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner
 from infrafabric.board.transitions import IllegalTransition
 from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
-from infrafabric.errors import CallerError, FabricError, StoreError
+from infrafabric.errors import CallerError, FabricError, KeyringError, StoreError
 from infrafabric.governor.core import Manifest, ManifestError
 from infrafabric.governor.driver import GovernorDriver
-from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole
+from infrafabric.protocol.identity import b64url_decode
+from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole, KeyState, delegated_key
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
@@ -68,6 +69,7 @@ _KEYRING_DECODER: Final = msgspec.json.Decoder(KeyringFile)
 T = TypeVar("T")
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
 _GOVERNOR_DECODER: Final = msgspec.json.Decoder(ops.GovernorOperation)
+_KEYS_DECODER: Final = msgspec.json.Decoder(ops.KeysOperation)
 _CONTENT_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -118,6 +120,9 @@ class FabricService:
         self._listeners = _Listeners()
         self._held = threading.local()  # inside handle_batch: announcements wait for the commit
         self._keys_loaded_at = float("-inf")  # shared keys last read for an unknown key
+        #: Called with an agent whose keys changed here (a delegation): the server keeps
+        #: its keyring directory up to date with it.
+        self.keys_changed: Callable[[AgentId], None] | None = None
         coordinator.listen(self._on_board_events)
         if governor is not None:
             governor.attach()
@@ -158,6 +163,8 @@ class FabricService:
             return self._board_spending(message, now) if spend else self._board(message)
         if receivers == (ops.GOVERNOR,):
             return self._governor(message, key)
+        if receivers == (ops.KEYS,):
+            return self._keys(message, key, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
             raise ServiceError("UNKNOWN_SERVICE", f"no such service among {list(receivers)}", 404)
         body = encode_json(message)
@@ -288,6 +295,14 @@ class FabricService:
         """On a shared store: trust the keys the other servers enrolled or revoked."""
         with self._verify_lock:
             self._load_shared_keys()
+
+    def reload_keys_if_due(self, now: Timestamp) -> bool:
+        """On a shared store, for a key not known here: read the shared keys again, at
+        most once a second (an unknown key costs nothing to send). True if read."""
+        if not self._may_reload_keys(now):
+            return False
+        self.load_shared_keys()
+        return True
 
     def _may_reload_keys(self, now: Timestamp) -> bool:
         if not self.store.shared or now - self._keys_loaded_at < KEYS_RELOAD_SECONDS:
@@ -463,6 +478,50 @@ class FabricService:
         except CallerError as exc:
             raise ServiceError("NOT_FOUND", str(exc), 404) from None
         return {"reset": operation.agent}
+
+    def _keys(self, message: IFMessage, key: KeyRecord | None, now: Timestamp) -> dict[str, Any]:
+        """Lend a key (``delegate``) or take one back (``recall``): only with a message
+        signed by the agent's own key that passed every check, so a delegated key can
+        neither lend itself on nor outlive its term."""
+        operation = _request(message, _KEYS_DECODER, "keys")
+        agent = message.sender
+        if key is None or key.role is KeyRole.DELEGATE:
+            raise ServiceError(
+                "NOT_OWN_KEY",
+                f"only {agent}'s own key may lend or recall keys, in a message that passed every check",
+                403,
+            )
+        if self.agent(agent) is None:
+            raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
+        keyring = self.verifier.keyring
+        with self._verify_lock:
+            if isinstance(operation, ops.Delegate):
+                record = delegated_key(
+                    agent, b64url_decode(operation.public_key), key.version, now, operation.seconds
+                )
+                try:
+                    keyring.add(record)
+                except KeyringError as exc:
+                    raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
+                kind = "key.delegated"
+            else:
+                lent = keyring.get(operation.kid)
+                if lent is None or lent.agent != agent or lent.role is not KeyRole.DELEGATE:
+                    raise ServiceError("NOT_FOUND", f"{agent} lent no key {operation.kid}", 404)
+                if lent.state is KeyState.ACTIVE:
+                    keyring.revoke(lent.kid, now)
+                record = keyring.get(lent.kid) or lent
+                kind = "key.recalled"
+        if self.keys_changed is not None:
+            self.keys_changed(agent)
+        self.share_keys([agent])
+        payload: dict[str, Any] = {"agent": agent, "kid": record.kid, "by": key.kid}
+        if record.valid_until is not UNSET:
+            payload["valid_until"] = record.valid_until
+        self.coordinator.record(
+            [BoardEvent(component="keys", kind=kind, actor=agent, at=now, payload=payload)]
+        )
+        return {"key": msgspec.to_builtins(record)}
 
     def _witness_verdict(self, verdict: Verdict) -> None:
         """Audit mode: log every message that failed a check (accepted or not) as a

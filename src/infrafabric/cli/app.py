@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infrafabric._version import __version__
-from infrafabric.cli import board, governor, identity, keyring, message, serve, swarm, witness
+from infrafabric.cli import board, governor, identity, keyring, mcp, message, serve, swarm, witness
 from infrafabric.demo import DemoEvent, run_demo
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.add_typer(board.task_app, name="task")
 app.add_typer(board.agent_app, name="agent")
 app.add_typer(witness.app, name="witness")
 app.add_typer(governor.app, name="governor")
+app.add_typer(mcp.app, name="mcp")
 app.command("serve")(serve.serve)
 app.command("swarm")(swarm.swarm)
 app.command("status")(board.status)

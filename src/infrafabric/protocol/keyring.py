@@ -20,7 +20,7 @@ import nacl.signing
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from infrafabric.errors import KeyringError
-from infrafabric.protocol.identity import b64url_decode, key_id
+from infrafabric.protocol.identity import b64url_decode, b64url_encode, key_id
 from infrafabric.protocol.patterns import AgentField, KidField, PublicKeyField, TimestampField
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
@@ -36,6 +36,7 @@ __all__ = [
     "KeyState",
     "Keyring",
     "KeyringFile",
+    "delegated_key",
     "new_key_record",
 ]
 
@@ -66,6 +67,10 @@ class KeyRole(StrEnum):
     AGENT = "agent"
     #: An operator key may countersign the rotation of a compromised key.
     OPERATOR = "operator"
+    #: A key an agent lent for a while (``valid_until``) to something acting for it, such
+    #: as an MCP client of the server's ``/mcp`` endpoint: it signs that agent's messages
+    #: but is never the agent's identity (no rotation, no further delegation).
+    DELEGATE = "delegate"
 
 
 class KeyRecord(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -110,8 +115,6 @@ def new_key_record(
     rotation_seconds: int = DEFAULT_ROTATION_SECONDS,
 ) -> KeyRecord:
     """The record of a freshly created, active key."""
-    from infrafabric.protocol.identity import b64url_encode
-
     return KeyRecord(
         agent=agent,
         kid=key_id(public_key),
@@ -121,6 +124,24 @@ def new_key_record(
         state=KeyState.ACTIVE,
         created_at=format_timestamp(now),
         rotate_after=format_timestamp(now + rotation_seconds),
+    )
+
+
+def delegated_key(
+    agent: AgentId, public_key: bytes, version: int, now: Timestamp, seconds: float
+) -> KeyRecord:
+    """The record of a key ``agent`` lends from ``now`` for ``seconds`` (see
+    :attr:`KeyRole.DELEGATE`); ``version`` is that of the agent's key that lent it."""
+    return KeyRecord(
+        agent=agent,
+        kid=key_id(public_key),
+        version=version,
+        public_key=b64url_encode(public_key),
+        role=KeyRole.DELEGATE,
+        state=KeyState.ACTIVE,
+        created_at=format_timestamp(now),
+        rotate_after=format_timestamp(now + seconds),
+        valid_until=format_timestamp(now + seconds),
     )
 
 
@@ -174,8 +195,12 @@ class Keyring:
         return [record for record in self.records() if record.agent == agent]
 
     def active(self, agent: AgentId) -> KeyRecord | None:
-        """The agent's newest active key, if any."""
-        actives = [r for r in self.for_agent(agent) if r.state is KeyState.ACTIVE]
+        """The agent's newest active key (not a delegated one), if any."""
+        actives = [
+            r
+            for r in self.for_agent(agent)
+            if r.state is KeyState.ACTIVE and r.role is not KeyRole.DELEGATE
+        ]
         return actives[-1] if actives else None
 
     def due_for_rotation(self, now: Timestamp) -> list[KeyRecord]:
@@ -183,7 +208,9 @@ class Keyring:
         return [
             r
             for r in self.records()
-            if r.state is KeyState.ACTIVE and parse_timestamp(r.rotate_after) <= now
+            if r.state is KeyState.ACTIVE
+            and r.role is not KeyRole.DELEGATE
+            and parse_timestamp(r.rotate_after) <= now
         ]
 
     def add(self, record: KeyRecord) -> KeyRecord:
@@ -257,13 +284,17 @@ class Keyring:
 
         ``UNKNOWN_KEY`` when the kid is unknown or belongs to another agent,
         ``KEY_REVOKED`` when revoked or compromised, ``KEY_EXPIRED`` when deprecated and
-        past its grace period.
+        past its grace period, or a delegated key past its ``valid_until``.
         """
         entry = self._entries.get(kid)
         if entry is None or entry.record.agent != sender:
             return KeyResolution(None, None, Reason.UNKNOWN_KEY, f"no key {kid} for {sender}")
         state = entry.record.state
         if state is KeyState.ACTIVE:
+            if entry.valid_until is not None and now > entry.valid_until:  # a delegation
+                return KeyResolution(
+                    entry.record, None, Reason.KEY_EXPIRED, f"key {kid} was lent until then"
+                )
             return KeyResolution(entry.record, entry.verify_key, None)
         if state is KeyState.DEPRECATED:
             if entry.valid_until is not None and now <= entry.valid_until:

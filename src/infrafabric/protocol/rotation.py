@@ -179,6 +179,8 @@ def _check_succession(
     """One successor per key, versions rising: no fork of an identity into two live keys."""
     if known is not None:
         raise RotationError(Reason.UNAUTHORIZED, f"key {statement.new_kid} is already known")
+    if old.role is KeyRole.DELEGATE:  # lent for a while: it never becomes the identity
+        raise RotationError(Reason.UNAUTHORIZED, f"key {old.kid} is delegated, not the agent's own")
     newest = max(record.version for record in keyring.for_agent(statement.agent))
     if statement.new_version <= newest:
         raise RotationError(

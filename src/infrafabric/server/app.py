@@ -28,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infrafabric._version import __version__
 from infrafabric.board.model import BoardEvent, TaskState
+from infrafabric.bridges.mcp.route import McpRoute
 from infrafabric.errors import KeyringError, StoreError
 from infrafabric.governor.core import Manifest
 from infrafabric.governor.driver import GovernorDriver
@@ -69,6 +70,7 @@ class ServerState:
     queue_limit: int = QUEUE_LIMIT  # frames waiting per WebSocket before it is dropped
     witness: Witness | None = None  # the witness log of this fabric's decisions
     relay: Relay | None = None  # several servers over one Redis: their changes, live
+    release: Callable[[], None] | None = None  # the data directory's lock, let go at close
     hub: Hub | None = field(default=None, init=False)
     committer: Committer = field(init=False)
 
@@ -76,6 +78,12 @@ class ServerState:
         # Redis: many messages in flight at once (see Committer); SQLite: one writer
         workers = SHARED_STORE_WORKERS if self.service.store.shared else 1
         self.committer = Committer(self.service, workers=workers)
+        self.service.keys_changed = self._write_keys
+
+    def _write_keys(self, agent: AgentId) -> None:
+        """Keep the keyring directory in step with a key lent or recalled by message."""
+        with keyring_lock(self.keyring_dir):
+            write_keyring_dir(self.keyring, self.keyring_dir, agents=[agent])
 
     def close(self) -> None:
         """Finish the messages already submitted, witness what they decided, then close
@@ -87,6 +95,8 @@ class ServerState:
             self.witness.close()
             self.witness.log.close()
         self.service.store.close()
+        if self.release is not None:
+            self.release()
 
 
 class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,6 +109,8 @@ class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def create_app(state: ServerState) -> Starlette:
+    mcp = McpRoute(state)  # agents' MCP clients, over Streamable HTTP (a lent key each)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         hub = Hub(asyncio.get_running_loop(), queue_limit=state.queue_limit)
@@ -113,6 +125,7 @@ def create_app(state: ServerState) -> Starlette:
             state.relay.start(RelayListeners(hub.board_events, hub.delivery, hub.topic_message))
             state.service.on_topic(state.relay.store.publish)
         yield
+        await mcp.close()
         await asyncio.to_thread(state.committer.close)  # not a blocking join on the loop
 
     routes = [
@@ -135,8 +148,11 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/witness/proof", _route(state, _witness_proof), methods=["GET"]),
         Route("/v1/witness/consistency", _route(state, _witness_consistency), methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda websocket: _websocket(state, websocket)),
+        Route("/mcp", mcp),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    mcp.fabric_app = app
+    return app
 
 
 # -- plumbing -----------------------------------------------------------------------------

@@ -77,6 +77,13 @@ OPENAPI: Final[dict[str, Any]] = {
         "/v1/events": {"get": _op("Board events after ?after=seq (replay)")},
         "/v1/inbox": {"get": _op("The calling agent's unacknowledged direct messages")},
         "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
+        "/mcp": {
+            "post": _op(
+                "MCP over Streamable HTTP (JSON-RPC; stateless, JSON replies) for one agent:"
+                " Authorization: Bearer <token from `ifab mcp token`>, a key the agent lent",
+                body=True,
+            )
+        },
         "/v1/admin/agents": {
             "post": _op(
                 "Enroll an agent: its public keys and capability manifest"

@@ -12,12 +12,13 @@ A data directory holds (files 0600, created on first start)::
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,9 @@ def open_server(
     raises :class:`~infrafabric.errors.StoreUnavailable`)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store: SqliteStore | RedisStore
+    release = None
     if store_url is None:
+        release = _lock_data_dir(data_dir)
         store = SqliteStore(
             data_dir / "board.db",
             synchronous="NORMAL" if synchronous == "NORMAL" else "FULL",
@@ -158,7 +161,28 @@ def open_server(
         keyring_dir=keyring_dir,
         witness=feeder,
         relay=relay,
+        release=release,
     )
+
+
+def _lock_data_dir(data_dir: Path) -> Callable[[], None]:
+    """Hold ``data_dir`` for this process; returns how to let go. Two processes over one
+    SQLite fabric would each feed the witness and keep replay windows of their own, so
+    the second is refused at once (the kernel lets go of a killed process's lock)."""
+    fd = os.open(data_dir / "fabric.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise CallerError(
+            f"{data_dir} is in use by another fabric process (a server, `ifab mcp` or a swarm); "
+            "connect to that server with --server, or use another data directory"
+        ) from None
+
+    def release() -> None:
+        os.close(fd)  # closing the descriptor lets go of the lock
+
+    return release
 
 
 def open_store_url(url: str) -> RedisStore:

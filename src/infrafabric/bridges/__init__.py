@@ -1,0 +1,1 @@
+"""Bridges: other protocols' clients joining the fabric (MCP first)."""

@@ -1,0 +1,101 @@
+"""A real `ifab serve` and MCP sessions to it: `ifab mcp` over stdio, or `/mcp` over HTTP,
+each driven by the official `mcp` client SDK."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult
+
+from tests.harness import IFAB, Fabric
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # what the fabric's SDK runs on
+
+
+@pytest.fixture
+def fabric(tmp_path: Path) -> Iterator[Fabric]:
+    running = Fabric(tmp_path)
+    running.start()
+    yield running
+    running.kill()
+
+
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def agent(fabric: Fabric, name: str, *capabilities: str) -> None:
+    """A local identity ``name``, enrolled in ``fabric`` with ``capabilities``."""
+    ok(fabric("identity", "new", name))
+    caps = [option for cap in capabilities for option in ("--cap", cap)]
+    ok(fabric("agent", "enroll", name, *caps))
+
+
+@contextlib.asynccontextmanager
+async def stdio_session(fabric: Fabric, *args: str) -> AsyncIterator[ClientSession]:
+    """`ifab mcp ARGS` as a subprocess, initialized."""
+    assert IFAB is not None
+    parameters = StdioServerParameters(command=IFAB, args=["mcp", *args], env=fabric.env())
+    async with (
+        stdio_client(parameters) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+@contextlib.asynccontextmanager
+async def http_session(url: str, token: str) -> AsyncIterator[ClientSession]:
+    """An MCP session with the server's `/mcp`, sending ``token`` as the bearer."""
+    headers = {"authorization": f"Bearer {token}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=30) as http,
+        streamable_http_client(f"{url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        yield session
+
+
+def data(result: CallToolResult) -> Any:
+    """A successful tool call's JSON result."""
+    assert not result.is_error, text(result)
+    return json.loads(text(result))
+
+
+def text(result: CallToolResult) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+def error(result: CallToolResult) -> str:
+    """A refused tool call's message (the call must have been refused)."""
+    assert result.is_error, text(result)
+    return text(result)
+
+
+@pytest.fixture(params=["stdio", "http"])
+def connect(request: pytest.FixtureRequest, fabric: Fabric) -> Any:
+    """``connect(name)``: an MCP session acting for enrolled identity ``name``, over
+    `ifab mcp --as name --server URL` (stdio) or the server's `/mcp` with a token from
+    `ifab mcp token --as name` (HTTP)."""
+
+    def open_session(name: str) -> contextlib.AbstractAsyncContextManager[ClientSession]:
+        if request.param == "stdio":
+            return stdio_session(fabric, "--as", name, "--server", fabric.url)
+        token = ok(fabric("mcp", "token", "--as", name)).strip()
+        return http_session(fabric.url, token)
+
+    return open_session

@@ -1,0 +1,209 @@
+"""The agent tools, driven by the official MCP client SDK over stdio (`ifab mcp` as a
+subprocess) and over Streamable HTTP (a real `ifab serve`'s `/mcp`): the same tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.bridges.conftest import agent, data, error, text
+from tests.harness import Fabric
+
+pytestmark = pytest.mark.anyio
+
+TOOLS = {
+    "whoami", "list_tasks", "get_task", "claim_next", "claim_task", "heartbeat",
+    "report_progress", "complete_task", "fail_task", "report_blocker", "request_help",
+    "create_task", "send_message", "read_inbox", "board_status", "witness_trace",
+}  # fmt: skip
+
+
+async def test_tools_are_listed_with_schemas_and_descriptions(fabric: Fabric, connect: Any) -> None:
+    agent(fabric, "alice", "code:python")
+    async with connect("alice") as session:
+        tools = {tool.name: tool for tool in (await session.list_tools()).tools}
+        assert set(tools) == TOOLS
+        for tool in tools.values():
+            assert tool.description and len(tool.description) > 40, tool.name
+            assert tool.input_schema["type"] == "object"
+        assert tools["claim_task"].input_schema["required"] == ["task_id"]
+        percent = tools["report_progress"].input_schema["properties"]["percent"]
+        assert percent["enum"] == [0, 25, 50, 75, 100]
+        assert tools["get_task"].annotations is not None
+        assert tools["get_task"].annotations.read_only_hint is True
+        me = data(await session.call_tool("whoami", {}))
+        assert me["agent"] == "if://agent/alice"
+        assert me["capabilities"] == ["code:python"]
+
+
+async def test_a_task_claimed_progressed_and_completed(fabric: Fabric, connect: Any) -> None:
+    agent(fabric, "lead")
+    agent(fabric, "coder", "code:python")
+    async with connect("lead") as lead, connect("coder") as coder:
+        for spec in (
+            {"task_id": "api", "title": "Build the API", "required_capabilities": ["code:python"]},
+            {"task_id": "docs", "title": "Document it", "dependencies": ["api"]},
+        ):
+            data(await lead.call_tool("create_task", spec))
+        assert data(await lead.call_tool("claim_next", {}))["task"] is None  # lacks code:python
+        claimed = data(await coder.call_tool("claim_next", {}))["task"]
+        assert (claimed["id"], claimed["state"], claimed["owner"]) == (
+            "api", "claimed", "if://agent/coder"
+        )  # fmt: skip
+        assert claimed["lease_seconds_left"] > 60
+        progressed = data(
+            await coder.call_tool(
+                "report_progress", {"task_id": "api", "percent": 50, "note": "routes done"}
+            )
+        )
+        assert (progressed["task"]["state"], progressed["task"]["progress"]) == ("in_progress", 50)
+        data(await coder.call_tool("heartbeat", {"task_id": "api"}))
+        done = data(
+            await coder.call_tool("complete_task", {"task_id": "api", "result": {"pr": 12}})
+        )
+        assert done["task"]["state"] == "completed"
+        api = data(await lead.call_tool("get_task", {"task_id": "api"}))
+        assert api["result"] == {"pr": 12}
+        assert api["milestones"][0]["note"] == "routes done"
+        status = data(await lead.call_tool("board_status", {}))
+        assert status["tasks_by_state"]["completed"] == 1
+        assert status["tasks_by_state"]["available"] == 1  # docs, released by api
+        listed = data(await lead.call_tool("list_tasks", {"state": ["available"]}))
+        assert [task["id"] for task in listed["tasks"]] == ["docs"]
+        board = await lead.read_resource("infrafabric://board")
+        assert "completed: 1" in board.contents[0].text  # type: ignore[union-attr]
+        task = await lead.read_resource("infrafabric://task/api")
+        assert "Task api: Build the API" in task.contents[0].text  # type: ignore[union-attr]
+        prompt = await coder.get_prompt("swarm_worker", {"focus": "the API"})
+        assert "claim_next" in prompt.messages[0].content.text  # type: ignore[union-attr]
+
+
+async def test_two_agents_contend_for_one_task_and_one_wins(fabric: Fabric, connect: Any) -> None:
+    agent(fabric, "ann")
+    agent(fabric, "bob")
+    async with connect("ann") as ann, connect("bob") as bob:
+        for round_ in range(5):
+            task_id = f"prize-{round_}"
+            data(await ann.call_tool("create_task", {"task_id": task_id, "title": "Prize"}))
+            results = await asyncio.gather(
+                ann.call_tool("claim_task", {"task_id": task_id}),
+                bob.call_tool("claim_task", {"task_id": task_id}),
+            )
+            winners = [result for result in results if not result.is_error]
+            assert len(winners) == 1
+            [loser] = [result for result in results if result.is_error]
+            message = error(loser)
+            assert message.startswith("ILLEGAL_TRANSITION")
+            assert "claim_next" in message  # what to do instead
+            owner = data(await ann.call_tool("get_task", {"task_id": task_id}))["owner"]
+            assert owner == data(winners[0])["task"]["owner"]
+
+
+async def test_a_blocker_offers_filler_work_and_help_is_requested(
+    fabric: Fabric, connect: Any
+) -> None:
+    agent(fabric, "worker", "code:python")
+    agent(fabric, "reviewer", "review:code")
+    async with connect("worker") as worker:
+        data(await worker.call_tool("create_task", {"task_id": "feature", "title": "Feature"}))
+        data(
+            await worker.call_tool(
+                "create_task", {"task_id": "tidy", "title": "Tidy imports", "filler": True}
+            )
+        )
+        data(await worker.call_tool("claim_task", {"task_id": "feature"}))
+        blocked = data(
+            await worker.call_tool(
+                "report_blocker",
+                {
+                    "task_id": "feature",
+                    "kind": "waiting_on_review",
+                    "description": "needs a reviewer",
+                    "needed_capabilities": ["review:code"],
+                    "urgency": "high",
+                },
+            )
+        )
+        assert blocked["task"]["state"] == "blocked"
+        assert blocked["filler"]["id"] == "tidy"
+        assert blocked["filler"]["owner"] == "if://agent/worker"
+        detail = data(await worker.call_tool("get_task", {"task_id": "feature"}))
+        assert detail["blocker"]["type"] == "waiting_on_review"
+        helped = data(
+            await worker.call_tool(
+                "request_help", {"task_id": "feature", "needed_capabilities": ["review:code"]}
+            )
+        )
+        assert helped["invited"] == ["if://agent/reviewer"]
+
+
+async def test_messages_reach_the_inbox_and_leave_it_once_read(
+    fabric: Fabric, connect: Any
+) -> None:
+    agent(fabric, "ann")
+    agent(fabric, "bob")
+    async with connect("ann") as ann, connect("bob") as bob:
+        sent = data(await ann.call_tool("send_message", {"to": "bob", "text": "review #12?"}))
+        assert sent["delivered"][0]["receiver"] == "if://agent/bob"
+        peek = data(await bob.call_tool("read_inbox", {"acknowledge": False}))
+        assert [m["content"]["text"] for m in peek["messages"]] == ["review #12?"]
+        read = data(await bob.call_tool("read_inbox", {}))
+        assert read["messages"][0]["from"] == "if://agent/ann"
+        assert data(await bob.call_tool("read_inbox", {}))["count"] == 0
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "expected"),
+    [
+        ("claim_task", {}, "task_id"),
+        ("claim_task", {"task_id": "../etc"}, "task_id"),
+        ("report_progress", {"task_id": "t", "percent": 33}, "percent"),
+        ("create_task", {"title": ""}, "title"),
+        ("create_task", {"title": "x", "priority": 101}, "priority"),
+        ("list_tasks", {"state": ["sleeping"]}, "state"),
+        ("send_message", {"to": "bob"}, "text"),
+    ],
+)
+async def test_bad_arguments_are_tool_errors_not_crashes(
+    fabric: Fabric, connect: Any, tool: str, arguments: dict[str, Any], expected: str
+) -> None:
+    agent(fabric, "alice")
+    async with connect("alice") as session:
+        assert expected in error(await session.call_tool(tool, arguments))
+        assert data(await session.call_tool("whoami", {}))["agent"] == "if://agent/alice"
+
+
+async def test_refusals_carry_the_reason_code_and_what_to_do(fabric: Fabric, connect: Any) -> None:
+    agent(fabric, "ann")
+    agent(fabric, "bob")
+    async with connect("ann") as ann, connect("bob") as bob:
+        missing = error(await ann.call_tool("get_task", {"task_id": "nope"}))
+        assert missing.startswith("NOT_FOUND") and "list_tasks" in missing
+        data(await ann.call_tool("create_task", {"task_id": "t1", "title": "One"}))
+        data(await ann.call_tool("claim_task", {"task_id": "t1"}))
+        stolen = error(await bob.call_tool("complete_task", {"task_id": "t1"}))
+        assert stolen.startswith("NOT_OWNER") and "claim_next" in stolen
+        assert "Error executing tool" not in text(await bob.call_tool("claim_next", {}))
+
+
+async def test_witness_trace_follows_a_traced_job(fabric: Fabric, connect: Any) -> None:
+    from infrafabric.client import Client
+    from infrafabric.keystore import Keystore
+
+    agent(fabric, "alice")
+    identity = Keystore(fabric.home).unlock("alice", fabric.env()["IFAB_PASSPHRASE"])
+    async with Client.connect(fabric.url, identity) as sdk:
+        with Client.trace("job-7"):
+            await sdk.create_task("Traced", id="traced")
+            await sdk.claim("traced")
+            await sdk.complete("traced", {"ok": True})
+    async with connect("alice") as session:
+        for _ in range(50):  # the witness appends within a second
+            trace = data(await session.call_tool("witness_trace", {"trace_id": "job-7"}))
+            if len(trace["entries"]) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        events = [entry["event"] for entry in trace["entries"]]
+        assert events[:3] == ["task.created", "task.claimed", "task.completed"]
