@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -45,10 +46,15 @@ def agent(fabric: Fabric, name: str, *capabilities: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stdio_session(fabric: Fabric, *args: str) -> AsyncIterator[ClientSession]:
-    """`ifab mcp ARGS` as a subprocess, initialized."""
+async def stdio_session(
+    fabric: Fabric, *args: str, embedded: bool = False
+) -> AsyncIterator[ClientSession]:
+    """`ifab mcp ARGS` as a subprocess, initialized (``embedded``: without $IFAB_SERVER)."""
     assert IFAB is not None
-    parameters = StdioServerParameters(command=IFAB, args=["mcp", *args], env=fabric.env())
+    env = fabric.env()
+    if embedded:
+        del env["IFAB_SERVER"]
+    parameters = StdioServerParameters(command=IFAB, args=["mcp", *args], env=env)
     async with (
         stdio_client(parameters) as (read, write),
         ClientSession(read, write) as session,
@@ -81,9 +87,10 @@ def text(result: CallToolResult) -> str:
 
 
 def error(result: CallToolResult) -> str:
-    """A refused tool call's message (the call must have been refused)."""
+    """A refused tool call's message (the call must have been refused), without the
+    ``Error executing tool NAME: `` the SDK puts before it."""
     assert result.is_error, text(result)
-    return text(result)
+    return re.sub(r"^Error executing tool \w+: ", "", text(result))
 
 
 @pytest.fixture(params=["stdio", "http"])

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.bridges.conftest import agent, data, error, text
+from tests.bridges.conftest import agent, data, error
 from tests.harness import Fabric
 
 pytestmark = pytest.mark.anyio
@@ -26,7 +26,7 @@ async def test_tools_are_listed_with_schemas_and_descriptions(fabric: Fabric, co
         tools = {tool.name: tool for tool in (await session.list_tools()).tools}
         assert set(tools) == TOOLS
         for tool in tools.values():
-            assert tool.description and len(tool.description) > 40, tool.name
+            assert len(tool.description or "") > 40, tool.name
             assert tool.input_schema["type"] == "object"
         assert tools["claim_task"].input_schema["required"] == ["task_id"]
         percent = tools["report_progress"].input_schema["properties"]["percent"]
@@ -128,7 +128,8 @@ async def test_a_blocker_offers_filler_work_and_help_is_requested(
         )
         assert blocked["task"]["state"] == "blocked"
         assert blocked["filler"]["id"] == "tidy"
-        assert blocked["filler"]["owner"] == "if://agent/worker"
+        filler = data(await worker.call_tool("claim_task", {"task_id": "tidy"}))["task"]
+        assert filler["owner"] == "if://agent/worker"
         detail = data(await worker.call_tool("get_task", {"task_id": "feature"}))
         assert detail["blocker"]["type"] == "waiting_on_review"
         helped = data(
@@ -180,12 +181,14 @@ async def test_refusals_carry_the_reason_code_and_what_to_do(fabric: Fabric, con
     agent(fabric, "bob")
     async with connect("ann") as ann, connect("bob") as bob:
         missing = error(await ann.call_tool("get_task", {"task_id": "nope"}))
-        assert missing.startswith("NOT_FOUND") and "list_tasks" in missing
+        assert missing.startswith("NOT_FOUND")
+        assert "list_tasks" in missing
         data(await ann.call_tool("create_task", {"task_id": "t1", "title": "One"}))
         data(await ann.call_tool("claim_task", {"task_id": "t1"}))
         stolen = error(await bob.call_tool("complete_task", {"task_id": "t1"}))
-        assert stolen.startswith("NOT_OWNER") and "claim_next" in stolen
-        assert "Error executing tool" not in text(await bob.call_tool("claim_next", {}))
+        assert stolen.startswith("NOT_OWNER")
+        assert "claim_next" in stolen
+        assert data(await bob.call_tool("claim_next", {}))["task"] is None  # bob goes on
 
 
 async def test_witness_trace_follows_a_traced_job(fabric: Fabric, connect: Any) -> None:

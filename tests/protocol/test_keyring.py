@@ -19,6 +19,7 @@ from infrafabric.protocol.keyring import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_ROTATION_SECONDS,
     KeyringFile,
+    delegated_key,
 )
 from infrafabric.protocol.reasons import Reason
 from tests.conftest import NOW
@@ -108,3 +109,21 @@ def test_keyring_documents_round_trip() -> None:
     assert [r.agent for r in keyring.to_file("if://agent/bob").keys] == ["if://agent/bob"]
     assert keyring.active("if://agent/bob") is not None
     assert len(keyring) == 2
+
+
+def test_a_lent_key_verifies_for_its_term_only_and_is_never_the_identity() -> None:
+    own = record_for("alice")
+    lent = SigningIdentity.generate(agent_id("alice"))
+    record = delegated_key(lent.agent, lent.public_key, own.version, NOW, 3600)
+    keyring = Keyring([own, record])
+    assert record.role is KeyRole.DELEGATE
+    assert keyring.resolve(lent.agent, lent.kid, NOW + 3600).reason is None
+    late = keyring.resolve(lent.agent, lent.kid, NOW + 3600.5)
+    assert late.reason is Reason.KEY_EXPIRED
+    assert late.verify_key is None
+    assert keyring.active(lent.agent) == own  # the agent's own key, not the lent one
+    assert keyring.due_for_rotation(NOW + DEFAULT_ROTATION_SECONDS + 1) == [own]
+    keyring.revoke(lent.kid, NOW + 1)
+    assert keyring.resolve(lent.agent, lent.kid, NOW + 2).reason is Reason.KEY_REVOKED
+    round_trip = msgspec.json.decode(msgspec.json.encode(keyring.to_file()), type=KeyringFile)
+    assert Keyring(list(round_trip.keys)).get(lent.kid) == keyring.get(lent.kid)

@@ -21,7 +21,7 @@ from infrafabric import (
     new_key_record,
 )
 from infrafabric.errors import KeyringError
-from infrafabric.protocol.keyring import DEFAULT_GRACE_SECONDS
+from infrafabric.protocol.keyring import DEFAULT_GRACE_SECONDS, delegated_key
 from infrafabric.protocol.reasons import Reason
 from tests.conftest import NOW, plain_message
 
@@ -296,3 +296,14 @@ def test_the_announcement_is_an_ordinary_verifiable_message_once_applied(world: 
     )
     apply_rotation(world.keyring, announcement, NOW)
     assert Verifier(world.keyring).check(encode_json(announcement), now=NOW).ok
+
+
+def test_a_lent_key_cannot_rotate_the_identity_it_acts_for(world: World) -> None:
+    lent = SigningIdentity.generate(world.alice.agent)
+    world.keyring.add(delegated_key(lent.agent, lent.public_key, 1, NOW - 10, 3600))
+    announcement = announce_rotation(
+        lent.kid, 1, world.new, countersigner=lent, kind=RotationKind.EMERGENCY,
+        now=NOW, sequence_num=6,
+    )  # fmt: skip
+    assert refusal(world.keyring, announcement) == Reason.UNAUTHORIZED
+    assert world.keyring.get(world.new.kid) is None

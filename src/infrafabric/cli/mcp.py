@@ -85,9 +85,7 @@ def token(
     server: Server = DEFAULT_SERVER,
     hours: Annotated[
         float,
-        typer.Option(
-            "--hours", min=0.02, max=720, help="How long the token lasts (max 30 days)."
-        ),
+        typer.Option("--hours", min=0.02, max=720, help="How long the token lasts (max 30 days)."),
     ] = DEFAULT_TOKEN_HOURS,
 ) -> None:
     """Print a bearer token for the server's /mcp: a fresh key NAME lends for --hours.

@@ -31,6 +31,8 @@ __all__ = ["AgentSource", "board_text", "build_server", "task_text"]
 #: Gives the client of the agent the current call acts for.
 AgentSource = Callable[[], Awaitable[Client]]
 
+#: Pages of the witness log ``witness_trace`` reads at most (20,000 entries each).
+MAX_TRACE_PAGES: Final = 10
 #: Tasks ``list_tasks`` returns unless asked for fewer (a model reads every one).
 DEFAULT_LIST_LIMIT: Final = 50
 STATES: Final = (
@@ -259,8 +261,8 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         ] = [],  # noqa: B006 (pydantic copies defaults)
         urgency: Literal["low", "medium", "high", "critical"] = "medium",
     ) -> dict[str, Any]:
-        """Mark a task you hold as blocked. The fabric may offer you a filler task to do
-        meanwhile (returned as filler, already claimed for you)."""
+        """Mark a task you hold as blocked (you keep it). The fabric may offer you a small
+        filler task to do meanwhile (returned as filler: claim it with claim_task)."""
         client = await agent()
         with fabric_errors(task_id):
             task, filler = await client.block(
@@ -376,9 +378,18 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         """Every decision the fabric recorded in its tamper-evident log for one trace id,
         in order (who claimed, progressed, blocked, completed, and what it cost)."""
         client = await agent()
+        entries: list[dict[str, Any]] = []
+        start, size = 0, 1
         with fabric_errors():
-            page = await client.witness_search(trace_id=trace_id, limit=limit)
-        return {"entries": page["entries"], "log_size": page["size"]}
+            for _ in range(MAX_TRACE_PAGES):  # each page reads up to 20,000 entries
+                page = await client.witness_search(start, trace_id=trace_id, limit=limit)
+                entries += [
+                    {"index": found["index"], **found["entry"]} for found in page["entries"]
+                ]
+                start, size = page["next"], page["size"]
+                if start >= size or len(entries) >= limit:
+                    break
+        return {"entries": entries[:limit], "searched_to": start, "log_size": size}
 
     # -- resources and the prompt -------------------------------------------------------------
 
