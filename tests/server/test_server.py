@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -374,31 +375,19 @@ def test_the_sdk_reconnects_after_a_server_restart(tmp_path: Path) -> None:
         return run_server(open_server(tmp_path / "data", synchronous="NORMAL"), port=port)
 
     async def scenario() -> None:
-        with serve() as server:
-            fabric = Fabric(server, (tmp_path / "data" / "admin.token").read_text().strip())
-            alice = fabric.enroll("alice")
-            async with Client.connect(server.url, alice) as agent:
-                await agent.create_task("before", id="a")
-                await asyncio.to_thread(server_stop, server)
-                with pytest.raises(RemoteError) as caught:
-                    await agent.create_task("while down", id="b")
-                assert caught.value.code == "DISCONNECTED"
-                assert caught.value.retryable
-                with serve():  # same port, same data, a new socket
-                    await agent.create_task("after", id="c")
-                    assert [t["id"] for t in await agent.tasks()] == ["a", "c"]
+        first = contextlib.ExitStack()  # the first server, stopped in the middle
+        server = first.enter_context(serve())
+        fabric = Fabric(server, (tmp_path / "data" / "admin.token").read_text().strip())
+        alice = fabric.enroll("alice")
+        async with Client.connect(server.url, alice) as agent:
+            await agent.create_task("before", id="a")
+            await asyncio.to_thread(first.close)  # it stops and lets go of its data
+            with pytest.raises(RemoteError) as caught:
+                await agent.create_task("while down", id="b")
+            assert caught.value.code == "DISCONNECTED"
+            assert caught.value.retryable
+            with serve():  # same port, same data, a new socket
+                await agent.create_task("after", id="c")
+                assert [t["id"] for t in await agent.tasks()] == ["a", "c"]
 
     run(scenario())
-
-
-def server_stop(server: Any) -> None:
-    """Stop a running server (its context is still open) and wait until the port refuses."""
-    server.server.should_exit = True
-    host, port = server.url.removeprefix("http://").split(":")
-    for _ in range(200):
-        try:
-            socket.create_connection((host, int(port)), timeout=1).close()
-        except OSError:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server did not stop")
