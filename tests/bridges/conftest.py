@@ -7,17 +7,27 @@ import contextlib
 import json
 import re
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import httpx2
+import msgspec
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult
 
-from tests.harness import IFAB, Fabric
+from infrafabric.bridges.mcp.token import format_token
+from infrafabric.client import Client
+from infrafabric.keystore import KdfCost, Keystore
+from infrafabric.protocol.identity import SigningIdentity
+from tests.harness import IFAB, PASS, Fabric
+
+#: Argon2id at its floor: the tests unlock identities many times; the cost is not the point.
+CHEAP_KDF = KdfCost(iterations=1, lanes=1, memory_kib=8)
 
 
 @pytest.fixture
@@ -39,10 +49,18 @@ def ok(result: subprocess.CompletedProcess[bytes]) -> str:
 
 
 def agent(fabric: Fabric, name: str, *capabilities: str) -> None:
-    """A local identity ``name``, enrolled in ``fabric`` with ``capabilities``."""
-    ok(fabric("identity", "new", name))
-    caps = [option for cap in capabilities for option in ("--cap", cap)]
-    ok(fabric("agent", "enroll", name, *caps))
+    """A local identity ``name`` in ``fabric``'s keystore (sealed with a cheap KDF: each
+    `ifab mcp` unlocks it), enrolled with ``capabilities`` as `ifab agent enroll` does."""
+    store = Keystore(fabric.home, kdf=CHEAP_KDF)
+    identity = store.create(name, PASS, now=time.time() - 60)
+    keys = msgspec.to_builtins(store.load_keyring().to_file(identity.agent))
+    response = httpx.post(
+        f"{fabric.url}/v1/admin/agents",
+        json={"keys": keys, "capabilities": list(capabilities)},
+        headers={"authorization": f"Bearer {fabric.admin_token}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
 
 
 @contextlib.asynccontextmanager
@@ -99,10 +117,23 @@ def connect(request: pytest.FixtureRequest, fabric: Fabric) -> Any:
     `ifab mcp --as name --server URL` (stdio) or the server's `/mcp` with a token from
     `ifab mcp token --as name` (HTTP)."""
 
-    def open_session(name: str) -> contextlib.AbstractAsyncContextManager[ClientSession]:
+    @contextlib.asynccontextmanager
+    async def open_session(name: str) -> AsyncIterator[ClientSession]:
         if request.param == "stdio":
-            return stdio_session(fabric, "--as", name, "--server", fabric.url)
-        token = ok(fabric("mcp", "token", "--as", name)).strip()
-        return http_session(fabric.url, token)
+            async with stdio_session(fabric, "--as", name, "--server", fabric.url) as session:
+                yield session
+            return
+        async with http_session(fabric.url, await lent_token(fabric, name)) as session:
+            yield session
 
     return open_session
+
+
+async def lent_token(fabric: Fabric, name: str) -> str:
+    """What `ifab mcp token --as name` prints, made in this process (the CLI's own
+    tests run the command)."""
+    identity = Keystore(fabric.home).unlock(name, PASS)
+    lent = SigningIdentity.generate(identity.agent)
+    async with Client.connect(fabric.url, identity) as client:
+        await client.delegate(lent.public_key, 3600)
+    return format_token(lent)
