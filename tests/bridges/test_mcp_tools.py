@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.bridges.conftest import agent, data, error
@@ -60,8 +61,11 @@ async def test_a_task_claimed_progressed_and_completed(fabric: Fabric, connect: 
         )
         assert (progressed["task"]["state"], progressed["task"]["progress"]) == ("in_progress", 50)
         data(await coder.call_tool("heartbeat", {"task_id": "api"}))
+        usage = {"tokens_in": 1200, "tokens_out": 300, "model": "local-7b"}
         done = data(
-            await coder.call_tool("complete_task", {"task_id": "api", "result": {"pr": 12}})
+            await coder.call_tool(
+                "complete_task", {"task_id": "api", "result": {"pr": 12}, "usage": usage}
+            )
         )
         assert done["task"]["state"] == "completed"
         api = data(await lead.call_tool("get_task", {"task_id": "api"}))
@@ -78,6 +82,17 @@ async def test_a_task_claimed_progressed_and_completed(fabric: Fabric, connect: 
         assert "Task api: Build the API" in task.contents[0].text  # type: ignore[union-attr]
         prompt = await coder.get_prompt("swarm_worker", {"focus": "the API"})
         assert "claim_next" in prompt.messages[0].content.text  # type: ignore[union-attr]
+    for _ in range(50):  # the witness appends within a second
+        costed = httpx.get(
+            f"{fabric.url}/v1/witness/entries",
+            params={"cost": "true", "task_id": "api"},
+            headers={"authorization": f"Bearer {fabric.admin_token}"},
+        ).json()["entries"]
+        if costed:
+            break
+        await asyncio.sleep(0.1)
+    assert costed[0]["entry"]["cost"]["tokens_in"] == 1200
+    assert costed[0]["entry"]["cost"]["model"] == "local-7b"
 
 
 async def test_two_agents_contend_for_one_task_and_one_wins(fabric: Fabric, connect: Any) -> None:
@@ -165,6 +180,8 @@ async def test_messages_reach_the_inbox_and_leave_it_once_read(
         ("create_task", {"title": "x", "priority": 101}, "priority"),
         ("list_tasks", {"state": ["sleeping"]}, "state"),
         ("send_message", {"to": "bob"}, "text"),
+        ("complete_task", {"task_id": "t", "usage": {"tokens": 5}}, "usage"),
+        ("fail_task", {"task_id": "t", "reason": "x", "usage": {"usd": -1}}, "usage"),
     ],
 )
 async def test_bad_arguments_are_tool_errors_not_crashes(

@@ -20,7 +20,7 @@ import httpx
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from infrafabric._version import __version__
 from infrafabric.bridges.mcp.hints import advice
@@ -86,6 +86,26 @@ TaskId = Annotated[
         max_length=128,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
     ),
+]
+
+
+class Usage(BaseModel):
+    """What the work cost: the witness records it and the governor charges budgets by it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_in: int = Field(0, ge=0, le=10**12, description="Tokens read by the model")
+    tokens_out: int = Field(0, ge=0, le=10**12, description="Tokens written by the model")
+    model: str = Field("", max_length=128, description="The model, e.g. gpt-4o-mini")
+    usd: float = Field(0.0, ge=0, le=1e9, description="US dollars, if you know them")
+    seconds: float = Field(
+        0.0, ge=0, le=1e9, description="Working time, for agents paid by the hour"
+    )
+
+
+UsageArgument = Annotated[
+    Usage | None,
+    Field(description="What this step cost (tokens, model, USD), if you know it"),
 ]
 Capability = Annotated[
     str,
@@ -209,11 +229,13 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
             Literal[0, 25, 50, 75, 100], Field(description="Milestone: 0, 25, 50, 75 or 100")
         ],
         note: Annotated[str, Field(max_length=2000, description="What was done")] = "",
+        usage: UsageArgument = None,
     ) -> dict[str, Any]:
         """Report a milestone on a task you hold; renews the lease."""
         client = await agent()
         with fabric_errors(task_id):
-            return {"task": _summary(await client.progress(task_id, percent, note))}
+            task = await client.progress(task_id, percent, note, usage=_usage(usage))
+        return {"task": _summary(task)}
 
     @server.tool(annotations=Changes)
     async def complete_task(
@@ -222,11 +244,13 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
             dict[str, Any] | None,
             Field(description='The outcome as a JSON object, e.g. {"summary": "...", "pr": 12}'),
         ] = None,
+        usage: UsageArgument = None,
     ) -> dict[str, Any]:
         """Finish a task you hold with its result; tasks waiting on it may become available."""
         client = await agent()
         with fabric_errors(task_id):
-            return {"task": _summary(await client.complete(task_id, result or {}))}
+            task = await client.complete(task_id, result or {}, usage=_usage(usage))
+        return {"task": _summary(task)}
 
     @server.tool(annotations=Changes)
     async def fail_task(
@@ -235,12 +259,14 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         retry: Annotated[
             bool, Field(description="Let another attempt happen (false: fail it for good)")
         ] = True,
+        usage: UsageArgument = None,
     ) -> dict[str, Any]:
         """Give up a task you hold because it failed; it returns to the board for another
         attempt unless retry is false or its attempts are used up."""
         client = await agent()
         with fabric_errors(task_id):
-            return {"task": _summary(await client.fail(task_id, reason, retry=retry))}
+            task = await client.fail(task_id, reason, retry=retry, usage=_usage(usage))
+        return {"task": _summary(task)}
 
     @server.tool(annotations=Changes)
     async def report_blocker(
@@ -420,6 +446,10 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
 
 
 # -- shaping replies for a model ------------------------------------------------------------
+
+
+def _usage(usage: Usage | None) -> dict[str, Any] | None:
+    return None if usage is None else usage.model_dump(exclude_defaults=True)
 
 
 def _summary(task: dict[str, Any]) -> dict[str, Any]:
