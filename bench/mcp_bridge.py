@@ -10,6 +10,8 @@ same run.
 * HTTP: the official MCP client SDK posts each call to the server's ``/mcp`` with a lent
   key's token; the server runs the SDK call in process (through its own ASGI app) and
   answers with JSON.
+* ping: an MCP ``ping`` on each transport, which reaches no tool: what the MCP SDKs and
+  the transport cost by themselves, so the rest of a tool call is the bridge's.
 
 Calls are made one after another (each waits for its answer), every one claims a real
 task, and the server, the bridge and the load share the machine's two cores.
@@ -62,14 +64,18 @@ async def _measure(fabric: Fabric, count: int) -> list[tuple[str, list[float]]]:
     async with stdio_session(fabric, "--as", "bench", "--server", fabric.url) as session:
         for _ in range(10):
             await session.call_tool("claim_next", {})
+        rows.append(("MCP stdio tool call claim_next", await _tool_samples(session, count)))
         rows.append(
-            ("MCP stdio tool call claim_next", await _tool_samples(session, count))
+            ("MCP stdio ping (the transport alone)", await _samples(session.send_ping, count))
         )
     token = ok(fabric("mcp", "token", "--as", "bench")).strip()
     async with http_session(fabric.url, token) as session:
         for _ in range(10):
             await session.call_tool("claim_next", {})
         rows.append(("MCP HTTP tool call claim_next (/mcp)", await _tool_samples(session, count)))
+        rows.append(
+            ("MCP HTTP ping (the transport alone)", await _samples(session.send_ping, count))
+        )
     return rows
 
 
