@@ -180,6 +180,7 @@ async def test_messages_reach_the_inbox_and_leave_it_once_read(
         ("create_task", {"title": "x", "priority": 101}, "priority"),
         ("list_tasks", {"state": ["sleeping"]}, "state"),
         ("send_message", {"to": "bob"}, "text"),
+        ("send_message", {"to": "no such/agent", "text": "hi"}, "INVALID_ARGUMENT"),
         ("complete_task", {"task_id": "t", "usage": {"tokens": 5}}, "usage"),
         ("fail_task", {"task_id": "t", "reason": "x", "usage": {"usd": -1}}, "usage"),
     ],

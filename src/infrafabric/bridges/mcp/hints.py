@@ -25,6 +25,7 @@ _ADVICE: Final[dict[str, str]] = {
     "NOT_FOUND": "{task} does not exist; call list_tasks to see the task ids",
     "INVALID_TASK": "the task is not valid as given; fix the arguments named above and retry",
     "INVALID_OPERATION": "an argument is out of range or malformed; fix it and retry",
+    "INVALID_ARGUMENT": "an argument is not valid as given (see above); fix it and retry",
     "NOT_QUALIFIED": (
         "you lack a capability {task} requires; call claim_next, which offers only tasks "
         "you qualify for"

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from infrafabric._version import __version__
 from infrafabric.bridges.mcp.hints import advice
 from infrafabric.client import Client, RemoteError
+from infrafabric.errors import CallerError
 
 __all__ = ["AgentSource", "board_text", "build_server", "task_text"]
 
@@ -122,6 +123,8 @@ def fabric_errors(task: str | None = None) -> Iterator[None]:
         raise ToolError(f"{exc.code}: {exc.detail}. {advice(exc.code, task)}.") from None
     except httpx.HTTPError as exc:
         raise ToolError(f"UNREACHABLE: {exc}. {advice('UNREACHABLE')}.") from None
+    except CallerError as exc:  # refused before it left, e.g. an address that cannot be
+        raise ToolError(f"INVALID_ARGUMENT: {exc}. {advice('INVALID_ARGUMENT')}.") from None
 
 
 def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
