@@ -17,6 +17,7 @@ import contextlib
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -123,6 +124,11 @@ class FabricService:
         #: Called with an agent whose keys changed here (a delegation): the server keeps
         #: its keyring directory up to date with it.
         self.keys_changed: Callable[[AgentId], None] | None = None
+        #: Told of each message of a batch once it is committed: its operation (``claim``,
+        #: ``direct``, ``unverified``...), its refusal code or ``None``, and the seconds
+        #: from the start of its handling to the commit (the server's metrics).
+        self.observer: Callable[[str, str | None, float], None] | None = None
+        self._operation = threading.local()  # what the message being handled asked for
         coordinator.listen(self._on_board_events)
         if governor is not None:
             governor.attach()
@@ -159,6 +165,7 @@ class FabricService:
             # window only grows, so the store keeps the widest it is given.
             self.store.remember_sequence(message.sender, *window)
         receivers = message.receivers
+        self._operation.name = _operation_of(receivers)
         if receivers == (ops.BOARD,):
             return self._board_spending(message, now) if spend else self._board(message)
         if receivers == (ops.GOVERNOR,):
@@ -189,10 +196,13 @@ class FabricService:
         events, deliveries, topic messages) go out only once the commit is durable. If
         the commit fails, every message of the batch is refused with STORE_UNAVAILABLE."""
         results: list[dict[str, Any] | ServiceError] = []
+        begun: list[tuple[str, float]] = []  # each message's operation and start
         with self._announced_after_commit() as held:
             try:
                 with self.store.batch():
                     for data, now in batch:
+                        begun.append(("unverified", time.perf_counter()))
+                        self._operation.name = "unverified"
                         try:
                             results.append(self.handle(data, now=now))
                         except ServiceError as exc:
@@ -202,11 +212,23 @@ class FabricService:
                         except Exception as exc:  # a bug: this message fails, not the batch
                             _log.exception("message failed")
                             results.append(ServiceError("INTERNAL", f"{type(exc).__name__}", 500))
+                        begun[-1] = (self._operation.name, begun[-1][1])
             except StoreError as exc:
                 held.clear()  # none of it happened: nothing to announce
                 refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
-                return [refusal] * len(batch)
+                results = [refusal] * len(batch)
+        self._observe(begun, results)
         return results
+
+    def _observe(
+        self, begun: Sequence[tuple[str, float]], results: Sequence[dict[str, Any] | ServiceError]
+    ) -> None:
+        if self.observer is None:
+            return
+        done = time.perf_counter()
+        for (operation, started), result in zip(begun, results, strict=False):
+            refusal = result.code if isinstance(result, ServiceError) else None
+            self.observer(operation, refusal, done - started)
 
     # -- agents ---------------------------------------------------------------------------
 
@@ -344,6 +366,7 @@ class FabricService:
 
     def _board(self, message: IFMessage) -> dict[str, Any]:
         operation = _request(message, _OPERATION_DECODER, "board")
+        self._operation.name = type(operation).__struct_config__.tag or "board"
         agent = message.sender
         record = self.agent(agent)
         if record is None:
@@ -579,6 +602,14 @@ def _request(message: IFMessage, decoder: msgspec.json.Decoder[T], service: str)
         return decoder.decode(_CONTENT_ENCODER.encode(message.content))
     except msgspec.ValidationError as exc:
         raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
+
+
+def _operation_of(receivers: Sequence[str]) -> str:
+    """The metrics' name for what a message to ``receivers`` asks (a board operation is
+    named by its ``op`` once decoded)."""
+    if len(receivers) == 1 and receivers[0].startswith("if://service/"):
+        return receivers[0].removeprefix("if://service/")
+    return "direct" if all(r.startswith("if://agent/") for r in receivers) else "topic"
 
 
 def _replay(message: IFMessage) -> ServiceError:

@@ -51,6 +51,11 @@ def test_created_tasks_read_back(store: Store) -> None:
     assert [t.id for t in store.tasks([TaskState.WAITING])] == ["b"]
     assert [t.id for t in store.dependents("a")] == ["b"]
     assert store.get("zzz") is None
+    counts = store.task_counts()
+    assert {state: n for state, n in counts.items() if n} == {
+        TaskState.AVAILABLE: 1,
+        TaskState.WAITING: 1,
+    }
 
 
 def test_compare_and_set_lets_exactly_one_writer_win(store: Store) -> None:
@@ -300,6 +305,9 @@ def test_inbox_keeps_messages_until_acknowledged_and_ignores_resends(store: Stor
     assert store.deliver(BOB, "m-1", b'{"hello":1}') == first  # acknowledged, still no duplicate
     assert [e.message_id for e in store.pending(BOB)] == ["m-2"]
     assert [e.body for e in store.pending(ALICE)] == [b'{"for":"alice"}']
+    assert store.inbox_depth() == 2  # bob's m-2 and alice's copy
+    store.ack(ALICE, store.pending(ALICE)[0].position)
+    assert store.inbox_depth() == 1
 
 
 def test_sqlite_inbox_survives_reopening(tmp_path: Path) -> None:

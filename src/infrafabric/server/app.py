@@ -39,6 +39,7 @@ from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
+from infrafabric.server.metrics import Metrics, readiness
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.service import FabricService, ServiceError
 from infrafabric.storage.base import AgentRecord
@@ -54,6 +55,8 @@ __all__ = ["ServerState", "create_app"]
 
 #: Threads carrying out messages side by side over a shared store (Redis round trips).
 SHARED_STORE_WORKERS: Final = 8
+#: The content type of the Prometheus text format.
+PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Largest request body: a message, or an enrollment with a keyring document.
 MAX_BODY: Final = DEFAULT_MAX_BYTES
 
@@ -110,6 +113,19 @@ class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
 
 def create_app(state: ServerState) -> Starlette:
     mcp = McpRoute(state)  # agents' MCP clients, over Streamable HTTP (a lent key each)
+    metrics = Metrics(state)
+
+    async def scrape(request: Request) -> Response:
+        try:
+            _admin(state, request)
+        except ServiceError as exc:
+            return _json(exc.to_json(), exc.status)
+        body = await run_in_threadpool(metrics.exposition)
+        return Response(body, 200, media_type=PROMETHEUS_TYPE)
+
+    async def ready(request: Request) -> Response:
+        verdict, checks = await run_in_threadpool(readiness, state)
+        return _json({"ready": verdict, "checks": checks}, 200 if verdict else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -130,6 +146,9 @@ def create_app(state: ServerState) -> Starlette:
 
     routes = [
         Route("/v1/health", _health, methods=["GET"]),
+        Route("/healthz", _health, methods=["GET"]),
+        Route("/readyz", ready, methods=["GET"]),
+        Route("/metrics", scrape, methods=["GET"]),
         Route("/v1/openapi.json", _openapi, methods=["GET"]),
         Route("/v1/auth/challenge", _route(state, _challenge), methods=["POST"]),
         Route("/v1/auth/token", _route(state, _token), methods=["POST"]),

@@ -77,6 +77,15 @@ OPENAPI: Final[dict[str, Any]] = {
         "/v1/events": {"get": _op("Board events after ?after=seq (replay)")},
         "/v1/inbox": {"get": _op("The calling agent's unacknowledged direct messages")},
         "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
+        "/healthz": {"get": _op("The process is alive: status and version", secured=False)},
+        "/readyz": {
+            "get": _op(
+                "Ready for requests: the store answers and the witness keeps up (503 if not),"
+                " with what each check found",
+                secured=False,
+            )
+        },
+        "/metrics": {"get": _op("Prometheus text format (admin token): see docs/operations.md")},
         "/mcp": {
             "post": _op(
                 "MCP over Streamable HTTP (JSON-RPC; stateless, JSON replies) for one agent:"

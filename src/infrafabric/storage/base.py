@@ -107,6 +107,10 @@ class Store(Protocol):
     def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
         """All tasks, or those in ``states``."""
 
+    def task_counts(self) -> dict[TaskState, int]:
+        """How many tasks are in each state (states with none may be missing), counted
+        without reading the tasks: for metrics."""
+
     def dependents(self, task_id: str) -> list[Task]:
         """Tasks that list ``task_id`` among their dependencies."""
 
@@ -166,6 +170,9 @@ class Store(Protocol):
     def ack(self, receiver: str, position: int) -> bool:
         """Remove the message at ``position`` from ``receiver``'s inbox; ``False`` if it was
         not there (already acknowledged, or someone else's)."""
+
+    def inbox_depth(self) -> int:
+        """Messages waiting in all inboxes, unacknowledged: for metrics."""
 
     # -- replay windows: what the verifier accepted, kept across restarts -----------------
 

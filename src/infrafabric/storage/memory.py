@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -55,6 +55,14 @@ class MemoryStore(OneProcess):
         with self._lock:
             chosen = [t for t in self._tasks.values() if wanted is None or t.state in wanted]
         return sorted(chosen, key=lambda task: task.id)
+
+    def task_counts(self) -> dict[TaskState, int]:
+        with self._lock:
+            return dict(Counter(task.state for task in self._tasks.values()))
+
+    def inbox_depth(self) -> int:
+        with self._lock:
+            return sum(len(inbox) for inbox in self._inboxes.values())
 
     def dependents(self, task_id: str) -> list[Task]:
         with self._lock:

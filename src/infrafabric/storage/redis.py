@@ -178,6 +178,7 @@ local position = redis.call('GET', known)
 if position then return tonumber(position) end
 position = redis.call('INCR', p .. 'ibpos')
 redis.call('XADD', p .. 'ib:' .. receiver, position .. '-0', 'm', mid, 'b', ARGV[4])
+redis.call('SADD', p .. 'inboxes', receiver)  -- every inbox, for inbox_depth
 redis.call('SET', known, position, 'EX', ARGV[5])
 redis.call('XADD', p .. 'bus', 'MAXLEN', '~', ARGV[6], '*', 'k', 'dm', 'r', receiver,
            'p', position, 'b', ARGV[4])
@@ -332,6 +333,21 @@ class RedisStore:
         for state in set(states):
             found += self._tasks("ids", f"s:{state}", 0, -1)
         return sorted(found, key=lambda task: task.id)
+
+    def task_counts(self) -> dict[TaskState, int]:
+        with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for state in TaskState:
+                pipe.zcard(self._key(f"s:{state}"))
+            counts = pipe.execute()
+        return {state: int(count) for state, count in zip(TaskState, counts, strict=True)}
+
+    def inbox_depth(self) -> int:
+        with self._guard():
+            pipe = self.redis.pipeline(transaction=False)
+            for receiver in self.redis.smembers(self._key("inboxes")):
+                pipe.xlen(self._key("ib:", receiver.decode()))
+            return sum(int(length) for length in pipe.execute())
 
     def dependents(self, task_id: str) -> list[Task]:
         found = sorted(self._tasks("members", f"deps:{task_id}"), key=lambda task: task.id)

@@ -174,6 +174,15 @@ class SqliteStore(OneProcess):
                 ).fetchall()
         return [_TASK_DECODER.decode(row[0]) for row in rows]
 
+    def task_counts(self) -> dict[TaskState, int]:
+        with self._read() as db:  # the claim index leads with state: no table scan
+            rows = db.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall()
+        return {TaskState(row[0]): int(row[1]) for row in rows}
+
+    def inbox_depth(self) -> int:
+        with self._read() as db:
+            return int(db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
+
     def dependents(self, task_id: str) -> list[Task]:
         with self._read() as db:
             rows = db.execute(

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, Protocol
 
 import nacl.signing
 
+from infrafabric.errors import StoreError
 from infrafabric.outage import Outage
 from infrafabric.protocol.timefmt import format_timestamp
 from infrafabric.storage.base import Store
@@ -124,8 +125,11 @@ class WitnessFeeder:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
-        while self.run_once(force_checkpoint=True) >= self.batch:
-            pass
+        try:
+            while self.run_once(force_checkpoint=True) >= self.batch:
+                pass
+        except StoreError as exc:  # the next start takes up from the cursor: nothing lost
+            _log.warning("the witness could not catch up before stopping: %s", exc)
 
     def _rounds(self) -> None:
         """Catch up (several rounds if behind). A failure (the disk, say) is logged and
