@@ -124,10 +124,10 @@ class FabricService:
         #: Called with an agent whose keys changed here (a delegation): the server keeps
         #: its keyring directory up to date with it.
         self.keys_changed: Callable[[AgentId], None] | None = None
-        #: Told of each message of a batch once it is committed: its operation (``claim``,
-        #: ``direct``, ``unverified``...), its refusal code or ``None``, and the seconds
-        #: from the start of its handling to the commit (the server's metrics).
-        self.observer: Callable[[str, str | None, float], None] | None = None
+        #: Each told of each message of a batch once it is committed: its operation
+        #: (``claim``, ``direct``, ``unverified``...), its refusal code or ``None``, and the
+        #: seconds from the start of its handling to the commit (metrics, logs).
+        self.observers: list[Callable[[str, str | None, float], None]] = []
         self._operation = threading.local()  # what the message being handled asked for
         coordinator.listen(self._on_board_events)
         if governor is not None:
@@ -223,12 +223,13 @@ class FabricService:
     def _observe(
         self, begun: Sequence[tuple[str, float]], results: Sequence[dict[str, Any] | ServiceError]
     ) -> None:
-        if self.observer is None:
+        if not self.observers:
             return
         done = time.perf_counter()
         for (operation, started), result in zip(begun, results, strict=False):
             refusal = result.code if isinstance(result, ServiceError) else None
-            self.observer(operation, refusal, done - started)
+            for observer in self.observers:
+                observer(operation, refusal, done - started)
 
     # -- agents ---------------------------------------------------------------------------
 

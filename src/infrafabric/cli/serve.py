@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from infrafabric import logs
 from infrafabric.board.rules import BoardConfig
 from infrafabric.cli.common import reported_errors
 from infrafabric.governor.policy import PolicyError
@@ -80,12 +81,23 @@ def serve(
             help="Share the board with other servers: redis://host:port/db (docs/operations.md). Default: SQLite in the data directory.",
         ),
     ] = None,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            help="text (warnings and worse) or json (one object a line from INFO, with every "
+            "decision and refusal: for Loki and other log shippers).",
+        ),
+    ] = "text",
 ) -> None:
     """Run the fabric server (REST under /v1, WebSocket /v1/ws) until Ctrl-C."""
     if synchronous not in ("FULL", "NORMAL"):
         raise typer.BadParameter("FULL or NORMAL", param_hint="--synchronous")
     if verify_mode not in (Mode.STRICT, Mode.AUDIT):
         raise typer.BadParameter("strict or audit", param_hint="--verify-mode")
+    if log_format not in ("text", "json"):
+        raise typer.BadParameter("text or json", param_hint="--log-format")
+    logs.configure("json" if log_format == "json" else "text")
     directory = data or default_data_dir()
     with reported_errors():  # a policy that does not load: its file, line and key
         state = open_server(
@@ -116,7 +128,7 @@ def serve(
             threading.Thread(target=reload, name="ifab-policy-reload", daemon=True).start()
 
         signal.signal(signal.SIGHUP, reload_policy)
-    with run_server(state, host=host, port=port) as server:
+    with run_server(state, host=host, port=port, own_logging=True) as server:
         # The objects of start-up (modules, routes, keyring) live as long as the process:
         # moved out of the collector's sight, a full collection walks only what requests
         # made since, and takes ~1 ms instead of ~30 ms (a stall every few seconds).

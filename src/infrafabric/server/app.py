@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from infrafabric import logs
 from infrafabric._version import __version__
 from infrafabric.board.model import BoardEvent, TaskState
 from infrafabric.bridges.mcp.route import McpRoute
@@ -114,6 +115,8 @@ class _Enrollment(msgspec.Struct, forbid_unknown_fields=True):
 def create_app(state: ServerState) -> Starlette:
     mcp = McpRoute(state)  # agents' MCP clients, over Streamable HTTP (a lent key each)
     metrics = Metrics(state)
+    state.service.on_events(logs.log_events)  # (at INFO: only with --log-format json)
+    state.service.observers.append(logs.log_refusal)
 
     async def scrape(request: Request) -> Response:
         try:

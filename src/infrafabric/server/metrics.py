@@ -94,7 +94,7 @@ class Metrics:
         }
         registry.register(_FabricGauges(state))
         service = state.service
-        service.observer = self.observed
+        service.observers.append(self.observed)
         service.on_events(self.on_events)
         service.on_delivery(self.on_delivery)
         service.on_topic(self.on_topic)

@@ -233,10 +233,11 @@ class RunningServer:
 
 @contextmanager
 def run_server(
-    state: ServerState, *, host: str = "127.0.0.1", port: int = 0
+    state: ServerState, *, host: str = "127.0.0.1", port: int = 0, own_logging: bool = False
 ) -> Iterator[RunningServer]:
     """Run the server in a background thread until the block ends (port 0: any free one),
-    then close ``state``.
+    then close ``state``. ``own_logging``: uvicorn's loggers go through the handlers
+    already configured (:func:`infrafabric.logs.configure`) instead of its own.
 
     A sweeper thread returns expired leases and escalates long blockers every second.
     """
@@ -245,6 +246,7 @@ def run_server(
         host=host,
         port=port,
         log_level="warning",
+        log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
         ws_ping_interval=20,
         ws_ping_timeout=20,
     )
