@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean redis etcd
+.PHONY: setup run test lint bench clean redis etcd prometheus
 
 setup: $(STAMP)
 
@@ -35,7 +35,15 @@ redis:
 	   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)) ; }
 	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
 
-test: lint redis
+# The monitoring tests run promtool and a real Prometheus: Debian's, when missing.
+prometheus:
+	@command -v promtool >/dev/null || { \
+	  echo "installing prometheus (Debian package) for the monitoring tests"; \
+	  (apt-get install -y -qq prometheus >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)) ; }
+	@command -v promtool >/dev/null || { echo "promtool is missing: apt-get install prometheus" >&2; exit 1; }
+
+test: lint redis prometheus
 	$(BIN)/python -m pytest
 
 # The scale-out bench compares with etcd (the original design's choice) if it installs.
