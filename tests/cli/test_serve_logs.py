@@ -28,7 +28,8 @@ def test_json_logs_carry_decisions_and_refusals_with_trace_ids(tmp_path: Path) -
     refused = httpx.post(f"{fabric.url}/v1/messages", content=b"{not json")
     assert refused.status_code == 400
     process = fabric.process
-    assert process is not None and process.stderr is not None
+    assert process is not None
+    assert process.stderr is not None
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=20)
     RUNNING.discard(process)
