@@ -521,7 +521,7 @@ class FabricService:
         with self._verify_lock:
             if isinstance(operation, ops.Delegate):
                 record = delegated_key(
-                    agent, b64url_decode(operation.public_key), key.version, now, operation.seconds
+                    agent, b64url_decode(operation.public_key), key, now, operation.seconds
                 )
                 try:
                     keyring.add(record)

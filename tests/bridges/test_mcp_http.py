@@ -123,3 +123,12 @@ async def test_many_sessions_of_one_token_share_the_work(fabric: Fabric) -> None
     shares = await asyncio.gather(worker(), worker(), worker())
     claimed = [task for share in shares for task in share]
     assert sorted(claimed) == [f"t{index}" for index in range(6)]  # each exactly once
+
+
+async def test_a_token_dies_with_the_key_that_lent_it(fabric: Fabric) -> None:
+    agent(fabric, "alice")
+    token = ok(fabric("mcp", "token", "--as", "alice")).strip()
+    assert post(fabric, token).status_code == 200
+    ok(fabric("identity", "rotate", "alice", "--emergency"))  # alice's key was stolen
+    ok(fabric("agent", "enroll", "alice"))  # the server learns of the revocation
+    assert refusal(post(fabric, token)) == "KEY_REVOKED"  # and of the thief's loans

@@ -114,7 +114,7 @@ def test_keyring_documents_round_trip() -> None:
 def test_a_lent_key_verifies_for_its_term_only_and_is_never_the_identity() -> None:
     own = record_for("alice")
     lent = SigningIdentity.generate(agent_id("alice"))
-    record = delegated_key(lent.agent, lent.public_key, own.version, NOW, 3600)
+    record = delegated_key(lent.agent, lent.public_key, own, NOW, 3600)
     keyring = Keyring([own, record])
     assert record.role is KeyRole.DELEGATE
     assert keyring.resolve(lent.agent, lent.kid, NOW + 3600).reason is None
@@ -125,5 +125,21 @@ def test_a_lent_key_verifies_for_its_term_only_and_is_never_the_identity() -> No
     assert keyring.due_for_rotation(NOW + DEFAULT_ROTATION_SECONDS + 1) == [own]
     keyring.revoke(lent.kid, NOW + 1)
     assert keyring.resolve(lent.agent, lent.kid, NOW + 2).reason is Reason.KEY_REVOKED
+    assert record.lent_by == own.kid
     round_trip = msgspec.json.decode(msgspec.json.encode(keyring.to_file()), type=KeyringFile)
     assert Keyring(list(round_trip.keys)).get(lent.kid) == keyring.get(lent.kid)
+
+
+def test_a_lent_key_dies_with_the_key_that_lent_it_but_not_with_its_rotation() -> None:
+    own = record_for("alice")
+    lent = [SigningIdentity.generate(agent_id("alice")) for _ in range(2)]
+    keyring = Keyring([own])
+    for identity in lent:
+        keyring.add(delegated_key(identity.agent, identity.public_key, own, NOW, 3600))
+    keyring.deprecate(own.kid, NOW + 1)  # a scheduled rotation: loans run their term
+    assert keyring.resolve(lent[0].agent, lent[0].kid, NOW + 2).reason is None
+    keyring.revoke(own.kid, NOW + 3, compromised=True)  # in other hands: so are its loans
+    for identity in lent:
+        resolution = keyring.resolve(identity.agent, identity.kid, NOW + 4)
+        assert resolution.reason is Reason.KEY_REVOKED
+        assert "lent by a revoked key" in resolution.detail

@@ -300,7 +300,9 @@ def test_the_announcement_is_an_ordinary_verifiable_message_once_applied(world: 
 
 def test_a_lent_key_cannot_rotate_the_identity_it_acts_for(world: World) -> None:
     lent = SigningIdentity.generate(world.alice.agent)
-    world.keyring.add(delegated_key(lent.agent, lent.public_key, 1, NOW - 10, 3600))
+    own = world.keyring.get(world.alice.kid)
+    assert own is not None
+    world.keyring.add(delegated_key(lent.agent, lent.public_key, own, NOW - 10, 3600))
     announcement = announce_rotation(
         lent.kid, 1, world.new, countersigner=lent, kind=RotationKind.EMERGENCY,
         now=NOW, sequence_num=6,

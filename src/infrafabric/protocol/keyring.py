@@ -88,6 +88,7 @@ class KeyRecord(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     valid_until: TimestampField | UnsetType = UNSET
     revoked_at: TimestampField | UnsetType = UNSET
     replaced_by: KidField | UnsetType = UNSET
+    lent_by: KidField | UnsetType = UNSET  # a delegated key: the agent's key that lent it
 
     def __post_init__(self) -> None:
         if key_id(self.public_key_bytes) != self.kid:
@@ -128,20 +129,21 @@ def new_key_record(
 
 
 def delegated_key(
-    agent: AgentId, public_key: bytes, version: int, now: Timestamp, seconds: float
+    agent: AgentId, public_key: bytes, lender: KeyRecord, now: Timestamp, seconds: float
 ) -> KeyRecord:
-    """The record of a key ``agent`` lends from ``now`` for ``seconds`` (see
-    :attr:`KeyRole.DELEGATE`); ``version`` is that of the agent's key that lent it."""
+    """The record of a key ``agent`` lends from ``now`` for ``seconds`` with its key
+    ``lender`` (see :attr:`KeyRole.DELEGATE`): it dies with that key's revocation."""
     return KeyRecord(
         agent=agent,
         kid=key_id(public_key),
-        version=version,
+        version=lender.version,
         public_key=b64url_encode(public_key),
         role=KeyRole.DELEGATE,
         state=KeyState.ACTIVE,
         created_at=format_timestamp(now),
         rotate_after=format_timestamp(now + seconds),
         valid_until=format_timestamp(now + seconds),
+        lent_by=lender.kid,
     )
 
 
@@ -291,10 +293,10 @@ class Keyring:
             return KeyResolution(None, None, Reason.UNKNOWN_KEY, f"no key {kid} for {sender}")
         state = entry.record.state
         if state is KeyState.ACTIVE:
-            if entry.valid_until is not None and now > entry.valid_until:  # a delegation
-                return KeyResolution(
-                    entry.record, None, Reason.KEY_EXPIRED, f"key {kid} was lent until then"
-                )
+            if entry.record.role is KeyRole.DELEGATE:
+                refusal = self._lent(entry, now)
+                if refusal is not None:
+                    return refusal
             return KeyResolution(entry.record, entry.verify_key, None)
         if state is KeyState.DEPRECATED:
             if entry.valid_until is not None and now <= entry.valid_until:
@@ -305,6 +307,21 @@ class Keyring:
                 entry.record, None, Reason.KEY_EXPIRED, f"key {kid} deprecated, grace ended"
             )
         return KeyResolution(entry.record, None, Reason.KEY_REVOKED, f"key {kid} is {state}")
+
+    def _lent(self, entry: _Entry, now: Timestamp) -> KeyResolution | None:
+        """Why a lent key may not verify now: its term is over, or the key that lent it
+        was revoked (a thief's loans die with the stolen key); ``None`` if it may."""
+        record = entry.record
+        if entry.valid_until is not None and now > entry.valid_until:
+            return KeyResolution(
+                record, None, Reason.KEY_EXPIRED, f"key {record.kid} was lent until then"
+            )
+        lender = self._entries.get(record.lent_by) if record.lent_by is not UNSET else None
+        if lender is None or lender.record.state in (KeyState.REVOKED, KeyState.COMPROMISED):
+            return KeyResolution(
+                record, None, Reason.KEY_REVOKED, f"key {record.kid} was lent by a revoked key"
+            )
+        return None
 
     def to_file(self, agent: AgentId | None = None) -> KeyringFile:
         """This keyring (or one agent's keys) as a JSON-ready document."""
