@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 import claims  # bench/claims.py: the board and the server
 import governor  # bench/governor.py: waste and matching time
 import mcp_bridge  # bench/mcp_bridge.py: MCP tool calls
+import metrics  # bench/metrics.py: the cost of a scrape
 import scale_out  # bench/scale_out.py: servers over Redis
 import witness  # bench/witness.py: the Merkle log
 from infrafabric import (
@@ -232,6 +233,7 @@ def main() -> None:
     governor.main(quick=args.quick)
     scale_out.main(quick=args.quick)
     mcp_bridge.main(quick=args.quick)
+    metrics.main(quick=args.quick)
     if args.json:
         print(
             json.dumps(
