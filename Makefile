@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean redis etcd prometheus
+.PHONY: setup run test lint bench clean redis etcd prometheus chromium
 
 setup: $(STAMP)
 
@@ -43,7 +43,15 @@ prometheus:
 	   (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)) ; }
 	@command -v promtool >/dev/null || { echo "promtool is missing: apt-get install prometheus" >&2; exit 1; }
 
-test: lint redis prometheus
+# The dashboard tests drive Debian's headless Chromium (never a downloaded browser).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (Debian package) for the dashboard tests"; \
+	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) ; }
+	@command -v chromium >/dev/null || { echo "chromium is missing: apt-get install chromium" >&2; exit 1; }
+
+test: lint redis prometheus chromium
 	$(BIN)/python -m pytest
 
 # The scale-out bench compares with etcd (the original design's choice) if it installs.

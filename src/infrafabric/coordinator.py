@@ -297,9 +297,12 @@ class Coordinator:
         return helpers
 
     def health(self, agent: AgentId) -> Health:
+        return rules.health(self.seen_at(agent), self.clock(), self.config)
+
+    def seen_at(self, agent: AgentId) -> Timestamp | None:
+        """When ``agent`` was last heard from by this server, if it was."""
         with self._seen_lock:
-            last = self._seen.get(agent)
-        return rules.health(last, self.clock(), self.config)
+            return self._seen.get(agent)
 
     def record(self, events: Sequence[BoardEvent]) -> None:
         """Log decisions the fabric took outside the board (an enrolled key, a flagged

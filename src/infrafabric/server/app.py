@@ -39,6 +39,7 @@ from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
+from infrafabric.server.dashboard import dashboard_routes
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
 from infrafabric.server.metrics import Metrics, readiness
 from infrafabric.server.openapi import OPENAPI
@@ -56,6 +57,8 @@ __all__ = ["ServerState", "create_app"]
 
 #: Threads carrying out messages side by side over a shared store (Redis round trips).
 SHARED_STORE_WORKERS: Final = 8
+#: The dashboard's operator session cookie (see :mod:`.dashboard`).
+SESSION_COOKIE: Final = "ifab_operator"
 #: The content type of the Prometheus text format.
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 #: Largest request body: a message, or an enrollment with a keyring document.
@@ -171,6 +174,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/witness/consistency", _route(state, _witness_consistency), methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda websocket: _websocket(state, websocket)),
         Route("/mcp", mcp),
+        *dashboard_routes(state, SESSION_COOKIE),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     mcp.fabric_app = app
@@ -231,9 +235,16 @@ def _bearer(request: Request) -> str | None:
 
 
 def _reader(state: ServerState, request: Request) -> AgentId | None:
-    """The agent behind the request's token (``None`` for the operator); 401 otherwise."""
+    """The agent behind the request's token (``None`` for the operator); 401 otherwise.
+    A read (GET) may also come from the dashboard, with the operator's session cookie."""
     token = _bearer(request)
     if state.sessions.is_admin(token):
+        return None
+    if (
+        token is None
+        and request.method == "GET"
+        and state.sessions.is_operator_session(request.cookies.get(SESSION_COOKIE), state.clock())
+    ):
         return None
     agent = state.sessions.agent_of(token, state.clock())
     if agent is None:
@@ -244,6 +255,16 @@ def _reader(state: ServerState, request: Request) -> AgentId | None:
 def _admin(state: ServerState, request: Request) -> None:
     if not state.sessions.is_admin(_bearer(request)):
         raise ServiceError("UNAUTHENTICATED", "this needs the operator's admin token", 401)
+
+
+def _dashboard_socket(state: ServerState, websocket: WebSocket) -> bool:
+    """The dashboard's WebSocket: the operator's session cookie, from a page of this very
+    server (a browser sends the cookie to any page's WebSocket: the origin must match)."""
+    host = websocket.headers.get("host", "")
+    origin = websocket.headers.get("origin", "")
+    same_origin = origin in (f"http://{host}", f"https://{host}")
+    session = websocket.cookies.get(SESSION_COOKIE)
+    return same_origin and state.sessions.is_operator_session(session, state.clock())
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -322,9 +343,18 @@ async def _agents(state: ServerState, request: Request) -> dict[str, Any]:
     coordinator = state.service.coordinator
     return {
         "agents": [
-            {**msgspec.to_builtins(agent), "health": str(coordinator.health(agent.id))}
+            {
+                **msgspec.to_builtins(agent),
+                "health": str(coordinator.health(agent.id)),
+                "seen_at": coordinator.seen_at(agent.id),
+            }
             for agent in agents
-        ]
+        ],
+        # what the health colours mean, and the server's time: a dashboard recolours
+        # agents as they fall silent without asking again
+        "healthy_within": coordinator.config.healthy_within,
+        "alive_within": coordinator.config.alive_within,
+        "now": state.clock(),
     }
 
 
@@ -583,7 +613,9 @@ MAX_FRAME: Final = MAX_BODY + 1024
 
 async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     token = websocket.query_params.get("token")
-    admin = state.sessions.is_admin(token)
+    admin = state.sessions.is_admin(token) or (
+        token is None and _dashboard_socket(state, websocket)
+    )
     agent = None if admin else state.sessions.agent_of(token, state.clock())
     if agent is None and not admin:
         await websocket.close(code=4401, reason="a valid token is required")

@@ -35,6 +35,8 @@ CHALLENGE_SECONDS: Final = 60.0
 TOKEN_SECONDS: Final = 900.0
 MAX_OPEN_CHALLENGES: Final = 100_000
 MAX_TOKEN_CHARS: Final = 1024
+#: How long the dashboard's operator session (a cookie) lasts.
+OPERATOR_SESSION_SECONDS: Final = 12 * 3600.0
 _MAC_BYTES: Final = 16
 
 
@@ -134,6 +136,24 @@ class Sessions:
 
     def is_admin(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(token or "", self.admin_token)
+
+    def operator_session(self, now: Timestamp) -> str:
+        """A session for the dashboard, given for the admin token: its expiry, MACed (the
+        browser keeps it in an HttpOnly cookie instead of the token itself)."""
+        body = struct.pack(">d", now + OPERATOR_SESSION_SECONDS)
+        return b64url_encode(body) + "." + b64url_encode(self._mac(b"operator", body))
+
+    def is_operator_session(self, session: str | None, now: Timestamp) -> bool:
+        if not session or session.count(".") != 1 or len(session) > MAX_TOKEN_CHARS:
+            return False
+        encoded_body, encoded_mac = session.split(".")
+        try:
+            body, mac = b64url_decode(encoded_body), b64url_decode(encoded_mac)
+        except ValueError:
+            return False
+        if len(body) != 8 or not hmac.compare_digest(mac, self._mac(b"operator", body)):
+            return False
+        return bool(struct.unpack(">d", body)[0] >= now)
 
     def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
         digest = hmac.new(self._key, purpose, hashlib.sha256)

@@ -77,6 +77,19 @@ OPENAPI: Final[dict[str, Any]] = {
         "/v1/events": {"get": _op("Board events after ?after=seq (replay)")},
         "/v1/inbox": {"get": _op("The calling agent's unacknowledged direct messages")},
         "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
+        "/": {
+            "get": _op("The live dashboard (HTML; signs in with the admin token)", secured=False)
+        },
+        "/ui/{name}": {"get": _op("The dashboard's script and style sheet", secured=False)},
+        "/v1/dashboard/login": {
+            "post": _op(
+                "{token}: the admin token for a 12-hour operator session cookie (HttpOnly,"
+                " SameSite=Strict) that opens reads and the WebSocket",
+                secured=False,
+                body=True,
+            )
+        },
+        "/v1/dashboard/logout": {"post": _op("End the operator session", secured=False)},
         "/healthz": {"get": _op("The process is alive: status and version", secured=False)},
         "/readyz": {
             "get": _op(

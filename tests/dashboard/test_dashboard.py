@@ -1,0 +1,170 @@
+"""The dashboard in a real browser (Debian's Chromium, headless) against a real server:
+sign in, watch the board move as agents work through the SDK, watch an agent fall
+silent, verify a witness entry in the browser, and be refused with a bad token."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from playwright.sync_api import Page, expect
+
+from infrafabric.client import SyncClient
+from tests.server.conftest import Fabric
+
+SECOND = 1000  # Playwright counts milliseconds
+
+
+def sign_in(page: Page, fabric: Fabric, token: str | None = None) -> None:
+    page.goto(fabric.url)
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("#tabs")).to_be_hidden()
+    page.fill("#token", token or fabric.admin)
+    page.click("#login button[type=submit]")
+    if token is None:
+        expect(page.locator("#login")).to_be_hidden()
+        expect(page.locator("#tabs")).to_be_visible()
+
+
+def as_agent(fabric: Fabric, name: str, work: Callable[[Any], Any], *caps: str) -> Any:
+    """Run ``work(client)`` for a freshly enrolled agent ``name`` on a thread of its own
+    (Playwright's synchronous API owns this one)."""
+    identity = fabric.enroll(name, caps)
+    result: list[Any] = []
+
+    def run() -> None:
+        with SyncClient.connect(fabric.url, identity) as client:
+            result.append(work(client))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(timeout=30)
+    return result[0]
+
+
+def card(page: Page, column: str, task: str) -> Any:
+    return page.locator(f'[data-column="{column}"] [data-task="{task}"]')
+
+
+def test_a_bad_token_is_refused(fabric: Fabric, page: Page) -> None:
+    sign_in(page, fabric, token="not-the-token")
+    expect(page.locator("#login-error")).to_contain_text("Refused")
+    expect(page.locator("#board")).to_be_hidden()
+    reply = page.request.get(f"{fabric.url}/v1/tasks")
+    assert reply.status == 401  # no session cookie was given
+
+
+def test_the_board_moves_live_as_agents_work(fabric: Fabric, page: Page) -> None:
+    sign_in(page, fabric)
+    expect(page.locator("#live")).to_have_text("live", timeout=5 * SECOND)
+    as_agent(fabric, "lead", lambda c: c.create_task("Build the API", id="api", priority=80))
+    expect(card(page, "available", "api")).to_be_visible(timeout=SECOND)
+    started = time.monotonic()
+    identity = fabric.enroll("coder")
+    holder: dict[str, Any] = {}
+    done = threading.Event()
+    go = threading.Event()
+
+    def work() -> None:
+        with SyncClient.connect(fabric.url, identity) as client:
+            holder["claimed"] = client.claim("api")
+            go.wait(10)
+            client.progress("api", 50, "half way")
+            go.clear()
+            done.set()
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    expect(card(page, "claimed", "api")).to_be_visible(timeout=SECOND)
+    claimed_after = time.monotonic() - started
+    expect(card(page, "claimed", "api")).to_contain_text("coder")
+    expect(card(page, "claimed", "api").locator(".lease")).to_have_text(re.compile(r"lease \d+ s"))
+    go.set()
+    assert done.wait(10)
+    thread.join(10)
+    progressing = card(page, "in_progress", "api")
+    expect(progressing).to_be_visible(timeout=SECOND)
+    expect(progressing.locator("progress")).to_have_attribute("value", "50")
+    assert claimed_after < 5  # (the timeouts above hold each step to a second)
+    page.click("#tabs button[data-view=events]")
+    expect(page.locator("#events")).to_contain_text("task.claimed api by coder")
+
+
+def test_an_agent_turns_yellow_when_it_falls_silent(fabric: Fabric, page: Page) -> None:
+    sign_in(page, fabric)
+    expect(page.locator("#live")).to_have_text("live", timeout=5 * SECOND)
+    as_agent(
+        fabric,
+        "quiet",
+        lambda c: [c.create_task("Anything", id="t1"), c.claim("t1")],
+        "code:python",
+    )  # a claim is a heartbeat: the fabric has heard from it
+    page.click("#tabs button[data-view=agents]")
+    row = page.locator('[data-agent="if://agent/quiet"]')
+    expect(row).to_have_class("green", timeout=SECOND)  # it just spoke
+    expect(row).to_have_class("yellow", timeout=3 * SECOND)  # one quiet second later
+    expect(row).to_contain_text("code:python")
+
+
+def test_a_witness_entry_is_verified_in_the_browser(fabric: Fabric, page: Page) -> None:
+    as_agent(fabric, "alice", lambda c: c.create_task("Witnessed", id="w1"))
+    time.sleep(1.5)  # the witness signs a checkpoint within a second
+    sign_in(page, fabric)
+    page.click("#tabs button[data-view=witness]")
+    expect(page.locator("#checkpoint")).to_contain_text("Latest checkpoint")
+    page.locator("#entries button").first.click()
+    expect(page.locator("#verdict")).to_contain_text("Verified in your browser", timeout=5 * SECOND)
+    # a bundle whose entry was changed is refused by the same code in the page
+    verdict = page.evaluate(
+        """async () => {
+            const bundle = await (await fetch('/v1/witness/proof?index=0')).json();
+            const key = (await (await fetch('/v1/witness/checkpoint')).json()).key;
+            bundle.entry = btoa(atob(bundle.entry) + ' ');  // one byte more
+            try { await window.IfabVerify.verifyBundle(bundle, key); return 'accepted'; }
+            catch (error) { return error.message; }
+        }"""
+    )
+    assert verdict == "the proof leads to a different root"
+
+
+def test_the_token_in_the_fragment_signs_in_once_and_leaves_the_address(
+    fabric: Fabric, page: Page
+) -> None:
+    page.goto(f"{fabric.url}/#token={fabric.admin}")
+    expect(page.locator("#board")).to_be_visible()
+    assert "token" not in page.url
+    cookie = next(c for c in page.context.cookies() if c["name"] == "ifab_operator")
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert fabric.admin not in cookie["value"]
+    page.click("#logout")
+    expect(page.locator("#login")).to_be_visible()
+
+
+def test_phone_screens_and_dark_themes_are_readable(fabric: Fabric, page: Page) -> None:
+    as_agent(fabric, "lead", lambda c: c.create_task("A task", id="t1"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.emulate_media(color_scheme="dark")
+    sign_in(page, fabric)
+    column = page.locator('[data-column="available"]')
+    expect(column.locator('[data-task="t1"]')).to_be_visible()
+    box = column.bounding_box()
+    assert box is not None
+    assert box["width"] <= 390  # one column a row: nothing off screen to the side
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(n) for n in re.findall(r"\d+", background)[:3])
+    assert red + green + blue < 150  # dark
+
+
+def test_the_page_loads_nothing_from_elsewhere(fabric: Fabric, page: Page) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    sign_in(page, fabric)
+    expect(page.locator("#board")).to_be_visible()
+    assert requested
+    assert all(url.startswith((fabric.url, "ws://")) for url in requested)
+    policy = page.request.get(fabric.url).headers["content-security-policy"]
+    assert "default-src 'none'" in policy
