@@ -60,7 +60,7 @@ etcd:
 	  (apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null 2>&1)) || \
 	  echo "etcd-server did not install: the bench skips its comparison"
 
-bench: setup redis etcd
+bench: setup redis etcd chromium
 	$(BIN)/python bench/run.py
 
 clean:

@@ -19,6 +19,7 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import claims  # bench/claims.py: the board and the server
+import dashboard  # bench/dashboard.py: a claim to its card in the browser
 import governor  # bench/governor.py: waste and matching time
 import mcp_bridge  # bench/mcp_bridge.py: MCP tool calls
 import metrics  # bench/metrics.py: the cost of a scrape
@@ -234,6 +235,7 @@ def main() -> None:
     scale_out.main(quick=args.quick)
     mcp_bridge.main(quick=args.quick)
     metrics.main(quick=args.quick)
+    dashboard.main(quick=args.quick)
     if args.json:
         print(
             json.dumps(
