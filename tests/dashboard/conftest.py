@@ -28,8 +28,11 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
         yield Fabric(server, state.sessions.admin_token)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Playwright's synchronous API keeps an event loop running in this thread while it
+    is open (``asyncio.run`` fails meanwhile): closed with the module, before the tests
+    that need ``asyncio.run``."""
     assert CHROMIUM is not None, "chromium is missing: `make test` installs Debian's"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(

@@ -62,7 +62,8 @@ def swarm(
             f"\nThe server is still running at [bold]{server.url}[/] (data in {report_dir()})."
         )
         console.print(
-            "Operator token: admin.token in the data directory. See docs/server.md to connect agents."
+            f"Watch it in a browser at [bold]{server.url}/[/] (sign in with admin.token from the "
+            "data directory). See docs/server.md to connect agents, docs/agents.md for MCP clients."
         )
         if exit_after:
             return
