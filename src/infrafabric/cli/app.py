@@ -10,7 +10,18 @@ from rich.console import Console
 from rich.table import Table
 
 from infrafabric._version import __version__
-from infrafabric.cli import board, governor, identity, keyring, mcp, message, serve, swarm, witness
+from infrafabric.cli import (
+    backup,
+    board,
+    governor,
+    identity,
+    keyring,
+    mcp,
+    message,
+    serve,
+    swarm,
+    witness,
+)
 from infrafabric.demo import DemoEvent, run_demo
 
 app = typer.Typer(
@@ -36,6 +47,8 @@ app.command("serve")(serve.serve)
 app.command("swarm")(swarm.swarm)
 app.command("status")(board.status)
 app.command("tail")(board.tail)
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 @app.command("version")
