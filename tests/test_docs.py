@@ -66,3 +66,34 @@ def test_the_governor_docs_policies_load() -> None:
     reference = text.split("## Policy reference\n\n```yaml\n", 1)[1].split("```", 1)[0]
     policy = parse_policy(reference, source="reference")
     assert policy.profile == parse_policy("").profile  # the values shown are the built-in ones
+
+
+def test_every_ifab_command_in_the_docs_exists_with_its_options() -> None:
+    """Each `ifab ...` the operations runbook and the agents guide show names a real
+    command and only options it has (the commands themselves run in the CLI tests)."""
+    import shlex
+    from typing import Any
+
+    import typer
+
+    from infrafabric.cli.app import app
+
+    root = typer.main.get_command(app)
+    checked = 0
+    for name in ("operations.md", "agents.md", "server.md"):
+        text = (ROOT / "docs" / name).read_text()
+        spans = re.findall(r"`(ifab [^`]+)`", text)
+        lines = re.findall(r"^(ifab .+?)(?:\s+#.*)?$", text, re.M)
+        for command in spans + lines:
+            words = [w for w in shlex.split(command.replace("...", "X")) if w != "&"][1:]
+            group: Any = root
+            while words and words[0] in getattr(group, "commands", {}):
+                group = group.commands[words.pop(0)]
+            context = group.context_class(group)
+            options = {o for p in group.get_params(context) for o in (*p.opts, *p.secondary_opts)}
+            for word in words:
+                if word.startswith("--"):
+                    assert word.split("=")[0] in options, f"{name}: `{command}`: no {word}"
+            assert group is not root, f"{name}: `{command}` names no command"
+            checked += 1
+    assert checked > 30
