@@ -62,6 +62,8 @@ def test_a_board_worked_from_the_shell(fabric: Fabric, tmp_path: Path) -> None:
     assert "invited: nobody qualified" in ok(
         fabric("task", "help", "build", "--needs", "ops:k8s", "--as", "coder")
     )
+    blocked_tasks = ok(fabric("task", "list", "--state", "blocked"))  # as the runbook does
+    assert [line.split()[0] for line in blocked_tasks.splitlines()[1:]] == ["build"]
     status = ok(fabric("status"))
     assert "blocked" in status
     assert "if://agent/coder" in status

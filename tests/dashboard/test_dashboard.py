@@ -168,3 +168,23 @@ def test_the_page_loads_nothing_from_elsewhere(fabric: Fabric, page: Page) -> No
     assert all(url.startswith((fabric.url, "ws://")) for url in requested)
     policy = page.request.get(fabric.url).headers["content-security-policy"]
     assert "default-src 'none'" in policy
+
+
+def test_the_budgets_view_charts_spend_since_the_first_costed_step(
+    fabric: Fabric, page: Page
+) -> None:
+    def spend(client: Any) -> None:
+        for n, usd in enumerate((0.25, 0.5)):
+            client.create_task("Costly", id=f"c{n}")
+            client.claim(f"c{n}")
+            client.complete(f"c{n}", {"ok": True}, usage={"usd": usd, "model": "m"})
+
+    as_agent(fabric, "spender", spend)
+    time.sleep(1.5)  # the witness takes the costs within a second
+    sign_in(page, fabric)
+    page.click("#tabs button[data-view=budgets]")
+    expect(page.locator("#spend-chart text")).to_have_text("$0.7500 spent so far")
+    points = page.locator("#spend-chart polyline").get_attribute("points")
+    assert points is not None
+    assert len(points.split()) >= 3  # two costed steps from the witness, then the report
+    expect(page.locator("#budgets")).to_contain_text("spender")

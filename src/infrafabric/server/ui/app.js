@@ -83,6 +83,7 @@
     $("#logout").hidden = false;
     state.tasks = new Map(tasks.tasks.map((task) => [task.id, task]));
     takeAgents(agents);
+    await loadSpendHistory();
     await loadReport();
     show(state.view);
     follow();
@@ -106,6 +107,29 @@
       const total = state.report.agents.reduce((sum, book) => sum + book.spent_usd, 0);
       state.spend.push([now(), total]);
     }
+  }
+
+  // Spend so far, from the witness log's costed entries (each with its time): the chart
+  // starts with the fabric's history, then grows with the governor's reports.
+  const HISTORY_PAGES = 10;
+  async function loadSpendHistory() {
+    const points = [];
+    let start = 0, total = 0;
+    try {
+      for (let page = 0; page < HISTORY_PAGES; page++) {
+        const found = await api(`/v1/witness/entries?cost=true&start=${start}&limit=1000`);
+        for (const { entry } of found.entries) {
+          if (points.length === 0) points.push([Date.parse(entry.at) / 1000, 0]); // from nothing
+          total += entry.cost.usd || 0;
+          points.push([Date.parse(entry.at) / 1000, total]);
+        }
+        start = found.next;
+        if (start >= found.size) break;
+      }
+    } catch (error) {
+      if (error instanceof Unauthorized) throw error; // (a fabric without a witness: no history)
+    }
+    state.spend = points;
   }
 
   function follow(delay = 1000) {
