@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from infrafabric.board.model import TaskState
 from infrafabric.cli.common import fail, keystore, passphrase, print_table, reported_errors
 from infrafabric.client import Client, RemoteError
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir
@@ -382,18 +383,8 @@ def status(
     console = Console(highlight=False, soft_wrap=True)
     counts = Counter(task["state"] for task in tasks)
     summary = Table("state", "tasks", title=f"Board at {server}")
-    for state_name in (
-        "waiting",
-        "available",
-        "claimed",
-        "in_progress",
-        "blocked",
-        "completed",
-        "failed",
-        "cancelled",
-        "dead",
-    ):
-        summary.add_row(state_name, str(counts.get(state_name, 0)))
+    for task_state in TaskState:
+        summary.add_row(str(task_state), str(counts.get(str(task_state), 0)))
     console.print(summary)
     working = Table("task", "state", "owner", "progress", "title", title="Work in hand")
     for task in tasks:

@@ -23,6 +23,7 @@ from mcp.types import ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from infrafabric._version import __version__
+from infrafabric.board.model import TaskState
 from infrafabric.bridges.mcp.hints import advice
 from infrafabric.client import Client, RemoteError
 from infrafabric.errors import CallerError
@@ -36,28 +37,6 @@ AgentSource = Callable[[], Awaitable[Client]]
 MAX_TRACE_PAGES: Final = 10
 #: Tasks ``list_tasks`` returns unless asked for fewer (a model reads every one).
 DEFAULT_LIST_LIMIT: Final = 50
-STATES: Final = (
-    "waiting",
-    "available",
-    "claimed",
-    "in_progress",
-    "blocked",
-    "completed",
-    "failed",
-    "cancelled",
-    "dead",
-)
-State = Literal[
-    "waiting",
-    "available",
-    "claimed",
-    "in_progress",
-    "blocked",
-    "completed",
-    "failed",
-    "cancelled",
-    "dead",
-]
 
 INSTRUCTIONS: Final = """\
 You are one agent of a swarm sharing an InfraFabric task board. Every change you make is
@@ -158,7 +137,7 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
     @server.tool(annotations=ReadOnly)
     async def list_tasks(
         state: Annotated[
-            list[State] | None,
+            list[TaskState] | None,
             Field(description="Only tasks in these states (default: every state)"),
         ] = None,
         mine: Annotated[bool, Field(description="Only tasks you hold")] = False,
@@ -490,7 +469,7 @@ def _detail(task: dict[str, Any]) -> dict[str, Any]:
 def _status(tasks: list[dict[str, Any]], agents: list[dict[str, Any]]) -> dict[str, Any]:
     counts = Counter(task["state"] for task in tasks)
     return {
-        "tasks_by_state": {state: counts.get(state, 0) for state in STATES},
+        "tasks_by_state": {str(state): counts.get(str(state), 0) for state in TaskState},
         "in_hand": [
             {"task": t["id"], "owner": t["owner"], "state": t["state"], "title": t["title"]}
             for t in tasks
