@@ -116,23 +116,12 @@ class Sessions:
         # spent only once answered: a forged answer must not use up the record's room
         if not self._used_once(challenge, until, now):
             raise AuthError("BAD_CHALLENGE", "unknown, used or expired challenge")
-        body = struct.pack(">d", now + TOKEN_SECONDS) + agent.encode()
-        return b64url_encode(body) + "." + b64url_encode(self._mac(b"token", body))
+        return self._seal(b"token", now + TOKEN_SECONDS, agent.encode())
 
     def agent_of(self, token: str | None, now: Timestamp) -> AgentId | None:
         """The agent a token belongs to, or ``None`` if it is not one of ours or expired."""
-        if not token or token.count(".") != 1 or len(token) > MAX_TOKEN_CHARS:
-            return None
-        encoded_body, encoded_mac = token.split(".")
-        try:
-            body, mac = b64url_decode(encoded_body), b64url_decode(encoded_mac)
-        except ValueError:
-            return None
-        if len(body) <= 8 or not hmac.compare_digest(mac, self._mac(b"token", body)):
-            return None
-        if struct.unpack(">d", body[:8])[0] < now:
-            return None
-        return body[8:].decode()
+        subject = self._open(b"token", token, now)
+        return subject.decode() if subject else None
 
     def is_admin(self, token: str | None) -> bool:
         return bool(token) and hmac.compare_digest(token or "", self.admin_token)
@@ -140,20 +129,31 @@ class Sessions:
     def operator_session(self, now: Timestamp) -> str:
         """A session for the dashboard, given for the admin token: its expiry, MACed (the
         browser keeps it in an HttpOnly cookie instead of the token itself)."""
-        body = struct.pack(">d", now + OPERATOR_SESSION_SECONDS)
-        return b64url_encode(body) + "." + b64url_encode(self._mac(b"operator", body))
+        return self._seal(b"operator", now + OPERATOR_SESSION_SECONDS, b"")
 
     def is_operator_session(self, session: str | None, now: Timestamp) -> bool:
-        if not session or session.count(".") != 1 or len(session) > MAX_TOKEN_CHARS:
-            return False
-        encoded_body, encoded_mac = session.split(".")
+        return self._open(b"operator", session, now) == b""
+
+    def _seal(self, purpose: bytes, until: Timestamp, subject: bytes) -> str:
+        """``until`` and ``subject``, MACed for ``purpose``: a token needing no memory."""
+        body = struct.pack(">d", until) + subject
+        return b64url_encode(body) + "." + b64url_encode(self._mac(purpose, body))
+
+    def _open(self, purpose: bytes, sealed: str | None, now: Timestamp) -> bytes | None:
+        """The subject of a token :meth:`_seal` made for ``purpose``, if it is one and has
+        not expired; ``None`` otherwise."""
+        if not sealed or sealed.count(".") != 1 or len(sealed) > MAX_TOKEN_CHARS:
+            return None
+        encoded_body, encoded_mac = sealed.split(".")
         try:
             body, mac = b64url_decode(encoded_body), b64url_decode(encoded_mac)
         except ValueError:
-            return False
-        if len(body) != 8 or not hmac.compare_digest(mac, self._mac(b"operator", body)):
-            return False
-        return bool(struct.unpack(">d", body)[0] >= now)
+            return None
+        if len(body) < 8 or not hmac.compare_digest(mac, self._mac(purpose, body)):
+            return None
+        if struct.unpack(">d", body[:8])[0] < now:
+            return None
+        return body[8:]
 
     def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
         digest = hmac.new(self._key, purpose, hashlib.sha256)
