@@ -44,6 +44,15 @@ def percentiles(samples: list[float]) -> tuple[float, float, float]:
     return at(0.50), at(0.95), at(0.99)
 
 
+def milliseconds_row(name: str, samples: list[float]) -> tuple[str, str]:
+    """A table row of ``samples`` (seconds): p50, p95 and the slowest, in milliseconds."""
+    p50, p95, _ = percentiles(samples)
+    return (
+        name,
+        f"p50 {p50 / 1000:8.2f} ms  p95 {p95 / 1000:8.2f} ms  max {max(samples) * 1000:8.2f} ms",
+    )
+
+
 def timed(operation: Callable[[int], None], count: int) -> list[float]:
     samples = []
     for index in range(count):

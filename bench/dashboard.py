@@ -22,7 +22,7 @@ from pathlib import Path
 import websockets.asyncio.client
 from playwright.sync_api import sync_playwright
 
-from claims import percentiles, render
+from claims import milliseconds_row, render
 from infrafabric.client import SyncClient
 from infrafabric.server.runner import open_server, run_server
 
@@ -99,18 +99,13 @@ def main(quick: bool = False) -> None:
                 client.create_task("x", id="stop")
             listener.join(10)
             browser.close()
-    rows = []
-    for name, samples in (
-        ("event on a plain WebSocket client (baseline)", socket_ms),
-        ("card moved in the browser's board", browser_ms),
-    ):
-        p50, p95, _ = percentiles(samples)
-        rows.append(
-            (
-                name,
-                f"p50 {p50 / 1000:7.1f} ms  p95 {p95 / 1000:7.1f} ms  max {max(samples) * 1000:7.1f} ms",
-            )
+    rows = [
+        milliseconds_row(name, samples)
+        for name, samples in (
+            ("event on a plain WebSocket client (baseline)", socket_ms),
+            ("card moved in the browser's board", browser_ms),
         )
+    ]
     print(render(rows))
 
 

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from tests.bridges.conftest import http_session, ok, stdio_session
-from tests.harness import PASS, Fabric
+from tests.bridges.conftest import http_session, stdio_session
+from tests.harness import PASS, Fabric, ok
 
 from claims import percentiles, render
 from infrafabric.client import Client

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from claims import percentiles, render
+from claims import milliseconds_row, render
 from infrafabric.board.model import Task
 from infrafabric.server.runner import open_server, run_server
 from infrafabric.storage.base import AgentRecord
@@ -58,18 +58,13 @@ def main(quick: bool = False) -> None:
                     response = client.get("/metrics")
                     samples.append(time.perf_counter() - start)
                     assert response.status_code == 200
-    rows = []
-    for name, measured in (
-        ("raw SQLite: tasks counted by state", raw),
-        ("GET /metrics (whole exposition)", samples),
-    ):
-        p50, p95, _ = percentiles(measured)
-        rows.append(
-            (
-                name,
-                f"p50 {p50 / 1000:8.2f} ms  p95 {p95 / 1000:8.2f} ms  max {max(measured) * 1000:8.2f} ms",
-            )
+    rows = [
+        milliseconds_row(name, measured)
+        for name, measured in (
+            ("raw SQLite: tasks counted by state", raw),
+            ("GET /metrics (whole exposition)", samples),
         )
+    ]
     rows.append(
         ("exposition size", f"{size:,} bytes; mean scrape {statistics.mean(samples) * 1000:.1f} ms")
     )
