@@ -97,6 +97,12 @@ class Fabric:
         )  # fmt: skip
 
 
+def ok(result: subprocess.CompletedProcess[bytes]) -> str:
+    """The output of a command that must have succeeded (else its stderr, as the failure)."""
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
 def enrollment(
     name: str, *, role: KeyRole = KeyRole.AGENT, **manifest: Any
 ) -> tuple[SigningIdentity, dict[str, Any]]:

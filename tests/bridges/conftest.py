@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,11 +40,6 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
     running.start()
     yield running
     running.kill()
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> str:
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode()
 
 
 def agent(fabric: Fabric, name: str, *capabilities: str) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.bridges.conftest import agent, data, http_session, ok, stdio_session
-from tests.harness import IFAB, PASS, Fabric
+from tests.bridges.conftest import agent, data, http_session, stdio_session
+from tests.harness import IFAB, PASS, Fabric, ok
 
 pytestmark = pytest.mark.anyio
 

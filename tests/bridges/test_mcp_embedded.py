@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridges.conftest import data, ok, stdio_session
-from tests.harness import IFAB, Fabric
+from tests.bridges.conftest import data, stdio_session
+from tests.harness import IFAB, Fabric, ok
 
 pytestmark = pytest.mark.anyio
 

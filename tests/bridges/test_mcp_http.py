@@ -12,8 +12,8 @@ from infrafabric.bridges.mcp.token import format_token
 from infrafabric.client import Client, RemoteError
 from infrafabric.keystore import Keystore
 from infrafabric.protocol.identity import SigningIdentity
-from tests.bridges.conftest import agent, data, http_session, ok
-from tests.harness import PASS, Fabric
+from tests.bridges.conftest import agent, data, http_session
+from tests.harness import PASS, Fabric, ok
 
 pytestmark = pytest.mark.anyio
 

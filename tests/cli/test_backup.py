@@ -15,12 +15,7 @@ from pathlib import Path
 import httpx
 
 from infrafabric.client import Client
-from tests.harness import Fabric, enroll
-
-
-def ok(result: object) -> str:
-    assert result.returncode == 0, result.stderr.decode()  # type: ignore[attr-defined]
-    return result.stdout.decode()  # type: ignore[attr-defined]
+from tests.harness import Fabric, enroll, ok
 
 
 def entries(verified: str) -> int:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import Fabric
+from tests.harness import Fabric, ok
 
 
 @pytest.fixture
@@ -17,11 +16,6 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
     running.start()
     yield running
     running.kill()
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> str:
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode()
 
 
 def test_a_board_worked_from_the_shell(fabric: Fabric, tmp_path: Path) -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from pathlib import Path
 
-from tests.harness import Fabric
+from tests.harness import Fabric, ok
 
 POLICY = """\
 profiles:
@@ -19,11 +18,6 @@ profiles:
 prices:
   small: {usd_per_1m_in: 0.5, usd_per_1m_out: 1.5}
 """
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> str:
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode()
 
 
 def test_policy_check_prints_the_profile_or_the_first_problem(tmp_path: Path) -> None:

@@ -12,12 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Fabric
-
-
-def ok(result: subprocess.CompletedProcess[bytes]) -> str:
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout.decode()
+from tests.harness import Fabric, ok
 
 
 @pytest.fixture(scope="module")
