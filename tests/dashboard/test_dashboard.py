@@ -62,7 +62,6 @@ def test_the_board_moves_live_as_agents_work(fabric: Fabric, page: Page) -> None
     expect(page.locator("#live")).to_have_text("live", timeout=5 * SECOND)
     as_agent(fabric, "lead", lambda c: c.create_task("Build the API", id="api", priority=80))
     expect(card(page, "available", "api")).to_be_visible(timeout=SECOND)
-    started = time.monotonic()
     identity = fabric.enroll("coder")
     holder: dict[str, Any] = {}
     done = threading.Event()
@@ -79,7 +78,6 @@ def test_the_board_moves_live_as_agents_work(fabric: Fabric, page: Page) -> None
     thread = threading.Thread(target=work)
     thread.start()
     expect(card(page, "claimed", "api")).to_be_visible(timeout=SECOND)
-    claimed_after = time.monotonic() - started
     expect(card(page, "claimed", "api")).to_contain_text("coder")
     expect(card(page, "claimed", "api").locator(".lease")).to_have_text(re.compile(r"lease \d+ s"))
     go.set()
@@ -88,7 +86,6 @@ def test_the_board_moves_live_as_agents_work(fabric: Fabric, page: Page) -> None
     progressing = card(page, "in_progress", "api")
     expect(progressing).to_be_visible(timeout=SECOND)
     expect(progressing.locator("progress")).to_have_attribute("value", "50")
-    assert claimed_after < 5  # (the timeouts above hold each step to a second)
     page.click("#tabs button[data-view=events]")
     expect(page.locator("#events")).to_contain_text("task.claimed api by coder")
 
