@@ -246,7 +246,8 @@ class _FabricGauges(Collector):
 
     def _connections(self) -> Iterator[Metric]:
         hub = self.state.hub
-        connections = list(hub.connections) if hub is not None else []
+        # (a copy in one step: the event loop adds and removes connections meanwhile)
+        connections = hub.connections.copy() if hub is not None else set()
         agents = {connection.agent for connection in connections if connection.agent}
         yield GaugeMetricFamily(
             "ifab_connected_agents",
