@@ -509,9 +509,16 @@ class Client:
     async def _request(self, method: str, path: str, **options: Any) -> dict[str, Any]:
         await self._ensure_token()
         for attempt in (1, 2):
-            response = await self._http.request(
-                method, path, headers={"authorization": f"Bearer {self._token}"}, **options
-            )
+            try:
+                response = await self._http.request(
+                    method, path, headers={"authorization": f"Bearer {self._token}"}, **options
+                )
+            except httpx.RemoteProtocolError:
+                # A kept-alive connection the server closed (idle too long) just as this
+                # request went out on it: a read is safe to send again on a new one.
+                if method != "GET" or attempt == 2:
+                    raise
+                continue
             if response.status_code == 401 and attempt == 1:
                 await self._authenticate()  # the server restarted and forgot our session
                 continue
