@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 
 import httpx
 import pytest
@@ -14,8 +16,9 @@ from infrafabric import SigningIdentity, agent_id
 from infrafabric.client import Client
 
 
-async def _serve_second_connection_only(requests: list[bytes]) -> asyncio.Server:
-    """The first connection is read and closed without an answer; later ones get 200."""
+async def _serve_second_connection_only(requests: list[bytes], reset: bool) -> asyncio.Server:
+    """The first connection is read and closed (``reset``: reset) without an answer;
+    later ones get 200."""
     connections = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -23,6 +26,9 @@ async def _serve_second_connection_only(requests: list[bytes]) -> asyncio.Server
         connections += 1
         request = await reader.readuntil(b"\r\n\r\n")
         requests.append(request.split(b"\r\n", 1)[0])
+        if connections == 1 and reset:  # a reset rather than an orderly close
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         if connections > 1:
             body = json.dumps({"tasks": [], "acknowledged": True}).encode()
             writer.write(
@@ -43,10 +49,11 @@ async def _client(port: int) -> tuple[Client, httpx.AsyncClient]:
     return client, http
 
 
-def test_a_read_dropped_by_the_server_is_sent_again_once() -> None:
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_read_dropped_by_the_server_is_sent_again_once(reset: bool) -> None:
     async def scenario() -> list[bytes]:
         requests: list[bytes] = []
-        server = await _serve_second_connection_only(requests)
+        server = await _serve_second_connection_only(requests, reset)
         port = server.sockets[0].getsockname()[1]
         client, http = await _client(port)
         async with server, http:
@@ -56,14 +63,15 @@ def test_a_read_dropped_by_the_server_is_sent_again_once() -> None:
     assert asyncio.run(scenario()) == [b"GET /v1/tasks? HTTP/1.1"] * 2
 
 
-def test_a_change_dropped_by_the_server_is_not_sent_again() -> None:
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_change_dropped_by_the_server_is_not_sent_again(reset: bool) -> None:
     async def scenario() -> list[bytes]:
         requests: list[bytes] = []
-        server = await _serve_second_connection_only(requests)
+        server = await _serve_second_connection_only(requests, reset)
         port = server.sockets[0].getsockname()[1]
         client, http = await _client(port)
         async with server, http:
-            with pytest.raises(httpx.RemoteProtocolError):
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
                 await client.ack(7)
         return requests
 

@@ -513,9 +513,9 @@ class Client:
                 response = await self._http.request(
                     method, path, headers={"authorization": f"Bearer {self._token}"}, **options
                 )
-            except httpx.RemoteProtocolError:
-                # A kept-alive connection the server closed (idle too long) just as this
-                # request went out on it: a read is safe to send again on a new one.
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                # A kept-alive connection the server closed or reset (idle too long) just
+                # as this request went out on it: a read is safe to send again on a new one.
                 if method != "GET" or attempt == 2:
                     raise
                 continue
