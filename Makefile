@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean redis etcd prometheus chromium
+.PHONY: setup run test lint bench clean redis etcd prometheus chromium runbook
 
 setup: $(STAMP)
 
@@ -27,31 +27,31 @@ lint: setup
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
-# The scale-out tests start a real Redis: installed from Debian when it is missing.
-redis:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server (Debian package) for the scale-out tests"; \
-	  (apt-get install -y -qq redis-server >/dev/null 2>&1 || \
-	   (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null)) ; }
-	@command -v redis-server >/dev/null || { echo "redis-server is missing: apt-get install redis-server" >&2; exit 1; }
+# $(call need,COMMAND,PACKAGE,WHAT FOR): install Debian's PACKAGE when COMMAND is missing.
+need = @command -v $(1) >/dev/null || { \
+	  echo "installing $(2) (Debian package) $(3)"; \
+	  (apt-get install -y -qq $(2) >/dev/null 2>&1 || \
+	   (apt-get update -qq && apt-get install -y -qq $(2) >/dev/null)) ; }; \
+	command -v $(1) >/dev/null || { echo "$(1) is missing: apt-get install $(2)" >&2; exit 1; }
 
-# The monitoring tests run promtool and a real Prometheus: Debian's, when missing.
+# The scale-out tests start a real Redis.
+redis:
+	$(call need,redis-server,redis-server,for the scale-out tests)
+
+# The monitoring tests run promtool and a real Prometheus.
 prometheus:
-	@command -v promtool >/dev/null || { \
-	  echo "installing prometheus (Debian package) for the monitoring tests"; \
-	  (apt-get install -y -qq prometheus >/dev/null 2>&1 || \
-	   (apt-get update -qq && apt-get install -y -qq prometheus >/dev/null)) ; }
-	@command -v promtool >/dev/null || { echo "promtool is missing: apt-get install prometheus" >&2; exit 1; }
+	$(call need,promtool,prometheus,for the monitoring tests)
 
 # The dashboard tests drive Debian's headless Chromium (never a downloaded browser).
 chromium:
-	@command -v chromium >/dev/null || { \
-	  echo "installing chromium (Debian package) for the dashboard tests"; \
-	  (apt-get install -y -qq chromium >/dev/null 2>&1 || \
-	   (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) ; }
-	@command -v chromium >/dev/null || { echo "chromium is missing: apt-get install chromium" >&2; exit 1; }
+	$(call need,chromium,chromium,for the dashboard tests)
 
-test: lint redis prometheus chromium
+# The runbook's tests check its systemd unit and run its Caddy site (TLS in front).
+runbook:
+	$(call need,systemd-analyze,systemd,for the runbook tests)
+	$(call need,caddy,caddy,for the runbook tests)
+
+test: lint redis prometheus chromium runbook
 	$(BIN)/python -m pytest
 
 # The scale-out bench compares with etcd (the original design's choice) if it installs.
