@@ -16,6 +16,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -42,6 +43,10 @@ _LARGEST_PAGE: Final = 256
 SWEEP_PAGE: Final = 500
 SWEEP_PAGES: Final = 20
 #: The trace of the message being carried out in this thread or task (see ``traced``).
+#: Over a shared store, an agent's last-heard time is written at most this often per
+#: server (seconds): the health bands are 30 s and 5 min wide, and a write per message
+#: would double the store's round trips.
+SEEN_WRITE_INTERVAL: Final = 1.0
 _TRACE: Final = contextvars.ContextVar[str | None]("infrafabric_trace", default=None)
 
 
@@ -69,6 +74,7 @@ class Coordinator:
         self.config = config
         self.clock = clock
         self._seen: dict[AgentId, Timestamp] = {}
+        self._seen_written: dict[AgentId, Timestamp] = {}  # what the shared store has
         self._seen_lock = threading.Lock()
         self._claiming = threading.Lock()  # claim_next, one at a time (see there)
         self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
@@ -297,12 +303,28 @@ class Coordinator:
         return helpers
 
     def health(self, agent: AgentId) -> Health:
-        return rules.health(self.seen_at(agent), self.clock(), self.config)
+        return self.health_at(self.seen_at(agent))
+
+    def health_at(self, seen_at: Timestamp | None) -> Health:
+        """The heartbeat colour of an agent last heard from at ``seen_at``, now."""
+        return rules.health(seen_at, self.clock(), self.config)
 
     def seen_at(self, agent: AgentId) -> Timestamp | None:
-        """When ``agent`` was last heard from by this server, if it was."""
+        """When ``agent`` was last heard from by the fabric, if it was."""
+        return self.seen_times([agent]).get(agent)
+
+    def seen_times(self, agents: Iterable[AgentId]) -> dict[AgentId, Timestamp]:
+        """When each of ``agents`` was last heard from: by this server, or over a shared
+        store by any server (one read for all of them)."""
+        wanted = list(agents)
         with self._seen_lock:
-            return self._seen.get(agent)
+            times = {agent: self._seen[agent] for agent in wanted if agent in self._seen}
+        if self.store.shared:
+            for agent, at in self.store.last_seen(wanted).items():
+                mine = times.get(AgentId(agent))
+                if mine is None or at > mine:
+                    times[AgentId(agent)] = at
+        return times
 
     def record(self, events: Sequence[BoardEvent]) -> None:
         """Log decisions the fabric took outside the board (an enrolled key, a flagged
@@ -419,8 +441,14 @@ class Coordinator:
         return None if task is None else task.state
 
     def _saw(self, agent: AgentId) -> None:
+        now = self.clock()
         with self._seen_lock:
-            self._seen[agent] = self.clock()
+            self._seen[agent] = now
+            due = now - self._seen_written.get(agent, -math.inf) >= SEEN_WRITE_INTERVAL
+        if due and self.store.shared:
+            self.store.note_seen(agent, now)  # (a store outage fails the request: retryable)
+            with self._seen_lock:
+                self._seen_written[agent] = now
 
 
 def _traced(outcome: Outcome) -> Outcome:

@@ -241,6 +241,11 @@ def test_three_servers_share_the_work_of_100_agents_exactly_once(cluster: Cluste
         by_server[agent.urls[agent.at]] += agent.completed
     assert len(by_server) == 3
     assert all(count > 0 for count in by_server.values())
+    # each server's dashboard sees every agent as heard from, wherever it worked
+    listed = cluster.get("/v1/agents")["agents"]
+    workers = [row for row in listed if row["id"].startswith("if://agent/w")]
+    assert len(workers) == 100
+    assert all(row["seen_at"] is not None and row["health"] == "green" for row in workers)
     witnessed = audit(cluster)
     assert witnessed.ok, witnessed.problems
     assert witnessed.size >= 2 * tasks

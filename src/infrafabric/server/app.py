@@ -339,14 +339,19 @@ async def _task(state: ServerState, request: Request) -> dict[str, Any]:
 
 async def _agents(state: ServerState, request: Request) -> dict[str, Any]:
     _reader(state, request)
-    agents = await run_in_threadpool(state.service.store.agents)
     coordinator = state.service.coordinator
+
+    def read() -> tuple[list[AgentRecord], dict[AgentId, Timestamp]]:
+        agents = state.service.store.agents()
+        return agents, coordinator.seen_times([agent.id for agent in agents])
+
+    agents, seen = await run_in_threadpool(read)
     return {
         "agents": [
             {
                 **msgspec.to_builtins(agent),
-                "health": str(coordinator.health(agent.id)),
-                "seen_at": coordinator.seen_at(agent.id),
+                "health": str(coordinator.health_at(seen.get(agent.id))),
+                "seen_at": seen.get(agent.id),
             }
             for agent in agents
         ],

@@ -171,8 +171,9 @@ class _FabricGauges(Collector):
         )
         coordinator = state.service.coordinator
         by_health = {"green": 0, "yellow": 0, "red": 0}
+        seen = coordinator.seen_times([agent.id for agent in agents])
         for agent in agents:
-            colour = str(coordinator.health(agent.id))
+            colour = str(coordinator.health_at(seen.get(agent.id)))
             by_health[colour] = by_health.get(colour, 0) + 1
         for colour, count in by_health.items():
             health.add_metric([colour], count)

@@ -174,6 +174,18 @@ class Store(Protocol):
     def inbox_depth(self) -> int:
         """Messages waiting in all inboxes, unacknowledged: for metrics."""
 
+    # -- when agents were last heard from, fabric-wide -----------------------------------
+
+    def note_seen(self, agent: str, at: float) -> None:
+        """Record that ``agent`` was heard from at ``at`` (a later time only ever replaces
+        an earlier one), so every server of a shared store colours it the same. A store
+        only this process uses ignores it: the coordinator's own memory is the whole
+        answer there."""
+
+    def last_seen(self, agents: Iterable[str]) -> dict[str, float]:
+        """When each of ``agents`` was last recorded by :meth:`note_seen` (those never
+        recorded are left out)."""
+
     # -- replay windows: what the verifier accepted, kept across restarts -----------------
 
     def remember_sequence(self, sender: str, highest: int, seen: int) -> None:
@@ -253,3 +265,9 @@ class OneProcess:
 
     def unspent_nonce(self) -> bool:
         return False
+
+    def note_seen(self, agent: str, at: float) -> None:
+        return None
+
+    def last_seen(self, agents: Iterable[str]) -> dict[str, float]:
+        return {}

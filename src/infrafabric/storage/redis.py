@@ -33,6 +33,7 @@ fabric lives in one slot and the scripts stay legal on a cluster)::
     {ifab}:ibpos         inbox position counter
     {ifab}:dl:<agent>|<message id>   position of a delivered message (expires)
     {ifab}:bus           stream of live announcements (deliveries, topic messages)
+    {ifab}:seen          hash agent -> when a server last heard from it
     {ifab}:seqw, :st, :stgen, :agents, :nonce:<sender>|<nonce>
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
@@ -202,6 +203,12 @@ redis.call('HSET', p .. 'seqw', sender, ARGV[3] .. ':' .. seen)
 return 1
 """
 
+# ARGV: prefix, agent, time: keep the later time.
+_SEEN = """
+local old = tonumber(redis.call('HGET', ARGV[1] .. 'seen', ARGV[2]) or '-1')
+if tonumber(ARGV[3]) > old then redis.call('HSET', ARGV[1] .. 'seen', ARGV[2], ARGV[3]) end
+"""
+
 # ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "due": by lease score,
 # "members": a set, "list": the ids that follow), key suffix, then the range or the
 # ids. Returns the task documents in order ("" for a task that does not exist).
@@ -280,6 +287,7 @@ class RedisStore:
         self._apply = first.register_script(_APPLY)
         self._deliver = first.register_script(_DELIVER)
         self._remember = first.register_script(_REMEMBER)
+        self._seen = first.register_script(_SEEN)
         self._fetch = first.register_script(_FETCH)
 
     @property
@@ -495,6 +503,18 @@ class RedisStore:
             self._remember(
                 client=self.redis, args=[self.prefix, sender, highest, format(seen, "x")]
             )
+
+    def note_seen(self, agent: str, at: float) -> None:
+        with self._guard():
+            self._seen(client=self.redis, args=[self.prefix, agent, repr(at)])
+
+    def last_seen(self, agents: Iterable[str]) -> dict[str, float]:
+        wanted = list(agents)
+        if not wanted:
+            return {}
+        with self._guard():
+            found = self.redis.hmget(self._key("seen"), wanted)
+        return {agent: float(at) for agent, at in zip(wanted, found, strict=True) if at}
 
     def sequences(self) -> list[tuple[str, int, int]]:
         with self._guard():
