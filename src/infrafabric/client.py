@@ -401,6 +401,11 @@ class Client:
         """The latest signed checkpoint: ``size``, ``checkpoint`` (the note), ``key``."""
         return await self._get("/v1/witness/checkpoint")
 
+    async def witness_spend(self) -> dict[str, Any]:
+        """Spend over time from the witness's costed entries: ``points`` (``[time, USD so
+        far]``, at most 500), ``total_usd``; ``next`` < ``size``: call again for the rest."""
+        return await self._get("/v1/witness/spend")
+
     async def witness_entries(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
         """Entries ``[start, end)`` of the witness log (at most 1,000 per call)."""
         params = {"start": start} if end is None else {"start": start, "end": end}

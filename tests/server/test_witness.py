@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -198,6 +199,47 @@ def test_a_trace_and_the_reported_usage_follow_the_decisions_into_the_witness(
     }
     assert costs["task.claimed"] is None
     assert all("usage" not in e["payload"] for e in entries)
+
+
+def test_the_spend_series_reads_each_costed_entry_once(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def spend(first: int, usds: tuple[float, ...]) -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            for n, usd in enumerate(usds, start=first):
+                await agent.create_tasks([{"id": f"s{n}", "title": "S"}])
+                await agent.claim(f"s{n}")
+                await agent.complete(f"s{n}", usage={"usd": usd, "model": "m"})
+            await _signed_at_least(agent, 3 * (first + len(usds)))
+
+    def spend_now() -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while True:  # (the witness takes the last costs within a second)
+            reply = fabric.admin_get("/v1/witness/spend")
+            assert reply.status_code == 200, reply.text
+            body: dict[str, Any] = reply.json()
+            if body["next"] == body["size"] and len(body["points"]) == expected_points:
+                return body
+            assert time.monotonic() < deadline, body
+            time.sleep(0.1)
+
+    assert fabric.admin_get("/v1/witness/spend").json()["points"] == []
+    asyncio.run(spend(0, (0.25, 0.5)))
+    expected_points = 3  # from nothing, then each costed step
+    first = spend_now()
+    assert [usd for _, usd in first["points"]] == [0, 0.25, 0.75]
+    assert first["total_usd"] == 0.75
+    asyncio.run(spend(2, (1.0,)))
+    expected_points = 4
+    later = spend_now()
+    assert [usd for _, usd in later["points"]] == [0, 0.25, 0.75, 1.75]  # counted once
+
+    async def through_the_sdk() -> dict[str, Any]:
+        async with Client.connect(fabric.url, alice) as agent:
+            return await agent.witness_spend()
+
+    assert asyncio.run(through_the_sdk())["total_usd"] == 1.75
+    assert httpx.get(f"{fabric.url}/v1/witness/spend").status_code == 401
 
 
 def test_usage_out_of_bounds_is_refused_with_the_field_named(fabric: Fabric) -> None:

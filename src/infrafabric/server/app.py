@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import PolicyError, Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
+from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
@@ -47,8 +49,10 @@ from infrafabric.service import FabricService, ServiceError
 from infrafabric.storage.base import AgentRecord
 from infrafabric.types import AgentId, Timestamp
 from infrafabric.witness.bundle import make_bundle
+from infrafabric.witness.entry import decode_entry
 from infrafabric.witness.feeder import Witness
 from infrafabric.witness.query import EntryFilter, Page, scan
+from infrafabric.witness.spend import SpendSeries
 
 if TYPE_CHECKING:
     from infrafabric.server.relay import Relay
@@ -79,6 +83,8 @@ class ServerState:
     relay: Relay | None = None  # several servers over one Redis: their changes, live
     release: Callable[[], None] | None = None  # the data directory's lock, let go at close
     hub: Hub | None = field(default=None, init=False)
+    spend: SpendSeries = field(default_factory=SpendSeries, init=False)  # from the witness
+    spend_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     committer: Committer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +176,7 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/admin/governor/reload", _route(state, _governor_reload), methods=["POST"]),
         Route("/v1/witness/checkpoint", _route(state, _witness_checkpoint), methods=["GET"]),
         Route("/v1/witness/entries", _route(state, _witness_entries), methods=["GET"]),
+        Route("/v1/witness/spend", _route(state, _witness_spend), methods=["GET"]),
         Route("/v1/witness/proof", _route(state, _witness_proof), methods=["GET"]),
         Route("/v1/witness/consistency", _route(state, _witness_consistency), methods=["GET"]),
         WebSocketRoute("/v1/ws", lambda websocket: _websocket(state, websocket)),
@@ -489,6 +496,8 @@ async def _governor_reload(state: ServerState, request: Request) -> dict[str, An
 MAX_WITNESS_ENTRIES: Final = 1000
 #: Entries one filtered request reads at most (some tens of milliseconds of decoding).
 MAX_WITNESS_SCAN: Final = 20_000
+#: Entries one /v1/witness/spend request reads at most (well under a second).
+MAX_WITNESS_SPEND_SCAN: Final = 200_000
 
 
 def _witness(state: ServerState, request: Request) -> Witness:
@@ -541,6 +550,37 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
 
     page = await run_in_threadpool(find)
     return page.to_json()
+
+
+async def _witness_spend(state: ServerState, request: Request) -> dict[str, Any]:
+    """Spend over time from the witness's costed entries (``points``: time and USD spent
+    so far, at most 500 of them), for the dashboard's chart. The server reads each entry
+    once: a request reads what was appended since the last one, at most
+    ``MAX_WITNESS_SPEND_SCAN`` entries (``next`` < ``size``: ask again for the rest)."""
+    witness = _witness(state, request)
+    costed = EntryFilter(with_cost=True)
+
+    def read() -> dict[str, Any]:
+        with state.spend_lock:  # one reader feeds the series at a time
+            series = state.spend
+            witness.log.refresh()
+            page = scan(
+                witness.log, costed, series.next_index,
+                limit=MAX_WITNESS_SPEND_SCAN, budget=MAX_WITNESS_SPEND_SCAN,
+            )  # fmt: skip
+            for found in page.found:
+                entry = decode_entry(found.data)
+                if entry.cost is not None:
+                    series.add(parse_timestamp(entry.at), entry.cost.usd)
+            series.next_index = page.next
+            return {
+                "points": [list(point) for point in series.points()],
+                "total_usd": series.total,
+                "next": page.next,
+                "size": page.size,
+            }
+
+    return await run_in_threadpool(read)
 
 
 def _entry_filter(request: Request) -> EntryFilter:

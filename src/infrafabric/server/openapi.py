@@ -132,6 +132,12 @@ OPENAPI: Final[dict[str, Any]] = {
                 "&trace_id=&task_id=&actor=&since=&until=&cost=true (next, size to page on)"
             )
         },
+        "/v1/witness/spend": {
+            "get": _op(
+                "Spend over time from the costed entries: points [time, USD so far] "
+                "(at most 500), total_usd (next < size: ask again for the rest)"
+            )
+        },
         "/v1/witness/proof": {
             "get": _op("A proof bundle for entry ?index= or ?hash= (hex leaf), at ?size=")
         },
