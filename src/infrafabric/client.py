@@ -35,6 +35,7 @@ from infrafabric import ops
 from infrafabric.errors import PeerError
 from infrafabric.protocol.addresses import address_matches
 from infrafabric.protocol.identity import Outbox, SigningIdentity, b64url_decode, b64url_encode
+from infrafabric.protocol.keyring import KeyringFile
 from infrafabric.protocol.message import (
     IFMessage,
     Performative,
@@ -396,6 +397,29 @@ class Client:
     async def governor_report(self) -> dict[str, Any]:
         """Budgets, spend, breakers and reputation of every agent and swarm."""
         return await self._get("/v1/governor/report")
+
+    async def keys(self) -> KeyringFile:
+        """Every enrolled key's public record, as the fabric serves it: what a mesh peer
+        verifies other agents' messages with."""
+        document = await self._get("/v1/keys")
+        return msgspec.convert(document, KeyringFile)
+
+    async def mesh_report(self, report: Mapping[str, Any]) -> dict[str, Any]:
+        """Report this agent's mesh links and link events (see
+        :class:`~infrafabric.ops.MeshReport`); the events are witnessed."""
+        return await self._post(
+            performative="request", receiver=ops.MESH, content={"op": "report", **report}
+        )
+
+    async def mesh_status(self) -> dict[str, Any]:
+        """Every mesh peer's latest report: links, their quality, reconnects under way."""
+        return await self._get("/v1/mesh")
+
+    @property
+    def outbox(self) -> Outbox:
+        """This client's signing outbox: a mesh peer signs with it too, so this agent's
+        sequence numbers never repeat whichever way its messages go."""
+        return self._outbox
 
     async def witness_checkpoint(self) -> dict[str, Any]:
         """The latest signed checkpoint: ``size``, ``checkpoint`` (the note), ``key``."""

@@ -17,6 +17,8 @@ __all__ = [
     "GOVERNOR",
     "KEYS",
     "MAX_DELEGATION_SECONDS",
+    "MESH",
+    "MESH_STATUS_TOPIC",
     "Block",
     "Cancel",
     "Claim",
@@ -30,6 +32,10 @@ __all__ = [
     "Heartbeat",
     "Help",
     "KeysOperation",
+    "LinkReport",
+    "MeshEventReport",
+    "MeshOperation",
+    "MeshReport",
     "Operation",
     "Progress",
     "Recall",
@@ -189,3 +195,54 @@ class Recall(_Op, frozen=True, tag="recall"):
 
 
 KeysOperation: TypeAlias = Delegate | Recall
+
+
+#: The address mesh peers report to: what happened to their links (witnessed) and how
+#: the links are (shown on the dashboard and in /metrics).
+MESH: Final = "if://service/mesh"
+#: Where the fabric publishes each peer's latest link report, for every server to hear.
+MESH_STATUS_TOPIC: Final = "if://topic/mesh-status"
+
+MeshEventKind = Literal[
+    "mesh.link_up",
+    "mesh.link_lost",
+    "mesh.reconnect",
+    "mesh.relay_fallback",
+    "mesh.link_given_up",
+    "mesh.quality_degraded",
+    "mesh.quality_restored",
+]
+Band = Literal["excellent", "good", "fair", "poor"]
+Milliseconds = Annotated[float, Meta(ge=0, le=3_600_000)]
+
+
+class MeshEventReport(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    kind: MeshEventKind
+    peer: AgentField
+    at: Annotated[float, Meta(ge=0)]
+    attempt: Annotated[int, Meta(ge=0, le=1000)] | None = None
+    band: Band | None = None
+    rtt_ms: Milliseconds | None = None
+    jitter_ms: Milliseconds | None = None
+    loss_percent: Annotated[float, Meta(ge=0, le=100)] | None = None
+
+
+class LinkReport(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    peer: AgentField
+    relay: bool = False
+    band: Band | None = None  # None: not judged yet
+    rtt_ms: Milliseconds | None = None
+    jitter_ms: Milliseconds | None = None
+    loss_percent: Annotated[float, Meta(ge=0, le=100)] | None = None
+
+
+class MeshReport(_Op, frozen=True, tag="report"):
+    """A peer's links now, and what happened to them since its last report."""
+
+    members: Annotated[int, Meta(ge=1, le=100_000)]
+    links: Annotated[list[LinkReport], Meta(max_length=1024)] = []
+    retrying: Annotated[list[AgentField], Meta(max_length=1024)] = []
+    events: Annotated[list[MeshEventReport], Meta(max_length=256)] = []
+
+
+MeshOperation: TypeAlias = MeshReport

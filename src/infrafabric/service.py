@@ -71,6 +71,7 @@ T = TypeVar("T")
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
 _GOVERNOR_DECODER: Final = msgspec.json.Decoder(ops.GovernorOperation)
 _KEYS_DECODER: Final = msgspec.json.Decoder(ops.KeysOperation)
+_MESH_DECODER: Final = msgspec.json.Decoder(ops.MeshOperation)
 _CONTENT_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -172,6 +173,8 @@ class FabricService:
             return self._governor(message, key)
         if receivers == (ops.KEYS,):
             return self._keys(message, key, now)
+        if receivers == (ops.MESH,):
+            return self._mesh(message, data, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
             raise ServiceError("UNKNOWN_SERVICE", f"no such service among {list(receivers)}", 404)
         body = encode_json(message)
@@ -502,6 +505,34 @@ class FabricService:
         except CallerError as exc:
             raise ServiceError("NOT_FOUND", str(exc), 404) from None
         return {"reset": operation.agent}
+
+    def _mesh(self, message: IFMessage, data: bytes, now: Timestamp) -> dict[str, Any]:
+        """A mesh peer's report: its link events are witnessed (each a ``mesh`` event in
+        the fabric's log), and the report itself is published on
+        :data:`~infrafabric.ops.MESH_STATUS_TOPIC` for every server's mesh view."""
+        report = _request(message, _MESH_DECODER, "mesh")
+        agent = message.sender
+        if self.agent(agent) is None:
+            raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
+        events = [
+            BoardEvent(
+                component="mesh",
+                kind=event.kind.removeprefix("mesh."),
+                actor=agent,
+                at=now,
+                payload={
+                    ("seen_at" if name == "at" else name): value
+                    for name, value in msgspec.to_builtins(event).items()
+                    if name != "kind" and value is not None
+                },
+                trace_id=message.trace_id if message.trace_id is not UNSET else None,
+            )
+            for event in report.events
+        ]
+        if events:
+            self.coordinator.record(events)
+        self._announce(self._listeners.topics, ops.MESH_STATUS_TOPIC, data)
+        return {"recorded": len(events)}
 
     def _keys(self, message: IFMessage, key: KeyRecord | None, now: Timestamp) -> dict[str, Any]:
         """Lend a key (``delegate``) or take one back (``recall``): only with a message

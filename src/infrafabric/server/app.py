@@ -43,6 +43,7 @@ from infrafabric.server.auth import AuthError, Sessions
 from infrafabric.server.committer import Committer
 from infrafabric.server.dashboard import dashboard_routes
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
+from infrafabric.server.mesh import MeshView
 from infrafabric.server.metrics import Metrics, readiness
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.service import FabricService, ServiceError
@@ -83,6 +84,7 @@ class ServerState:
     relay: Relay | None = None  # several servers over one Redis: their changes, live
     release: Callable[[], None] | None = None  # the data directory's lock, let go at close
     hub: Hub | None = field(default=None, init=False)
+    mesh: MeshView = field(init=False)  # the mesh peers' latest link reports
     spend: SpendSeries = field(default_factory=SpendSeries, init=False)  # from the witness
     spend_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     committer: Committer = field(init=False)
@@ -91,6 +93,7 @@ class ServerState:
         # Redis: many messages in flight at once (see Committer); SQLite: one writer
         workers = SHARED_STORE_WORKERS if self.service.store.shared else 1
         self.committer = Committer(self.service, workers=workers)
+        self.mesh = MeshView(self.clock)
         self.service.keys_changed = self._write_keys
 
     def _write_keys(self, agent: AgentId) -> None:
@@ -143,14 +146,19 @@ def create_app(state: ServerState) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         hub = Hub(asyncio.get_running_loop(), queue_limit=state.queue_limit)
         state.hub = hub
+
+        def topic_message(topic: str, body: bytes) -> None:
+            hub.topic_message(topic, body)
+            state.mesh.on_topic(topic, body)
+
         if state.relay is None:
             state.service.on_events(hub.board_events)
             state.service.on_delivery(hub.delivery)
-            state.service.on_topic(hub.topic_message)
+            state.service.on_topic(topic_message)
         else:  # every server's changes come back through the store, in one order
             from infrafabric.server.relay import RelayListeners  # (redis-py: only if used)
 
-            state.relay.start(RelayListeners(hub.board_events, hub.delivery, hub.topic_message))
+            state.relay.start(RelayListeners(hub.board_events, hub.delivery, topic_message))
             state.service.on_topic(state.relay.store.publish)
         yield
         await mcp.close()
@@ -168,6 +176,8 @@ def create_app(state: ServerState) -> Starlette:
         Route("/v1/tasks", _route(state, _tasks), methods=["GET"]),
         Route("/v1/tasks/{task_id}", _route(state, _task), methods=["GET"]),
         Route("/v1/agents", _route(state, _agents), methods=["GET"]),
+        Route("/v1/keys", _route(state, _keys), methods=["GET"]),
+        Route("/v1/mesh", _route(state, _mesh), methods=["GET"]),
         Route("/v1/events", _route(state, _events), methods=["GET"]),
         Route("/v1/inbox", _route(state, _inbox), methods=["GET"]),
         Route("/v1/inbox/ack", _route(state, _ack), methods=["POST"]),
@@ -342,6 +352,21 @@ async def _task(state: ServerState, request: Request) -> dict[str, Any]:
     if task is None:
         raise ServiceError("NOT_FOUND", f"no task {request.path_params['task_id']}", 404)
     return {"task": msgspec.to_builtins(task)}
+
+
+async def _keys(state: ServerState, request: Request) -> dict[str, Any]:
+    """Every enrolled key's public record (keys, roles, terms, revocations), in the
+    keyring file format: what mesh peers verify each other's messages with."""
+    _reader(state, request)
+    keyring = state.service.verifier.keyring  # (over Redis: every server's enrollments)
+    document: dict[str, Any] = msgspec.to_builtins(keyring.to_file())
+    return document
+
+
+async def _mesh(state: ServerState, request: Request) -> dict[str, Any]:
+    """The mesh peers' latest reports: links, their quality, reconnects under way."""
+    _reader(state, request)
+    return state.mesh.snapshot()
 
 
 async def _agents(state: ServerState, request: Request) -> dict[str, Any]:

@@ -181,6 +181,7 @@ class _FabricGauges(Collector):
         yield from self._witness()
         yield from self._governor()
         yield from self._connections()
+        yield from self._mesh()
 
     def _witness(self) -> Iterator[Metric]:
         witness = self.state.witness
@@ -244,6 +245,48 @@ class _FabricGauges(Collector):
                     [swarm["swarm"]], swarm["budget_usd"] - swarm["spent_usd"]
                 )
         yield from (spent, remaining, tokens, breaker, swarm_spent, swarm_remaining)
+
+    def _mesh(self) -> Iterator[Metric]:
+        """The mesh peers' latest reports (the same on every server of a fabric)."""
+        reports = self.state.mesh.reports()
+        yield GaugeMetricFamily(
+            "ifab_mesh_peers", "Mesh peers that reported within the last 15 s", value=len(reports)
+        )
+        by_band = GaugeMetricFamily(
+            "ifab_mesh_links",
+            "Mesh links by quality band, as their peers see them (each link counted by both ends)",
+            labels=["band"],
+        )
+        relayed = GaugeMetricFamily(
+            "ifab_mesh_relay_links", "Mesh links through the TURN relay (counted by both ends)"
+        )
+        rtt = GaugeMetricFamily(
+            "ifab_mesh_link_rtt_seconds", "Round-trip time of a mesh link", labels=["agent", "peer"]
+        )
+        jitter = GaugeMetricFamily(
+            "ifab_mesh_link_jitter_seconds", "Jitter of a mesh link", labels=["agent", "peer"]
+        )
+        loss = GaugeMetricFamily(
+            "ifab_mesh_link_loss_ratio",
+            "Probes lost on a mesh link (0-1)",
+            labels=["agent", "peer"],
+        )
+        bands = dict.fromkeys(("excellent", "good", "fair", "poor", "unjudged"), 0)
+        relay_count = 0
+        for agent, (_, report) in sorted(reports.items()):
+            for link in report.links:
+                bands[link.band or "unjudged"] += 1
+                relay_count += link.relay
+                if link.rtt_ms is not None:
+                    rtt.add_metric([agent, link.peer], link.rtt_ms / 1000)
+                if link.jitter_ms is not None:
+                    jitter.add_metric([agent, link.peer], link.jitter_ms / 1000)
+                if link.loss_percent is not None:
+                    loss.add_metric([agent, link.peer], link.loss_percent / 100)
+        for band, count in bands.items():
+            by_band.add_metric([band], count)
+        relayed.add_metric([], relay_count)
+        yield from (by_band, relayed, rtt, jitter, loss)
 
     def _connections(self) -> Iterator[Metric]:
         hub = self.state.hub

@@ -74,6 +74,10 @@ OPENAPI: Final[dict[str, Any]] = {
         "/v1/tasks": {"get": _op("The board's tasks (repeat ?state= to filter)")},
         "/v1/tasks/{task_id}": {"get": _op("One task")},
         "/v1/agents": {"get": _op("Enrolled agents with their health")},
+        "/v1/keys": {
+            "get": _op("Every enrolled key's public record (infrafabric-keyring/1), for peers")
+        },
+        "/v1/mesh": {"get": _op("The mesh peers' latest link reports and their quality")},
         "/v1/events": {"get": _op("Board events after ?after=seq (replay)")},
         "/v1/inbox": {"get": _op("The calling agent's unacknowledged direct messages")},
         "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
