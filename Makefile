@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup run test lint bench clean redis etcd prometheus chromium runbook
+.PHONY: setup run test lint bench clean redis etcd prometheus chromium runbook coturn
 
 setup: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "InfraFabric needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,webrtc]'
 	@touch $(STAMP)
 
 # The main job: a fabric server on embedded SQLite and a demo swarm of agent processes;
@@ -46,12 +46,16 @@ prometheus:
 chromium:
 	$(call need,chromium,chromium,for the dashboard tests)
 
+# The mesh tests relay WebRTC through a real TURN server.
+coturn:
+	$(call need,turnserver,coturn,for the mesh tests)
+
 # The runbook's tests check its systemd unit and run its Caddy site (TLS in front).
 runbook:
 	$(call need,systemd-analyze,systemd,for the runbook tests)
 	$(call need,caddy,caddy,for the runbook tests)
 
-test: lint redis prometheus chromium runbook
+test: lint redis prometheus chromium runbook coturn
 	$(BIN)/python -m pytest
 
 # The scale-out bench compares with etcd (the original design's choice) if it installs.
@@ -60,7 +64,7 @@ etcd:
 	  (apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null 2>&1)) || \
 	  echo "etcd-server did not install: the bench skips its comparison"
 
-bench: setup redis etcd chromium
+bench: setup redis etcd chromium coturn
 	$(BIN)/python bench/run.py
 
 clean:

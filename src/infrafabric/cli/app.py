@@ -17,6 +17,7 @@ from infrafabric.cli import (
     identity,
     keyring,
     mcp,
+    mesh,
     message,
     serve,
     swarm,
@@ -43,6 +44,7 @@ app.add_typer(board.agent_app, name="agent")
 app.add_typer(witness.app, name="witness")
 app.add_typer(governor.app, name="governor")
 app.add_typer(mcp.app, name="mcp")
+app.add_typer(mesh.app, name="mesh")
 app.command("serve")(serve.serve)
 app.command("swarm")(swarm.swarm)
 app.command("status")(board.status)
