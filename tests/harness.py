@@ -16,6 +16,7 @@ import httpx
 import msgspec
 
 from infrafabric import IFMessage, KeyRole, SigningIdentity, agent_id, build_message, new_key_record
+from infrafabric.keystore import KdfCost, Keystore
 
 IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
 PASS = "board cli passphrase"
@@ -95,6 +96,25 @@ class Fabric:
             [IFAB, *args], input=stdin, capture_output=True, env=self.env(), timeout=60, check=False,
             start_new_session=True,
         )  # fmt: skip
+
+
+#: Argon2id at its floor: the tests unlock identities many times; the cost is not the point.
+CHEAP_KDF = KdfCost(iterations=1, lanes=1, memory_kib=8)
+
+
+def local_agent(fabric: Fabric, name: str, *capabilities: str) -> None:
+    """A local identity ``name`` in ``fabric``'s keystore (sealed with a cheap KDF: each
+    `ifab` command unlocks it), enrolled with ``capabilities`` as `ifab agent enroll` does."""
+    store = Keystore(fabric.home, kdf=CHEAP_KDF)
+    identity = store.create(name, PASS, now=time.time() - 60)
+    keys = msgspec.to_builtins(store.load_keyring().to_file(identity.agent))
+    response = httpx.post(
+        f"{fabric.url}/v1/admin/agents",
+        json={"keys": keys, "capabilities": list(capabilities)},
+        headers={"authorization": f"Bearer {fabric.admin_token}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
 
 
 def ok(result: subprocess.CompletedProcess[bytes]) -> str:

@@ -6,14 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import httpx2
-import msgspec
 import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
@@ -21,12 +18,11 @@ from mcp.types import CallToolResult
 
 from infrafabric.bridges.mcp.token import format_token
 from infrafabric.client import Client
-from infrafabric.keystore import KdfCost, Keystore
+from infrafabric.keystore import Keystore
 from infrafabric.protocol.identity import SigningIdentity
-from tests.harness import IFAB, PASS, Fabric
+from tests.harness import IFAB, PASS, Fabric, local_agent
 
-#: Argon2id at its floor: the tests unlock identities many times; the cost is not the point.
-CHEAP_KDF = KdfCost(iterations=1, lanes=1, memory_kib=8)
+agent = local_agent  # (the name these tests know it by)
 
 
 @pytest.fixture
@@ -40,21 +36,6 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
     running.start()
     yield running
     running.kill()
-
-
-def agent(fabric: Fabric, name: str, *capabilities: str) -> None:
-    """A local identity ``name`` in ``fabric``'s keystore (sealed with a cheap KDF: each
-    `ifab mcp` unlocks it), enrolled with ``capabilities`` as `ifab agent enroll` does."""
-    store = Keystore(fabric.home, kdf=CHEAP_KDF)
-    identity = store.create(name, PASS, now=time.time() - 60)
-    keys = msgspec.to_builtins(store.load_keyring().to_file(identity.agent))
-    response = httpx.post(
-        f"{fabric.url}/v1/admin/agents",
-        json={"keys": keys, "capabilities": list(capabilities)},
-        headers={"authorization": f"Bearer {fabric.admin_token}"},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
 
 
 @contextlib.asynccontextmanager

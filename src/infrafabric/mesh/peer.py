@@ -271,7 +271,7 @@ class MeshPeer:
             links.append(
                 {
                     "peer": peer,
-                    "relay": bool(link and link.relay),
+                    "relay": link is not None and self._relayed(link),
                     "band": None if quality is None else str(quality.band),
                     "rtt_ms": None if quality is None else quality.rtt_ms,
                     "jitter_ms": None if quality is None else quality.jitter_ms,
@@ -289,6 +289,18 @@ class MeshPeer:
             "routes": {peer: hop for peer, hop in routes.items() if hop is not None},
             "via_server": [peer for peer, hop in routes.items() if hop is None],
         }
+
+    def _relayed(self, link: _Link) -> bool:
+        """Whether the link's selected ICE pair goes through the TURN relay. aiortc does
+        not expose the pair, so aioice's is read; failing that, the policy says."""
+        try:
+            ice = link.pc.sctp.transport.transport  # type: ignore[union-attr]
+            pair = ice.iceGatherer._connection._nominated.get(1)
+            if pair is None:
+                raise AttributeError("no pair nominated")
+            return "relay" in (pair.local_candidate.type, pair.remote_candidate.type)
+        except AttributeError:
+            return link.relay or self.settings.relay_only
 
     # -- the node's actions -----------------------------------------------------------------
 
@@ -595,8 +607,8 @@ class MeshPeer:
             self._spawn(self._read_keys(), "mesh-keys")
         elif known[1] and known[1] != session:  # it restarted: its old links are dead
             link = self.links.get(sender)
-            if link is not None:
-                self._spawn(self._lost(link), "mesh-restarted")
+            if link is not None:  # (an offer made to the old process will not be answered)
+                self._spawn(self._lost(link) if link.open else self._failed(link), "mesh-restarted")
             self._carry_out(self.node.rejoined(sender, now))
 
     def _members_changed(self, now: float) -> None:
