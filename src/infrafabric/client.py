@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import msgspec
@@ -46,6 +46,9 @@ from infrafabric.protocol.message import (
 from infrafabric.server.auth import TOKEN_SECONDS, auth_input
 from infrafabric.service import FabricService
 from infrafabric.types import Address
+
+if TYPE_CHECKING:
+    from infrafabric.mesh.peer import MeshPeer
 
 __all__ = ["Client", "Frame", "RemoteError", "SyncClient"]
 
@@ -117,6 +120,7 @@ class Client:
         self._use_socket = local is None
         self._socket: _RequestSocket | None = None
         self._timeout = timeout
+        self._mesh: MeshPeer | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -268,8 +272,31 @@ class Client:
         content: Mapping[str, Any],
         **fields: Any,
     ) -> dict[str, Any]:
-        """Sign and send a message to agents (kept in their inboxes) or topics (live)."""
+        """Sign and send a message to agents (kept in their inboxes) or topics (live).
+
+        With a mesh peer in use (:meth:`use_mesh`), a message to one agent of the mesh
+        goes over the mesh first (``via`` "mesh" in the reply once the receiver has
+        acknowledged it), and through the server only when the mesh cannot deliver it."""
+        mesh = self._mesh
+        if mesh is not None and isinstance(to, str) and mesh.reaches(to):
+            sent = await mesh.send(to, performative, content, **fields)
+            return {"delivered": [{"receiver": to, "via": sent["via"]}], "id": sent["id"]}
+        return await self.send_via_server(to, performative, content, **fields)
+
+    async def send_via_server(
+        self,
+        to: Address | Sequence[Address],
+        performative: Performative,
+        content: Mapping[str, Any],
+        **fields: Any,
+    ) -> dict[str, Any]:
+        """:meth:`send`, always through the server."""
         return await self._post(performative=performative, receiver=to, content=content, **fields)
+
+    def use_mesh(self, peer: MeshPeer | None) -> None:
+        """Send direct messages over ``peer``'s mesh when it reaches the receiver (see
+        :mod:`infrafabric.mesh.peer`); ``None`` goes back to the server alone."""
+        self._mesh = peer
 
     async def request(
         self,

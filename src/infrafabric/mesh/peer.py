@@ -238,6 +238,10 @@ class MeshPeer:
             self._sending.pop(message.id, None)
         return {"id": message.id, "via": via}
 
+    def reaches(self, agent: str) -> bool:
+        """Whether ``agent`` is in the mesh (a message to it tries the mesh first)."""
+        return agent != self.me and agent in self.node.members
+
     async def broadcast(self, content: Mapping[str, Any], performative: str = "inform") -> str:
         """Flood a signed message to every peer of the mesh (best effort: peers that join
         later do not get it). Returns its id."""
@@ -381,7 +385,9 @@ class MeshPeer:
         if original.trace_id is not msgspec.UNSET:
             fields["trace_id"] = original.trace_id
         try:
-            await self.client.send(action.dest, original.performative, original.content, **fields)
+            await self.client.send_via_server(
+                action.dest, original.performative, original.content, **fields
+            )
         except Exception as exc:
             future = self._sending.get(action.id)
             if future is not None and not future.done():
@@ -536,10 +542,12 @@ class MeshPeer:
 
     async def _signal(self, peer: str, kind: str, link: _Link, sdp: str) -> None:
         content = {"kind": kind, "session": link.session, "sdp": sdp, "relay": link.relay}
-        await self.client.send(signal_topic(peer), "inform", content)
+        await self.client.send_via_server(signal_topic(peer), "inform", content)
 
     async def _hello(self, kind: str) -> None:
-        await self.client.send(PRESENCE_TOPIC, "inform", {"kind": kind, "session": self.session})
+        await self.client.send_via_server(
+            PRESENCE_TOPIC, "inform", {"kind": kind, "session": self.session}
+        )
 
     async def _listen(self, ready: asyncio.Event) -> None:
         topics = [PRESENCE_TOPIC, signal_topic(self.me)]
