@@ -242,6 +242,8 @@ class MeshReport(_Op, frozen=True, tag="report"):
     members: Annotated[int, Meta(ge=1, le=100_000)]
     links: Annotated[list[LinkReport], Meta(max_length=1024)] = []
     retrying: Annotated[list[AgentField], Meta(max_length=1024)] = []
+    #: the next hop towards each other member (absent: only through the server)
+    routes: Annotated[dict[AgentField, AgentField], Meta(max_length=4096)] = {}
     events: Annotated[list[MeshEventReport], Meta(max_length=256)] = []
 
 

@@ -58,9 +58,17 @@ def test_ten_peers_form_a_partial_mesh_and_talk_over_it(
     assert statuses["p0"]["routes"].get(far.agent) in linked_to
 
     # the links are shown by `ifab mesh status`, and their coming up was witnessed
+    wait_until(
+        lambda: far.agent in next(
+            p for p in mesh_report(fabric)["peers"] if p["agent"] == origin.agent
+        )["routes"],
+        "p0's routes were not reported", 15,
+    )  # fmt: skip
     table = fabric("mesh", "status")
     assert table.returncode == 0, table.stderr.decode()
-    assert "direct" in table.stdout.decode()
+    text = table.stdout.decode()
+    assert "direct" in text
+    assert "via" in text  # the routes table: peers reached through a neighbour
     wait_until(lambda: len(witnessed(fabric, "link_up")) >= 10 * 3, "link_up not witnessed", 30)
     for peer in running:
         assert peer.stop() == 0  # SIGTERM: leaves cleanly
@@ -148,6 +156,8 @@ def test_killed_peers_heal_and_no_acknowledged_message_is_lost(
     assert len(lines) == len({line["received"] for line in lines})  # each taken once
     assert time.monotonic() - restarted_at < 60
     wait_until(lambda: bool(witnessed(fabric, "link_lost")), "lost links not witnessed", 20)
+    # the dead peers' probes went unanswered before their links were given up for lost
+    assert witnessed(fabric, "quality_degraded")
     print(f"healed {seconds:.1f} s after the restart")
 
 

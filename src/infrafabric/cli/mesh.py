@@ -225,3 +225,13 @@ def status(
         if not peer["links"] and not peer["retrying"]:
             rows.append((name, "(no links)", "", "", "", ""))
     print_table(("peer", "linked to", "path", "quality", "rtt ms", "loss"), rows)
+    routed = [
+        (peer["agent"].removeprefix("if://agent/"), to.removeprefix("if://agent/"),
+         hop.removeprefix("if://agent/"))
+        for peer in report["peers"]
+        for to, hop in sorted(peer["routes"].items())
+        if hop != to
+    ]  # fmt: skip
+    if routed:
+        typer.echo("")
+        print_table(("peer", "to", "via"), routed)

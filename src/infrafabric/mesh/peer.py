@@ -674,6 +674,7 @@ class MeshPeer:
             "members": status["members"],
             "links": status["links"],
             "retrying": status["retrying"],
+            "routes": status["routes"],
             "events": events,
         }
         await self.client.mesh_report(report)

@@ -76,6 +76,7 @@ class MeshView:
                     "members": report.members,
                     "links": links,
                     "retrying": list(report.retrying),
+                    "routes": dict(report.routes),
                 }
             )
         return {"peers": peers, "stale_after": self.stale_after, "now": self.clock()}
