@@ -185,3 +185,26 @@ def test_the_budgets_view_charts_spend_since_the_first_costed_step(
     assert points is not None
     assert len(points.split()) >= 3  # two costed steps from the witness, then the report
     expect(page.locator("#budgets")).to_contain_text("spender")
+
+
+def test_mesh_links_and_their_quality_show_when_peers_report(fabric: Fabric, page: Page) -> None:
+    sign_in(page, fabric)
+    page.click("#tabs button[data-view=agents]")
+    expect(page.locator("#mesh")).to_be_hidden()  # no mesh: no table
+    expect(page.locator("#live")).to_have_text("live", timeout=5 * SECOND)
+    report = {
+        "members": 2,
+        "links": [
+            {"peer": "if://agent/peer-b", "band": "poor", "rtt_ms": 180.0, "loss_percent": 12.0,
+             "relay": True},
+        ],
+    }  # fmt: skip
+    as_agent(fabric, "peer-a", lambda client: client.mesh_report(report))
+    row = page.locator('#mesh-links tr[data-link="if://agent/peer-a if://agent/peer-b"]')
+    expect(row).to_be_visible(timeout=5 * SECOND)  # live, from the report's topic
+    expect(row).to_have_class("band-poor")
+    expect(row).to_contain_text("relay")
+    expect(row).to_contain_text("180.0")
+    page.reload()  # and from /v1/mesh on a fresh load
+    page.click("#tabs button[data-view=agents]")
+    expect(row).to_contain_text("12 %")

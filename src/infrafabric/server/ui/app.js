@@ -17,7 +17,9 @@
   const state = {
     tasks: new Map(), agents: [], healthy: 30, alive: 300, skew: 0,
     report: null, spend: [], events: [], key: null, view: "board",
+    mesh: new Map(), meshStale: 15, // each mesh peer's latest link report, while it reports
   };
+  const MESH_STATUS = "if://topic/mesh-status";
   const $ = (selector) => document.querySelector(selector);
   const el = (tag, attrs = {}, ...children) => {
     const node = document.createElement(tag);
@@ -83,6 +85,7 @@
     $("#logout").hidden = false;
     state.tasks = new Map(tasks.tasks.map((task) => [task.id, task]));
     takeAgents(agents);
+    await loadMesh();
     await loadSpendHistory();
     await loadReport();
     show(state.view);
@@ -94,6 +97,12 @@
     state.healthy = reply.healthy_within;
     state.alive = reply.alive_within;
     state.skew = reply.now - Date.now() / 1000;
+  }
+
+  async function loadMesh() {
+    const reply = await api("/v1/mesh");
+    state.meshStale = reply.stale_after;
+    state.mesh = new Map(reply.peers.map((peer) => [peer.agent, { at: peer.reported_at, links: peer.links }]));
   }
 
   async function loadReport() {
@@ -155,6 +164,14 @@
   let reportDue = null;
   async function onFrame(frame) {
     const event = frame.event;
+    if (frame.topic && frame.topic.startsWith("if://topic/mesh-")) {
+      // the mesh's own traffic (presence, signaling) is not news; a link report updates the table
+      if (frame.topic === MESH_STATUS && frame.message) {
+        state.mesh.set(frame.message.sender, { at: now(), links: frame.message.content.links });
+        if (state.view === "agents") renderAgents();
+      }
+      return;
+    }
     const shown = event || { kind: "message", topic: frame.topic, actor: frame.message && frame.message.sender };
     state.events.unshift({ at: event ? event.at : now(), ...shown, topic: frame.topic });
     state.events.length = Math.min(state.events.length, EVENTS_KEPT);
@@ -253,6 +270,29 @@
       );
     });
     $("#agents tbody").replaceChildren(...rows);
+    renderMesh();
+  }
+
+  function renderMesh() {
+    for (const [agent, seen] of state.mesh) {
+      if (now() - seen.at > state.meshStale) state.mesh.delete(agent); // it left, or died
+    }
+    const rows = [];
+    for (const [agent, seen] of [...state.mesh].sort()) {
+      for (const link of seen.links) {
+        const band = link.band || "unjudged";
+        rows.push(el("tr", { "data-link": `${agent} ${link.peer}`, class: `band-${band}` },
+          el("td", {}, agent.replace("if://agent/", "")),
+          el("td", {}, link.peer.replace("if://agent/", "")),
+          el("td", {}, link.relay ? "relay" : "direct"),
+          el("td", { class: "health" }, el("span", { class: "dot" }), band),
+          el("td", {}, link.rtt_ms === null ? "" : link.rtt_ms.toFixed(1)),
+          el("td", {}, link.loss_percent === null ? "" : `${link.loss_percent.toFixed(0)} %`),
+        ));
+      }
+    }
+    $("#mesh").hidden = state.mesh.size === 0; // shown when there is a mesh
+    $("#mesh-links tbody").replaceChildren(...rows);
   }
 
   function renderBudgets() {
