@@ -22,6 +22,7 @@ import claims  # bench/claims.py: the board and the server
 import dashboard  # bench/dashboard.py: a claim to its card in the browser
 import governor  # bench/governor.py: waste and matching time
 import mcp_bridge  # bench/mcp_bridge.py: MCP tool calls
+import mesh_rtc  # bench/mesh_rtc.py: the mesh on real aiortc peers
 import mesh_sim  # bench/mesh_sim.py: the mesh at 1,000 peers, simulated
 import metrics  # bench/metrics.py: the cost of a scrape
 import scale_out  # bench/scale_out.py: servers over Redis
@@ -237,6 +238,7 @@ def main() -> None:
     mcp_bridge.main(quick=args.quick)
     metrics.main(quick=args.quick)
     dashboard.main(quick=args.quick)
+    mesh_rtc.main(quick=args.quick)
     mesh_sim.main(quick=args.quick)
     if args.json:
         print(
