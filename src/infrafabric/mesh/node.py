@@ -79,6 +79,7 @@ class Checked:
     sender: str
     receivers: tuple[str, ...]
     content: Mapping[str, Any]
+    sent_at: float | None = None  # the signed timestamp, when the checker read it
 
 
 class Refusal(Exception):

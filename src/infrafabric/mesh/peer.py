@@ -590,6 +590,9 @@ class MeshPeer:
             return
         content = checked.content
         if topic == PRESENCE_TOPIC:
+            said = checked.sent_at if checked.sent_at is not None else time.time()
+            if time.time() - said > self.settings.presence_timeout:
+                return  # an old hello replayed to a new subscriber: its sender may be gone
             self._presence(sender, str(content.get("kind")), str(content.get("session", "")))
         elif topic == signal_topic(self.me):
             session, sdp = str(content.get("session", "")), str(content.get("sdp", ""))

@@ -15,9 +15,13 @@ from infrafabric.mesh.node import Checked, Refusal
 from infrafabric.protocol.identity import Outbox
 from infrafabric.protocol.keyring import Keyring
 from infrafabric.protocol.message import IFMessage, encode_json
+from infrafabric.protocol.replay import SequenceWindows
 from infrafabric.protocol.verify import Verifier
 
-__all__ = ["SignedMesh", "receivers_of"]
+__all__ = ["REPLAY_WINDOW", "SignedMesh", "receivers_of"]
+
+#: Sequence numbers a peer accepts behind the highest seen from a sender.
+REPLAY_WINDOW = 4096
 
 
 def receivers_of(message: IFMessage) -> tuple[str, ...]:
@@ -32,7 +36,10 @@ class SignedMesh:
     def __init__(self, outbox: Outbox, keyring: Keyring) -> None:
         self.outbox = outbox
         self.keyring = keyring
-        self.verifier = Verifier(keyring)
+        # A peer sees each sender's messages by several paths (the server, gossip over
+        # different routes), so they arrive further out of order than at a server: a
+        # wider replay window (the nonces still catch every replay).
+        self.verifier = Verifier(keyring, sequences=SequenceWindows(window=REPLAY_WINDOW))
 
     @property
     def me(self) -> str:
@@ -43,7 +50,9 @@ class SignedMesh:
         if not verdict.ok or verdict.message is None:
             raise Refusal(str(verdict.reason or "MALFORMED"), verdict.detail)
         message = verdict.message
-        return Checked(message.id, message.sender, receivers_of(message), message.content)
+        return Checked(
+            message.id, message.sender, receivers_of(message), message.content, message.sent_at
+        )
 
     def sign_ack(self, message_id: str, sender: str, now: float) -> bytes:
         ack = self.outbox.message(
