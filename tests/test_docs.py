@@ -80,7 +80,7 @@ def test_every_ifab_command_in_the_docs_exists_with_its_options() -> None:
 
     root = typer.main.get_command(app)
     checked = 0
-    for name in ("operations.md", "agents.md", "server.md"):
+    for name in ("operations.md", "agents.md", "server.md", "mesh.md"):
         text = (ROOT / "docs" / name).read_text()
         spans = re.findall(r"`(ifab [^`]+)`", text)
         lines = re.findall(r"^(ifab .+?)(?:\s+#.*)?$", text, re.M)
