@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from tests.harness import RUNNING, Fabric, free_port
-from tests.server.test_metrics import FAMILIES  # every family a live scrape must show
+from tests.server.test_metrics import FAMILIES, PER_LINK  # every family a scrape shows
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 PROMTOOL = shutil.which("promtool")
@@ -38,7 +38,7 @@ def named_metrics(text: str) -> set[str]:
 
 
 def test_the_alert_rules_are_valid_and_their_unit_tests_pass() -> None:
-    assert "SUCCESS: 8 rules found" in promtool(
+    assert "SUCCESS: 9 rules found" in promtool(
         "check", "rules", "alerts.yml", cwd=DEPLOY / "prometheus"
     )
     assert "SUCCESS" in promtool("test", "rules", "alerts.test.yml", cwd=DEPLOY / "prometheus")
@@ -49,7 +49,8 @@ def test_the_rules_and_the_dashboard_name_only_metrics_that_exist() -> None:
     assert rules <= FAMILIES, rules - FAMILIES
     dashboard = json.loads((DEPLOY / "grafana" / "infrafabric.json").read_text())
     exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel["targets"])
-    assert named_metrics(exprs) <= FAMILIES, named_metrics(exprs) - FAMILIES
+    known = FAMILIES | PER_LINK
+    assert named_metrics(exprs) <= known, named_metrics(exprs) - known
     assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
 
 
@@ -96,7 +97,7 @@ def test_a_real_prometheus_scrapes_a_real_server(tmp_path: Path) -> None:
         assert target["health"] == "up", target.get("lastError")
         rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules").json()
         loaded = [rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]]
-        assert len(loaded) == 8
+        assert len(loaded) == 9
     finally:
         process.terminate()
         process.wait(timeout=20)

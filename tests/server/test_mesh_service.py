@@ -13,7 +13,7 @@ import pytest
 from infrafabric.client import Client, RemoteError
 from infrafabric.protocol.keyring import KEYRING_FORMAT
 from tests.server.conftest import Fabric
-from tests.server.test_metrics import scrape
+from tests.server.test_metrics import PER_LINK, scrape
 
 REPORT = {
     "members": 3,
@@ -87,6 +87,8 @@ def test_a_report_is_witnessed_and_shown_on_mesh_and_metrics(fabric: Fabric) -> 
     labels = (("agent", "if://agent/alice"), ("peer", "if://agent/carol"))
     assert metrics["ifab_mesh_link_rtt_seconds"][labels] == pytest.approx(0.18)
     assert metrics["ifab_mesh_link_loss_ratio"][labels] == pytest.approx(0.10)
+    assert metrics["ifab_mesh_link_jitter_seconds"][labels] == pytest.approx(0.035)
+    assert set(metrics) >= PER_LINK
 
 
 @pytest.mark.parametrize(

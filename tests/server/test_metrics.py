@@ -25,8 +25,16 @@ FAMILIES = {
     "ifab_budget_remaining_usd", "ifab_breaker", "ifab_connected_agents",
     "ifab_websocket_connections", "ifab_websocket_queue_max", "ifab_websocket_queue_frames",
     "ifab_agents", "ifab_store_up", "ifab_board_events", "ifab_swarm_spent_usd",
-    "ifab_swarm_budget_remaining_usd",
+    "ifab_swarm_budget_remaining_usd", "ifab_mesh_peers", "ifab_mesh_links",
+    "ifab_mesh_relay_links",
 }  # fmt: skip
+#: Families with a sample per mesh link: present once a peer reports one
+#: (tests/server/test_mesh_service.py checks them).
+PER_LINK = {
+    "ifab_mesh_link_rtt_seconds",
+    "ifab_mesh_link_jitter_seconds",
+    "ifab_mesh_link_loss_ratio",
+}
 
 
 def scrape(fabric: Fabric) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
