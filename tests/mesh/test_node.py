@@ -326,3 +326,19 @@ def test_a_batch_is_read_frame_by_frame_and_a_bad_frame_in_it_is_refused() -> No
     assert [r.reason for r in wire.of(Refused, b)] == ["MALFORMED"]
     pongs = [t for w, t in wire.seen if w == b and isinstance(t, Transmit)]
     assert [decode_frame(t.frame) for t in pongs] == [decode_frame(b'{"type":"q","n":1}')]
+
+
+def test_a_message_the_agent_could_not_take_is_left_to_the_servers_copy() -> None:
+    """The peer takes a server copy unless ``has_seen``; the same signed bytes again over
+    the mesh are a replay to the receiver's verifier."""
+    wire, names = mesh(2, k=2)
+    a, b = names
+    wire.auto_ack = False
+    message_id, body = wire.message(a, b, x=1)
+    wire.run(a, wire.nodes[a].send(b, message_id, body, wire.now))
+    wire.nodes[b].forget(message_id)  # the agent's queue was full: not taken, not acked
+    assert not wire.nodes[b].has_seen(message_id)
+    frame = encode_frame(Routed(message_id, a, b, 0, msgspec.Raw(body)))
+    wire.run(a, [Transmit(b, frame)])
+    assert len(wire.of(Deliver, b)) == 1
+    assert [r.reason for r in wire.of(Refused, b)] == ["REPLAY"]

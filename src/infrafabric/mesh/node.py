@@ -521,6 +521,15 @@ class MeshNode:
         self.stats.refused += 1
         return [Refused(peer, reason, detail)]
 
+    def retrying(self) -> list[str]:
+        """The peers whose lost links this node is trying again."""
+        return sorted(self._reconnects.retrying())
+
+    def forget(self, message_id: str) -> None:
+        """Take a message as not seen after all (the agent could not take it): a copy
+        that comes later, through the server, is then taken."""
+        self._seen.pop(message_id, None)
+
     def has_seen(self, message_id: str) -> bool:
         """Whether this node took (or sent) the message: a copy that comes through the
         server after one came over the mesh is dropped by its id."""

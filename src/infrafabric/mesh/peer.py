@@ -71,6 +71,9 @@ BROADCAST_TOPIC: Final = "if://topic/mesh-broadcast"
 CHANNEL_LABEL: Final = "ifmesh"
 #: Events kept for the next report at most (the oldest are dropped beyond it).
 MAX_PENDING_EVENTS: Final = 256
+#: Messages waiting for the agent to take them: beyond it, broadcasts are dropped and
+#: direct messages are left to reach it through the server's inbox.
+INBOX_LIMIT: Final = 10_000
 
 
 def signal_topic(agent: str) -> str:
@@ -167,7 +170,8 @@ class MeshPeer:
         self.on_event: Callable[[MeshEvent], None] | None = None
         self.events: deque[MeshEvent] = deque(maxlen=MAX_PENDING_EVENTS)
         self.refused: dict[str, int] = {}
-        self._inbox: asyncio.Queue[MeshMessage] = asyncio.Queue()
+        self._inbox: asyncio.Queue[MeshMessage] = asyncio.Queue(maxsize=INBOX_LIMIT)
+        self.dropped = 0  # messages the agent was too slow to take
         self._sending: dict[str, asyncio.Future[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keys_read = 0.0
@@ -289,7 +293,7 @@ class MeshPeer:
             "members": len(self.node.members),
             "wanted": sorted(self.node.wanted),
             "links": links,
-            "retrying": sorted(self.node._reconnects.retrying()),
+            "retrying": self.node.retrying(),
             "routes": {peer: hop for peer, hop in routes.items() if hop is not None},
             "via_server": [peer for peer, hop in routes.items() if hop is None],
         }
@@ -313,6 +317,9 @@ class MeshPeer:
             if isinstance(action, Transmit):
                 self._transmit(action)
             elif isinstance(action, Connect):
+                pending = self.links.get(action.peer)
+                if action.attempt == 0 and pending is not None and not pending.closed:
+                    continue  # an offer is under way (or the link is up): let it finish
                 self._spawn(self._offer(action.peer, action.relay), f"mesh-offer-{action.peer}")
             elif isinstance(action, Disconnect):
                 link = self.links.get(action.peer)
@@ -363,12 +370,24 @@ class MeshPeer:
             if action.routed_id is not None:
                 self._carry_out(self.node.undeliverable(action.routed_id))
             return
-        for data in out:
-            channel.send(data)
+        self._send_on(link, channel, out)
+
+    def _send_on(self, link: _Link, channel: RTCDataChannel, out: Sequence[bytes]) -> None:
+        try:
+            for data in out:
+                channel.send(data)
+        except Exception as exc:  # closed between the check and the send: the link is lost
+            _log.info("mesh: the channel to %s refused a frame: %r", link.peer, exc)
+            self._spawn(self._lost(link), "mesh-lost")
 
     def _deliver(self, action: Deliver) -> None:
         message = decode_json(action.body)
-        self._inbox.put_nowait(MeshMessage(message, action.via))
+        try:
+            self._inbox.put_nowait(MeshMessage(message, action.via))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if action.via == "mesh":  # unacknowledged: its sender goes through the server
+                self.node.forget(action.id)
 
     def _settle(self, message_id: str, via: str) -> None:
         future = self._sending.get(message_id)
@@ -502,8 +521,7 @@ class MeshPeer:
 
         @channel.on("bufferedamountlow")
         def on_drained() -> None:
-            for out in link.outlet.drain(channel.bufferedAmount):
-                channel.send(out)
+            self._send_on(link, channel, link.outlet.drain(channel.bufferedAmount))
 
         @channel.on("close")
         def on_close() -> None:
@@ -556,7 +574,12 @@ class MeshPeer:
                 async with self.client.stream(topics, replay=True) as frames:
                     ready.set()
                     async for frame in frames:
-                        await self._on_frame(frame.kind, frame.topic, frame.position, frame.data)
+                        try:
+                            await self._on_frame(
+                                frame.kind, frame.topic, frame.position, frame.data
+                            )
+                        except Exception as exc:  # one bad frame is not the stream's end
+                            _log.warning("mesh: a frame from the server failed: %r", exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the server restarted: follow it again
@@ -644,27 +667,37 @@ class MeshPeer:
         next_report = time.monotonic() + 1.0
         while True:
             await asyncio.sleep(settings.tick_every)
-            now, clock = time.time(), time.monotonic()
-            self._carry_out(self.node.tick(now))
-            expired = [
-                p for p, (at, _) in self.presence.items() if now - at > settings.presence_timeout
-            ]
-            for peer in expired:
-                del self.presence[peer]
-            if expired:
-                self._members_changed(now)
-            for link in list(self.links.values()):
-                if link.open and clock - link.last_heard > settings.link_timeout:
-                    await self._lost(link)
             try:
-                if clock >= next_hello:
-                    next_hello = clock + settings.presence_every
-                    await self._hello("hello")
-                if clock >= next_report:
-                    next_report = clock + settings.report_every
-                    await self._report()
-            except Exception as exc:  # the server is away: the mesh goes on without it
-                _log.warning("mesh: the server did not take a hello or report: %r", exc)
+                next_hello, next_report = await self._beat(next_hello, next_report)
+            except Exception as exc:  # the heartbeat outlives any one beat's trouble
+                _log.warning("mesh: a heartbeat failed: %r", exc)
+
+    async def _beat(self, next_hello: float, next_report: float) -> tuple[float, float]:
+        """One heartbeat: the node's timers, expired presence, silent links, and (when
+        due) a hello and a report. Returns when the next hello and report are due."""
+        settings = self.settings
+        now, clock = time.time(), time.monotonic()
+        self._carry_out(self.node.tick(now))
+        expired = [
+            p for p, (at, _) in self.presence.items() if now - at > settings.presence_timeout
+        ]
+        for peer in expired:
+            del self.presence[peer]
+        if expired:
+            self._members_changed(now)
+        for link in list(self.links.values()):
+            if link.open and clock - link.last_heard > settings.link_timeout:
+                await self._lost(link)
+        try:
+            if clock >= next_hello:
+                next_hello = clock + settings.presence_every
+                await self._hello("hello")
+            if clock >= next_report:
+                next_report = clock + settings.report_every
+                await self._report()
+        except Exception as exc:  # the server is away: the mesh goes on without it
+            _log.warning("mesh: the server did not take a hello or report: %r", exc)
+        return next_hello, next_report
 
     async def _report(self) -> None:
         status = self.status()
