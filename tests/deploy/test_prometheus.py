@@ -98,6 +98,14 @@ def test_a_real_prometheus_scrapes_a_real_server(tmp_path: Path) -> None:
         rules = httpx.get(f"http://127.0.0.1:{port}/api/v1/rules").json()
         loaded = [rule["name"] for group in rules["data"]["groups"] for rule in group["rules"]]
         assert len(loaded) == 9
+        # the runbook's query for a spike of refusals parses and runs
+        runbook = (DEPLOY.parent / "docs" / "operations.md").read_text()
+        query = re.search(r"`(sum by \(reason\) \(rate\(ifab_rejections_total\[5m\]\)\))`", runbook)
+        assert query, "the runbook's refusals query moved"
+        answer = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/query", params={"query": query.group(1)}
+        ).json()
+        assert answer["status"] == "success", answer
     finally:
         process.terminate()
         process.wait(timeout=20)
