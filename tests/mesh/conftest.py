@@ -23,6 +23,7 @@ import pytest
 from tests.harness import IFAB, RUNNING, Fabric, free_port, local_agent
 
 TURNSERVER = shutil.which("turnserver")
+LOOPBACK = ("--bind", "127.0.0.1")  # ICE host candidates on loopback only
 
 
 def free_udp_port() -> int:
@@ -102,7 +103,9 @@ class Peer:
         self.seen: list[dict[str, Any]] = []
         self.events: list[str] = []
         self.process = subprocess.Popen(
-            [IFAB, "mesh", "join", "--as", name, "--bind", "127.0.0.1", *options],
+            [IFAB, "mesh", "join", "--as", name, *LOOPBACK, *options]
+            if "--bind" not in options
+            else [IFAB, "mesh", "join", "--as", name, *options],
             env=fabric.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, start_new_session=True,
         )  # fmt: skip

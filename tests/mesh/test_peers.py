@@ -90,6 +90,26 @@ def test_relay_only_links_go_through_the_turn_server(
     assert "incoming packet CHANNEL_BIND processed, success" in log
 
 
+def test_a_link_that_cannot_go_direct_goes_through_the_relay_after_three_failures(
+    fabric: Fabric, peers: Callable[..., Peer], turn: Turn
+) -> None:
+    """One peer offers only IPv4 candidates, the other only IPv6: no direct pair exists.
+    Three direct attempts fail (after 1 s, 2 s, 4 s of backoff), the fourth goes through
+    the TURN relay and the link opens."""
+    a = peers("switch-a", "--bind", "127.0.0.1", *turn.options())
+    b = peers("switch-b", "--bind", "::1", *turn.options())
+    wait_until(lambda: linked(fabric, ["switch-a", "switch-b"], 1), "never linked", 90)
+    [link] = a.status()["links"]
+    assert link["relay"] is True
+    events = "\n".join(a.events)
+    assert "mesh: reconnect if://agent/switch-b attempt=3" in events
+    assert "mesh: relay_fallback if://agent/switch-b attempt=4" in events
+    sent = a.send("switch-b", {"over": "the relay"})
+    assert sent["via"] == "mesh"
+    b.expect(lambda line: line.get("received") == sent["sent"])
+    wait_until(lambda: bool(witnessed(fabric, "relay_fallback")), "fallback not witnessed", 20)
+
+
 def test_a_wrong_turn_password_means_no_relayed_link(
     fabric: Fabric, peers: Callable[..., Peer], turn: Turn
 ) -> None:
@@ -156,8 +176,10 @@ def test_killed_peers_heal_and_no_acknowledged_message_is_lost(
     assert len(lines) == len({line["received"] for line in lines})  # each taken once
     assert time.monotonic() - restarted_at < 60
     wait_until(lambda: bool(witnessed(fabric, "link_lost")), "lost links not witnessed", 20)
-    # the dead peers' probes went unanswered before their links were given up for lost
+    # the dead peers' probes went unanswered before their links were given up for lost,
+    # and the restarted peer was reconnected on the schedule
     assert witnessed(fabric, "quality_degraded")
+    wait_until(lambda: bool(witnessed(fabric, "reconnect")), "reconnect not witnessed", 20)
     print(f"healed {seconds:.1f} s after the restart")
 
 

@@ -24,6 +24,7 @@ import typer
 from infrafabric.cli.board import DEFAULT_SERVER, AdminToken, As, AsOptional, Server, _read, _run
 from infrafabric.cli.common import EXIT_USAGE, fail, keystore, passphrase, print_table
 from infrafabric.client import Client
+from infrafabric.errors import CallerError
 from infrafabric.mesh.topology import Topology
 from infrafabric.protocol.message import agent_id
 
@@ -93,12 +94,15 @@ def join(
 
     if relay_only and turn is None:
         fail("--relay-only needs --turn", EXIT_USAGE)
-    settings = MeshSettings(
-        topology=Topology(degree=degree),
-        turn=None if turn is None else TurnServer(turn, turn_user, turn_password),
-        relay_only=relay_only,
-        host_addresses=tuple(bind) or None,
-    )
+    try:
+        settings = MeshSettings(
+            topology=Topology(degree=degree),
+            turn=None if turn is None else TurnServer(turn, turn_user, turn_password),
+            relay_only=relay_only,
+            host_addresses=tuple(bind) or None,
+        )
+    except CallerError as exc:
+        fail(str(exc), EXIT_USAGE)
     identity = keystore().unlock(agent, passphrase(f"Passphrase for {agent}: "))
     _run(lambda: _join(server, identity, settings, log))
 

@@ -76,6 +76,14 @@ MAX_PENDING_EVENTS: Final = 256
 INBOX_LIMIT: Final = 10_000
 
 
+def stun_of(turn_url: str) -> str:
+    """The STUN service of a TURN server (every TURN server answers STUN on its port)."""
+    scheme, _, rest = turn_url.partition(":")
+    if scheme not in ("turn", "turns"):
+        raise CallerError(f"not a TURN URL: {turn_url!r} (turn:HOST:PORT)")
+    return "stun:" + rest.split("?", 1)[0]
+
+
 def signal_topic(agent: str) -> str:
     return f"if://topic/mesh-signal/{agent.removeprefix('if://agent/')}"
 
@@ -108,6 +116,8 @@ class MeshSettings:
     def __post_init__(self) -> None:
         if self.relay_only and self.turn is None:
             raise CallerError("relay_only needs a TURN server")
+        if self.turn is not None:
+            stun_of(self.turn.url)  # a clear error now rather than at the first link
         if self.presence_timeout <= self.presence_every:
             raise CallerError("presence_timeout must be longer than presence_every")
 
@@ -417,21 +427,20 @@ class MeshPeer:
     # -- WebRTC -----------------------------------------------------------------------------
 
     def _configuration(self, relay: bool) -> Any:
+        """ICE for one attempt: direct (host candidates, and server-reflexive ones from the
+        relay's STUN service when there is a relay), or through the TURN relay only."""
         from aiortc import RTCConfiguration, RTCIceServer
         from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
         turn = self.settings.turn
-        servers = (
-            []
-            if turn is None
-            else [RTCIceServer(urls=turn.url, username=turn.username, credential=turn.password)]
-        )
-        policy = (
-            RTCIceTransportPolicy.RELAY
-            if (relay or self.settings.relay_only) and turn is not None
-            else RTCIceTransportPolicy.ALL
-        )
-        return RTCConfiguration(iceServers=servers, iceTransportPolicy=policy)
+        if turn is None:
+            return RTCConfiguration(iceServers=[])
+        if relay or self.settings.relay_only:
+            server = RTCIceServer(urls=turn.url, username=turn.username, credential=turn.password)
+            return RTCConfiguration(
+                iceServers=[server], iceTransportPolicy=RTCIceTransportPolicy.RELAY
+            )
+        return RTCConfiguration(iceServers=[RTCIceServer(urls=stun_of(turn.url))])
 
     async def _offer(self, peer: str, relay: bool) -> None:
         from aiortc import RTCPeerConnection

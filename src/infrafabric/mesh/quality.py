@@ -1,7 +1,7 @@
 """Link quality from probes: round-trip time, jitter and loss over a rolling window.
 
-aiortc's ``getStats()`` reports RTP streams and ICE transports, not the SCTP association
-that carries data channels, so a link is measured the way ping does: a probe every two
+aiortc's ``getStats()`` reports RTP streams only (for a connection that carries nothing
+but a data channel it returns an empty report), so a link is measured the way ping does: a probe every two
 seconds over the channel itself, answered at once by the other side. RTT is the mean of
 the answered probes in the window, jitter the mean change between consecutive RTTs (as
 RFC 3550 smooths interarrival jitter), loss the share of probes that went unanswered
