@@ -246,3 +246,13 @@ def test_demo_runs_and_stops_by_itself(ifab: Shell) -> None:
     for reason in ("BAD_SIGNATURE", "REPLAY", "UNKNOWN_KEY", "EXPIRED", "KEY_REVOKED"):
         assert f"REJECTED {reason}" in output
     assert "Summary" in output
+
+
+@pytest.mark.parametrize("command", [("mesh", "join"), ("mcp",)])
+def test_an_unknown_identity_is_one_line_not_a_traceback(
+    ifab: Shell, command: tuple[str, ...]
+) -> None:
+    refused = ifab(*command, "--as", "ghost", "--server", "http://127.0.0.1:9")
+    assert refused.returncode == 1
+    assert b"identity 'ghost': no identity file" in refused.stderr
+    assert b"Traceback" not in refused.stderr

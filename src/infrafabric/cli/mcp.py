@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Final
 import typer
 
 from infrafabric.cli.board import DEFAULT_SERVER, ENV_SERVER, As, Server, _as_agent, _run
-from infrafabric.cli.common import EXIT_USAGE, fail, keystore, passphrase
+from infrafabric.cli.common import EXIT_USAGE, fail, keystore, passphrase, reported_errors
 from infrafabric.client import Client
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.server.runner import default_data_dir
@@ -118,7 +118,8 @@ def recall(
 
 
 def _unlock(name: str) -> SigningIdentity:
-    return keystore().unlock(name, passphrase(f"Passphrase for {name}: "))
+    with reported_errors():  # no such identity, a wrong passphrase: one line, status 1
+        return keystore().unlock(name, passphrase(f"Passphrase for {name}: "))
 
 
 async def _serve_remote(server: str, identity: SigningIdentity) -> None:

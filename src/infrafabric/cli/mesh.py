@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from infrafabric.cli.board import DEFAULT_SERVER, AdminToken, As, AsOptional, Server, _read, _run
-from infrafabric.cli.common import EXIT_USAGE, fail, keystore, passphrase, print_table
+from infrafabric.cli.common import (
+    EXIT_USAGE,
+    fail,
+    keystore,
+    passphrase,
+    print_table,
+    reported_errors,
+)
 from infrafabric.client import Client
 from infrafabric.errors import CallerError
 from infrafabric.mesh.topology import Topology
@@ -103,7 +110,8 @@ def join(
         )
     except CallerError as exc:
         fail(str(exc), EXIT_USAGE)
-    identity = keystore().unlock(agent, passphrase(f"Passphrase for {agent}: "))
+    with reported_errors():  # no such identity, a wrong passphrase: one line, status 1
+        identity = keystore().unlock(agent, passphrase(f"Passphrase for {agent}: "))
     _run(lambda: _join(server, identity, settings, log))
 
 
