@@ -15,6 +15,7 @@ from infrafabric import KeyRole, SigningIdentity, agent_id, new_key_record
 from infrafabric.mesh.frames import Ack, Gossip, Ping, Routed, decode_frame, encode_frame
 from infrafabric.mesh.heal import Backoff
 from infrafabric.mesh.node import (
+    BROADCAST_TOPIC,
     Action,
     Connect,
     Deliver,
@@ -122,7 +123,7 @@ def mesh(size: int, k: int, **options: object) -> tuple[Wire, list[str]]:
 def test_a_broadcast_reaches_every_peer_once_each_verified_by_its_receiver() -> None:
     wire, names = mesh(12, k=4)
     assert all(len(wire.nodes[n].links) >= 4 for n in names)
-    message_id, body = wire.message(names[0], "if://topic/mesh/all", hello=1)
+    message_id, body = wire.message(names[0], BROADCAST_TOPIC, hello=1)
     wire.run(names[0], wire.nodes[names[0]].broadcast(message_id, body, wire.now))
     delivered = collections.Counter(w for w, a in wire.seen if isinstance(a, Deliver))
     assert delivered == dict.fromkeys(names[1:], 1)
@@ -134,7 +135,7 @@ def test_a_broadcast_reaches_every_peer_once_each_verified_by_its_receiver() -> 
 def test_a_tampered_copy_is_refused_and_does_not_shadow_the_real_one() -> None:
     wire, names = mesh(4, k=3)
     sender, liar, victim = names[0], names[1], names[2]
-    message_id, body = wire.message(sender, "if://topic/mesh/all", amount=1)
+    message_id, body = wire.message(sender, BROADCAST_TOPIC, amount=1)
     forged = body.replace(b'"amount":1', b'"amount":9')
     frame = encode_frame(Gossip(message_id, sender, 1, msgspec.Raw(forged)))
     wire.run(liar, [Transmit(victim, frame)])
@@ -342,3 +343,46 @@ def test_a_message_the_agent_could_not_take_is_left_to_the_servers_copy() -> Non
     wire.run(a, [Transmit(b, frame)])
     assert len(wire.of(Deliver, b)) == 1
     assert [r.reason for r in wire.of(Refused, b)] == ["REPLAY"]
+
+
+@pytest.mark.parametrize("wrapping", ["gossip with another id", "routed to the victim"])
+def test_a_rewrapped_copy_cannot_make_the_real_one_a_replay(wrapping: str) -> None:
+    """A neighbour that wraps a real signed broadcast in a frame that lies about it is
+    refused before the message's nonce is spent: the real copy is still taken."""
+    wire, names = mesh(4, k=3)
+    sender, liar, victim = names[0], names[1], names[2]
+    message_id, body = wire.message(sender, BROADCAST_TOPIC, amount=1)
+    if wrapping == "gossip with another id":
+        frame = encode_frame(Gossip("m-other", sender, 1, msgspec.Raw(body)))
+    else:
+        frame = encode_frame(Routed(message_id, sender, victim, 0, msgspec.Raw(body)))
+    wire.run(liar, [Transmit(victim, frame)])
+    assert [r.reason for r in wire.of(Refused, victim)] == ["FORGED_FRAME"]
+    wire.run(sender, wire.nodes[sender].broadcast(message_id, body, wire.now))
+    assert [a.body for a in wire.of(Deliver, victim)] == [body]
+    assert [r.reason for r in wire.of(Refused, victim)] == ["FORGED_FRAME"]  # no REPLAY
+
+
+def test_a_direct_message_rewrapped_as_a_broadcast_is_not_flooded() -> None:
+    wire, names = mesh(5, k=4)
+    sender, relay, receiver = names[0], names[1], names[2]
+    message_id, body = wire.message(sender, receiver, secret="for the receiver only")
+    frame = encode_frame(Gossip(message_id, sender, 1, msgspec.Raw(body)))
+    for other in names[2:]:
+        wire.run(relay, [Transmit(other, frame)])
+    assert wire.of(Deliver) == []
+    assert {r.reason for r in wire.of(Refused)} == {"FORGED_FRAME"}
+    # and the real message still reaches its receiver
+    wire.run(sender, wire.nodes[sender].send(receiver, message_id, body, wire.now))
+    assert [d.id for d in wire.of(Deliver, receiver)] == [message_id]
+
+
+def test_only_the_offerer_drops_a_link_it_no_longer_wants() -> None:
+    wire, names = mesh(6, k=2)
+    low = names[0]
+    high = min(p for p in wire.nodes[low].links if p > low)  # a link `low` offers
+    # each side's view loses the other (its presence lapsed there, say)
+    high_actions = wire.nodes[high].set_members([n for n in names if n != low], wire.now)
+    low_actions = wire.nodes[low].set_members([n for n in names if n != high], wire.now)
+    assert Disconnect(low) not in high_actions  # the answerer keeps it
+    assert Disconnect(high) in low_actions  # the offerer drops it

@@ -54,6 +54,7 @@ from infrafabric.mesh.quality import Band, LinkQuality, Quality
 from infrafabric.mesh.topology import Ring, Topology, offerer
 
 __all__ = [
+    "BROADCAST_TOPIC",
     "Action",
     "Checked",
     "Connect",
@@ -69,6 +70,26 @@ __all__ = [
 
 #: The most hops a broadcast travels (flooding stops earlier at peers that saw it).
 GOSSIP_HOPS = 32
+#: What a broadcast is addressed to: a gossip frame carries nothing else (a direct
+#: message wrapped as gossip would otherwise be flooded to the whole mesh).
+BROADCAST_TOPIC = "if://topic/mesh-broadcast"
+
+
+class _Peek(msgspec.Struct):
+    """A signed message's addressing, read before it is verified: a frame whose fields
+    disagree with it is refused before its nonce is spent, so a neighbour that rewraps
+    a real message cannot make the real copy look like a replay."""
+
+    id: str
+    sender: str
+    receiver: str | list[str]
+
+    @property
+    def receivers(self) -> tuple[str, ...]:
+        return (self.receiver,) if isinstance(self.receiver, str) else tuple(self.receiver)
+
+
+_PEEK = msgspec.json.Decoder(_Peek)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +218,7 @@ class MeshNode:
         ack_timeout: float = 2.0,
         probe_every: float = 2.0,
         seen_capacity: int = 65_536,
+        relay_available: bool = True,
     ) -> None:
         """``verify(body, now)`` returns the :class:`Checked` message or raises
         :class:`Refusal`; ``sign_ack(message_id, sender, now)`` returns a signed message
@@ -209,6 +231,7 @@ class MeshNode:
         self.hop_limit = hop_limit
         self.ack_timeout = ack_timeout
         self.probe_every = probe_every
+        self.relay_available = relay_available  # no TURN relay: every attempt goes direct
         self.members: set[str] = {me}
         self.ring = Ring([me])
         self.wanted: set[str] = set()
@@ -242,7 +265,10 @@ class MeshNode:
             if offerer(self.me, peer) == self.me and peer not in retrying:
                 actions.append(Connect(peer))
         for peer in sorted(self.links - self.wanted):
-            actions.append(Disconnect(peer))
+            # the peer that offers a link decides whether it stays: two peers whose views
+            # differ for a moment (or one that gave up on a third) do not make it flap
+            if offerer(self.me, peer) == self.me:
+                actions.append(Disconnect(peer))
         return actions
 
     def link_up(self, peer: str, now: float) -> list[Action]:
@@ -379,14 +405,16 @@ class MeshNode:
         if frame.id in self._seen:
             self.stats.duplicates += 1
             return []
-        checked = self._check(peer, bytes(frame.body), now)
+        body = bytes(frame.body)
+        mismatch = self._mismatch(body, frame.id, frame.origin, (BROADCAST_TOPIC,), exact=True)
+        if mismatch is not None:
+            return self._refuse(peer, "FORGED_FRAME", mismatch)
+        checked = self._check(peer, body, now)
         if isinstance(checked, Refused):
             return [checked]
-        if checked.id != frame.id or checked.sender != frame.origin:
-            return self._refuse(peer, "FORGED_FRAME", "the frame's ids are not its message's")
         self._mark_seen(frame.id)
         self.stats.delivered += 1
-        actions: list[Action] = [Deliver(frame.id, checked.sender, bytes(frame.body), "gossip")]
+        actions: list[Action] = [Deliver(frame.id, checked.sender, body, "gossip")]
         if frame.hops + 1 < GOSSIP_HOPS:
             forward = encode_frame(Gossip(frame.id, frame.origin, frame.hops + 1, frame.body))
             actions.extend(self._to_all(forward, exclude=peer))
@@ -398,16 +426,33 @@ class MeshNode:
         if frame.id in self._seen:  # it came by two paths: taken once (no second ack, so
             self.stats.duplicates += 1  # an ack never runs ahead of the agent taking it)
             return []
-        checked = self._check(peer, bytes(frame.body), now)
+        body = bytes(frame.body)
+        mismatch = self._mismatch(body, frame.id, frame.origin, (self.me,), exact=False)
+        if mismatch is not None:
+            return self._refuse(peer, "FORGED_FRAME", mismatch)
+        checked = self._check(peer, body, now)
         if isinstance(checked, Refused):
             return [checked]
-        if checked.id != frame.id or checked.sender != frame.origin:
-            return self._refuse(peer, "FORGED_FRAME", "the frame's ids are not its message's")
-        if self.me not in checked.receivers:
-            return self._refuse(peer, "FORGED_FRAME", f"the message is not for {self.me}")
         self._mark_seen(frame.id)
         self.stats.delivered += 1
-        return [Deliver(frame.id, checked.sender, bytes(frame.body), "mesh")]
+        return [Deliver(frame.id, checked.sender, body, "mesh")]
+
+    def _mismatch(
+        self, body: bytes, message_id: str, origin: str, receivers: tuple[str, ...], *, exact: bool
+    ) -> str | None:
+        """Why the frame's fields disagree with the message inside (``None``: they agree);
+        ``exact``: the message is addressed to ``receivers`` alone, else among others."""
+        try:
+            peek = _PEEK.decode(body)
+        except msgspec.DecodeError:
+            return "the frame carries no message"
+        if peek.id != message_id or peek.sender != origin:
+            return "the frame's ids are not its message's"
+        if exact and peek.receivers != receivers:
+            return f"a broadcast is addressed to {receivers[0]} alone"
+        if not exact and not set(receivers) <= set(peek.receivers):
+            return f"the message is not for {receivers[0]}"
+        return None
 
     def acknowledge(self, message_id: str, sender: str, now: float) -> list[Action]:
         """The agent has taken a direct message (kept it, or acted on it): tell the
@@ -425,11 +470,18 @@ class MeshNode:
         pending = self._pending.get(frame.id)
         if pending is None:
             return []  # acknowledged already, or sent through the server meanwhile
-        checked = self._check(peer, bytes(frame.body), now)
+        body = bytes(frame.body)
+        try:
+            peek = _PEEK.decode(body)
+        except msgspec.DecodeError:
+            return self._refuse(peer, "FORGED_FRAME", "the frame carries no message")
+        if peek.sender != pending.dest or self.me not in peek.receivers:
+            return self._refuse(peer, "FORGED_FRAME", "an acknowledgement not from the receiver")
+        checked = self._check(peer, body, now)
         if isinstance(checked, Refused):
             return [checked]
-        if checked.sender != pending.dest or checked.content.get("mesh_ack") != frame.id:
-            return self._refuse(peer, "FORGED_FRAME", "an acknowledgement not from the receiver")
+        if checked.content.get("mesh_ack") != frame.id:
+            return self._refuse(peer, "FORGED_FRAME", "an acknowledgement of another message")
         del self._pending[frame.id]
         return [Sent(frame.id, pending.dest)]
 
@@ -474,14 +526,15 @@ class MeshNode:
         if attempt.peer in self.links or attempt.peer not in self.wanted:
             self._reconnects.connected(attempt.peer)
             return []
+        relay = attempt.relay and self.relay_available
         actions: list[Action] = [
             MeshEvent("mesh.reconnect", attempt.peer, {"attempt": attempt.number})
         ]
-        if attempt.relay and not self.backoff.relay(attempt.number - 1):
+        if relay and not self.backoff.relay(attempt.number - 1):
             actions.append(
                 MeshEvent("mesh.relay_fallback", attempt.peer, {"attempt": attempt.number})
             )
-        actions.append(Connect(attempt.peer, relay=attempt.relay, attempt=attempt.number))
+        actions.append(Connect(attempt.peer, relay=relay, attempt=attempt.number))
         return actions
 
     def _judge(self, peer: str, quality: Quality | None) -> list[Action]:

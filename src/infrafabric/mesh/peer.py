@@ -39,6 +39,7 @@ import msgspec
 from infrafabric.errors import CallerError
 from infrafabric.mesh.heal import Backoff
 from infrafabric.mesh.node import (
+    BROADCAST_TOPIC,
     Action,
     Connect,
     Deliver,
@@ -67,7 +68,6 @@ __all__ = ["MeshMessage", "MeshPeer", "MeshSettings", "TurnServer"]
 _log = logging.getLogger(__name__)
 
 PRESENCE_TOPIC: Final = "if://topic/mesh-presence"
-BROADCAST_TOPIC: Final = "if://topic/mesh-broadcast"
 CHANNEL_LABEL: Final = "ifmesh"
 #: Events kept for the next report at most (the oldest are dropped beyond it).
 MAX_PENDING_EVENTS: Final = 256
@@ -174,6 +174,7 @@ class MeshPeer:
             backoff=settings.backoff,
             hop_limit=settings.hop_limit,
             ack_timeout=settings.ack_timeout,
+            relay_available=settings.turn is not None,
         )
         self.links: dict[str, _Link] = {}
         self.presence: dict[str, tuple[float, str]] = {}  # peer -> (last hello, session)

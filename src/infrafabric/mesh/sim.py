@@ -31,6 +31,7 @@ import msgspec
 
 from infrafabric.mesh.heal import Backoff
 from infrafabric.mesh.node import (
+    BROADCAST_TOPIC,
     Action,
     Checked,
     Connect,
@@ -49,9 +50,11 @@ __all__ = ["LinkModel", "Simulation", "percentile", "simulated_verify"]
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    """A simulated message: an IFMessage's addressing and content, unsigned."""
+
     id: str
     sender: str
-    receivers: tuple[str, ...]
+    receiver: str
     content: dict[str, Any] = {}
 
 
@@ -66,7 +69,7 @@ def simulated_verify(body: bytes, now: float) -> Checked:
         message = _DECODE(body)
     except msgspec.DecodeError as exc:
         raise Refusal("MALFORMED", str(exc)) from None
-    return Checked(message.id, message.sender, message.receivers, message.content)
+    return Checked(message.id, message.sender, (message.receiver,), message.content)
 
 
 def percentile(values: Sequence[float], share: float) -> float:
@@ -176,13 +179,13 @@ class Simulation:
     # -- what the agents do ---------------------------------------------------------------
 
     def broadcast(self, origin: str, message_id: str) -> None:
-        body = _ENCODE(_Body(message_id, origin, ("if://topic/mesh/all",)))
+        body = _ENCODE(_Body(message_id, origin, BROADCAST_TOPIC))
         self.peers[origin].received[message_id] = self.now
         for action in self.peers[origin].node.broadcast(message_id, body, self.now):
             self._act(origin, action)
 
     def send(self, origin: str, dest: str, message_id: str) -> None:
-        body = _ENCODE(_Body(message_id, origin, (dest,)))
+        body = _ENCODE(_Body(message_id, origin, dest))
         self.outcomes[message_id] = ("pending", self.now)
         for action in self.peers[origin].node.send(dest, message_id, body, self.now):
             self._act(origin, action)
@@ -284,7 +287,7 @@ class Simulation:
 
     def _signer(self, name: str) -> Callable[[str, str, float], bytes]:
         def sign_ack(message_id: str, sender: str, now: float) -> bytes:
-            ack = _Body(f"ack-{message_id}", name, (sender,), {"mesh_ack": message_id})
+            ack = _Body(f"ack-{message_id}", name, sender, {"mesh_ack": message_id})
             return _ENCODE(ack)
 
         return sign_ack
