@@ -311,7 +311,8 @@ class Client:
         ``timeout`` seconds without one (the request stays in ``to``'s inbox)."""
         conversation = new_conversation_id()
         async with self.stream() as frames:
-            await self.send(to, performative, content, conversation_id=conversation)
+            # (through the server: the reply is awaited on the server's stream)
+            await self.send_via_server(to, performative, content, conversation_id=conversation)
             async with asyncio.timeout(timeout):
                 async for frame in frames:
                     message = frame.message if frame.kind == "message" else None
@@ -328,7 +329,9 @@ class Client:
         self, to: IFMessage, content: Mapping[str, Any], *, performative: Performative = "inform"
     ) -> dict[str, Any]:
         """Answer message ``to`` in its conversation (what :meth:`request` waits for)."""
-        return await self.send(to.sender, performative, content, conversation_id=to.conversation_id)
+        return await self.send_via_server(
+            to.sender, performative, content, conversation_id=to.conversation_id
+        )
 
     async def inbox(self, after: int = 0) -> list[tuple[int, IFMessage]]:
         """Unacknowledged direct messages (position, message), oldest first."""

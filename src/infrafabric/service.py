@@ -174,9 +174,16 @@ class FabricService:
         if receivers == (ops.KEYS,):
             return self._keys(message, key, now)
         if receivers == (ops.MESH,):
-            return self._mesh(message, data, now)
+            return self._mesh(message, data, key, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
             raise ServiceError("UNKNOWN_SERVICE", f"no such service among {list(receivers)}", 404)
+        if ops.MESH_STATUS_TOPIC in receivers:  # the fabric publishes there, after checking
+            raise ServiceError(
+                "RESERVED_TOPIC",
+                f"{ops.MESH_STATUS_TOPIC} carries reports the fabric checked: send yours to "
+                f"{ops.MESH}",
+                403,
+            )
         body = encode_json(message)
         delivered: list[dict[str, Any]] = []
         published: list[str] = []
@@ -506,12 +513,20 @@ class FabricService:
             raise ServiceError("NOT_FOUND", str(exc), 404) from None
         return {"reset": operation.agent}
 
-    def _mesh(self, message: IFMessage, data: bytes, now: Timestamp) -> dict[str, Any]:
+    def _mesh(
+        self, message: IFMessage, data: bytes, key: KeyRecord | None, now: Timestamp
+    ) -> dict[str, Any]:
         """A mesh peer's report: its link events are witnessed (each a ``mesh`` event in
         the fabric's log), and the report itself is published on
-        :data:`~infrafabric.ops.MESH_STATUS_TOPIC` for every server's mesh view."""
+        :data:`~infrafabric.ops.MESH_STATUS_TOPIC` for every server's mesh view. Only a
+        message that passed every check (audit mode lets others through) may speak for
+        its sender's links."""
         report = _request(message, _MESH_DECODER, "mesh")
         agent = message.sender
+        if key is None:
+            raise ServiceError(
+                "NOT_VERIFIED", "a mesh report needs a message that passed every check", 403
+            )
         if self.agent(agent) is None:
             raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
         events = [
@@ -533,6 +548,13 @@ class FabricService:
             self.coordinator.record(events)
         self._announce(self._listeners.topics, ops.MESH_STATUS_TOPIC, data)
         return {"recorded": len(events)}
+
+    def keyring_document(self) -> dict[str, Any]:
+        """Every key's public record, as a keyring file (read under the verifier's lock:
+        messages being carried out may add keys meanwhile)."""
+        with self._verify_lock:
+            document: dict[str, Any] = msgspec.to_builtins(self.verifier.keyring.to_file())
+        return document
 
     def _keys(self, message: IFMessage, key: KeyRecord | None, now: Timestamp) -> dict[str, Any]:
         """Lend a key (``delegate``) or take one back (``recall``): only with a message

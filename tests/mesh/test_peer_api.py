@@ -109,3 +109,35 @@ def test_a_peer_that_stops_reading_cannot_grow_its_senders_memory(
     assert refused > 0  # beyond the bound, broadcasts were dropped for this link
     assert fell_back  # and the direct message went through the server
     slow.expect(lambda line: line.get("content", {}).get("urgent") is True, 30)
+
+
+def test_a_server_copy_leaves_the_inbox_only_once_the_agent_took_the_message(
+    fabric: Fabric,
+) -> None:
+    """Bob's agent is slow: alice's mesh message is not acknowledged in time, so it goes
+    through the server too. The server's copy must stay in bob's inbox until bob has
+    taken the mesh copy (bob could die holding it), then leave with it, taken once."""
+    alice, bob = identity(fabric, "alice"), identity(fabric, "bob")
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as a,
+            Client.connect(fabric.url, bob) as b,
+            MeshPeer.join(a, LOOPBACK) as mesh_a,
+            MeshPeer.join(b, LOOPBACK) as mesh_b,
+        ):
+            deadline = time.monotonic() + 30
+            while bob.agent not in mesh_a.node.links:
+                assert time.monotonic() < deadline, "no link"
+                await asyncio.sleep(0.05)
+            sent = await mesh_a.send(bob.agent, "inform", {"n": 1})  # bob takes nothing yet
+            assert sent["via"] == "server"
+            await asyncio.sleep(0.5)  # the server's copy reached bob's peer meanwhile
+            assert [m.id for _, m in await b.inbox()] == [sent["id"]]  # still kept
+            first = await asyncio.wait_for(mesh_b._inbox.get(), 5)
+            assert (first.message.id, first.via) == (sent["id"], "mesh")
+            await mesh_b.ack(first)
+            assert await b.inbox() == []  # the server's copy left with it
+            assert mesh_b._inbox.empty()  # and was not handed to the agent again
+
+    asyncio.run(scenario())

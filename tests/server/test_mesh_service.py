@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +13,10 @@ import pytest
 
 from infrafabric.client import Client, RemoteError
 from infrafabric.protocol.keyring import KEYRING_FORMAT
+from infrafabric.protocol.message import encode_json
+from infrafabric.protocol.verify import Mode
+from infrafabric.server.runner import open_server, run_server
+from tests.harness import signed_request
 from tests.server.conftest import Fabric
 from tests.server.test_metrics import PER_LINK, scrape
 
@@ -115,3 +120,34 @@ def test_a_bad_report_is_refused_with_the_field_named(
     refused = asyncio.run(report())
     assert refused.code == "INVALID_OPERATION"
     assert field in refused.detail
+
+
+def test_only_the_fabric_publishes_mesh_status(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def publish() -> RemoteError:
+        async with Client.connect(fabric.url, alice) as agent:
+            with pytest.raises(RemoteError) as refused:
+                await agent.send("if://topic/mesh-status", "inform", {"op": "report", **REPORT})
+            return refused.value
+
+    refused = asyncio.run(publish())
+    assert (refused.code, refused.status) == ("RESERVED_TOPIC", 403)
+    assert fabric.admin_get("/v1/mesh").json()["peers"] == []
+
+
+def test_in_audit_mode_a_forged_report_speaks_for_nobody(tmp_path: Path) -> None:
+    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
+    with run_server(state) as server:
+        fabric = Fabric(server, state.sessions.admin_token)
+        alice = fabric.enroll("alice")
+        report = signed_request(alice, "if://service/mesh", {"op": "report", **REPORT})
+        forged = encode_json(report).replace(b'"members":3', b'"members":4')
+        reply = httpx.post(
+            f"{fabric.url}/v1/messages",
+            content=forged,
+            headers={"content-type": "application/json"},
+        )
+        assert reply.status_code == 403
+        assert reply.json()["error"]["code"] == "NOT_VERIFIED"
+        assert fabric.admin_get("/v1/mesh").json()["peers"] == []

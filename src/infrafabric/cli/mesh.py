@@ -125,8 +125,9 @@ async def _join(server: str, identity: Any, settings: MeshSettings, log: Path | 
     async with Client.connect(server, identity) as client, MeshPeer.join(client, settings) as peer:
         peer.on_event = _print_event
         _say({"joined": peer.me, "session": peer.session})
+        failed: list[str] = []
         work = [
-            asyncio.create_task(_receive(peer, log)),
+            asyncio.create_task(_receive(peer, log, stop, failed)),
             asyncio.create_task(_commands(peer, stop)),
         ]
         await stop.wait()
@@ -135,6 +136,8 @@ async def _join(server: str, identity: Any, settings: MeshSettings, log: Path | 
         for task in work:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    if failed:
+        fail(failed[0])
 
 
 def _say(document: dict[str, Any]) -> None:
@@ -147,17 +150,31 @@ def _print_event(event: MeshEvent) -> None:
     typer.echo(f"mesh: {event.kind.removeprefix('mesh.')} {event.peer} {detail}".rstrip(), err=True)
 
 
-async def _receive(peer: MeshPeer, log: Path | None) -> None:
+async def _receive(
+    peer: MeshPeer, log: Path | None, stop: asyncio.Event, failed: list[str]
+) -> None:
+    """Keep (``--log``), print, then acknowledge each message. A message that cannot be
+    kept or printed ends the peer (exit 1) unacknowledged, so its sender's fallback or
+    the server's inbox still has it; an acknowledgement the server did not take now is
+    made again when its copy comes back."""
     handle = None if log is None else log.open("a", encoding="utf-8")
     try:
         async for received in peer.messages():
             line = _received(received)
-            if handle is not None:  # durable before the sender is told it arrived
-                handle.write(json.dumps(line, separators=(",", ":")) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            _say(line)
-            await peer.ack(received)
+            try:
+                if handle is not None:  # durable before the sender is told it arrived
+                    handle.write(json.dumps(line, separators=(",", ":")) + "\n")
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                _say(line)
+            except OSError as exc:
+                failed.append(f"cannot keep a message: {exc}")
+                stop.set()
+                return
+            try:
+                await peer.ack(received)
+            except Exception as exc:
+                typer.echo(f"mesh: acknowledging {line['received']} failed: {exc}", err=True)
     finally:
         if handle is not None:
             handle.close()

@@ -29,7 +29,7 @@ import json
 import logging
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -72,8 +72,15 @@ CHANNEL_LABEL: Final = "ifmesh"
 #: Events kept for the next report at most (the oldest are dropped beyond it).
 MAX_PENDING_EVENTS: Final = 256
 #: Messages waiting for the agent to take them: beyond it, broadcasts are dropped and
-#: direct messages are left to reach it through the server's inbox.
-INBOX_LIMIT: Final = 10_000
+#: direct messages are left to reach it through the server's inbox (at most 64 MiB).
+INBOX_LIMIT: Final = 1_000
+#: Ids of messages the agent has taken, remembered to drop later copies.
+TAKEN_KEPT: Final = 65_536
+#: How often a peer reads the fabric's keys again (revocations reach it this soon).
+KEYS_EVERY: Final = 30.0
+#: Routes a report carries at most (the ones through a neighbour; direct links are in
+#: the links already): a report must stay under the 64 KiB a message may have.
+REPORTED_ROUTES: Final = 200
 
 
 def stun_of(turn_url: str) -> str:
@@ -179,10 +186,19 @@ class MeshPeer:
         self.links: dict[str, _Link] = {}
         self.presence: dict[str, tuple[float, str]] = {}  # peer -> (last hello, session)
         self.on_event: Callable[[MeshEvent], None] | None = None
-        self.events: deque[MeshEvent] = deque(maxlen=MAX_PENDING_EVENTS)
         self.refused: dict[str, int] = {}
         self._inbox: asyncio.Queue[MeshMessage] = asyncio.Queue(maxsize=INBOX_LIMIT)
         self.dropped = 0  # messages the agent was too slow to take
+        # A message is "taken" once the agent acknowledged it. Until then a copy from the
+        # server's inbox is not acknowledged there (the agent may yet die with it): its
+        # position waits here, and is acknowledged when the agent takes the message.
+        self._untaken: dict[str, int | None] = {}
+        self._taken: OrderedDict[str, None] = OrderedDict()
+        self._queued_positions: set[int] = set()
+        self._backlog = False  # the inbox was full: the server holds messages not queued
+        self._stream_up = False
+        self._next_keys = time.monotonic() + KEYS_EVERY
+        self.events_at: deque[tuple[float, MeshEvent]] = deque(maxlen=MAX_PENDING_EVENTS)
         self._sending: dict[str, asyncio.Future[str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._keys_read = 0.0
@@ -203,8 +219,8 @@ class MeshPeer:
         for record in (await client.keys()).keys:
             keyring.add(record)
         peer = cls(client, settings, keyring)
-        await peer._start()
         try:
+            await peer._start()
             yield peer
         finally:
             await peer._stop()
@@ -222,11 +238,14 @@ class MeshPeer:
         self._closing = True
         with contextlib.suppress(Exception):
             await self._hello("bye")
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        while self._tasks:  # (a task's end removes it from the list: work on a copy)
+            running = list(self._tasks)
+            self._tasks.clear()
+            for task in running:
+                task.cancel()
+            for task in running:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         for link in list(self.links.values()):
             await self._close(link)
         for future in self._sending.values():
@@ -273,12 +292,22 @@ class MeshPeer:
 
     async def ack(self, received: MeshMessage) -> None:
         """The agent has taken ``received``: a direct message over the mesh is
-        acknowledged to its sender, one from the inbox leaves the inbox."""
+        acknowledged to its sender, one from the inbox leaves the inbox (and so does a
+        copy of a mesh message that came through the server meanwhile)."""
+        message = received.message
+        server_copy = self._untaken.pop(message.id, None)
+        self._taken[message.id] = None
+        while len(self._taken) > TAKEN_KEPT:
+            self._taken.popitem(last=False)
         if received.via == "mesh":
-            message = received.message
             self._carry_out(self.node.acknowledge(message.id, message.sender, time.time()))
-        elif received.via == "server" and received.position is not None:
-            await self.client.ack(received.position)
+        for position in {received.position, server_copy} - {None}:
+            assert position is not None
+            self._queued_positions.discard(position)
+            await self.client.ack(position)
+        if self._backlog and self._inbox.qsize() < INBOX_LIMIT // 2:
+            self._backlog = False
+            self._spawn(self._refill(), "mesh-refill")
 
     def status(self) -> dict[str, Any]:
         """Members, links (with relay and quality), reconnects under way, routes."""
@@ -297,7 +326,7 @@ class MeshPeer:
                     "loss_percent": None if quality is None else quality.loss_percent,
                 }
             )
-        others = sorted(self.node.members - {self.me})
+        others = sorted(self.node.members - {self.me} - self.node.links)  # (not direct)
         routes = {peer: self.node.next_hop(peer) for peer in others}
         return {
             "agent": self.me,
@@ -329,13 +358,16 @@ class MeshPeer:
                 self._transmit(action)
             elif isinstance(action, Connect):
                 pending = self.links.get(action.peer)
-                if action.attempt == 0 and pending is not None and not pending.closed:
+                if action.attempt == 0 and pending is not None:
                     continue  # an offer is under way (or the link is up): let it finish
-                self._spawn(self._offer(action.peer, action.relay), f"mesh-offer-{action.peer}")
+                if pending is not None:
+                    self._retire(pending)
+                offered = self._new_link(action.peer, secrets.token_hex(8), action.relay, True)
+                self._spawn(self._offer(offered), f"mesh-offer-{action.peer}")
             elif isinstance(action, Disconnect):
-                link = self.links.get(action.peer)
-                if link is not None:
-                    self._spawn(self._close(link), "mesh-close")
+                dropped = self.links.get(action.peer)
+                if dropped is not None:
+                    self._retire(dropped)
                 self._carry_out(self.node.link_down(action.peer, time.time()))
             elif isinstance(action, Deliver):
                 self._deliver(action)
@@ -344,7 +376,7 @@ class MeshPeer:
             elif isinstance(action, ViaServer):
                 self._spawn(self._via_server(action), "mesh-via-server")
             elif isinstance(action, MeshEvent):
-                self.events.append(action)
+                self.events_at.append((time.time(), action))
                 if self.on_event is not None:
                     self.on_event(action)
             elif isinstance(action, Refused):
@@ -399,6 +431,37 @@ class MeshPeer:
             self.dropped += 1
             if action.via == "mesh":  # unacknowledged: its sender goes through the server
                 self.node.forget(action.id)
+            return
+        self._untaken.setdefault(action.id, None)
+
+    def _from_inbox(self, position: int, message: IFMessage) -> None:
+        """A direct message waiting in the server's inbox (streamed, or read again)."""
+        if message.id in self._taken:  # the agent took its mesh copy: done
+            self._queued_positions.add(position)
+            self._spawn(self._ack_position(position), "mesh-ack")
+            return
+        if message.id in self._untaken:  # its mesh copy awaits the agent: ack with it
+            self._untaken[message.id] = position
+            return
+        if position in self._queued_positions:
+            return  # queued already (the stream replays the inbox when it reconnects)
+        try:
+            self._inbox.put_nowait(MeshMessage(message, "server", position))
+        except asyncio.QueueFull:
+            self._backlog = True  # it stays in the server's inbox: read again later
+            return
+        self.node.mark_seen(message.id)
+        self._untaken[message.id] = None
+        self._queued_positions.add(position)
+
+    async def _ack_position(self, position: int) -> None:
+        await self.client.ack(position)
+        self._queued_positions.discard(position)
+
+    async def _refill(self) -> None:
+        """The agent caught up: queue what the server's inbox kept meanwhile."""
+        for position, message in await self.client.inbox():
+            self._from_inbox(position, message)
 
     def _settle(self, message_id: str, via: str) -> None:
         future = self._sending.get(message_id)
@@ -409,11 +472,16 @@ class MeshPeer:
         """Send again through the server: the same message id (receivers drop a second
         copy by it), signed anew (the server's replay window has moved on meanwhile)."""
         original = decode_json(action.body)
-        fields: dict[str, Any] = {"message_id": original.id}
-        if original.conversation_id:
-            fields["conversation_id"] = original.conversation_id
-        if original.trace_id is not msgspec.UNSET:
-            fields["trace_id"] = original.trace_id
+        fields: dict[str, Any] = {
+            "message_id": original.id,
+            "conversation_id": original.conversation_id,
+            "ttl": original.ttl,
+            "scope": original.scope,
+        }
+        for name in ("hazard", "trace_id", "provenance", "citation_ids"):
+            value = getattr(original, name)
+            if value is not msgspec.UNSET:
+                fields[name] = value
         try:
             await self.client.send_via_server(
                 action.dest, original.performative, original.content, **fields
@@ -443,38 +511,40 @@ class MeshPeer:
             )
         return RTCConfiguration(iceServers=[RTCIceServer(urls=stun_of(turn.url))])
 
-    async def _offer(self, peer: str, relay: bool) -> None:
+    def _new_link(self, peer: str, session: str, relay: bool, offered: bool) -> _Link:
+        """A link to ``peer``, in place at once (before any await), so that a second
+        Connect or an answer in the same pass finds it."""
         from aiortc import RTCPeerConnection
 
-        old = self.links.get(peer)
-        if old is not None:
-            await self._close(old)
-        link = _Link(
-            peer, secrets.token_hex(8), RTCPeerConnection(self._configuration(relay)), relay, True
-        )
+        link = _Link(peer, session, RTCPeerConnection(self._configuration(relay)), relay, offered)
         self.links[peer] = link
         self._watch(link)
+        return link
+
+    async def _offer(self, link: _Link) -> None:
         channel = link.pc.createDataChannel(CHANNEL_LABEL, ordered=True)
         self._attach(link, channel)
         try:
             await link.pc.setLocalDescription(await link.pc.createOffer())
-            await self._signal(peer, "offer", link, link.pc.localDescription.sdp)
+            if link.closed:
+                return  # replaced or dropped while ICE gathered
+            await self._signal(link.peer, "offer", link, link.pc.localDescription.sdp)
         except Exception as exc:
-            _log.info("mesh: offer to %s failed: %r", peer, exc)
+            _log.info("mesh: offer to %s failed: %r", link.peer, exc)
             await self._failed(link)
             return
         self._spawn(self._deadline(link), "mesh-deadline")
 
     async def _answer(self, peer: str, session: str, sdp: str, relay: bool) -> None:
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCSessionDescription
 
         old = self.links.get(peer)
         if old is not None:  # the offerer restarted, or is trying again
-            await self._close(old)
-            self._carry_out(self.node.link_down(peer, time.time()))
-        link = _Link(peer, session, RTCPeerConnection(self._configuration(relay)), relay, False)
-        self.links[peer] = link
-        self._watch(link)
+            was_open = old.open
+            self._retire(old)
+            if was_open:
+                self._carry_out(self.node.link_down(peer, time.time()))
+        link = self._new_link(peer, session, relay, False)
 
         @link.pc.on("datachannel")
         def on_channel(channel: RTCDataChannel) -> None:
@@ -484,6 +554,8 @@ class MeshPeer:
         try:
             await link.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             await link.pc.setLocalDescription(await link.pc.createAnswer())
+            if link.closed:
+                return
             await self._signal(peer, "answer", link, link.pc.localDescription.sdp)
         except Exception as exc:
             _log.info("mesh: answer to %s failed: %r", peer, exc)
@@ -547,22 +619,41 @@ class MeshPeer:
             await self._failed(link)
 
     async def _failed(self, link: _Link) -> None:
-        """A link that never opened."""
-        await self._close(link)
+        """A link that never opened (a link already closed or replaced counts for nothing:
+        it must not spend a try of the schedule, nor touch the link that replaced it)."""
+        if not self._detach(link):
+            return
+        await self._shut(link)
         if link.offered:
             self._carry_out(self.node.connect_failed(link.peer, time.time()))
 
     async def _lost(self, link: _Link) -> None:
         """An open link that died."""
-        await self._close(link)
+        if not self._detach(link):
+            return
+        await self._shut(link)
         self._carry_out(self.node.link_down(link.peer, time.time()))
 
     async def _close(self, link: _Link) -> None:
+        self._detach(link)
+        await self._shut(link)
+
+    def _retire(self, link: _Link) -> None:
+        """Take ``link`` out now and close its connection in the background."""
+        self._detach(link)
+        self._spawn(self._shut(link), "mesh-close")
+
+    def _detach(self, link: _Link) -> bool:
+        """Mark ``link`` closed and no longer ``peer``'s; ``False`` if it already was."""
         if link.closed:
-            return
+            return False
         link.closed = True
         if self.links.get(link.peer) is link:
             del self.links[link.peer]
+        return True
+
+    @staticmethod
+    async def _shut(link: _Link) -> None:
         with contextlib.suppress(Exception):
             await link.pc.close()
 
@@ -581,7 +672,8 @@ class MeshPeer:
         topics = [PRESENCE_TOPIC, signal_topic(self.me)]
         while not self._closing:
             try:
-                async with self.client.stream(topics, replay=True) as frames:
+                async with self.client.stream(topics) as frames:
+                    self._stream_up = True
                     ready.set()
                     async for frame in frames:
                         try:
@@ -593,6 +685,7 @@ class MeshPeer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the server restarted: follow it again
+                self._stream_up = False
                 _log.warning("mesh: the server stream ended (%r); again in 1 s", exc)
                 await asyncio.sleep(1.0)
 
@@ -604,13 +697,8 @@ class MeshPeer:
             return
         body = json.dumps(raw).encode()
         if kind == "message":  # a direct message from the inbox
-            message = decode_json(body)
-            if self.node.has_seen(message.id):  # it came over the mesh already
-                if position is not None:
-                    await self.client.ack(position)
-                return
-            self.node.mark_seen(message.id)
-            await self._inbox.put(MeshMessage(message, "server", position))
+            if position is not None:
+                self._from_inbox(position, decode_json(body))
             return
         try:  # presence and signaling: checked here too, not only by the server
             checked = self.signed.verify(body, time.time())
@@ -688,9 +776,15 @@ class MeshPeer:
         settings = self.settings
         now, clock = time.time(), time.monotonic()
         self._carry_out(self.node.tick(now))
+        for peer, (_, session) in list(self.presence.items()):
+            link = self.links.get(peer)  # a link that carries traffic is presence enough
+            if link is not None and link.open and clock - link.last_heard < settings.link_timeout:
+                self.presence[peer] = (now, session)
         expired = [
-            p for p, (at, _) in self.presence.items() if now - at > settings.presence_timeout
-        ]
+            p
+            for p, (at, _) in self.presence.items()
+            if self._stream_up and now - at > settings.presence_timeout
+        ]  # (while the server is away, no hellos arrive: nobody expires for want of one)
         for peer in expired:
             del self.presence[peer]
         if expired:
@@ -698,6 +792,9 @@ class MeshPeer:
         for link in list(self.links.values()):
             if link.open and clock - link.last_heard > settings.link_timeout:
                 await self._lost(link)
+        if clock >= self._next_keys:  # revocations reach the peer within KEYS_EVERY
+            self._next_keys = clock + KEYS_EVERY
+            self._spawn(self._read_keys(), "mesh-keys")
         try:
             if clock >= next_hello:
                 next_hello = clock + settings.presence_every
@@ -711,19 +808,27 @@ class MeshPeer:
 
     async def _report(self) -> None:
         status = self.status()
-        events = []
-        while self.events:
-            event = self.events.popleft()
-            detail = {k: v for k, v in event.detail.items() if k in _REPORTED_DETAIL}
-            events.append({"kind": event.kind, "peer": event.peer, "at": time.time(), **detail})
+        held = list(self.events_at)  # removed only once the server took them
+        events = [
+            {
+                "kind": event.kind,
+                "peer": event.peer,
+                "at": at,
+                **{k: v for k, v in event.detail.items() if k in _REPORTED_DETAIL},
+            }
+            for at, event in held
+        ]
+        routes = dict(list(status["routes"].items())[:REPORTED_ROUTES])
         report = {
             "members": status["members"],
             "links": status["links"],
             "retrying": status["retrying"],
-            "routes": status["routes"],
+            "routes": routes,
             "events": events,
         }
         await self.client.mesh_report(report)
+        for _ in held:
+            self.events_at.popleft()
 
 
 _REPORTED_DETAIL: Final = ("attempt", "band", "rtt_ms", "jitter_ms", "loss_percent")

@@ -358,9 +358,7 @@ async def _keys(state: ServerState, request: Request) -> dict[str, Any]:
     """Every enrolled key's public record (keys, roles, terms, revocations), in the
     keyring file format: what mesh peers verify each other's messages with."""
     _reader(state, request)
-    keyring = state.service.verifier.keyring  # (over Redis: every server's enrollments)
-    document: dict[str, Any] = msgspec.to_builtins(keyring.to_file())
-    return document
+    return await run_in_threadpool(state.service.keyring_document)
 
 
 async def _mesh(state: ServerState, request: Request) -> dict[str, Any]:

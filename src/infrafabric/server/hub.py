@@ -102,7 +102,8 @@ class Hub:
 
     def _publish(self, frames: list[tuple[str, str]]) -> None:
         for topic, frame in frames:
-            self.recent.append((topic, frame))
+            if not topic.startswith(EPHEMERAL_PREFIX):
+                self.recent.append((topic, frame))
             for connection in self.connections:
                 if connection.topics and connection.follows(topic):  # most follow nothing
                     connection.offer(frame)
@@ -117,6 +118,9 @@ class Hub:
 
 
 _ENCODER: Final = msgspec.json.Encoder()
+#: Topics whose messages are not kept for replay: the mesh's presence, signaling and
+#: link reports are stale within seconds, and would push everything else out.
+EPHEMERAL_PREFIX: Final = "if://topic/mesh-"
 
 
 def _frame(kind: str, **fields: Any) -> str:

@@ -51,6 +51,8 @@ class MeshView:
             report = msgspec.convert(message.content, ops.MeshReport)
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError):
             return  # (the service checked it before publishing: not expected)
+        if message.receiver != ops.MESH:
+            return  # only what the mesh service took and published is a report
         with self._lock:
             self._reports[message.sender] = _Seen(self.clock(), report)
 

@@ -166,8 +166,9 @@
     const event = frame.event;
     if (frame.topic && frame.topic.startsWith("if://topic/mesh-")) {
       // the mesh's own traffic (presence, signaling) is not news; a link report updates the table
-      if (frame.topic === MESH_STATUS && frame.message) {
-        state.mesh.set(frame.message.sender, { at: now(), links: frame.message.content.links });
+      const links = frame.message && frame.message.content && frame.message.content.links;
+      if (frame.topic === MESH_STATUS && Array.isArray(links)) { // (the server checked it)
+        state.mesh.set(frame.message.sender, { at: now(), links });
         if (state.view === "agents") renderAgents();
       }
       return;
@@ -286,8 +287,8 @@
           el("td", {}, link.peer.replace("if://agent/", "")),
           el("td", {}, link.relay ? "relay" : "direct"),
           el("td", { class: "health" }, el("span", { class: "dot" }), band),
-          el("td", {}, link.rtt_ms === null ? "" : link.rtt_ms.toFixed(1)),
-          el("td", {}, link.loss_percent === null ? "" : `${link.loss_percent.toFixed(0)} %`),
+          el("td", {}, typeof link.rtt_ms === "number" ? link.rtt_ms.toFixed(1) : ""),
+          el("td", {}, typeof link.loss_percent === "number" ? `${link.loss_percent.toFixed(0)} %` : ""),
         ));
       }
     }
