@@ -127,6 +127,11 @@ class Metrics:
         self.messages_out.labels("topic").inc()
 
 
+#: Links with figures of their own in one scrape at most (a large mesh has k links a
+#: peer, each reported by both ends: the bands and /v1/mesh still count them all).
+MAX_LINK_SERIES = 4096
+
+
 class _FabricGauges(Collector):
     """The gauges, read from the fabric at each scrape."""
 
@@ -273,10 +278,14 @@ class _FabricGauges(Collector):
         )
         bands = dict.fromkeys(("excellent", "good", "fair", "poor", "unjudged"), 0)
         relay_count = 0
+        series = 0
         for agent, (_, report) in sorted(reports.items()):
             for link in report.links:
                 bands[link.band or "unjudged"] += 1
                 relay_count += link.relay
+                series += 1
+                if series > MAX_LINK_SERIES:
+                    continue  # (counted above; per-link figures for the first ones only)
                 if link.rtt_ms is not None:
                     rtt.add_metric([agent, link.peer], link.rtt_ms / 1000)
                 if link.jitter_ms is not None:
