@@ -151,3 +151,22 @@ def test_in_audit_mode_a_forged_report_speaks_for_nobody(tmp_path: Path) -> None
         assert reply.status_code == 403
         assert reply.json()["error"]["code"] == "NOT_VERIFIED"
         assert fabric.admin_get("/v1/mesh").json()["peers"] == []
+
+
+def test_per_link_series_are_capped_and_the_bands_still_count_every_link(
+    fabric: Fabric,
+) -> None:
+    from infrafabric.server.metrics import MAX_LINK_SERIES
+
+    state = fabric.server.state
+    links = [{"peer": f"if://agent/p{n:04d}", "band": "good", "rtt_ms": 1.0} for n in range(1000)]
+    for name in ("a1", "a2", "a3", "a4", "a5"):  # 5,000 link ends, as the servers publish them
+        identity = fabric.enroll(name)
+        message = signed_request(
+            identity, "if://service/mesh", {"op": "report", "members": 9, "links": links}
+        )
+        state.mesh.on_topic("if://topic/mesh-status", encode_json(message))
+    metrics = scrape(fabric)
+    assert metrics["ifab_mesh_peers"][()] == 5
+    assert metrics["ifab_mesh_links"][(("band", "good"),)] == 5000
+    assert len(metrics["ifab_mesh_link_rtt_seconds"]) == MAX_LINK_SERIES
