@@ -301,8 +301,7 @@ class MeshPeer:
             self._taken.popitem(last=False)
         if received.via == "mesh":
             self._carry_out(self.node.acknowledge(message.id, message.sender, time.time()))
-        for position in {received.position, server_copy} - {None}:
-            assert position is not None
+        for position in {p for p in (received.position, server_copy) if p is not None}:
             self._queued_positions.discard(position)
             await self.client.ack(position)
         if self._backlog and self._inbox.qsize() < INBOX_LIMIT // 2:
@@ -432,7 +431,15 @@ class MeshPeer:
             if action.via == "mesh":  # unacknowledged: its sender goes through the server
                 self.node.forget(action.id)
             return
-        self._untaken.setdefault(action.id, None)
+        self._hold(action.id, None)
+
+    def _hold(self, message_id: str, position: int | None) -> None:
+        """Remember a message handed to the agent and not taken yet. An agent that never
+        acknowledges cannot grow this past TAKEN_KEPT: the oldest is forgotten (a server
+        copy of it then stays in the inbox and comes again: twice rather than lost)."""
+        self._untaken[message_id] = position
+        while len(self._untaken) > TAKEN_KEPT:
+            del self._untaken[next(iter(self._untaken))]
 
     def _from_inbox(self, position: int, message: IFMessage) -> None:
         """A direct message waiting in the server's inbox (streamed, or read again)."""
@@ -451,7 +458,7 @@ class MeshPeer:
             self._backlog = True  # it stays in the server's inbox: read again later
             return
         self.node.mark_seen(message.id)
-        self._untaken[message.id] = None
+        self._hold(message.id, None)
         self._queued_positions.add(position)
 
     async def _ack_position(self, position: int) -> None:
