@@ -302,6 +302,11 @@ class Coordinator:
         self._publish(Outcome((), (event,)))
         return helpers
 
+    def heard_from(self, agent: AgentId) -> None:
+        """``agent`` sent a message that passed every check (its board operations count
+        by themselves): for its health, any proof of life will do."""
+        self._saw(agent)
+
     def health(self, agent: AgentId) -> Health:
         return self.health_at(self.seen_at(agent))
 

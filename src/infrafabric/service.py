@@ -167,6 +167,8 @@ class FabricService:
             self.store.remember_sequence(message.sender, *window)
         receivers = message.receivers
         self._operation.name = _operation_of(receivers)
+        if key is not None and receivers != (ops.BOARD,):  # (board operations count already)
+            self.coordinator.heard_from(message.sender)
         if receivers == (ops.BOARD,):
             return self._board_spending(message, now) if spend else self._board(message)
         if receivers == (ops.GOVERNOR,):

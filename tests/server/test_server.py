@@ -20,6 +20,7 @@ from infrafabric import Outbox, SigningIdentity, agent_id, build_message, encode
 from infrafabric.client import Client, RemoteError
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.server.runner import open_server, run_server
+from tests.harness import signed_request
 from tests.server.conftest import Fabric
 
 
@@ -391,3 +392,30 @@ def test_the_sdk_reconnects_after_a_server_restart(tmp_path: Path) -> None:
                 assert [t["id"] for t in await agent.tasks()] == ["a", "c"]
 
     run(scenario())
+
+
+def test_any_checked_message_counts_as_hearing_from_its_agent(fabric: Fabric) -> None:
+    """An agent that only talks (a mesh peer's hellos, direct messages) is alive too;
+    a message that failed a check proves nothing about its sender."""
+    chatty, quiet = fabric.enroll("chatty"), fabric.enroll("quiet")
+
+    async def talk() -> None:
+        async with Client.connect(fabric.url, chatty) as agent:
+            await agent.send("if://topic/chatter", "inform", {"hello": True})
+
+    asyncio.run(talk())
+    forged = encode_json(signed_request(quiet, "if://topic/chatter", {"x": 1})).replace(
+        b'"x":1', b'"x":2'
+    )
+    assert (
+        httpx.post(
+            f"{fabric.url}/v1/messages",
+            content=forged,
+            headers={"content-type": "application/json"},
+        ).status_code
+        == 401
+    )
+    agents = {a["id"]: a for a in fabric.admin_get("/v1/agents").json()["agents"]}
+    assert agents[chatty.agent]["health"] == "green"
+    assert agents[chatty.agent]["seen_at"] is not None
+    assert agents[quiet.agent]["seen_at"] is None
