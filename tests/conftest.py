@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from infrafabric import (
     new_key_record,
 )
 from infrafabric.protocol.timefmt import parse_timestamp
+from tests.harness import Fabric, stop_leftovers
 
 # No deadlines: speed is measured by `make bench`, never asserted in tests.
 settings.register_profile(
@@ -32,10 +34,18 @@ settings.load_profile(os.environ.get("IFAB_HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture(scope="session", autouse=True)
 def _no_server_outlives_the_session() -> Iterator[None]:
     """`ifab serve` processes of tests that failed before stopping them are stopped."""
-    from tests.harness import stop_leftovers
-
     yield
     stop_leftovers()
+
+
+@pytest.fixture
+def fabric(tmp_path: Path) -> Iterator[Fabric]:
+    """A real `ifab serve` process on a free loopback port, stopped after the test.
+    (tests/server and tests/dashboard replace it with an in-process server of their own.)"""
+    running = Fabric(tmp_path)
+    running.start()
+    yield running
+    running.kill()
 
 
 @pytest.fixture(scope="session")

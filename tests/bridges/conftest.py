@@ -6,8 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -28,14 +27,6 @@ agent = local_agent  # (the name these tests know it by)
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"  # what the fabric's SDK runs on
-
-
-@pytest.fixture
-def fabric(tmp_path: Path) -> Iterator[Fabric]:
-    running = Fabric(tmp_path)
-    running.start()
-    yield running
-    running.kill()
 
 
 @contextlib.asynccontextmanager

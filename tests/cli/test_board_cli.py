@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.harness import Fabric, ok
-
-
-@pytest.fixture
-def fabric(tmp_path: Path) -> Iterator[Fabric]:
-    running = Fabric(tmp_path)
-    running.start()
-    yield running
-    running.kill()
 
 
 def test_a_board_worked_from_the_shell(fabric: Fabric, tmp_path: Path) -> None:

@@ -83,14 +83,6 @@ def turn(tmp_path: Path) -> Iterator[Turn]:
     RUNNING.discard(process)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def fabric(tmp_path: Path) -> Iterator[Fabric]:
-    running = Fabric(tmp_path)
-    running.start()
-    yield running
-    running.kill()
-
-
 class Peer:
     """`ifab mesh join --as NAME`: its stdout JSON lines and stderr event lines, read by
     threads as they come; commands written to its stdin."""
