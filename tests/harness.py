@@ -25,15 +25,22 @@ PASS = "board cli passphrase"
 RUNNING: set[subprocess.Popen[bytes]] = set()
 
 
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> int:
+    """Stop a process a test started (``sig`` unless it ended already), wait for it,
+    close its pipes and forget it; returns its exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+    code = process.wait(timeout=20)
+    RUNNING.discard(process)
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            stream.close()
+    return code
+
+
 def stop_leftovers() -> None:
     for process in list(RUNNING):
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=20)
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
-        RUNNING.discard(process)
+        stop(process, signal.SIGKILL)
 
 
 def free_port() -> int:
@@ -82,13 +89,7 @@ class Fabric:
 
     def kill(self, sig: int = signal.SIGTERM) -> None:
         assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(timeout=20)
-        RUNNING.discard(self.process)
-        assert self.process.stdout is not None
-        assert self.process.stderr is not None
-        self.process.stdout.close()
-        self.process.stderr.close()
+        stop(self.process, sig)
 
     def __call__(self, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         assert IFAB is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import RUNNING, Fabric, free_port
+from tests.harness import RUNNING, Fabric, free_port, stop
 from tests.server.test_metrics import FAMILIES, PER_LINK  # every family a scrape shows
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
@@ -107,9 +107,5 @@ def test_a_real_prometheus_scrapes_a_real_server(tmp_path: Path) -> None:
         ).json()
         assert answer["status"] == "success", answer
     finally:
-        process.terminate()
-        process.wait(timeout=20)
-        RUNNING.discard(process)
-        assert process.stderr is not None
-        process.stderr.close()
+        stop(process)
         fabric.kill()

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import websockets.asyncio.client
 
-from tests.harness import IFAB, RUNNING, Fabric, free_port, ok
+from tests.harness import IFAB, RUNNING, Fabric, free_port, ok, stop
 
 RUNBOOK = (Path(__file__).parents[2] / "docs" / "operations.md").read_text()
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -121,15 +121,9 @@ def test_the_systemd_unit_verifies_and_runs_as_written(tmp_path: Path) -> None:
             lambda: "policy reloaded" in log.read_text(),
             "ExecReload (SIGHUP) did not reload the governor's policy",
         )
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert stop(process) == 0  # systemd stops it with SIGTERM
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=20)
-        RUNNING.discard(process)
-        assert process.stderr is not None
-        process.stderr.close()
+        stop(process, signal.SIGKILL)  # (a no-op once it has stopped)
 
 
 def test_caddy_puts_tls_in_front_and_passes_websockets_cookies_and_mcp(tmp_path: Path) -> None:
@@ -218,9 +212,5 @@ def test_caddy_puts_tls_in_front_and_passes_websockets_cookies_and_mcp(tmp_path:
 
         assert "behind-tls" in str(asyncio.run(follow_through_the_proxy()))
     finally:
-        caddy.terminate()
-        caddy.wait(timeout=20)
-        RUNNING.discard(caddy)
-        assert caddy.stderr is not None
-        caddy.stderr.close()
+        stop(caddy)
         fabric.kill()

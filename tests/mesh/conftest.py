@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import IFAB, RUNNING, Fabric, free_port, local_agent
+from tests.harness import IFAB, RUNNING, Fabric, free_port, local_agent, stop
 
 TURNSERVER = shutil.which("turnserver")
 LOOPBACK = ("--bind", "127.0.0.1")  # ICE host candidates on loopback only
@@ -71,16 +71,14 @@ def turn(tmp_path: Path) -> Iterator[Turn]:
             ],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
-    RUNNING.add(process)  # type: ignore[arg-type]
+    RUNNING.add(process)
     deadline = time.monotonic() + 20
     while b"listener opened on" not in log.read_bytes():
         assert process.poll() is None, log.read_text()
         assert time.monotonic() < deadline, "coturn did not open its listener"
         time.sleep(0.05)
     yield Turn(f"turn:127.0.0.1:{port}", username, password, log)
-    process.terminate()
-    process.wait(timeout=20)
-    RUNNING.discard(process)  # type: ignore[arg-type]
+    stop(process)
 
 
 class Peer:
@@ -156,14 +154,7 @@ class Peer:
         return [line for line in self.seen if "received" in line]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=30)
-        RUNNING.discard(self.process)
-        for stream in (self.process.stdin, self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
-        return code
+        return stop(self.process, sig)
 
 
 @pytest.fixture
