@@ -20,28 +20,6 @@ from infrafabric.mesh.sim import LinkModel, Simulation, percentile
 from infrafabric.mesh.topology import Topology
 
 
-def broadcasts(sim: Simulation, count: int, tag: str) -> tuple[list[float], int, int, float]:
-    """Latencies (s), deliveries made and expected, and frames per peer per broadcast."""
-    latencies: list[float] = []
-    expected = 0
-    alive = sim.alive()
-    frames_before = sum(sim.peers[name].frames_in for name in alive)
-    for n in range(count):
-        origin = alive[sim.rng.randrange(len(alive))]
-        message_id = f"{tag}-{n}"
-        start = sim.now
-        sim.broadcast(origin, message_id)
-        sim.run_for(0.3)
-        for name in alive:
-            if name != origin:
-                expected += 1
-                at = sim.peers[name].received.get(message_id)
-                if at is not None:
-                    latencies.append(at - start)
-    frames = sum(sim.peers[name].frames_in for name in alive) - frames_before
-    return latencies, len(latencies), expected, frames / count / len(alive)
-
-
 def server_fanout(size: int, model: LinkModel, count: int, seed: int) -> list[float]:
     """The same broadcasts relayed by one server on the same model."""
     rng = random.Random(seed)  # a seeded model
@@ -55,15 +33,18 @@ def server_fanout(size: int, model: LinkModel, count: int, seed: int) -> list[fl
     return latencies
 
 
-def row(
-    name: str, latencies: list[float], delivered: int, expected: int, extra: str
-) -> tuple[str, str]:
+def row(name: str, latencies: list[float], expected: int, extra: str = "") -> tuple[str, str]:
     return (
         name,
         f"p50 {percentile(latencies, 0.5) * 1e3:6.1f} ms  p95 {percentile(latencies, 0.95) * 1e3:6.1f} ms"
-        f"  p99 {percentile(latencies, 0.99) * 1e3:6.1f} ms  delivered {100 * delivered / expected:6.2f} %"
-        f"  {extra}",
+        f"  p99 {percentile(latencies, 0.99) * 1e3:6.1f} ms"
+        f"  delivered {100 * len(latencies) / expected:6.2f} %  {extra}",
     )
+
+
+def links(sim: Simulation) -> str:
+    degrees = sim.degrees()
+    return f"links/peer {sum(degrees) / len(degrees):5.1f} (min {min(degrees)}, max {max(degrees)})"
 
 
 def main(quick: bool = False) -> None:
@@ -76,36 +57,29 @@ def main(quick: bool = False) -> None:
         started = time.perf_counter()
         sim = Simulation(size, topology=topology, model=model, seed=size)
         sim.start()
-        degrees = sim.degrees()
         label = f"N={size:,} k={topology.k(size)}"
-        links = f"links/peer {sum(degrees) / len(degrees):5.1f} (min {min(degrees)}, max {max(degrees)})"
-        lat, got, want, frames = broadcasts(sim, count, "steady")
+        steady = sim.broadcasts(count, "steady")
         rows.append(
-            row(f"{label}: broadcast", lat, got, want, f"frames/peer {frames:5.1f}  {links}")
-        )
+            row(f"{label}: broadcast", steady.latencies, steady.expected,
+                f"frames/peer {steady.frames_per_peer:5.1f}  {links(sim)}")
+        )  # fmt: skip
         fanout = server_fanout(size, model, count, seed=size)
-        rows.append(
-            row(f"{label}: baseline, one server relays", fanout, len(fanout), len(fanout), "")
-        )
+        rows.append(row(f"{label}: baseline, one server relays", fanout, len(fanout)))
         dead = sim.alive()[::10]
         sim.kill(dead)
-        lat, got, want, frames = broadcasts(sim, count, "dying")
-        rows.append(row(f"{label}: 10 % just died", lat, got, want, f"frames/peer {frames:5.1f}"))
+        dying = sim.broadcasts(count, "dying")
+        rows.append(
+            row(f"{label}: 10 % just died", dying.latencies, dying.expected,
+                f"frames/peer {dying.frames_per_peer:5.1f}")
+        )  # fmt: skip
         sim.run_for(model.detect + 1.0)
         sim.forget(dead)
         sim.run_for(1.0)
-        degrees = sim.degrees()
-        links = f"links/peer {sum(degrees) / len(degrees):5.1f} (min {min(degrees)}, max {max(degrees)})"
-        lat, got, want, frames = broadcasts(sim, count, "healed")
+        healed = sim.broadcasts(count, "healed")
         rows.append(
-            row(
-                f"{label}: 10 % gone, ring closed",
-                lat,
-                got,
-                want,
-                f"frames/peer {frames:5.1f}  {links}",
-            )
-        )
+            row(f"{label}: 10 % gone, ring closed", healed.latencies, healed.expected,
+                f"frames/peer {healed.frames_per_peer:5.1f}  {links(sim)}")
+        )  # fmt: skip
         print(
             f"  (N={size:,}: {time.perf_counter() - started:.1f} s of wall time)", file=sys.stderr
         )

@@ -7,44 +7,21 @@ from infrafabric.mesh.sim import LinkModel, Simulation, percentile
 from infrafabric.mesh.topology import Topology
 
 
-def broadcast_round(sim: Simulation, count: int, tag: str) -> tuple[list[float], int]:
-    """``count`` broadcasts from random live peers: latencies and deliveries missed."""
-    latencies: list[float] = []
-    missed = 0
-    alive = sim.alive()
-    for n in range(count):
-        origin = alive[sim.rng.randrange(len(alive))]
-        message_id = f"{tag}-{n}"
-        start = sim.now
-        sim.broadcast(origin, message_id)
-        sim.run_for(0.5)
-        for name in alive:
-            if name != origin:
-                at = sim.peers[name].received.get(message_id)
-                if at is None:
-                    missed += 1
-                else:
-                    latencies.append(at - start)
-    return latencies, missed
-
-
 def test_every_peer_gets_every_broadcast_and_a_tenth_dying_changes_nothing() -> None:
     sim = Simulation(200, seed=3)
     sim.start()
     assert min(sim.degrees()) >= Topology().k(200)
-    latencies, missed = broadcast_round(sim, 5, "before")
-    assert missed == 0
-    assert percentile(latencies, 0.95) < 0.05
+    before = sim.broadcasts(5, "before", wait=0.5)
+    assert before.missed == 0
+    assert percentile(before.latencies, 0.95) < 0.05
     dead = sim.alive()[::10]
     sim.kill(dead)
-    latencies, missed = broadcast_round(sim, 5, "dying")  # before anyone noticed
-    assert missed == 0
+    assert sim.broadcasts(5, "dying", wait=0.5).missed == 0  # before anyone noticed
     sim.run_for(2.0)
     sim.forget(dead)  # presence expired: the ring closes round the gaps
     sim.run_for(1.0)
     assert min(sim.degrees()) >= Topology().k(180)
-    latencies, missed = broadcast_round(sim, 5, "after")
-    assert missed == 0
+    assert sim.broadcasts(5, "after", wait=0.5).missed == 0
 
 
 def test_direct_messages_go_over_the_mesh_and_to_the_server_when_the_receiver_is_dead() -> None:
@@ -64,15 +41,15 @@ def test_direct_messages_go_over_the_mesh_and_to_the_server_when_the_receiver_is
 def test_lossy_links_still_deliver_every_broadcast_by_other_paths() -> None:
     sim = Simulation(150, model=LinkModel(loss=0.05), seed=11)
     sim.start()
-    latencies, missed = broadcast_round(sim, 5, "lossy")
-    assert missed == 0
-    assert len(latencies) == 5 * 149
+    lossy = sim.broadcasts(5, "lossy", wait=0.5)
+    assert lossy.missed == 0
+    assert len(lossy.latencies) == lossy.expected == 5 * 149
 
 
 def test_a_run_repeats_from_its_seed() -> None:
     def run() -> list[float]:
         sim = Simulation(80, model=LinkModel(loss=0.02), seed=9)
         sim.start()
-        return broadcast_round(sim, 3, "r")[0]
+        return sim.broadcasts(3, "r", wait=0.5).latencies
 
     assert run() == run()

@@ -46,7 +46,7 @@ from infrafabric.mesh.node import (
 )
 from infrafabric.mesh.topology import Topology
 
-__all__ = ["LinkModel", "Simulation", "percentile", "simulated_verify"]
+__all__ = ["LinkModel", "Round", "Simulation", "percentile", "simulated_verify"]
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,6 +79,20 @@ def percentile(values: Sequence[float], share: float) -> float:
         return float("nan")
     rank = max(1, min(len(ordered), round(share * len(ordered) + 0.5)))
     return ordered[rank - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """What a round of broadcasts did: the latency of each delivery (seconds), the
+    deliveries there should have been, and the frames a live peer handled a broadcast."""
+
+    latencies: list[float]
+    expected: int
+    frames_per_peer: float
+
+    @property
+    def missed(self) -> int:
+        return self.expected - len(self.latencies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +305,28 @@ class Simulation:
             return _ENCODE(ack)
 
         return sign_ack
+
+    def broadcasts(self, count: int, tag: str, wait: float = 0.3) -> Round:
+        """``count`` broadcasts, one after another, each from a random live peer and
+        given ``wait`` simulated seconds to spread: who got each, and when."""
+        alive = self.alive()
+        frames_before = sum(self.peers[name].frames_in for name in alive)
+        latencies: list[float] = []
+        expected = 0
+        for n in range(count):
+            origin = alive[self.rng.randrange(len(alive))]
+            message_id = f"{tag}-{n}"
+            start = self.now
+            self.broadcast(origin, message_id)
+            self.run_for(wait)
+            for name in alive:
+                if name != origin:
+                    expected += 1
+                    at = self.peers[name].received.get(message_id)
+                    if at is not None:
+                        latencies.append(at - start)
+        frames = sum(self.peers[name].frames_in for name in alive) - frames_before
+        return Round(latencies, expected, frames / count / len(alive))
 
     # -- figures --------------------------------------------------------------------------
 
