@@ -405,16 +405,10 @@ class MeshNode:
         if frame.id in self._seen:
             self.stats.duplicates += 1
             return []
-        body = bytes(frame.body)
-        mismatch = self._mismatch(body, frame.id, frame.origin, (BROADCAST_TOPIC,), exact=True)
-        if mismatch is not None:
-            return self._refuse(peer, "FORGED_FRAME", mismatch)
-        checked = self._check(peer, body, now)
-        if isinstance(checked, Refused):
-            return [checked]
-        self._mark_seen(frame.id)
-        self.stats.delivered += 1
-        actions: list[Action] = [Deliver(frame.id, checked.sender, body, "gossip")]
+        taken = self._take(peer, frame.body, frame.id, frame.origin, now, via="gossip")
+        if not isinstance(taken, Deliver):
+            return [taken]
+        actions: list[Action] = [taken]
         if frame.hops + 1 < GOSSIP_HOPS:
             forward = encode_frame(Gossip(frame.id, frame.origin, frame.hops + 1, frame.body))
             actions.extend(self._to_all(forward, exclude=peer))
@@ -426,32 +420,39 @@ class MeshNode:
         if frame.id in self._seen:  # it came by two paths: taken once (no second ack, so
             self.stats.duplicates += 1  # an ack never runs ahead of the agent taking it)
             return []
-        body = bytes(frame.body)
-        mismatch = self._mismatch(body, frame.id, frame.origin, (self.me,), exact=False)
+        return [self._take(peer, frame.body, frame.id, frame.origin, now, via="mesh")]
+
+    def _take(
+        self, peer: str, raw: msgspec.Raw, message_id: str, origin: str, now: float, *, via: str
+    ) -> Deliver | Refused:
+        """The message a gossip (``via`` "gossip") or direct ("mesh") frame carries, if
+        the frame's fields agree with it and it verifies; then it counts as seen."""
+        body = bytes(raw)
+        mismatch = self._mismatch(body, message_id, origin, via)
         if mismatch is not None:
-            return self._refuse(peer, "FORGED_FRAME", mismatch)
+            self.stats.refused += 1
+            return Refused(peer, "FORGED_FRAME", mismatch)
         checked = self._check(peer, body, now)
         if isinstance(checked, Refused):
-            return [checked]
-        self._mark_seen(frame.id)
+            return checked
+        self._mark_seen(message_id)
         self.stats.delivered += 1
-        return [Deliver(frame.id, checked.sender, body, "mesh")]
+        return Deliver(message_id, checked.sender, body, via)
 
-    def _mismatch(
-        self, body: bytes, message_id: str, origin: str, receivers: tuple[str, ...], *, exact: bool
-    ) -> str | None:
-        """Why the frame's fields disagree with the message inside (``None``: they agree);
-        ``exact``: the message is addressed to ``receivers`` alone, else among others."""
+    def _mismatch(self, body: bytes, message_id: str, origin: str, via: str) -> str | None:
+        """Why a frame's fields disagree with the message inside (``None``: they agree). A
+        broadcast is addressed to the broadcast topic alone, a direct message to this peer
+        (among others, perhaps). Read before verifying: a lie costs the real copy nothing."""
         try:
             peek = _PEEK.decode(body)
         except msgspec.DecodeError:
             return "the frame carries no message"
         if peek.id != message_id or peek.sender != origin:
             return "the frame's ids are not its message's"
-        if exact and peek.receivers != receivers:
-            return f"a broadcast is addressed to {receivers[0]} alone"
-        if not exact and not set(receivers) <= set(peek.receivers):
-            return f"the message is not for {receivers[0]}"
+        if via == "gossip" and peek.receivers != (BROADCAST_TOPIC,):
+            return f"a broadcast is addressed to {BROADCAST_TOPIC} alone"
+        if via == "mesh" and self.me not in peek.receivers:
+            return f"the message is not for {self.me}"
         return None
 
     def acknowledge(self, message_id: str, sender: str, now: float) -> list[Action]:
