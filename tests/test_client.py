@@ -8,6 +8,7 @@ import asyncio
 import json
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -49,30 +50,33 @@ async def _client(port: int) -> tuple[Client, httpx.AsyncClient]:
     return client, http
 
 
-@pytest.mark.parametrize("reset", [False, True])
-def test_a_read_dropped_by_the_server_is_sent_again_once(reset: bool) -> None:
+def requests_made(reset: bool, call: Callable[[Client], Awaitable[None]]) -> list[bytes]:
+    """The request lines the peer saw while ``call`` ran against it."""
+
     async def scenario() -> list[bytes]:
         requests: list[bytes] = []
         server = await _serve_second_connection_only(requests, reset)
         port = server.sockets[0].getsockname()[1]
         client, http = await _client(port)
         async with server, http:
-            assert await client.tasks() == []
+            await call(client)
         return requests
 
-    assert asyncio.run(scenario()) == [b"GET /v1/tasks? HTTP/1.1"] * 2
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_a_read_dropped_by_the_server_is_sent_again_once(reset: bool) -> None:
+    async def read(client: Client) -> None:
+        assert await client.tasks() == []
+
+    assert requests_made(reset, read) == [b"GET /v1/tasks? HTTP/1.1"] * 2
 
 
 @pytest.mark.parametrize("reset", [False, True])
 def test_a_change_dropped_by_the_server_is_not_sent_again(reset: bool) -> None:
-    async def scenario() -> list[bytes]:
-        requests: list[bytes] = []
-        server = await _serve_second_connection_only(requests, reset)
-        port = server.sockets[0].getsockname()[1]
-        client, http = await _client(port)
-        async with server, http:
-            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-                await client.ack(7)
-        return requests
+    async def change(client: Client) -> None:
+        with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+            await client.ack(7)
 
-    assert asyncio.run(scenario()) == [b"POST /v1/inbox/ack HTTP/1.1"]
+    assert requests_made(reset, change) == [b"POST /v1/inbox/ack HTTP/1.1"]
