@@ -118,8 +118,15 @@ def test_a_wrong_turn_password_means_no_relayed_link(
     apart, and their messages go through the server."""
     a = peers("nopass-a", "--relay-only", *turn.options(password="wrong"))
     b = peers("nopass-b", "--relay-only", *turn.options(password="wrong"))
-    time.sleep(8)  # offers made, answers given, no relay allocated
+    # the relay was asked, and refused our peers (so "no link" is not "never tried")
+    wait_until(
+        lambda: f"user {turn.username} credentials are incorrect" in turn.log.read_text(),
+        "the peers never asked the relay",
+        30,
+    )
+    time.sleep(3)  # offers made and answered meanwhile: still no relay, so no link
     assert a.status()["links"] == []
+    assert "ALLOCATE processed, success" not in turn.log.read_text()
     sent = a.send("nopass-b", {"over": "server"})
     assert sent["via"] == "server"
     line = b.expect(lambda line: line.get("received") == sent["sent"])
