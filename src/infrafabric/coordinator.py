@@ -16,7 +16,6 @@ import contextlib
 import contextvars
 import functools
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -43,10 +42,6 @@ _LARGEST_PAGE: Final = 256
 SWEEP_PAGE: Final = 500
 SWEEP_PAGES: Final = 20
 #: The trace of the message being carried out in this thread or task (see ``traced``).
-#: Over a shared store, an agent's last-heard time is written at most this often per
-#: server (seconds): the health bands are 30 s and 5 min wide, and a write per message
-#: would double the store's round trips.
-SEEN_WRITE_INTERVAL: Final = 1.0
 _TRACE: Final = contextvars.ContextVar[str | None]("infrafabric_trace", default=None)
 
 
@@ -74,7 +69,7 @@ class Coordinator:
         self.config = config
         self.clock = clock
         self._seen: dict[AgentId, Timestamp] = {}
-        self._seen_written: dict[AgentId, Timestamp] = {}  # what the shared store has
+        self._seen_shared: dict[AgentId, Timestamp] = {}  # what the shared store was told
         self._seen_lock = threading.Lock()
         self._claiming = threading.Lock()  # claim_next, one at a time (see there)
         self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
@@ -446,14 +441,21 @@ class Coordinator:
         return None if task is None else task.state
 
     def _saw(self, agent: AgentId) -> None:
-        now = self.clock()
+        with self._seen_lock:  # (memory only: the shared store hears of it in share_seen)
+            self._seen[agent] = self.clock()
+
+    def share_seen(self) -> None:
+        """Tell a shared store when this server last heard from each agent heard since
+        the last call, in one write: the sweeper calls it every second, so claims and
+        messages never wait on it and the health bands (30 s, 5 min) stay exact enough."""
+        if not self.store.shared:
+            return
         with self._seen_lock:
-            self._seen[agent] = now
-            due = now - self._seen_written.get(agent, -math.inf) >= SEEN_WRITE_INTERVAL
-        if due and self.store.shared:
-            self.store.note_seen(agent, now)  # (a store outage fails the request: retryable)
+            news = {a: at for a, at in self._seen.items() if self._seen_shared.get(a) != at}
+        if news:
+            self.store.note_seen(news)
             with self._seen_lock:
-                self._seen_written[agent] = now
+                self._seen_shared.update(news)
 
 
 def _traced(outcome: Outcome) -> Outcome:

@@ -193,21 +193,23 @@ def test_an_agent_heard_by_one_server_is_seen_by_every_server(
     first, second = (Coordinator(store, clock=lambda: clock[0]) for store in servers)
     first.create([Task(id="t", title="t")])
     first.claim_next(ALICE)  # alice speaks to the first server only
+    assert one.last_seen([ALICE]) == {}  # a claim writes nothing for it: the sweeper does
+    assert first.seen_at(ALICE) == T0  # (its own server knows at once)
+    first.share_seen()
     assert second.seen_at(ALICE) == T0
     assert str(second.health(ALICE)) == "green"
     assert second.seen_times([ALICE, BOB]) == {ALICE: T0}  # bob never spoke
     clock[0] = T0 + 60
     assert str(second.health(ALICE)) == "yellow"
     # a server whose clock lags cannot make alice older than another server heard her
-    two.note_seen(ALICE, T0 - 10)
+    two.note_seen({ALICE: T0 - 10})
     assert one.last_seen([ALICE]) == {ALICE: T0}
-    # writes are spaced: a second message within the interval costs no store write
-    clock[0] = T0 + 60.5
+    # what was heard since the last share goes in one write; nothing new, no write
     first.claim_next(ALICE)
-    clock[0] = T0 + 60.6
-    first.claim_next(ALICE)
-    assert one.last_seen([ALICE]) == {ALICE: T0 + 60.5}
-    assert first.seen_at(ALICE) == T0 + 60.6  # (its own server knows the latest)
+    first.share_seen()
+    assert one.last_seen([ALICE]) == {ALICE: T0 + 60}
+    first.share_seen()
+    assert second.seen_at(ALICE) == T0 + 60
 
 
 def test_claim_keys_sort_as_the_claim_order() -> None:

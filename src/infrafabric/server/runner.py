@@ -286,6 +286,7 @@ def sweep_until(stop: threading.Event, coordinator: Coordinator, every: float) -
     while not stop.wait(every):
         try:
             coordinator.sweep()
+            coordinator.share_seen()  # (over Redis: agents' health for the other servers)
             outage.ended()
         except Exception:
             outage.failed()

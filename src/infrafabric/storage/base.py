@@ -176,11 +176,11 @@ class Store(Protocol):
 
     # -- when agents were last heard from, fabric-wide -----------------------------------
 
-    def note_seen(self, agent: str, at: float) -> None:
-        """Record that ``agent`` was heard from at ``at`` (a later time only ever replaces
-        an earlier one), so every server of a shared store colours it the same. A store
-        only this process uses ignores it: the coordinator's own memory is the whole
-        answer there."""
+    def note_seen(self, times: Mapping[str, float]) -> None:
+        """Record when each agent of ``times`` was heard from (a later time only ever
+        replaces an earlier one), so every server of a shared store colours it the same.
+        A store only this process uses ignores it: the coordinator's own memory is the
+        whole answer there."""
 
     def last_seen(self, agents: Iterable[str]) -> dict[str, float]:
         """When each of ``agents`` was last recorded by :meth:`note_seen` (those never
@@ -266,7 +266,7 @@ class OneProcess:
     def unspent_nonce(self) -> bool:
         return False
 
-    def note_seen(self, agent: str, at: float) -> None:
+    def note_seen(self, times: Mapping[str, float]) -> None:
         return None
 
     def last_seen(self, agents: Iterable[str]) -> dict[str, float]:

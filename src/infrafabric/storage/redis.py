@@ -504,9 +504,12 @@ class RedisStore:
                 client=self.redis, args=[self.prefix, sender, highest, format(seen, "x")]
             )
 
-    def note_seen(self, agent: str, at: float) -> None:
+    def note_seen(self, times: Mapping[str, float]) -> None:
         with self._guard():
-            self._seen(client=self.redis, args=[self.prefix, agent, repr(at)])
+            pipe = self.redis.pipeline(transaction=False)  # one round trip for all
+            for agent, at in times.items():
+                self._seen(client=pipe, args=[self.prefix, agent, repr(at)])
+            pipe.execute()
 
     def last_seen(self, agents: Iterable[str]) -> dict[str, float]:
         wanted = list(agents)
