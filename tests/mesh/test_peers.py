@@ -57,6 +57,7 @@ def test_ten_peers_form_a_partial_mesh_and_talk_over_it(
     line = far.expect(lambda line: line.get("received") == sent["sent"], 20)
     assert (line["via"], line["content"]) == ("mesh", {"task": "t-1"})
     assert statuses["p0"]["routes"].get(far.agent) in linked_to
+    assert origin.status()["counts"]["frames_out"] > 0
 
     # the links are shown by `ifab mesh status`, and their coming up was witnessed
     wait_until(

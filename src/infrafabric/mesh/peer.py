@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import secrets
@@ -335,6 +336,11 @@ class MeshPeer:
             "retrying": self.node.retrying(),
             "routes": {peer: hop for peer, hop in routes.items() if hop is not None},
             "via_server": [peer for peer, hop in routes.items() if hop is None],
+            "counts": {  # since it joined
+                **dataclasses.asdict(self.node.stats),
+                "refused_by_reason": dict(self.refused),
+                "dropped_slow_agent": self.dropped,
+            },
         }
 
     def _relayed(self, link: _Link) -> bool:

@@ -61,7 +61,6 @@ class Ring:
     def __init__(self, members: Iterable[str]) -> None:
         self.peers = sorted(set(members), key=lambda peer: (position(peer), peer))
         self.index = {peer: n for n, peer in enumerate(self.peers)}
-        self._positions = [position(peer) for peer in self.peers]
 
     def __len__(self) -> int:
         return len(self.peers)
