@@ -29,7 +29,12 @@ from infrafabric.protocol.timefmt import format_timestamp
 from infrafabric.storage.base import Store
 from infrafabric.types import Timestamp
 from infrafabric.witness.checkpoint import Checkpoint, sign_checkpoint, verifier_key
-from infrafabric.witness.entry import WitnessEntry, encode_entry, entry_of_board_event
+from infrafabric.witness.entry import (
+    WitnessEntry,
+    decode_entry,
+    encode_entry,
+    entry_of_board_event,
+)
 from infrafabric.witness.log import MerkleLog, WitnessLog
 
 __all__ = ["BOARD_SOURCE", "Witness", "WitnessFeeder", "WitnessProcess"]
@@ -38,6 +43,11 @@ BOARD_SOURCE: Final = "board-events"
 _log = logging.getLogger(__name__)
 #: The witness process's rounds: short ones, so its work comes in small slices.
 CHILD_INTERVAL: Final = 0.02
+#: Entries read at a time when looking back for where the board and the log last agree,
+#: and how far back at most (the board keeps 100,000 events by default: no agreement
+#: that far back means another board altogether, to be witnessed from its start).
+_RECONCILE_PAGE: Final = 256
+_RECONCILE_MOST: Final = 200_000
 #: Its scheduling priority below the server's (``nice``).
 WITNESS_NICENESS: Final = 10
 
@@ -81,6 +91,9 @@ class WitnessFeeder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage = Outage(_log, "witness round")
+        #: whether the board was found to still hold what the log witnessed (once, on
+        #: the first round: the board can only lose events across a restart)
+        self._reconciled = False
 
     def run_once(self, *, force_checkpoint: bool = False) -> int:
         """Witness the events waiting; sign a checkpoint if one is due. Returns how many
@@ -93,8 +106,14 @@ class WitnessFeeder:
                     return 0
                 self.log.refresh()  # what the previous sequencer appended
             cursor = self.log.cursor(BOARD_SOURCE)
-            stored = self.store.events_since(cursor, self.batch)
             entries: list[bytes] = []
+            if not self._reconciled:
+                agreed = self._agreed(cursor)
+                if agreed != cursor:
+                    entries.append(self._rewound(self.log.size, agreed, cursor))
+                    cursor = agreed
+                self._reconciled = True
+            stored = self.store.events_since(cursor, self.batch)
             if stored and stored[0].seq != cursor + 1 and cursor > 0:
                 # The board's log was pruned past events never witnessed: say so.
                 entries.append(self._gap(self.log.size, cursor + 1, stored[0].seq - 1))
@@ -104,7 +123,8 @@ class WitnessFeeder:
                 for offset, event in enumerate(stored)
             ]
             if entries:
-                self.log.append(entries, source=BOARD_SOURCE, position=stored[-1].seq)
+                position = stored[-1].seq if stored else cursor
+                self.log.append(entries, source=BOARD_SOURCE, position=position)
             now = self.clock()
             due = now - self._signed_at >= self.checkpoint_seconds
             if self.log.size != self._signed_size and (due or force_checkpoint):
@@ -146,6 +166,48 @@ class WitnessFeeder:
         checkpoint = Checkpoint(self.name, size, self.log.root(), format_timestamp(now))
         self.log.save_checkpoint(size, sign_checkpoint(checkpoint, self.name, self._signing_key))
         self._signed_size, self._signed_at = size, now
+
+    def _agreed(self, cursor: int) -> int:
+        """The last board event both the board and this log still hold alike, walking
+        back from ``cursor`` (which it normally is, found at the first look).
+
+        The board can lose events the log has already witnessed: a power cut under
+        ``synchronous=NORMAL`` (commits not yet flushed), a board file restored from an
+        older copy, Redis losing writes. Its event numbers then start again below the
+        cursor, and reading on from the cursor would skip, without a trace, the new
+        events that reuse those numbers. Each witnessed board entry names its event
+        (``source.board_event``) and is derived from it byte for byte, so derive it again
+        from what the board holds now and compare."""
+        index = self.log.size
+        oldest = max(0, index - _RECONCILE_MOST)
+        while cursor > 0 and index > oldest:
+            start = max(oldest, index - _RECONCILE_PAGE)
+            for at, _, data in reversed(self.log.entries(start, index)):
+                seq = decode_entry(data).source.get("board_event")
+                if not isinstance(seq, int) or seq > cursor:
+                    # the feeder's own entries (gap, rewound) name no event; those past
+                    # the cursor were lost already, and a rewound entry says so
+                    continue
+                held = self.store.events_since(seq - 1, 1)
+                if not held:  # the board has nothing from there on
+                    continue
+                if held[0].seq != seq:  # pruned since: older than anything it could lose
+                    return cursor if seq == cursor else seq
+                if encode_entry(entry_of_board_event(held[0], at)) == data:
+                    return seq
+            index = start
+        return 0 if cursor > 0 and self.log.size > 0 else cursor
+
+    def _rewound(self, index: int, agreed: int, witnessed: int) -> bytes:
+        return encode_entry(
+            WitnessEntry(
+                index=index,
+                component="witness",
+                event="witness.rewound",
+                at=format_timestamp(self.clock()),
+                payload={"board_events_agree_up_to": agreed, "witnessed_up_to": witnessed},
+            )
+        )
 
     def _gap(self, index: int, first: int, last: int) -> bytes:
         return encode_entry(
@@ -202,6 +264,8 @@ class WitnessProcess:
 
     def close(self) -> None:
         self._stop.set()
+        if self._process.pid is None:  # never started (a server closed before serving)
+            return
         self._process.join(timeout=30)
         if self._process.is_alive():  # pragma: no cover - a stuck child
             self._process.terminate()

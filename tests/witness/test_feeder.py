@@ -1,0 +1,143 @@
+"""The feeder against a board that lost events the witness log already holds."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import nacl.signing
+
+from infrafabric.board.model import Task
+from infrafabric.coordinator import Coordinator
+from infrafabric.storage.sqlite import SqliteStore
+from infrafabric.witness.audit import audit_log
+from infrafabric.witness.entry import WitnessEntry, decode_entry, encode_entry, entry_of_board_event
+from infrafabric.witness.feeder import WitnessFeeder
+from infrafabric.witness.log import WitnessLog
+
+KEY = nacl.signing.SigningKey(b"\x07" * 32)
+
+
+def _feed(board: Path, witness: Path) -> list[WitnessEntry]:
+    """One feeder over ``board`` and ``witness``, until it has caught up; every entry."""
+    store, log = SqliteStore(board), WitnessLog(witness)
+    try:
+        feeder = WitnessFeeder(log, store, KEY, "test")
+        while feeder.run_once(force_checkpoint=True):
+            pass
+        report = audit_log(log, feeder.key)
+        assert report.ok, report.problems
+        return [decode_entry(data) for _, _, data in log.entries(0, log.size)]
+    finally:
+        log.close()
+        store.close()
+
+
+def _create(board: Path, first: int, count: int, **store_options: int) -> None:
+    store = SqliteStore(board, **store_options)  # type: ignore[arg-type]
+    try:
+        Coordinator(store).create(
+            [Task(id=f"t{n:05d}", title=f"task {n}") for n in range(first, first + count)]
+        )
+    finally:
+        store.close()
+
+
+def _snapshot(board: Path, copy: Path) -> None:
+    with sqlite3.connect(board) as source, sqlite3.connect(copy) as target:
+        source.backup(target)
+
+
+def _lose_since(board: Path, snapshot: Path) -> None:
+    """What a power cut does to commits that were never flushed: the board is back
+    where the snapshot was."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{board}{suffix}").unlink(missing_ok=True)
+    snapshot.rename(board)
+
+
+def _board_events(entries: list[WitnessEntry]) -> list[int]:
+    return [e.source["board_event"] for e in entries if "board_event" in e.source]
+
+
+def _derived_from_board(board: Path, entries: list[WitnessEntry]) -> bool:
+    """Whether each entry that names a board event is that event, as the board holds
+    it now."""
+    store = SqliteStore(board)
+    try:
+        held = {stored.seq: stored for stored in store.events_since(0, 100_000)}
+    finally:
+        store.close()
+    return all(
+        encode_entry(entry_of_board_event(held[e.source["board_event"]], e.index))
+        == encode_entry(e)
+        for e in entries
+        if "board_event" in e.source
+    )
+
+
+def test_a_board_that_lost_witnessed_events_is_named_and_its_new_events_witnessed(
+    tmp_path: Path,
+) -> None:
+    board, witness, snapshot = tmp_path / "board.db", tmp_path / "witness.db", tmp_path / "a.db"
+    _create(board, 0, 5)
+    _snapshot(board, snapshot)  # the board as a power cut will leave it: events 1..5
+    _create(board, 5, 3)
+    before = _feed(board, witness)
+    assert _board_events(before) == list(range(1, 9))
+
+    _lose_since(board, snapshot)  # events 6..8 are gone from the board...
+    _create(board, 100, 4)  # ...and these new ones take their numbers (6..9)
+    after = _feed(board, witness)
+
+    assert after[: len(before)] == before  # append-only: what was witnessed stays
+    rewound = after[len(before)]
+    assert (rewound.component, rewound.event) == ("witness", "witness.rewound")
+    assert rewound.payload == {"board_events_agree_up_to": 5, "witnessed_up_to": 8}
+    added = after[len(before) + 1 :]
+    assert _board_events(added) == [6, 7, 8, 9]  # none skipped, though 6..8 were seen
+    assert [e.task_id for e in added] == ["t00100", "t00101", "t00102", "t00103"]
+    assert _derived_from_board(board, added)
+
+
+def test_a_restart_on_a_board_that_kept_everything_names_nothing(tmp_path: Path) -> None:
+    board, witness = tmp_path / "board.db", tmp_path / "witness.db"
+    _create(board, 0, 3)
+    first = _feed(board, witness)
+    _create(board, 3, 2)
+    second = _feed(board, witness)
+    assert second[: len(first)] == first
+    assert _board_events(second) == [1, 2, 3, 4, 5]
+    assert all(e.component == "board" for e in second)
+    assert _derived_from_board(board, second)
+
+
+def test_another_board_altogether_is_witnessed_from_its_start(tmp_path: Path) -> None:
+    board, witness = tmp_path / "board.db", tmp_path / "witness.db"
+    _create(board, 0, 3)
+    before = _feed(board, witness)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{board}{suffix}").unlink(missing_ok=True)
+    _create(board, 50, 2)  # a new file: events 1 and 2 again, other tasks
+    after = _feed(board, witness)
+    rewound = after[len(before)]
+    assert rewound.payload == {"board_events_agree_up_to": 0, "witnessed_up_to": 3}
+    assert [e.task_id for e in after[len(before) + 1 :]] == ["t00050", "t00051"]
+
+
+def test_a_board_pruned_past_the_cursor_is_a_gap_not_a_loss(tmp_path: Path) -> None:
+    board, witness = tmp_path / "board.db", tmp_path / "witness.db"
+    _create(board, 0, 3, retention=50)
+    before = _feed(board, witness)
+    _create(board, 10, 1200, retention=50)  # pruned every 1,000: only the newest kept
+    after = _feed(board, witness)
+    kinds = [e.event for e in after[len(before) :]]
+    assert kinds[0] == "witness.gap"
+    assert "witness.rewound" not in kinds
+    store = SqliteStore(board)
+    try:
+        oldest = store.events_since(0, 1)[0].seq
+    finally:
+        store.close()
+    assert after[len(before)].payload == {"first_board_event": 4, "last_board_event": oldest - 1}
+    assert _board_events(after[len(before) + 1 :])[0] == oldest
