@@ -389,7 +389,10 @@ class FabricService:
             self.governor.seen(agent)
         try:
             with self.coordinator.traced(trace):
-                return self._operate(operation, agent, record)
+                reply = self._operate(operation, agent, record)
+                if isinstance(operation, ops.Help):
+                    self._invite(message, reply["invited"])
+                return reply
         except (NotOwner, LeaseLost) as exc:
             raise ServiceError(
                 "LEASE_LOST" if isinstance(exc, LeaseLost) else "NOT_OWNER", str(exc), 403
@@ -404,6 +407,20 @@ class FabricService:
             raise ServiceError("BUSY", str(exc), 503) from None
         except StoreError as exc:
             raise ServiceError("STORE_UNAVAILABLE", str(exc), 503) from None
+
+    def _invite(self, request: IFMessage, invited: Sequence[AgentId]) -> None:
+        """Put the signed help request itself in the inbox of each agent it invites.
+
+        The ``help.requested`` event reaches only agents following the board's events at
+        that moment; an agent that was offline, or one that follows no events (an MCP
+        client reads its inbox when it looks), would never hear of it. In the inbox the
+        invitation waits until acknowledged, and it is the asker's own signed message:
+        its receiver can check who asked, and nothing is signed on the asker's behalf.
+        It is stored with the same commit as the event."""
+        body = encode_json(request)
+        for helper in invited:
+            position = self.store.deliver(helper, request.id, body)
+            self._emit_delivery(Delivery(helper, position, body))
 
     def _operate(
         self, operation: ops.Operation, agent: AgentId, record: AgentRecord

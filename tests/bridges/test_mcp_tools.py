@@ -153,6 +153,15 @@ async def test_a_blocker_offers_filler_work_and_help_is_requested(
             )
         )
         assert helped["invited"] == ["if://agent/reviewer"]
+    async with connect("reviewer") as reviewer:  # connected after the request: it waited
+        invitation = data(await reviewer.call_tool("read_inbox", {}))["messages"]
+        assert [(m["from"], m["kind"], m["content"]) for m in invitation] == [
+            (
+                "if://agent/worker",
+                "request",
+                {"op": "help", "task_id": "feature", "needed": ["review:code"]},
+            )
+        ]
 
 
 async def test_messages_reach_the_inbox_and_leave_it_once_read(

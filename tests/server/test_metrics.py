@@ -87,8 +87,9 @@ def test_the_metrics_count_what_the_fabric_did(fabric: Fabric) -> None:
     assert metrics["ifab_claims_total"][()] == 3
     assert metrics["ifab_blockers_total"][()] == 1
     assert metrics["ifab_help_requests_total"][()] == 1
-    assert metrics["ifab_inbox_depth"][()] == 1  # bob never acknowledged
-    assert metrics["ifab_messages_out_total"][(("kind", "direct"),)] == 1
+    # bob never acknowledged the message, nor the help request that invited him
+    assert metrics["ifab_inbox_depth"][()] == 2
+    assert metrics["ifab_messages_out_total"][(("kind", "direct"),)] == 2  # (both to bob)
     assert metrics["ifab_rejections_total"][(("reason", "REPLAY"),)] == 1
     assert metrics["ifab_messages_in_total"][(("outcome", "refused"),)] == 1
     claims = metrics["ifab_operation_seconds_count"]

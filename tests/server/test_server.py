@@ -16,8 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from infrafabric import Outbox, SigningIdentity, agent_id, build_message, encode_json
+from infrafabric import (
+    Keyring,
+    Outbox,
+    SigningIdentity,
+    agent_id,
+    build_message,
+    encode_json,
+    new_key_record,
+)
 from infrafabric.client import Client, RemoteError
+from infrafabric.protocol.verify import Verifier
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.server.runner import open_server, run_server
 from tests.harness import signed_request
@@ -226,6 +235,42 @@ def test_direct_messages_wait_in_the_inbox_until_acknowledged(fabric: Fabric) ->
             for frame in received:
                 assert await receiver.ack(frame.position)  # type: ignore[arg-type]
             assert await receiver.inbox() == []
+
+    run(scenario())
+
+
+def test_a_help_request_waits_in_the_inbox_of_each_agent_it_invites(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice", ("code:python",))
+    reviewer = fabric.enroll("reviewer", ("review:code",))
+    bystander = fabric.enroll("bystander", ("code:python",))
+    keyring = Keyring()
+    keyring.add(new_key_record(alice.agent, alice.public_key, version=1, now=time.time() - 60))
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as asker,
+            Client.connect(fabric.url, reviewer) as helper,
+            Client.connect(fabric.url, bystander) as other,
+            helper.stream() as frames,
+        ):
+            await asker.create_tasks([{"id": "feature", "title": "Feature"}])
+            await asker.claim("feature")
+            assert await asker.request_help("feature", ["review:code"]) == [reviewer.agent]
+            live = await asyncio.wait_for(frames.__aiter__().__anext__(), 5)
+            [(position, waiting)] = await helper.inbox()  # also for an agent not listening
+            assert live.position == position
+            assert live.message == waiting
+            assert waiting.sender == alice.agent
+            assert waiting.content == {
+                "op": "help",
+                "task_id": "feature",
+                "needed": ["review:code"],
+            }
+            verdict = Verifier(keyring).check(encode_json(waiting), now=time.time())
+            assert verdict.reason is None  # the asker's own signature, not the fabric's
+            assert await other.inbox() == []  # not qualified, not invited
+            assert await helper.ack(position)
+            assert await helper.inbox() == []
 
     run(scenario())
 

@@ -287,8 +287,8 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         ],
     ) -> dict[str, Any]:
         """Invite up to three qualified agents to help on a task you hold; returns who was
-        invited (the invitation is a help.requested event on the board's event stream;
-        send_message them for anything more)."""
+        invited. Each finds your request in its inbox (read_inbox) and on the board's
+        event stream; send_message them for anything more."""
         client = await agent()
         with fabric_errors(task_id):
             invited = await client.request_help(task_id, needed_capabilities)
@@ -356,8 +356,10 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         ] = True,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
-        """Direct messages other agents sent you, oldest first (acknowledged ones are gone
-        for good; with acknowledge false they are shown again next time)."""
+        """Direct messages other agents sent you, oldest first, and help requests that
+        invite you (kind "request", content op "help" with the task_id and the capabilities
+        needed: get_task it, then send_message the asker). Acknowledged ones are gone for
+        good; with acknowledge false they are shown again next time."""
         client = await agent()
         with fabric_errors():
             waiting = (await client.inbox())[:limit]
