@@ -347,12 +347,21 @@ def server_rows(synchronous: str, quick: bool) -> list[tuple[str, str]]:
             )
         )
         rate = 200.0 if quick else 1000.0
-        samples, achieved = asyncio.run(server_steady(fabric, agents, rate, 3 if quick else 10))
-        p50, p95, p99 = percentiles(samples)
+        # Three runs, the median of each percentile: one run's p99 moves by a quarter
+        # from run to run on this VM.
+        runs = [
+            asyncio.run(server_steady(fabric, agents, rate, 3 if quick else 10))
+            for _ in range(1 if quick else 3)
+        ]
+        p50, p95, p99 = (
+            statistics.median(run) for run in zip(*(percentiles(s) for s, _ in runs), strict=True)
+        )
+        each = ", ".join(f"{percentiles(s)[2] / 1000:.2f}" for s, _ in runs)
+        achieved = min(got for _, got in runs)
         rows.append(
             (
-                f"server {synchronous}: claim_next at {rate:,.0f}/s offered",
-                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s (aim: p99 < 5 ms)",
+                f"server {synchronous}: claim_next at {rate:,.0f}/s offered (median of {len(runs)})",
+                f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s (aim: p99 < 5 ms); p99 of each run: {each} ms",
             )
         )
         messages = asyncio.run(direct_messages(fabric, agents[1], agents[2], 100 if quick else 500))
