@@ -141,3 +141,25 @@ def test_a_board_pruned_past_the_cursor_is_a_gap_not_a_loss(tmp_path: Path) -> N
         store.close()
     assert after[len(before)].payload == {"first_board_event": 4, "last_board_event": oldest - 1}
     assert _board_events(after[len(before) + 1 :])[0] == oldest
+
+
+def test_a_log_tampered_with_at_its_end_is_not_taken_for_a_board_that_lost_events(
+    tmp_path: Path,
+) -> None:
+    board, witness = tmp_path / "board.db", tmp_path / "witness.db"
+    _create(board, 0, 3)
+    before = _feed(board, witness)
+    with sqlite3.connect(witness) as db:
+        db.execute("UPDATE entries SET entry = x'7b7d7b' WHERE idx = ?", (len(before) - 1,))
+    _create(board, 3, 2)
+    store, log = SqliteStore(board), WitnessLog(witness)
+    try:
+        WitnessFeeder(log, store, KEY, "test").run_once()
+        added = [decode_entry(data) for _, _, data in log.entries(len(before), log.size)]
+    finally:
+        log.close()
+        store.close()
+    assert [(e.event, e.source) for e in added] == [
+        ("task.created", {"board_event": 4}),
+        ("task.created", {"board_event": 5}),
+    ]

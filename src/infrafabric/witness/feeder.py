@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
+import msgspec
 import nacl.signing
 
 from infrafabric.errors import StoreError
@@ -183,7 +184,12 @@ class WitnessFeeder:
         while cursor > 0 and index > oldest:
             start = max(oldest, index - _RECONCILE_PAGE)
             for at, _, data in reversed(self.log.entries(start, index)):
-                seq = decode_entry(data).source.get("board_event")
+                try:
+                    seq = decode_entry(data).source.get("board_event")
+                except msgspec.DecodeError:
+                    # the log itself was tampered with (`ifab witness verify` names the
+                    # entry): nothing to compare the board with, so go on from the cursor
+                    return cursor
                 if not isinstance(seq, int) or seq > cursor:
                     # the feeder's own entries (gap, rewound) name no event; those past
                     # the cursor were lost already, and a rewound entry says so
