@@ -66,6 +66,10 @@ _log = logging.getLogger(__name__)
 KEYS_PREFIX: Final = "keyring/"
 #: Reading the shared keys again for an unknown key: at most this often.
 KEYS_RELOAD_SECONDS: Final = 1.0
+#: How long a server trusts an agent's record read from a shared store, and how many it
+#: keeps at most (then it starts again: a record costs one read to get back).
+AGENT_RECORD_SECONDS: Final = 1.0
+MAX_KEPT_RECORDS: Final = 100_000
 _KEYRING_DECODER: Final = msgspec.json.Decoder(KeyringFile)
 T = TypeVar("T")
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
@@ -130,6 +134,8 @@ class FabricService:
         #: seconds from the start of its handling to the commit (metrics, logs).
         self.observers: list[Callable[[str, str | None, float], None]] = []
         self._operation = threading.local()  # what the message being handled asked for
+        #: agent records read from a shared store, and when (see :meth:`agent`)
+        self._records: dict[AgentId, tuple[AgentRecord, float]] = {}
         coordinator.listen(self._on_board_events)
         if governor is not None:
             governor.attach()
@@ -265,6 +271,7 @@ class FabricService:
                 self.coordinator.record(events)
             if self.governor is not None:
                 self.governor.register(record.id, manifest)
+        self._records.pop(record.id, None)
 
     def check_manifest(self, agent: AgentId, manifest: Manifest) -> None:
         """Refuse (``INVALID_MANIFEST``, 422) a manifest the governor's policy does not accept."""
@@ -275,7 +282,28 @@ class FabricService:
                 raise ServiceError("INVALID_MANIFEST", str(exc), 422) from None
 
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
-        return self.store.agent(agent_id)
+        """The agent's enrolled record, or ``None``.
+
+        Every board message asks. Over a shared store (Redis) that is a round trip of its
+        own, for a record that changes only when the agent is enrolled again: a record
+        read there is trusted for :data:`AGENT_RECORD_SECONDS` (capabilities changed by
+        an enrollment through another server apply here within that time; through this
+        one, at once). "Not enrolled" is never remembered: an agent enrolled a moment
+        ago through another server is known at once."""
+        if not self.store.shared:
+            return self.store.agent(agent_id)  # a local read
+        now = time.monotonic()
+        kept = self._records.get(agent_id)
+        if kept is not None and now - kept[1] < AGENT_RECORD_SECONDS:
+            return kept[0]
+        record = self.store.agent(agent_id)
+        if record is None:
+            self._records.pop(agent_id, None)
+        else:
+            if len(self._records) >= MAX_KEPT_RECORDS:
+                self._records.clear()
+            self._records[agent_id] = (record, now)
+        return record
 
     def _board_spending(self, message: IFMessage, now: Timestamp) -> dict[str, Any]:
         """A board message over a shared store: its nonce is spent in the same commit

@@ -464,3 +464,47 @@ def test_a_client_of_one_server_sees_live_what_happens_through_another(
             assert ("event", "if://topic/news") in seen
 
     asyncio.run(scenario())
+
+
+def test_a_server_reads_an_agents_record_once_a_second_not_once_a_message(
+    cluster: Cluster,
+) -> None:
+    """Each board message needs its sender's record; over Redis each server keeps one it
+    read for AGENT_RECORD_SECONDS instead of asking Redis every time (a round trip)."""
+    import redis
+
+    from infrafabric.service import AGENT_RECORD_SECONDS
+
+    cluster.start()
+    alice = cluster.enroll("alice", through=0)
+    reads: list[str] = []
+    watching = threading.Event()
+
+    def watch() -> None:  # Redis's own record of the commands it ran
+        with redis.Redis.from_url(cluster.redis_url).monitor() as monitor:
+            watching.set()
+            for command in monitor.listen():
+                text = str(command["command"])
+                if text.startswith("HGET {ifab}:agents "):
+                    reads.append(text)
+                if "stop-watching" in text:
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    assert watching.wait(10)
+
+    async def scenario() -> float:
+        async with Client.connect(cluster.urls[1], alice) as client:  # another server
+            await client.create_tasks([{"id": f"t{n}", "title": "x"} for n in range(30)])
+            started = time.monotonic()
+            for n in range(30):
+                await client.claim(f"t{n}")
+            return time.monotonic() - started
+
+    elapsed = asyncio.run(scenario())
+    redis.Redis.from_url(cluster.redis_url).get("stop-watching")
+    watcher.join(10)
+    assert not watcher.is_alive()
+    # 31 board messages: one read, then one more per AGENT_RECORD_SECONDS at most
+    assert 1 <= len(reads) <= 2 + int(elapsed / AGENT_RECORD_SECONDS), (elapsed, reads)
