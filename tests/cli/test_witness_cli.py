@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import sqlite3
@@ -12,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Fabric, ok
+from infrafabric.client import Client
+from infrafabric.keystore import Keystore
+from tests.harness import PASS, Fabric, ok
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +26,18 @@ def witnessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fabric, str]:
     fabric.start()
     ok(fabric("identity", "new", "lead"))
     ok(fabric("agent", "enroll", "lead"))
-    for number in range(20):
-        ok(fabric("task", "add", f"task {number}", "--id", f"t{number:02d}", "--as", "lead"))
-    for _ in range(20):
-        ok(fabric("task", "claim", "--as", "lead"))
+    # the decisions themselves through the SDK, as `task add` and `task claim` make
+    # them: 40 commands would spend most of this module's time starting Python
+    lead = Keystore(fabric.home).unlock("lead", PASS)
+
+    async def decide() -> None:
+        async with Client.connect(fabric.url, lead) as agent:
+            for number in range(20):
+                await agent.create_tasks([{"id": f"t{number:02d}", "title": f"task {number}"}])
+            for _ in range(20):
+                assert await agent.claim_next() is not None
+
+    asyncio.run(decide())
     deadline = time.monotonic() + 10
     while True:
         printed = ok(fabric("witness", "checkpoint"))
@@ -144,8 +155,14 @@ def test_a_kill_9_during_appends_loses_no_witnessed_decision(tmp_path: Path) -> 
     fabric.start()
     ok(fabric("identity", "new", "lead"))
     ok(fabric("agent", "enroll", "lead"))
-    for number in range(30):
-        ok(fabric("task", "add", f"task {number}", "--as", "lead"))
+    lead = Keystore(fabric.home).unlock("lead", PASS)
+
+    async def add() -> None:  # one decision per message: the witness appends as they come
+        async with Client.connect(fabric.url, lead) as agent:
+            for number in range(30):
+                await agent.create_tasks([{"title": f"task {number}"}])
+
+    asyncio.run(add())
     fabric.kill(signal.SIGKILL)
     # the witness process sees its parent gone, finishes and exits by itself
     deadline = time.monotonic() + 15
