@@ -111,13 +111,20 @@ class WitnessFeeder:
             if not self._reconciled:
                 agreed = self._agreed(cursor)
                 if agreed != cursor:
-                    entries.append(self._rewound(self.log.size, agreed, cursor))
+                    entries.append(
+                        self._own_entry(
+                            self.log.size,
+                            "witness.rewound",
+                            {"board_events_agree_up_to": agreed, "witnessed_up_to": cursor},
+                        )
+                    )
                     cursor = agreed
                 self._reconciled = True
             stored = self.store.events_since(cursor, self.batch)
             if stored and stored[0].seq != cursor + 1 and cursor > 0:
                 # The board's log was pruned past events never witnessed: say so.
-                entries.append(self._gap(self.log.size, cursor + 1, stored[0].seq - 1))
+                gap = {"first_board_event": cursor + 1, "last_board_event": stored[0].seq - 1}
+                entries.append(self._own_entry(self.log.size, "witness.gap", gap))
             first = self.log.size + len(entries)
             entries += [
                 encode_entry(entry_of_board_event(event, first + offset))
@@ -202,27 +209,18 @@ class WitnessFeeder:
                 if encode_entry(entry_of_board_event(held[0], at)) == data:
                     return seq
             index = start
-        return 0 if cursor > 0 and self.log.size > 0 else cursor
+        return 0 if self.log.size else cursor  # none agree: another board, from its start
 
-    def _rewound(self, index: int, agreed: int, witnessed: int) -> bytes:
+    def _own_entry(self, index: int, event: str, payload: dict[str, Any]) -> bytes:
+        """An entry the feeder writes about the board's log itself (``witness.gap``,
+        ``witness.rewound``): it names no board event."""
         return encode_entry(
             WitnessEntry(
                 index=index,
                 component="witness",
-                event="witness.rewound",
+                event=event,
                 at=format_timestamp(self.clock()),
-                payload={"board_events_agree_up_to": agreed, "witnessed_up_to": witnessed},
-            )
-        )
-
-    def _gap(self, index: int, first: int, last: int) -> bytes:
-        return encode_entry(
-            WitnessEntry(
-                index=index,
-                component="witness",
-                event="witness.gap",
-                at=format_timestamp(self.clock()),
-                payload={"first_board_event": first, "last_board_event": last},
+                payload=payload,
             )
         )
 
