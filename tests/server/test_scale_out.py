@@ -481,7 +481,7 @@ def test_a_server_reads_an_agents_record_once_a_second_not_once_a_message(
     watching = threading.Event()
 
     def watch() -> None:  # Redis's own record of the commands it ran
-        with redis.Redis.from_url(cluster.redis_url).monitor() as monitor:
+        with redis.Redis.from_url(cluster.redis_url) as client, client.monitor() as monitor:
             watching.set()
             for command in monitor.listen():
                 text = str(command["command"])
@@ -503,7 +503,8 @@ def test_a_server_reads_an_agents_record_once_a_second_not_once_a_message(
             return time.monotonic() - started
 
     elapsed = asyncio.run(scenario())
-    redis.Redis.from_url(cluster.redis_url).get("stop-watching")
+    with redis.Redis.from_url(cluster.redis_url) as client:
+        client.get("stop-watching")
     watcher.join(10)
     assert not watcher.is_alive()
     # 31 board messages: one read, then one more per AGENT_RECORD_SECONDS at most
