@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +27,13 @@ class RecordingService(FabricService):
     """The real service, noting the size of every batch it is given."""
 
     sizes: list[int]
+    threads: set[int]
 
     def handle_batch(
         self, batch: Sequence[tuple[bytes, Timestamp]]
     ) -> list[dict[str, Any] | ServiceError]:
         self.sizes.append(len(batch))
+        self.threads.add(threading.get_ident())
         return super().handle_batch(batch)
 
 
@@ -43,7 +46,7 @@ def _service(path: Path, agents: list[SigningIdentity]) -> RecordingService:
         )
         store.enroll(AgentRecord(id=identity.agent, enrolled_at=time.time()))
     service = RecordingService(Coordinator(store), Verifier(keyring))
-    service.sizes = []
+    service.sizes, service.threads = [], set()
     return service
 
 
@@ -55,8 +58,9 @@ def _request(outbox: Outbox, content: dict[str, Any]) -> bytes:
     )
 
 
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "on-loop"])
 def test_messages_that_pile_up_share_a_commit_and_keep_their_own_answers(
-    tmp_path: Path,
+    tmp_path: Path, on_loop: bool
 ) -> None:
     agents = [SigningIdentity.generate(agent_id(f"a{i}")) for i in range(41)]
     service = _service(tmp_path / "board.db", agents)
@@ -81,7 +85,7 @@ def test_messages_that_pile_up_share_a_commit_and_keep_their_own_answers(
         now=time.time(),
     )
     assert len(created["tasks"]) == 30
-    committer = Committer(service)
+    committer = Committer(service, on_loop=on_loop)
 
     async def everyone_claims() -> list[Any]:
         jobs = []
@@ -135,11 +139,12 @@ def test_a_failed_commit_refuses_the_whole_batch_and_announces_nothing(tmp_path:
     assert service.store.tasks() == []
 
 
+@pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "on-loop"])
 @pytest.mark.parametrize("max_batch", [1, 64])
-def test_close_finishes_what_was_submitted(tmp_path: Path, max_batch: int) -> None:
+def test_close_finishes_what_was_submitted(tmp_path: Path, max_batch: int, on_loop: bool) -> None:
     agent = SigningIdentity.generate(agent_id("a"))
     service = _service(tmp_path / "board.db", [agent])
-    committer = Committer(service, max_batch=max_batch)
+    committer = Committer(service, max_batch=max_batch, on_loop=on_loop)
     outbox = Outbox(agent)
 
     async def create_then_close() -> dict[str, Any]:
@@ -244,3 +249,83 @@ def test_with_several_threads_one_connection_s_messages_keep_their_order(
     committer.close()
     assert len(replies) == 40
     assert all(reply[-1]["task"]["state"] == "completed" for reply in replies)
+
+
+def test_on_the_loop_batches_run_on_the_loop_s_thread_in_order_and_bounded(
+    tmp_path: Path,
+) -> None:
+    """No thread of its own: each batch runs on the submitting loop's thread, at most
+    ``max_batch`` messages each, in the order submitted (pipelined frames of one agent
+    that depend on each other)."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    committer = Committer(service, max_batch=4, on_loop=True)
+    outbox = Outbox(agent)
+    steps = [
+        {"op": "create", "tasks": [{"id": "t", "title": "x"}]},
+        {"op": "claim", "task_id": "t"},
+        *({"op": "progress", "task_id": "t", "percent": p} for p in (25, 50, 75)),
+        {"op": "heartbeat", "task_id": "t"},
+        {"op": "heartbeat", "task_id": "t"},
+        {"op": "heartbeat", "task_id": "t"},
+        {"op": "heartbeat", "task_id": "t"},
+        {"op": "complete", "task_id": "t"},
+    ]
+
+    async def pipelined() -> tuple[list[Any], int]:
+        now = time.time()
+        replies = await asyncio.gather(
+            *(committer.submit(_request(outbox, step), now) for step in steps)
+        )
+        return list(replies), threading.get_ident()
+
+    replies, loop_thread = asyncio.run(pipelined())
+    committer.close()
+    assert [reply["task"]["state"] for reply in replies[-2:]] == ["in_progress", "completed"]
+    assert service.sizes == [4, 4, 2]
+    assert service.threads == {loop_thread}
+    assert committer._threads == []
+
+
+def test_on_the_loop_close_called_on_the_loop_carries_out_what_waits_then_refuses(
+    tmp_path: Path,
+) -> None:
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    committer = Committer(service, on_loop=True)
+    outbox = Outbox(agent)
+
+    async def submit_then_close_here() -> tuple[Any, BaseException | None]:
+        waiting = asyncio.ensure_future(
+            committer.submit(
+                _request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()
+            )
+        )
+        await asyncio.sleep(0)  # submitted, its batch not carried out yet
+        assert service.sizes == []
+        committer.close()  # on the loop itself: carried out here, not waited for
+        assert service.sizes == [1]
+        try:
+            await committer.submit(_request(outbox, {"op": "claim_next"}), time.time())
+        except ServiceError as exc:
+            return await waiting, exc
+        return await waiting, None
+
+    reply, refusal = asyncio.run(submit_then_close_here())
+    assert [task["title"] for task in reply["tasks"]] == ["x"]
+    assert isinstance(refusal, ServiceError)
+    assert (refusal.code, refusal.status) == ("STORE_UNAVAILABLE", 503)
+    assert service.sizes == [1]  # the late one changed nothing
+
+
+def test_on_the_loop_a_second_loop_may_follow_the_first(tmp_path: Path) -> None:
+    """An app served again (a test client after another) gets its answers on its loop."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    committer = Committer(service, on_loop=True)
+    outbox = Outbox(agent)
+    for title in ("first", "second"):
+        request = _request(outbox, {"op": "create", "tasks": [{"title": title}]})
+        reply = asyncio.run(committer.submit(request, time.time()))
+        assert reply["tasks"][0]["title"] == title
+    committer.close()

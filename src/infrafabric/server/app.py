@@ -90,9 +90,12 @@ class ServerState:
     committer: Committer = field(init=False)
 
     def __post_init__(self) -> None:
-        # Redis: many messages in flight at once (see Committer); SQLite: one writer
-        workers = SHARED_STORE_WORKERS if self.service.store.shared else 1
-        self.committer = Committer(self.service, workers=workers)
+        # Redis: many messages in flight at once, on threads; SQLite: one writer, on the
+        # event loop itself (see Committer)
+        shared = self.service.store.shared
+        self.committer = Committer(
+            self.service, workers=SHARED_STORE_WORKERS if shared else 1, on_loop=not shared
+        )
         self.mesh = MeshView(self.clock)
         self.service.keys_changed = self._write_keys
 
