@@ -417,10 +417,7 @@ class FabricService:
             self.governor.seen(agent)
         try:
             with self.coordinator.traced(trace):
-                reply = self._operate(operation, agent, record)
-                if isinstance(operation, ops.Help):
-                    self._invite(message, reply["invited"])
-                return reply
+                return self._operate(operation, message, record)
         except (NotOwner, LeaseLost) as exc:
             raise ServiceError(
                 "LEASE_LOST" if isinstance(exc, LeaseLost) else "NOT_OWNER", str(exc), 403
@@ -451,9 +448,10 @@ class FabricService:
             self._emit_delivery(Delivery(helper, position, body))
 
     def _operate(
-        self, operation: ops.Operation, agent: AgentId, record: AgentRecord
+        self, operation: ops.Operation, message: IFMessage, record: AgentRecord
     ) -> dict[str, Any]:
         board = self.coordinator
+        agent = message.sender
         match operation:
             case ops.Create(tasks=specs):
                 return {
@@ -508,6 +506,7 @@ class FabricService:
                 if self.governor is not None:
                     chosen = self.governor.helpers(board.get(task_id), agent, needed)
                 invited = board.request_help(task_id, agent, needed, agents, helpers=chosen)
+                self._invite(message, invited)
                 return {"invited": invited}
             case ops.Cancel(task_id=task_id, reason=reason):
                 task = board.get(task_id)
