@@ -87,14 +87,19 @@ class Committer:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         if self.on_loop:
-            return await self._submit_on_loop((data, now, future, loop))
+            return await self._submit_on_loop(data, now, future, loop)
         self._start()
         lane = next(self._turn) if key is None else hash(key)
         self._queues[lane % len(self._queues)].put((data, now, future, loop))
         return await future
 
-    async def _submit_on_loop(self, job: _Job) -> dict[str, Any]:
-        _, _, future, loop = job
+    async def _submit_on_loop(
+        self,
+        data: bytes,
+        now: Timestamp,
+        future: asyncio.Future[dict[str, Any]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> dict[str, Any]:
         if loop is not self._loop:
             if self._waiting:
                 raise RuntimeError("a committer on the loop serves one event loop at a time")
@@ -103,7 +108,7 @@ class Committer:
             self._loop, self._due = loop, False
         if self._closed:
             raise ServiceError("STORE_UNAVAILABLE", "the fabric is stopping", 503)
-        self._waiting.append(job)
+        self._waiting.append((data, now, future, loop))
         if not self._due:
             # after what the loop has ready (replies to send, frames read): those frames
             # join this batch

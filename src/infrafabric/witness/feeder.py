@@ -229,9 +229,8 @@ class WitnessProcess:
     """The feeder in a child process of its own, for ``ifab serve``.
 
     The server's event loop holds Python's GIL for most of each request; a feeder thread
-    beside it took about 10 % of the claims the server could serve. In a
-    process it has its own interpreter (and, on a machine with cores to spare, its own
-    core). The server keeps the log open for reading (proofs, checkpoints); the child
+    beside it took about 10 % of the claims the server could serve. In a process it has
+    its own interpreter (and, on a machine with cores to spare, its own core). The server keeps the log open for reading (proofs, checkpoints); the child
     writes it. The child exits when told, or by itself when its parent is gone (a
     ``kill -9`` of the server), finishing and signing what is waiting first.
     """
