@@ -7,6 +7,9 @@
   claim in a closed loop
   (saturation), then at a steady offered rate (latency percentiles); direct-message
   latency from send to arrival on the receiver's WebSocket.
+* Machine stalls (bench/stalls.py), before and after the server runs: how often the
+  (virtual) machine took the CPU away for more than a millisecond, which is what moves
+  a p99 from run to run.
 
 The load generator is Python (the SDK signs every request) on the same two cores as the
 server, so server figures are a floor for the server and a ceiling for one client process.
@@ -27,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+import stalls  # bench/stalls.py: how often the machine takes the CPU away
 from infrafabric import SigningIdentity
 from infrafabric.board.model import Task
 from infrafabric.board.rules import BoardConfig
@@ -284,8 +288,10 @@ def main(quick: bool = False) -> None:
             next(s for n, s in embedded_rows if n.endswith(sync) and n.startswith("raw"))
         )
         rows.append((f"embedded p50 vs raw p50, {sync}", f"{ours / raw:.1f}x (aim: within 3x)"))
+    rows.append(("machine stalls before the server runs", stalls.measure().describe()))
     for synchronous in ("NORMAL", "FULL"):
         rows += server_rows(synchronous, quick)
+    rows.append(("machine stalls after the server runs", stalls.measure().describe()))
     rows += governor_cost(quick)
     print(render(rows))
 
@@ -304,7 +310,9 @@ def with_and_without(
     this VM, more than what is measured; the medians of alternating runs do not."""
     rate, seconds = (200.0, 3.0) if quick else (1000.0, 10.0)
     p99s: dict[str, list[float]] = {on: [], off: []}
-    rows = []
+    rows = [
+        (f"machine stalls before the runs with and without {what}", stalls.measure().describe())
+    ]
     for round_ in range(1 if quick else 3):
         for option in (on, off) if round_ % 2 == 0 else (off, on):
             fabric = RunningFabric("FULL", option)
