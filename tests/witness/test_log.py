@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.log import LEAF_RUN, WitnessLog
 from infrafabric.witness.merkle import (
     EMPTY_ROOT,
     leaf_hash,
@@ -87,3 +89,61 @@ def test_a_reader_refreshing_while_the_writer_appends_never_rolls_it_back(
     other = WitnessLog(tmp_path / "witness.db")  # another process's view catches up
     assert other.refresh() == len(ENTRIES)
     assert other.root() == root(LEAVES)
+
+
+RUN_ENTRIES = [f'{{"n":{i}}}'.encode() for i in range(2 * LEAF_RUN + 100)]  # two runs + a tail
+
+
+def _runs_stored(path: Path) -> list[tuple[int, int]]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return db.execute(
+            "SELECT run, count(*) FROM leaf_runs GROUP BY run ORDER BY run"
+        ).fetchall()
+
+
+def test_lookup_by_hash_finds_entries_in_every_sorted_run_and_in_the_tail(tmp_path: Path) -> None:
+    log = WitnessLog(tmp_path / "witness.db", synchronous="NORMAL")
+    for start in range(0, len(RUN_ENTRIES), 1000):  # rounds that cross the run boundaries
+        log.append(RUN_ENTRIES[start : start + 1000])
+    assert _runs_stored(tmp_path / "witness.db") == [(0, LEAF_RUN), (1, LEAF_RUN)]
+    for index in (
+        0,
+        1234,
+        LEAF_RUN - 1,
+        LEAF_RUN,
+        2 * LEAF_RUN - 1,
+        2 * LEAF_RUN,
+        len(RUN_ENTRIES) - 1,
+    ):
+        assert log.index_of(leaf_hash(RUN_ENTRIES[index])) == index
+    assert log.index_of(leaf_hash(b"never")) is None
+    log.close()
+
+
+def test_a_log_with_the_old_leaf_index_is_sorted_into_runs_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "witness.db"
+    log = WitnessLog(path, synchronous="NORMAL")
+    log.append(RUN_ENTRIES)
+    log.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # as the log was before runs
+        db.execute("DELETE FROM leaf_runs")
+        db.execute("CREATE INDEX entries_by_leaf ON entries (leaf)")
+        db.commit()
+    log = WitnessLog(path, synchronous="NORMAL")
+    assert _runs_stored(path) == [(0, LEAF_RUN), (1, LEAF_RUN)]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT name FROM sqlite_master WHERE type = 'index'").fetchall() == []
+    assert log.index_of(leaf_hash(RUN_ENTRIES[LEAF_RUN + 7])) == LEAF_RUN + 7
+    log.close()
+
+
+def test_a_run_edited_to_name_another_entry_gives_no_proof_of_it(tmp_path: Path) -> None:
+    path = tmp_path / "witness.db"
+    log = WitnessLog(path, synchronous="NORMAL")
+    log.append(RUN_ENTRIES)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE leaf_runs SET idx = 9 WHERE leaf = ?", (leaf_hash(RUN_ENTRIES[5]),))
+        db.commit()
+    assert log.index_of(leaf_hash(RUN_ENTRIES[5])) is None  # entry 9 has another hash
+    assert log.index_of(leaf_hash(RUN_ENTRIES[9])) == 9
+    log.close()

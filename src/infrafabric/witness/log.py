@@ -11,6 +11,15 @@
   cursor agree, so a feeder that restarts from the cursor neither loses nor repeats an
   entry.
 * A file of its own: appending never holds the board's write lock.
+* Looking an entry up by its leaf hash (a proof by hash) uses ``leaf_runs``: the leaf
+  hashes of each run of ``LEAF_RUN`` entries, sorted, written once when the run is
+  complete. An index on ``entries (leaf)`` would put each new hash at a random place in
+  one big B-tree, and SQLite writes every page a transaction touches to the WAL (then
+  again at the checkpoint): at 300,000 entries that index made an append of 20 entries
+  write 15 KB per entry, against 2.4 KB without it in rounds of 100 (and 44 against
+  12 us of CPU per entry). A run goes to the end of its table instead, about 50 bytes
+  an entry. A lookup seeks once per run (about 250 at 1,000,000 entries) and scans the
+  last, incomplete run.
 """
 
 from __future__ import annotations
@@ -20,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Final, Literal, Protocol
 
 from infrafabric.errors import StoreError
 from infrafabric.storage.sqlite import locked_connection
@@ -33,7 +42,11 @@ from infrafabric.witness.merkle import (
     range_hash,
 )
 
-__all__ = ["MerkleLog", "WitnessLog", "fold_edge", "load_edge"]
+__all__ = ["LEAF_RUN", "MerkleLog", "WitnessLog", "fold_edge", "load_edge"]
+
+#: Entries per sorted run of leaf hashes (``leaf_runs``); a lookup by hash scans at most
+#: this many entries that no run holds yet.
+LEAF_RUN: Final = 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -41,7 +54,12 @@ CREATE TABLE IF NOT EXISTS entries (
     leaf  BLOB NOT NULL,
     entry BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS entries_by_leaf ON entries (leaf);
+CREATE TABLE IF NOT EXISTS leaf_runs (
+    run  INTEGER NOT NULL,
+    leaf BLOB NOT NULL,
+    idx  INTEGER NOT NULL,
+    PRIMARY KEY (run, leaf, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS nodes (
     level INTEGER NOT NULL,
     idx   INTEGER NOT NULL,
@@ -118,6 +136,7 @@ class WitnessLog:
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT count(*) FROM entries").fetchone()
             self._size = int(row[0])
+            self._index_leaves()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the witness log {self.path}: {exc}") from exc
         #: Why the log cannot grow (a subtree is missing: the file was damaged or edited);
@@ -156,6 +175,8 @@ class WitnessLog:
                     edge.append(parent)
             db.executemany("INSERT INTO entries (idx, leaf, entry) VALUES (?, ?, ?)", leaves)
             db.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+            if (first + len(entries)) // LEAF_RUN > first // LEAF_RUN:
+                _sort_runs(db, first + len(entries))
             if source is not None:
                 db.execute(
                     "INSERT INTO cursors (source, position) VALUES (?, ?)"
@@ -231,10 +252,25 @@ class WitnessLog:
         return [(int(row[0]), bytes(row[1]), bytes(row[2])) for row in rows]
 
     def index_of(self, leaf: bytes) -> int | None:
-        """The first index whose leaf hash is ``leaf``, or ``None``."""
+        """The first index whose leaf hash is ``leaf``, or ``None``: a seek in each
+        sorted run, in order, then a scan of the entries after the last run. A run's
+        answer counts only if the entry there still has that hash (the runs are not
+        part of the tree: a file edited by hand must not make a proof of another entry)."""
         with self._read() as db:
-            row = db.execute("SELECT min(idx) FROM entries WHERE leaf = ?", (leaf,)).fetchone()
-        return None if row is None or row[0] is None else int(row[0])
+            runs = _runs(db)
+            for run in range(runs):
+                row = db.execute(
+                    "SELECT min(r.idx) FROM leaf_runs AS r JOIN entries AS e ON e.idx = r.idx"
+                    " WHERE r.run = ? AND r.leaf = ? AND e.leaf = r.leaf",
+                    (run, leaf),
+                ).fetchone()
+                if row[0] is not None:
+                    return int(row[0])
+            row = db.execute(
+                "SELECT min(idx) FROM entries WHERE idx >= ? AND leaf = ?",
+                (runs * LEAF_RUN, leaf),
+            ).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
         size = self._size if size is None else size
@@ -280,6 +316,24 @@ class WitnessLog:
     def _load_edge(self, size: int) -> list[tuple[int, int, bytes]]:
         return load_edge(size, self.perfect)
 
+    def _index_leaves(self) -> None:
+        """Bring ``leaf_runs`` up to the entries, writing only when something is
+        missing (a log from before the runs, which had an index on ``entries (leaf)``
+        instead, or one an older version appended to): opening to read writes nothing."""
+        db = self._db
+
+        def behind() -> bool:
+            old_index = db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'entries_by_leaf'"
+            ).fetchone()
+            return old_index is not None or _runs(db) < self._size // LEAF_RUN
+
+        if behind():
+            with self._transaction() as db:
+                if behind():  # another process may have done it meanwhile
+                    db.execute("DROP INDEX IF EXISTS entries_by_leaf")
+                    _sort_runs(db, self._size)
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -296,6 +350,23 @@ class WitnessLog:
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return locked_connection(self._lock, self._db, self.path)
+
+
+def _runs(db: sqlite3.Connection) -> int:
+    """How many runs of leaf hashes are stored (they are written in order)."""
+    row = db.execute("SELECT max(run) FROM leaf_runs").fetchone()
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
+def _sort_runs(db: sqlite3.Connection, size: int) -> None:
+    """Store, sorted, the leaf hashes of every complete run of the first ``size``
+    entries not stored yet (inside the caller's transaction)."""
+    for run in range(_runs(db), size // LEAF_RUN):
+        db.execute(
+            "INSERT INTO leaf_runs (run, leaf, idx) SELECT ?, leaf, idx FROM entries"
+            " WHERE idx >= ? AND idx < ? ORDER BY leaf, idx",
+            (run, run * LEAF_RUN, (run + 1) * LEAF_RUN),
+        )
 
 
 def load_edge(size: int, perfect: Callable[[int, int], bytes]) -> list[tuple[int, int, bytes]]:
