@@ -147,3 +147,22 @@ def test_a_run_edited_to_name_another_entry_gives_no_proof_of_it(tmp_path: Path)
     assert log.index_of(leaf_hash(RUN_ENTRIES[5])) is None  # entry 9 has another hash
     assert log.index_of(leaf_hash(RUN_ENTRIES[9])) == 9
     log.close()
+
+
+def test_a_log_that_cannot_be_written_now_opens_and_is_looked_up_without_its_runs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "witness.db"
+    log = WitnessLog(path, synchronous="NORMAL")
+    log.append(RUN_ENTRIES)
+    log.close()
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+        other.execute("DELETE FROM leaf_runs")  # as the log was before runs
+        other.execute("CREATE INDEX entries_by_leaf ON entries (leaf)")
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock throughout
+        log = WitnessLog(path, synchronous="NORMAL")  # waits its busy timeout, then opens
+        assert log.index_of(leaf_hash(RUN_ENTRIES[LEAF_RUN + 7])) == LEAF_RUN + 7
+        assert log.index_of(leaf_hash(b"never")) is None
+        log.close()
+        other.execute("ROLLBACK")
+    assert _runs_stored(path) == []  # it wrote nothing

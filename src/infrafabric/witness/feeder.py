@@ -44,8 +44,8 @@ BOARD_SOURCE: Final = "board-events"
 _log = logging.getLogger(__name__)
 #: The witness process's rounds. Each round is one transaction, and SQLite writes every
 #: page it touches to the WAL (and again at the checkpoint): rounds of 100 entries
-#: write about 2.5 KB an entry, rounds of 20 about 4.7 KB (at 300,000 entries). A
-#: round of 100 entries is about 1.5 ms of CPU, small enough not to be felt by claims.
+#: write about 2.5 KB an entry, rounds of 20 about 4.7 KB (at 300,000 entries); the
+#: append of a round of 100 takes about 1.5 ms of CPU, at a lower priority than claims.
 CHILD_INTERVAL: Final = 0.1
 #: Entries read at a time when looking back for where the board and the log last agree,
 #: and how far back at most (the board keeps 100,000 events by default: no agreement
