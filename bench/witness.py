@@ -163,12 +163,12 @@ def million(directory: Path, size: int) -> list[tuple[str, str]]:
     return rows
 
 
-def _written() -> int:
-    """Bytes this process has passed to write() so far (Linux /proc)."""
-    for line in Path("/proc/self/io").read_text().splitlines():
+def _written(pid: int | str = "self") -> int:
+    """Bytes process ``pid`` (this one by default) has passed to write() so far (Linux)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         if line.startswith("wchar:"):
             return int(line.split()[1])
-    raise RuntimeError("no wchar in /proc/self/io")
+    raise RuntimeError(f"no wchar in /proc/{pid}/io")
 
 
 def written_per_entry(directory: Path, log: WitnessLog, size: int) -> list[tuple[str, str]]:
@@ -214,12 +214,7 @@ def claim_cost(quick: bool) -> list[tuple[str, str]]:
 
 def _process(pid: int) -> tuple[float, int]:
     """CPU seconds and bytes passed to write() so far by process ``pid`` (Linux)."""
-    written = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/io").read_text().splitlines()
-        if line.startswith("wchar:")
-    )
-    return claims._cpu_seconds(pid), written
+    return claims._cpu_seconds(pid), _written(pid)
 
 
 def _children(pid: int) -> list[int]:
