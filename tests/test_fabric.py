@@ -96,3 +96,55 @@ def test_request_reply_and_its_timeout(tmp_path: Path) -> None:
             await serving
 
         asyncio.run(scenario())
+
+
+def test_an_agent_enrolled_again_is_known_by_its_new_record_at_once(tmp_path: Path) -> None:
+    """The service keeps agent records in memory (every board message needs its sender's);
+    enrolling an agent again must not leave the old record answering. (Without the
+    governor, which keeps capabilities of its own, claim_next matches on the record.)"""
+    from infrafabric.server.runner import open_server
+
+    state = open_server(tmp_path / "board", synchronous="NORMAL", governor=False)
+    with Fabric(state, sweep_every=1.0) as fabric:
+        alice = fabric.enroll("alice")
+
+        async def claim_next() -> dict[str, object] | None:
+            async with fabric.connect(alice) as agent:
+                return await agent.claim_next()
+
+        async def create() -> None:
+            async with fabric.connect(alice) as agent:
+                await agent.create_tasks(
+                    [{"id": "render", "title": "x", "required_capabilities": ["render:gpu"]}]
+                )
+
+        asyncio.run(create())
+        assert asyncio.run(claim_next()) is None  # not capable: that record is kept
+        fabric.enroll(alice, ["render:gpu"])
+        task = asyncio.run(claim_next())
+        assert task is not None
+        assert task["id"] == "render"
+
+
+def test_a_record_read_while_the_agent_is_enrolled_again_is_not_kept(tmp_path: Path) -> None:
+    """A record read just before an enrollment commits (another thread's) is the old
+    one: it may answer that one message, never the ones after."""
+    from infrafabric.storage.base import AgentRecord
+
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        service = fabric.state.service
+        alice = fabric.enroll("alice")
+        store_read = service.store.agent
+        renewed = AgentRecord(id=alice.agent, capabilities=("render:gpu",))
+
+        def read_then_enrolled(agent_id: str) -> AgentRecord | None:
+            old = store_read(agent_id)  # the read, then the enrollment commits meanwhile
+            service.store.agent = store_read  # type: ignore[method-assign]
+            service.enroll(renewed)
+            return old
+
+        service.store.agent = read_then_enrolled  # type: ignore[method-assign]
+        first = service.agent(alice.agent)
+        assert first is not None
+        assert first.capabilities == ()
+        assert service.agent(alice.agent) == renewed

@@ -134,8 +134,11 @@ class FabricService:
         #: seconds from the start of its handling to the commit (metrics, logs).
         self.observers: list[Callable[[str, str | None, float], None]] = []
         self._operation = threading.local()  # what the message being handled asked for
-        #: agent records read from a shared store, and when (see :meth:`agent`)
+        #: agent records read from the store, and when (see :meth:`agent`); the
+        #: generation rises with each enrollment here
         self._records: dict[AgentId, tuple[AgentRecord, float]] = {}
+        self._records_lock = threading.Lock()
+        self._records_generation = 0
         coordinator.listen(self._on_board_events)
         if governor is not None:
             governor.attach()
@@ -271,7 +274,9 @@ class FabricService:
                 self.coordinator.record(events)
             if self.governor is not None:
                 self.governor.register(record.id, manifest)
-        self._records.pop(record.id, None)
+        with self._records_lock:
+            self._records_generation += 1
+            self._records.pop(record.id, None)
 
     def check_manifest(self, agent: AgentId, manifest: Manifest) -> None:
         """Refuse (``INVALID_MANIFEST``, 422) a manifest the governor's policy does not accept."""
@@ -284,25 +289,29 @@ class FabricService:
     def agent(self, agent_id: AgentId) -> AgentRecord | None:
         """The agent's enrolled record, or ``None``.
 
-        Every board message asks. Over a shared store (Redis) that is a round trip of its
-        own, for a record that changes only when the agent is enrolled again: a record
-        read there is trusted for :data:`AGENT_RECORD_SECONDS` (capabilities changed by
-        an enrollment through another server apply here within that time; through this
-        one, at once). "Not enrolled" is never remembered: an agent enrolled a moment
-        ago through another server is known at once."""
-        if not self.store.shared:
-            return self.store.agent(agent_id)  # a local read
+        Every board message asks, for a record that changes only when the agent is
+        enrolled again, so a record read is kept in memory. This process is the only
+        writer of a local store (the data directory is locked to it), and an enrollment
+        here drops the kept record, so a record kept is current. Over a shared store
+        (Redis) another server may enroll the agent again: a record read there is trusted
+        for :data:`AGENT_RECORD_SECONDS` (an enrollment through another server applies
+        here within that time; through this one, at once). "Not enrolled" is never
+        remembered: an agent enrolled a moment ago through another server is known at
+        once."""
         now = time.monotonic()
         kept = self._records.get(agent_id)
-        if kept is not None and now - kept[1] < AGENT_RECORD_SECONDS:
+        if kept is not None and (not self.store.shared or now - kept[1] < AGENT_RECORD_SECONDS):
             return kept[0]
+        generation = self._records_generation
         record = self.store.agent(agent_id)
-        if record is None:
-            self._records.pop(agent_id, None)
-        else:
-            if len(self._records) >= MAX_KEPT_RECORDS:
-                self._records.clear()
-            self._records[agent_id] = (record, now)
+        with self._records_lock:
+            if record is None:
+                self._records.pop(agent_id, None)
+            elif generation == self._records_generation:
+                # (not a record read before an enrollment here committed and dropped it)
+                if len(self._records) >= MAX_KEPT_RECORDS:
+                    self._records.clear()
+                self._records[agent_id] = (record, now)
         return record
 
     def _board_spending(self, message: IFMessage, now: Timestamp) -> dict[str, Any]:

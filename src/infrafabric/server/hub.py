@@ -1,8 +1,9 @@
 """WebSocket fan-out: who is connected, what they follow, and a bounded queue each.
 
 The service reports events, deliveries and topic messages from whatever thread handled
-the request; the hub hands them to the event loop (``call_soon_threadsafe``) and from
-there into each interested connection's queue. A queue that fills up (a slow or dead
+the request; the hub hands them to the event loop (``call_soon_threadsafe``, or plain
+``call_soon`` when the loop's own thread reports them, which spares a wake-up write per
+batch) and from there into each interested connection's queue. A queue that fills up (a slow or dead
 client) marks its connection as overflowing: the connection is closed rather than
 letting it hold memory or stall anyone else.
 """
@@ -10,6 +11,7 @@ letting it hold memory or stall anyone else.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,18 @@ class Hub:
         self.queue_limit = queue_limit
         self.connections: set[Connection] = set()
         self.recent: deque[tuple[str, str]] = deque(maxlen=REPLAY_LIMIT)
+        try:
+            made_on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            made_on_loop = False
+        self._loop_thread = threading.get_ident() if made_on_loop else None
+
+    def _soon(self, callback: Callable[..., None], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop, after what it has ready."""
+        if threading.get_ident() == self._loop_thread:
+            self.loop.call_soon(callback, *args)  # no need to wake a loop that is running
+        else:
+            self.loop.call_soon_threadsafe(callback, *args)
 
     # called from any thread ---------------------------------------------------------------
 
@@ -83,15 +97,15 @@ class Hub:
         frames = [
             (event.topic, _frame("event", topic=event.topic, event=event)) for event in events
         ]
-        self.loop.call_soon_threadsafe(self._publish, frames)
+        self._soon(self._publish, frames)
 
     def delivery(self, delivery: Delivery) -> None:
         frame = _frame("message", position=delivery.position, message=msgspec.Raw(delivery.body))
-        self.loop.call_soon_threadsafe(self._direct, delivery.receiver, delivery.position, frame)
+        self._soon(self._direct, delivery.receiver, delivery.position, frame)
 
     def topic_message(self, topic: str, body: bytes) -> None:
         frame = _frame("event", topic=topic, message=msgspec.Raw(body))
-        self.loop.call_soon_threadsafe(self._publish, [(topic, frame)])
+        self._soon(self._publish, [(topic, frame)])
 
     # on the loop --------------------------------------------------------------------------
 
