@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import msgspec
@@ -315,6 +316,20 @@ def test_fresh_ids_and_nonces_differ() -> None:
     assert len({new_message_id() for _ in range(1000)}) == 1000
     assert len({new_nonce() for _ in range(1000)}) == 1000
     assert all(len(new_message_id()) == 26 for _ in range(10))
+
+
+def test_a_message_id_spells_its_millisecond_first_in_crockford_base32() -> None:
+    """48 bits of milliseconds then 80 random bits: the first 10 characters (50 bits, two
+    of them zero) are the time, so ids sort by when they were made."""
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    before = int(time.time() * 1000)
+    made = new_message_id()
+    after = int(time.time() * 1000)
+    value = 0
+    for character in made:
+        value = value * 32 + alphabet.index(character)
+    assert value < 1 << 128
+    assert before <= value >> 80 <= after
 
 
 @pytest.mark.parametrize(

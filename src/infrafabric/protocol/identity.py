@@ -12,15 +12,14 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import nacl.exceptions
 import nacl.signing
 
 from infrafabric.errors import CallerError, MessageError
 from infrafabric.protocol.message import (
     IFMessage,
-    Signature,
     build_message,
+    signed_copy,
     signing_input,
 )
 from infrafabric.types import AgentId, KeyId, Timestamp
@@ -123,10 +122,8 @@ class SigningIdentity:
             raise MessageError(
                 f"{self.agent} cannot sign a message whose sender is {message.sender}"
             )
-        signature = Signature(
-            alg="ed25519", kid=self.kid, sig=b64url_encode(self.sign_bytes(signing_input(message)))
-        )
-        return msgspec.structs.replace(message, signature=signature)
+        signature = self.sign_bytes(signing_input(message))
+        return signed_copy(message, kid=self.kid, sig=b64url_encode(signature))
 
     def __repr__(self) -> str:
         return f"SigningIdentity(agent={self.agent!r}, version={self.version}, kid={self.kid!r})"

@@ -247,11 +247,19 @@ def agent_id(name: str) -> AgentId:
     return address
 
 
+_CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Every two-character Crockford base32 string, by the 10 bits it spells: an id is 13
+#: lookups instead of 26 (two are made per message sent).
+_CROCKFORD_PAIRS: Final = tuple(high + low for high in _CROCKFORD for low in _CROCKFORD)
+_PAIR_SHIFTS: Final = tuple(range(120, -1, -10))
+
+
 def new_message_id() -> str:
-    """A fresh message id: 48 bits of milliseconds then 80 random bits, Crockford base32."""
+    """A fresh message id: 48 bits of milliseconds then 80 random bits, Crockford base32
+    (26 characters, the first one spelling the top 3 bits of the 128)."""
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-    return "".join(alphabet[(value >> shift) & 31] for shift in range(125, -1, -5))
+    pairs = _CROCKFORD_PAIRS
+    return "".join([pairs[(value >> shift) & 1023] for shift in _PAIR_SHIFTS])
 
 
 def new_nonce() -> str:
@@ -338,6 +346,21 @@ def build_message(
         return msgspec.convert(fields, IFMessage)
     except msgspec.ValidationError as exc:
         raise MessageError(str(exc)) from None
+    finally:
+        _VALIDATING.reset(token)
+
+
+def signed_copy(message: IFMessage, *, kid: str, sig: str) -> IFMessage:
+    """``message`` carrying an Ed25519 signature this process has just made over it
+    (``kid`` and ``sig`` as :class:`Signature` has them). Not validated a second time:
+    the message was when it was made, and a key id and a base64url signature made by
+    :mod:`~infrafabric.protocol.identity` have the schema's form. Re-validating both
+    took about a fifth of what the SDK spends to send a message (20 of 94 us)."""
+    token = _VALIDATING.set(True)
+    try:
+        return msgspec.structs.replace(
+            message, signature=Signature(alg="ed25519", kid=kid, sig=sig)
+        )
     finally:
         _VALIDATING.reset(token)
 
