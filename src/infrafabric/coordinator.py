@@ -18,6 +18,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final
 
@@ -35,6 +36,12 @@ __all__ = ["Busy", "Coordinator", "TaskNotFound"]
 _log = logging.getLogger(__name__)
 #: Attempts before a write that keeps losing races gives up (each attempt re-reads).
 MAX_RETRIES: Final = 200
+#: How long claim_next waits for another claimant of this process to finish with a task
+#: it reserved, when no other task is free, before looking again.
+RESERVED_WAIT_SECONDS: Final = 1.0
+#: Claims of this process remembered, so that a page of available tasks read before one
+#: of them was written is not believed about it (far more than claims in flight).
+TAKEN_KEPT: Final = 4096
 # Most agents qualify for the first task or the next: decoding more is waste.
 _FIRST_PAGE: Final = 2
 _LARGEST_PAGE: Final = 256
@@ -71,7 +78,13 @@ class Coordinator:
         self._seen: dict[AgentId, Timestamp] = {}
         self._seen_shared: dict[AgentId, Timestamp] = {}  # what the shared store was told
         self._seen_lock = threading.Lock()
-        self._claiming = threading.Lock()  # claim_next, one at a time (see there)
+        # tasks a claim_next of this process has chosen and not finished claiming, and
+        # how many times some were let go (see claim_next)
+        self._reservations = threading.Condition()
+        self._reserved: set[str] = set()
+        self._releases = 0
+        # the version each task claimed here was claimed from, the latest TAKEN_KEPT
+        self._taken: OrderedDict[str, int] = OrderedDict()
         self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
         self._writers: list[Callable[[Sequence[BoardEvent]], Sequence[BoardEvent]]] = []
 
@@ -127,21 +140,89 @@ class Coordinator:
 
         test = accept or qualified
 
-        def decide(store: Store) -> Outcome | None:
-            choice = _best_for(store, test, self.clock())
-            if choice is None:
-                return None
-            return _traced(rules.claim(choice, agent, self.clock(), self.config))
-
         # One transaction: under the write lock of a local store, a crowd of claimants
         # never races for the same task, each simply gets the next one. A shared store
-        # (Redis) has no such lock: claimants all read the same best task, all but one
-        # conflict, and the rest race again for the next (a herd: n² attempts for n
-        # claims). So the claims of this process take turns; only claimants in other
-        # processes race, and the loser of such a race looks again.
-        with self._claiming:
-            outcome = self._transact(decide, f"claim for {agent}")
-        return None if outcome is None else outcome.tasks[0]
+        # (Redis) has no such lock: claimants that all read the same best task would all
+        # but one conflict, and the rest race again for the next (a herd: n² attempts for
+        # n claims). So a claimant of this process reserves the task it chose, and the
+        # others pass over it: this process's claims go on side by side, each on a task of
+        # its own (taking turns instead cost a whole Redis round trip per claim, and held
+        # a server to one claim at a time). Only claimants in other processes race, and
+        # the loser of such a race looks again. A page read before another claimant here
+        # finished may still show that claimant's task as available: the version it was
+        # taken at is remembered, and a page that old is not believed.
+        mine: list[Task] = []  # what this claimant reserved (one task at most)
+        passed_over = False  # whether a task reserved by another claimant was passed over
+
+        def free(task: Task, now: Timestamp) -> bool:
+            nonlocal passed_over
+            if task.id in self._reserved:
+                passed_over = True
+                return False
+            if self._taken.get(task.id, -1) >= task.version:
+                return False  # claimed here since this page was read
+            return test(task, now)
+
+        def decide(store: Store) -> Outcome | None:
+            nonlocal passed_over
+            self._release(mine)  # (a shared store may run the work again)
+            while True:
+                passed_over = False
+                # the first page reaches past what this process's claimants reserved
+                choice = _best_for(store, free, self.clock(), ahead=len(self._reserved))
+                if choice is None:
+                    return None
+                if self._reserve(choice):
+                    mine.append(choice)
+                    return _traced(rules.claim(choice, agent, self.clock(), self.config))
+                # another claimant here reserved it meanwhile: look again
+
+        try:
+            for _ in range(MAX_RETRIES):
+                released = self._releases
+                outcome = self._transact(decide, f"claim for {agent}")
+                if outcome is not None:
+                    self._release(mine, taken=True)
+                    return outcome.tasks[0]
+                if not passed_over:
+                    return None
+                # Nothing free, but tasks reserved: one may come back (its claim failed),
+                # so wait for a claimant here to finish, then look again.
+                self._await_release(released)
+            return None
+        finally:
+            self._release(mine)
+
+    def _reserve(self, task: Task) -> bool:
+        with self._reservations:
+            if task.id in self._reserved:
+                return False
+            self._reserved.add(task.id)
+            return True
+
+    def _await_release(self, since: int) -> None:
+        """Until some reservation has been let go since there were ``since`` (or a while)."""
+        with self._reservations:
+            self._reservations.wait_for(
+                lambda: self._releases != since, timeout=RESERVED_WAIT_SECONDS
+            )
+
+    def _release(self, mine: list[Task], *, taken: bool = False) -> None:
+        """Let go of the reservation in ``mine``; ``taken``: the claim was written, so a
+        page that still shows the task at that version is out of date."""
+        if not mine:
+            return
+        with self._reservations:
+            for task in mine:
+                if taken:
+                    self._taken[task.id] = task.version
+                    self._taken.move_to_end(task.id)
+                    if len(self._taken) > TAKEN_KEPT:
+                        self._taken.popitem(last=False)
+                self._reserved.discard(task.id)
+            self._releases += 1
+            self._reservations.notify_all()
+        mine.clear()
 
     # -- working ----------------------------------------------------------------------------
 
@@ -484,11 +565,12 @@ def _with_usage(outcome: Outcome, task_id: str, usage: Mapping[str, Any] | None)
 
 
 def _best_for(
-    store: Store, accept: Callable[[Task, Timestamp], bool], now: Timestamp
+    store: Store, accept: Callable[[Task, Timestamp], bool], now: Timestamp, *, ahead: int = 0
 ) -> Task | None:
     """The first real task (filler tasks wait for blocked agents, who are offered them)
-    in claim order that ``accept`` takes."""
-    offset, size = 0, _FIRST_PAGE
+    in claim order that ``accept`` takes; the first page read is ``ahead`` tasks longer
+    (tasks ``accept`` will likely pass over)."""
+    offset, size = 0, _FIRST_PAGE + ahead
     while page := store.available(offset, size):
         for task in page:
             if task.filler:

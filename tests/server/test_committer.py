@@ -251,6 +251,33 @@ def test_with_several_threads_one_connection_s_messages_keep_their_order(
     assert all(reply[-1]["task"]["state"] == "completed" for reply in replies)
 
 
+def test_with_several_threads_the_connections_are_spread_over_them(tmp_path: Path) -> None:
+    """Each connection's messages go to one thread, and the connections to all of them.
+    (Lanes chosen by a connection's own hash, its address, put a hundred connections
+    on two threads of eight.)"""
+    from infrafabric.server.hub import Connection
+
+    agents = [SigningIdentity.generate(agent_id(f"s{n}")) for n in range(100)]
+    service = _service(tmp_path / "board.db", agents)
+    committer = Committer(service, workers=8)
+    connections = [Connection(agent.agent, 10) for agent in agents]
+
+    async def scenario() -> None:
+        await asyncio.gather(
+            *(
+                committer.submit(
+                    _request(Outbox(agent), {"op": "claim_next"}), time.time(), key=conn
+                )
+                for agent, conn in zip(agents, connections, strict=True)
+            )
+        )
+
+    asyncio.run(scenario())
+    committer.close()
+    # 100 connections, 8 threads: all of them in use but for a chance of about 1e-5
+    assert len(service.threads) >= 6
+
+
 def test_on_the_loop_batches_run_on_the_loop_s_thread_in_order_and_bounded(
     tmp_path: Path,
 ) -> None:

@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,6 +167,54 @@ def test_servers_racing_claim_each_task_once_and_one_sweeper_wins_each_expiry(
     ]
     assert sorted(expired) == sorted(won)
     assert all(task.state is TaskState.AVAILABLE for task in one.tasks())
+
+
+def test_claimants_of_one_server_claim_side_by_side_without_racing_each_other(
+    redis_url: str,
+) -> None:
+    """Over Redis, one server's claim_next calls run at once (a Redis round trip each
+    need not wait for the others), and pass over the tasks the others chose, so none of
+    them loses a race to another claimant of the same server."""
+    store = RedisStore(redis_url)
+    coordinator = Coordinator(store, config=BoardConfig(lease_seconds=3600))
+    coordinator.create([Task(id=f"t{i:03d}", title="x") for i in range(400)])
+    commit = store._commit
+    in_flight, most, conflicts = 0, 0, 0
+    lock = threading.Lock()
+
+    def counted(txn: Any) -> int:  # the real commit, counted
+        nonlocal in_flight, most, conflicts
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        try:
+            return commit(txn)
+        except Conflict:
+            with lock:
+                conflicts += 1
+            raise
+        finally:
+            with lock:
+                in_flight -= 1
+
+    store._commit = counted  # type: ignore[method-assign]
+    won: Counter[str] = Counter()
+
+    def agent(number: int) -> None:
+        while (task := coordinator.claim_next(f"if://agent/w{number}")) is not None:
+            with lock:
+                won[task.id] += 1
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert len(won) == 400
+    assert set(won.values()) == {1}
+    assert conflicts == 0
+    assert most > 1  # side by side, not one at a time
 
 
 def test_an_inbox_is_the_same_from_every_server(servers: tuple[RedisStore, RedisStore]) -> None:
