@@ -183,3 +183,28 @@ def test_many_threads_race_and_every_task_is_claimed_and_completed_once(
     assert kinds["task.claimed"] == 1000
     assert kinds["task.completed"] == 1000
     assert all(task.state is TaskState.COMPLETED for task in coordinator.tasks())
+
+
+def test_spreading_picks_among_the_first_free_tasks_of_the_best_priority_only() -> None:
+    """What a claimant that lost a race to another server does (see claim_next): one of
+    the first ``spread`` tasks it accepts, at random, never one of a lower priority than
+    the first; ``spread`` 1 is the first, in claim order."""
+    from infrafabric.coordinator import _best_for
+
+    store = MemoryStore()
+    Coordinator(store).create(
+        [Task(id=f"top{i}", title="x", priority=90, created_at=T0 + i) for i in range(3)]
+        + [Task(id=f"mid{i:02d}", title="x", priority=50, created_at=T0 + i) for i in range(30)]
+    )
+
+    def anything(task: Task, now: float) -> bool:
+        return True
+
+    def not_top(task: Task, now: float) -> bool:
+        return not task.id.startswith("top")
+
+    assert {_best_for(store, anything, T0).id for _ in range(20)} == {"top0"}  # type: ignore[union-attr]
+    among_top = {_best_for(store, anything, T0, spread=16).id for _ in range(200)}  # type: ignore[union-attr]
+    assert among_top == {"top0", "top1", "top2"}  # all three, and never a lower priority
+    spread = {_best_for(store, not_top, T0, spread=16).id for _ in range(300)}  # type: ignore[union-attr]
+    assert spread == {f"mid{i:02d}" for i in range(16)}

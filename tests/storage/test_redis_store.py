@@ -217,6 +217,51 @@ def test_claimants_of_one_server_claim_side_by_side_without_racing_each_other(
     assert most > 1  # side by side, not one at a time
 
 
+def test_a_claimant_that_lost_a_race_to_another_server_spreads_out_among_equals(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    """The other server claims, between our read and our write, the task we chose: ours
+    conflicts, looks again, and takes one of the first RACE_SPREAD free tasks of the best
+    priority at random (never a lower one), so a crowd of losers does not race for the
+    next one. A claimant that never lost takes the first, in claim order."""
+    from infrafabric.coordinator import RACE_SPREAD
+
+    one, two = servers
+    ours, theirs = Coordinator(one), Coordinator(two)
+    commit = one._commit
+    taken_after_losing: list[int] = []
+    for round_ in range(10):
+        hi = [f"r{round_}-hi{i:02d}" for i in range(40)]
+        ours.create(
+            [Task(id=i, title="x", priority=90, created_at=T0 + n) for n, i in enumerate(hi)]
+            + [Task(id=f"r{round_}-lo{n}", title="x", priority=10) for n in range(5)]
+        )
+        raced: list[str] = []
+
+        def first_commit_loses(txn: Any, raced: list[str] = raced) -> int:
+            if not raced:  # the other server takes our choice just before we write it
+                raced.append(txn.outcomes[0].tasks[0].id)
+                assert theirs.claim(raced[0], BOB).owner == BOB
+            return commit(txn)
+
+        one._commit = first_commit_loses  # type: ignore[method-assign]
+        task = ours.claim_next(ALICE)
+        one._commit = commit  # type: ignore[method-assign]
+        assert raced == [hi[0]]
+        assert task is not None
+        assert task.owner == ALICE
+        assert task.id in hi[1 : 1 + RACE_SPREAD]
+        taken_after_losing.append(hi.index(task.id))
+        again = ours.claim_next(ALICE)  # never lost: the first free one
+        assert again is not None
+        assert again.id == next(i for i in hi[1:] if i != task.id)
+        for stale in (*hi, *(f"r{round_}-lo{n}" for n in range(5))):  # out of the next round
+            current = one.get(stale)
+            if current is not None and current.state is TaskState.AVAILABLE:
+                ours.claim(stale, BOB)
+    assert len(set(taken_after_losing)) > 1  # at random, not always the next one
+
+
 def test_an_inbox_is_the_same_from_every_server(servers: tuple[RedisStore, RedisStore]) -> None:
     one, two = servers
     first = one.deliver(BOB, "m-1", b"hello")
