@@ -594,8 +594,8 @@ def _best_for(
 ) -> Task | None:
     """The first real task (filler tasks wait for blocked agents, who are offered them)
     in claim order that ``accept`` takes, or with ``spread`` > 1 one of the first
-    ``spread`` such tasks of the first one's priority, at random; the first page read is ``ahead`` tasks longer
-    (tasks ``accept`` will likely pass over)."""
+    ``spread`` such tasks of the first one's priority, at random. The first page read
+    is ``ahead`` tasks longer (tasks ``accept`` will likely pass over)."""
     offset, size = 0, _FIRST_PAGE + ahead + spread - 1
     found: list[Task] = []
     while len(found) < spread and (page := store.available(offset, size)):

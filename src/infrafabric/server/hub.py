@@ -3,9 +3,9 @@
 The service reports events, deliveries and topic messages from whatever thread handled
 the request; the hub hands them to the event loop (``call_soon_threadsafe``, or plain
 ``call_soon`` when the loop's own thread reports them, which spares a wake-up write per
-batch) and from there into each interested connection's queue. A queue that fills up (a slow or dead
-client) marks its connection as overflowing: the connection is closed rather than
-letting it hold memory or stall anyone else.
+batch) and from there into each interested connection's queue. A queue that fills up
+(a slow or dead client) marks its connection as overflowing: the connection is closed
+rather than letting it hold memory or stall anyone else.
 """
 
 from __future__ import annotations
