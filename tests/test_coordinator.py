@@ -208,3 +208,44 @@ def test_spreading_picks_among_the_first_free_tasks_of_the_best_priority_only() 
     assert among_top == {"top0", "top1", "top2"}  # all three, and never a lower priority
     spread = {_best_for(store, not_top, T0, spread=16).id for _ in range(300)}  # type: ignore[union-attr]
     assert spread == {f"mid{i:02d}" for i in range(16)}
+
+
+def test_a_claim_rolled_back_with_its_batch_is_offered_again(tmp_path: Path) -> None:
+    """On SQLite a claim is part of the batch of messages it came in; if that batch's
+    commit fails, the task is available again and the next claim_next offers it."""
+    from infrafabric.errors import StoreError
+
+    store = SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
+    coordinator = Coordinator(store)
+    coordinator.create([Task(id="t1", title="the only task")])
+    claimed: list[Task | None] = []
+
+    def batch_that_fails() -> None:
+        with store.batch():
+            claimed.append(coordinator.claim_next(ALICE))
+            raise StoreError("the batch's commit failed")
+
+    with pytest.raises(StoreError):
+        batch_that_fails()
+    assert claimed[0] is not None
+    assert store.get("t1").state is TaskState.AVAILABLE  # type: ignore[union-attr]
+    again = coordinator.claim_next(BOB)
+    assert again is not None
+    assert again.id == "t1"
+    store.close()
+
+
+def test_tasks_reserved_by_others_that_an_agent_cannot_take_do_not_make_it_wait(
+    store: Store,
+) -> None:
+    """A claimant waits for another's reservation to be let go only if the reserved
+    task is one it would take (it may come back); an agent qualifying for none of the
+    reserved tasks, and for nothing else, is told at once that nothing is available."""
+    coordinator = Coordinator(store)
+    coordinator.create([Task(id="gpu-job", title="x", required_capabilities=("render:gpu",))])
+    held = coordinator._reserve(store.get("gpu-job"))  # type: ignore[arg-type]
+    assert held  # another claimant of this process is claiming it
+    waited: list[int] = []
+    coordinator._await_release = waited.append  # type: ignore[method-assign]
+    assert coordinator.claim_next(ALICE, ["code:python"]) is None
+    assert waited == []

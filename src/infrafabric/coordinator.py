@@ -47,9 +47,13 @@ RACE_SPREAD: Final = 16
 #: Claims of this process remembered, so that a page of available tasks read before one
 #: of them was written is not believed about it (far more than claims in flight).
 TAKEN_KEPT: Final = 4096
+#: claim_next takes turns per agent: agents hashed onto this many locks.
+AGENT_STRIPES: Final = 64
 # Most agents qualify for the first task or the next: decoding more is waste.
 _FIRST_PAGE: Final = 2
 _LARGEST_PAGE: Final = 256
+#: Times one page is read again because claims here moved the list up meanwhile.
+_MAX_REREADS: Final = 2
 #: A sweep returns up to SWEEP_PAGES x SWEEP_PAGE expired leases; the rest wait a second.
 SWEEP_PAGE: Final = 500
 SWEEP_PAGES: Final = 20
@@ -88,8 +92,11 @@ class Coordinator:
         self._reservations = threading.Condition()
         self._reserved: set[str] = set()
         self._releases = 0
-        # the version each task claimed here was claimed from, the latest TAKEN_KEPT
+        # over a shared store, the version each task claimed here was claimed from (the
+        # latest TAKEN_KEPT), and how many such claims there were
         self._taken: OrderedDict[str, int] = OrderedDict()
+        self._taken_count = 0
+        self._agent_turns = tuple(threading.Lock() for _ in range(AGENT_STRIPES))
         self._listeners: list[Callable[[Sequence[BoardEvent]], None]] = []
         self._writers: list[Callable[[Sequence[BoardEvent]], Sequence[BoardEvent]]] = []
 
@@ -161,12 +168,14 @@ class Coordinator:
 
         def free(task: Task, now: Timestamp) -> bool:
             nonlocal passed_over
-            if task.id in self._reserved:
-                passed_over = True
-                return False
             if self._taken.get(task.id, -1) >= task.version:
                 return False  # claimed here since this page was read
-            return test(task, now)
+            if not test(task, now):
+                return False
+            if task.id in self._reserved:
+                passed_over = True  # one this agent would take: it may come back
+                return False
+            return True
 
         lost_a_race = False
 
@@ -189,6 +198,7 @@ class Coordinator:
                     self.clock(),
                     ahead=len(self._reserved),
                     spread=RACE_SPREAD if lost_a_race else 1,
+                    shifted=self._shifted if self.store.shared else None,
                 )
                 if choice is None:
                     return None
@@ -197,25 +207,36 @@ class Coordinator:
                     return _traced(rules.claim(choice, agent, self.clock(), self.config))
                 # another claimant here reserved it meanwhile: look again
 
-        try:
-            for _ in range(MAX_RETRIES):
-                released = self._releases
-                outcome = self._transact(decide, f"claim for {agent}")
-                if outcome is not None:
-                    self._release(mine, taken=True)
-                    return outcome.tasks[0]
-                if not passed_over:
-                    return None
-                # Nothing free, but tasks reserved: one may come back (its claim failed),
-                # so wait for a claimant here to finish, then look again.
-                self._await_release(released)
-            return None
-        finally:
-            self._release(mine)
+        # One claim at a time per agent (per stripe of agents, in fact): the governor's
+        # books for an agent (a breaker's single trial claim, say) are read while
+        # deciding and written with the claim, as when every claim took turns.
+        with self._agent_turns[hash(agent) % len(self._agent_turns)]:
+            try:
+                for _ in range(MAX_RETRIES):
+                    released = self._releases
+                    outcome = self._transact(decide, f"claim for {agent}")
+                    if outcome is not None:
+                        # (a local store decides under its write lock: no stale pages)
+                        self._release(mine, taken=self.store.shared)
+                        return outcome.tasks[0]
+                    if not passed_over:
+                        return None
+                    # Nothing free, but tasks reserved that this agent would take: one
+                    # may come back (its claim failed), so wait for a claimant here to
+                    # finish, then look again.
+                    self._await_release(released)
+                return None
+            finally:
+                self._release(mine)
+
+    def _shifted(self) -> tuple[int, int]:
+        """Claims of this process written so far, and in flight: how far a page of the
+        available list may have moved up under a claimant paging through it."""
+        return self._taken_count, len(self._reserved)
 
     def _reserve(self, task: Task) -> bool:
         with self._reservations:
-            if task.id in self._reserved:
+            if task.id in self._reserved or self._taken.get(task.id, -1) >= task.version:
                 return False
             self._reserved.add(task.id)
             return True
@@ -237,6 +258,7 @@ class Coordinator:
                 if taken:
                     self._taken[task.id] = task.version
                     self._taken.move_to_end(task.id)
+                    self._taken_count += 1
                     if len(self._taken) > TAKEN_KEPT:
                         self._taken.popitem(last=False)
                 self._reserved.discard(task.id)
@@ -591,24 +613,52 @@ def _best_for(
     *,
     ahead: int = 0,
     spread: int = 1,
+    shifted: Callable[[], tuple[int, int]] | None = None,
 ) -> Task | None:
     """The first real task (filler tasks wait for blocked agents, who are offered them)
     in claim order that ``accept`` takes, or with ``spread`` > 1 one of the first
     ``spread`` such tasks of the first one's priority, at random. The first page read
-    is ``ahead`` tasks longer (tasks ``accept`` will likely pass over)."""
+    is ``ahead`` tasks longer (tasks ``accept`` will likely pass over).
+
+    ``shifted`` tells how many claims others wrote so far, and how many are in flight:
+    tasks they take off the list move the rest up, so a page read at an offset may
+    start past a task never seen. Each page past the first starts back by as many as
+    may have moved since the previous page was read, and is read again from earlier
+    when claims written during its read moved the list further (a task seen twice is
+    judged twice; one jumped over would be missed)."""
     offset, size = 0, _FIRST_PAGE + ahead + spread - 1
     found: list[Task] = []
-    while len(found) < spread and (page := store.available(offset, size)):
+    judged = 0  # claims written when the last page judged was read
+    reach = 0  # how far back of its place the page being read starts
+    rereads = 0
+    while len(found) < spread:
+        if shifted is not None and offset > 0:  # start back by what moved since
+            now_written, in_flight = shifted()
+            moved = min(offset, now_written - judged + in_flight - reach)
+            if moved > 0:
+                offset, reach = offset - moved, reach + moved
+        written = shifted()[0] if shifted is not None else 0
+        page = store.available(offset, size)
+        if shifted is not None and offset > 0 and rereads < _MAX_REREADS:
+            moved = min(offset, shifted()[0] - judged + in_flight - reach)
+            if moved > 0:  # claims written while we read moved it further: again
+                offset, reach, rereads = offset - moved, reach + moved, rereads + 1
+                continue
+        if not page:
+            break
         for task in page:
             if task.filler:
                 break  # claim order puts fillers last: no real work is left
             if found and task.priority != found[0].priority:
                 break  # spread among equals only: a higher priority still goes first
+            if any(task.id == other.id for other in found):
+                continue  # seen on the page before
             if accept(task, now):
                 found.append(task)
                 if len(found) == spread:
                     break
         else:
+            judged, reach, rereads = written, 0, 0
             offset += size
             size = min(size * 4, _LARGEST_PAGE)  # a picky agent: read further ahead each time
             continue

@@ -268,15 +268,17 @@ class FabricService:
         manifest = manifest or Manifest(capabilities=record.capabilities)
         if self.governor is not None:
             self.check_manifest(record.id, manifest)
-        with self._announced_after_commit(), self.store.batch():
-            self.store.enroll(record)
-            if events:
-                self.coordinator.record(events)
-            if self.governor is not None:
-                self.governor.register(record.id, manifest)
-        with self._records_lock:
-            self._records_generation += 1
-            self._records.pop(record.id, None)
+        try:
+            with self._announced_after_commit(), self.store.batch():
+                self.store.enroll(record)
+                if events:
+                    self.coordinator.record(events)
+                if self.governor is not None:
+                    self.governor.register(record.id, manifest)
+        finally:  # (a store without rollback may hold the new record even so)
+            with self._records_lock:
+                self._records_generation += 1
+                self._records.pop(record.id, None)
 
     def check_manifest(self, agent: AgentId, manifest: Manifest) -> None:
         """Refuse (``INVALID_MANIFEST``, 422) a manifest the governor's policy does not accept."""

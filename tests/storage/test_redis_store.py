@@ -262,6 +262,50 @@ def test_a_claimant_that_lost_a_race_to_another_server_spreads_out_among_equals(
     assert len(set(taken_after_losing)) > 1  # at random, not always the next one
 
 
+def test_a_picky_claimant_misses_no_task_when_claims_here_move_the_list_meanwhile(
+    redis_url: str,
+) -> None:
+    """An agent paging through the available tasks for one it qualifies for: other
+    claimants of the same server take tasks off the head of the list between its page
+    reads, which moves the rest up; its next page must not start past a task it never
+    saw."""
+    store = RedisStore(redis_url)
+    coordinator = Coordinator(store, config=BoardConfig(lease_seconds=3600))
+    coordinator.create(
+        [
+            Task(id=f"y{i:02d}", title="y", priority=90, required_capabilities=("y:y",))
+            for i in range(12)
+        ]
+        + [Task(id="x", title="x", priority=10, required_capabilities=("x:x",))]
+    )
+    read = store.available
+    pages: list[tuple[int, int]] = []
+
+    def available(offset: int = 0, limit: int = 64) -> list[Task]:
+        if threading.current_thread().name == "picky":
+            pages.append((offset, limit))
+            if len(pages) == 3:  # meanwhile five claims here take five tasks
+                others = threading.Thread(
+                    target=lambda: [
+                        coordinator.claim_next(f"if://agent/w{k}", ["y:y"]) for k in range(5)
+                    ]
+                )
+                others.start()
+                others.join()
+        return read(offset, limit)
+
+    store.available = available  # type: ignore[method-assign]
+    got: list[Task | None] = []
+    picky = threading.Thread(
+        target=lambda: got.append(coordinator.claim_next("if://agent/p", ["x:x"])), name="picky"
+    )
+    picky.start()
+    picky.join()
+    store.close()
+    assert got[0] is not None
+    assert got[0].id == "x"
+
+
 def test_an_inbox_is_the_same_from_every_server(servers: tuple[RedisStore, RedisStore]) -> None:
     one, two = servers
     first = one.deliver(BOB, "m-1", b"hello")
