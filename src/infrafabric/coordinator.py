@@ -170,12 +170,11 @@ class Coordinator:
             nonlocal passed_over
             if self._taken.get(task.id, -1) >= task.version:
                 return False  # claimed here since this page was read
-            if not test(task, now):
-                return False
             if task.id in self._reserved:
-                passed_over = True  # one this agent would take: it may come back
+                # one this agent would take may come back (asked once: it costs)
+                passed_over = passed_over or test(task, now)
                 return False
-            return True
+            return test(task, now)
 
         lost_a_race = False
 
