@@ -38,6 +38,26 @@ def servers(redis_url: str) -> Iterator[tuple[RedisStore, RedisStore]]:
     two.close()
 
 
+def _claim_until_none(coordinators: list[Coordinator], agents: int) -> Counter[str]:
+    """``agents`` threads, agent n on ``coordinators[n % len]``, each claiming until
+    nothing is left; how many times each task was won."""
+    won: Counter[str] = Counter()
+    lock = threading.Lock()
+
+    def agent(number: int) -> None:
+        coordinator = coordinators[number % len(coordinators)]
+        while (task := coordinator.claim_next(f"if://agent/w{number}")) is not None:
+            with lock:
+                won[task.id] += 1
+
+    threads = [threading.Thread(target=agent, args=(n,)) for n in range(agents)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return won
+
+
 def test_a_task_read_while_deciding_that_changed_meanwhile_is_a_conflict(
     servers: tuple[RedisStore, RedisStore],
 ) -> None:
@@ -137,21 +157,7 @@ def test_servers_racing_claim_each_task_once_and_one_sweeper_wins_each_expiry(
     config = BoardConfig(lease_seconds=10)
     coordinators = [Coordinator(s, config=config, clock=lambda: clock[0]) for s in servers]
     coordinators[0].create([Task(id=f"t{i:03d}", title="x") for i in range(300)])
-    won: Counter[str] = Counter()
-    lock = threading.Lock()
-
-    def agent(number: int) -> None:
-        coordinator = coordinators[number % 2]
-        name = f"if://agent/w{number}"
-        while (task := coordinator.claim_next(name)) is not None:
-            with lock:
-                won[task.id] += 1
-
-    threads = [threading.Thread(target=agent, args=(n,)) for n in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    won = _claim_until_none(coordinators, 12)
     assert len(won) == 300
     assert set(won.values()) == {1}
     clock[0] += 11  # every lease has run out; both servers sweep at once
@@ -198,18 +204,7 @@ def test_claimants_of_one_server_claim_side_by_side_without_racing_each_other(
                 in_flight -= 1
 
     store._commit = counted  # type: ignore[method-assign]
-    won: Counter[str] = Counter()
-
-    def agent(number: int) -> None:
-        while (task := coordinator.claim_next(f"if://agent/w{number}")) is not None:
-            with lock:
-                won[task.id] += 1
-
-    threads = [threading.Thread(target=agent, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    won = _claim_until_none([coordinator], 8)
     store.close()
     assert len(won) == 400
     assert set(won.values()) == {1}
