@@ -61,7 +61,10 @@ if TYPE_CHECKING:
 __all__ = ["ServerState", "create_app"]
 
 #: Threads carrying out messages side by side over a shared store (Redis round trips).
-SHARED_STORE_WORKERS: Final = 8
+#: Four, not eight: each Redis call lets go of the GIL and takes it back, and eight
+#: threads took it from each other so often that claims cost more CPU and served fewer
+#: (measured in docs/architecture.md, "Group commit"); two were no better than four.
+SHARED_STORE_WORKERS: Final = 4
 #: The dashboard's operator session cookie (see :mod:`.dashboard`).
 SESSION_COOKIE: Final = "ifab_operator"
 #: The content type of the Prometheus text format.
