@@ -163,3 +163,56 @@ def test_a_log_tampered_with_at_its_end_is_not_taken_for_a_board_that_lost_event
         ("task.created", {"board_event": 4}),
         ("task.created", {"board_event": 5}),
     ]
+
+
+def test_a_server_board_keeps_the_events_its_witness_has_not_read(tmp_path: Path) -> None:
+    """However far the witness falls behind (a busy machine runs it last), the board of
+    a server prunes only events it has witnessed: late, never a gap."""
+    from infrafabric.server.runner import open_server
+
+    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    try:
+        feeder, store = state.witness, state.service.coordinator.store
+        assert isinstance(feeder, WitnessFeeder)  # (not started: it runs when told here)
+        assert isinstance(store, SqliteStore)
+        store.retention = 50  # would prune all but the newest 50 every 1,000 events
+        board = Coordinator(store)
+        board.create([Task(id=f"a{n:04d}", title="x") for n in range(1200)])
+        assert len(store.events_since(0, 5000)) >= 1200  # none witnessed: all kept
+        while feeder.run_once():
+            pass
+        witnessed = feeder.log.size
+        board.create([Task(id=f"b{n:04d}", title="x") for n in range(1200)])
+        kept = store.events_since(0, 5000)
+        assert kept[0].seq > 1000  # witnessed ones went...
+        assert len(kept) >= 1200  # ...the new ones stayed
+        while feeder.run_once():
+            pass
+        entries = [decode_entry(data) for _, _, data in feeder.log.entries(0, feeder.log.size)]
+        assert witnessed >= 1200
+        assert not [e for e in entries if e.component == "witness"]  # no gap
+        assert _board_events(entries) == list(range(1, len(entries) + 1))
+    finally:
+        state.close()
+
+
+def test_the_witness_process_runs_only_when_a_core_is_free(tmp_path: Path) -> None:
+    """The child runs in the idle scheduling class: a thread of the server that wakes
+    takes the core from it at once."""
+    import os
+    import time
+
+    from infrafabric.witness.feeder import WitnessProcess
+
+    SqliteStore(tmp_path / "board.db").close()
+    process = WitnessProcess(tmp_path / "board.db", tmp_path / "witness.db", "NORMAL", KEY, "t")
+    process.start()
+    try:
+        assert process.pid is not None
+        deadline = time.monotonic() + 30
+        while os.sched_getscheduler(process.pid) != os.SCHED_IDLE:
+            assert time.monotonic() < deadline, "the witness process never left SCHED_OTHER"
+            time.sleep(0.05)
+    finally:
+        process.close()
+        process.log.close()

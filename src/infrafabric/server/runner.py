@@ -41,7 +41,7 @@ from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
 from infrafabric.storage.sqlite import SqliteStore
-from infrafabric.witness.feeder import Witness, WitnessFeeder, WitnessProcess
+from infrafabric.witness.feeder import BOARD_SOURCE, Witness, WitnessFeeder, WitnessProcess
 from infrafabric.witness.log import WitnessLog
 
 if TYPE_CHECKING:
@@ -154,6 +154,10 @@ def open_server(
         else:
             log = WitnessLog(data_dir / "witness.db", synchronous="NORMAL")
             feeder = WitnessFeeder(log, store, key, name)
+        if isinstance(store, SqliteStore):
+            # the board keeps what the witness has not read yet, however far behind it is
+            witnessed = feeder.log
+            store.keep_events_after = lambda: witnessed.cursor(BOARD_SOURCE)
     return ServerState(
         service=service,
         sessions=sessions,

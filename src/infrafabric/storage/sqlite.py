@@ -119,6 +119,9 @@ class SqliteStore(OneProcess):
         self.path = Path(path)
         self.synchronous = synchronous
         self.retention = retention
+        #: Events after this one are kept past ``retention`` (the witness has not read
+        #: them yet): the server sets it to the witness log's cursor.
+        self.keep_events_after: Callable[[], int] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch(mode=0o600)
@@ -498,8 +501,18 @@ class SqliteStore(OneProcess):
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             return 0 if row is None else int(row[0])
         if last // 1000 != (last - len(events)) // 1000:  # prune every 1000 events
-            db.execute("DELETE FROM events WHERE seq <= ?", (last - self.retention,))
+            db.execute("DELETE FROM events WHERE seq <= ?", (self._prunable(last),))
         return last
+
+    def _prunable(self, last: int) -> int:
+        """The newest event that may go: beyond ``retention``, and read by the witness."""
+        newest = last - self.retention
+        if self.keep_events_after is not None:
+            try:
+                newest = min(newest, self.keep_events_after())
+            except StoreError:  # the witness log cannot be read now: keep them all
+                return 0
+        return newest
 
     @staticmethod
     def _version(db: sqlite3.Connection, task_id: str) -> int | None:
