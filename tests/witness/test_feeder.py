@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import nacl.signing
+import pytest
 
 from infrafabric.board.model import Task
 from infrafabric.coordinator import Coordinator
@@ -165,33 +166,51 @@ def test_a_log_tampered_with_at_its_end_is_not_taken_for_a_board_that_lost_event
     ]
 
 
-def test_a_server_board_keeps_the_events_its_witness_has_not_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_a_process", [False, True], ids=["thread", "process"])
+def test_a_server_board_keeps_the_events_its_witness_has_not_read(
+    tmp_path: Path, in_a_process: bool
+) -> None:
     """However far the witness falls behind (a busy machine runs it last), the board of
-    a server prunes only events it has witnessed: late, never a gap."""
-    from infrafabric.server.runner import open_server
+    a server prunes only events it has witnessed: late, never a gap. The feeder in a
+    thread is asked directly; one in a process through the log it writes."""
+    import time
 
-    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    from infrafabric.server.runner import open_server
+    from infrafabric.witness.feeder import BOARD_SOURCE, WitnessProcess
+
+    state = open_server(tmp_path / "data", synchronous="NORMAL", witness_process=in_a_process)
+    feeder, store = state.witness, state.service.coordinator.store
+    assert isinstance(feeder, WitnessProcess if in_a_process else WitnessFeeder)
+    assert isinstance(store, SqliteStore)
+
+    def catch_up(events: int) -> None:  # not started by open_server: it runs when told
+        if isinstance(feeder, WitnessFeeder):
+            while feeder.run_once():
+                pass
+            return
+        assert isinstance(feeder, WitnessProcess)
+        if feeder.pid is None:
+            feeder.start()
+        deadline = time.monotonic() + 60
+        while feeder.log.cursor(BOARD_SOURCE) < events:
+            assert time.monotonic() < deadline, "the witness process did not catch up"
+            time.sleep(0.05)
+        feeder.log.refresh()
+
     try:
-        feeder, store = state.witness, state.service.coordinator.store
-        assert isinstance(feeder, WitnessFeeder)  # (not started: it runs when told here)
-        assert isinstance(store, SqliteStore)
-        store.retention = 50  # would prune all but the newest 50 every 1,000 events
+        store.retention = 200  # would prune all but the newest 200 every 1,000 events
         board = Coordinator(store)
         board.create([Task(id=f"a{n:04d}", title="x") for n in range(1200)])
-        assert len(store.events_since(0, 5000)) >= 1200  # none witnessed: all kept
-        while feeder.run_once():
-            pass
-        witnessed = feeder.log.size
+        assert len(store.events_since(0, 5000)) == 1200  # none witnessed: all kept
+        catch_up(1200)
         board.create([Task(id=f"b{n:04d}", title="x") for n in range(1200)])
         kept = store.events_since(0, 5000)
-        assert kept[0].seq > 1000  # witnessed ones went...
-        assert len(kept) >= 1200  # ...the new ones stayed
-        while feeder.run_once():
-            pass
+        assert kept[0].seq == 1201  # the witnessed ones went, the new ones stayed
+        catch_up(2400)
         entries = [decode_entry(data) for _, _, data in feeder.log.entries(0, feeder.log.size)]
-        assert witnessed >= 1200
+        assert len(entries) == 2400
         assert not [e for e in entries if e.component == "witness"]  # no gap
-        assert _board_events(entries) == list(range(1, len(entries) + 1))
+        assert _board_events(entries) == list(range(1, 2401))
     finally:
         state.close()
 

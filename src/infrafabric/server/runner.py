@@ -154,10 +154,14 @@ def open_server(
         else:
             log = WitnessLog(data_dir / "witness.db", synchronous="NORMAL")
             feeder = WitnessFeeder(log, store, key, name)
-        if isinstance(store, SqliteStore):
-            # the board keeps what the witness has not read yet, however far behind it is
-            witnessed = feeder.log
-            store.keep_events_after = lambda: witnessed.cursor(BOARD_SOURCE)
+        if isinstance(feeder, WitnessFeeder) and isinstance(store, SqliteStore):
+            # the board keeps what the witness has not read yet (up to a limit); asked of
+            # the feeder itself, not its log, whose lock an append holds for a while
+            in_thread = feeder
+            store.keep_events_after = lambda: in_thread.witnessed
+        elif isinstance(feeder, WitnessProcess) and isinstance(store, SqliteStore):
+            in_child = feeder.log  # (read here while the child writes: never waits)
+            store.keep_events_after = lambda: in_child.cursor(BOARD_SOURCE)
     return ServerState(
         service=service,
         sessions=sessions,

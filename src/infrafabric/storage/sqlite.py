@@ -13,9 +13,11 @@ process (``kill -9``) but may lose the last commits if the machine loses power.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
@@ -37,10 +39,18 @@ from infrafabric.storage.base import (
 
 __all__ = ["SqliteStore", "locked_connection"]
 
+_log = logging.getLogger(__name__)
+
 #: How often the background checkpointer copies the WAL into the database...
 CHECKPOINT_SECONDS: Final = 0.25
 #: ...and how often it makes the WAL start over (see ``_start_checkpointer``).
 RESTART_SECONDS: Final = 1.0
+#: Events the witness has not read are kept up to this many times ``retention``...
+UNWITNESSED_KEPT: Final = 10
+#: ...and a board pruning past them says so at most this often.
+PRUNE_WARNING_SECONDS: Final = 60.0
+#: Events deleted by one prune at most (prunes come every 1,000 events).
+PRUNE_MOST: Final = 5000
 #: The automatic checkpoint, left as a backstop (pages of 4 KiB: ~80 MB of WAL).
 BACKSTOP_CHECKPOINT_PAGES: Final = 20_000
 
@@ -120,8 +130,10 @@ class SqliteStore(OneProcess):
         self.synchronous = synchronous
         self.retention = retention
         #: Events after this one are kept past ``retention`` (the witness has not read
-        #: them yet): the server sets it to the witness log's cursor.
+        #: them yet), up to ``UNWITNESSED_KEPT`` times ``retention`` in all: the server
+        #: sets it to the witness's cursor.
         self.keep_events_after: Callable[[], int] | None = None
+        self._warned_at = -PRUNE_WARNING_SECONDS  # (monotonic) when pruning last warned
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch(mode=0o600)
@@ -501,18 +513,37 @@ class SqliteStore(OneProcess):
             row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
             return 0 if row is None else int(row[0])
         if last // 1000 != (last - len(events)) // 1000:  # prune every 1000 events
-            db.execute("DELETE FROM events WHERE seq <= ?", (self._prunable(last),))
+            newest = self._prunable(last)
+            oldest = db.execute("SELECT min(seq) FROM events").fetchone()[0] or 0
+            # a few thousand at a time: a backlog let go at once would hold this commit
+            # (and every claim behind it) for as long as the DELETE takes
+            db.execute("DELETE FROM events WHERE seq <= ?", (min(newest, oldest + PRUNE_MOST),))
         return last
 
     def _prunable(self, last: int) -> int:
-        """The newest event that may go: beyond ``retention``, and read by the witness."""
+        """The newest event that may go: beyond ``retention``, and read by the witness
+        unless that one is more than ``UNWITNESSED_KEPT`` retentions behind (a witness
+        that stopped must not make the board grow without end: it records the gap)."""
         newest = last - self.retention
-        if self.keep_events_after is not None:
-            try:
-                newest = min(newest, self.keep_events_after())
-            except StoreError:  # the witness log cannot be read now: keep them all
-                return 0
-        return newest
+        if self.keep_events_after is None:
+            return newest
+        try:
+            witnessed = self.keep_events_after()
+        except StoreError:  # the witness's cursor cannot be read now: keep what we may
+            witnessed = 0
+        if witnessed >= newest:
+            return newest
+        floor = last - self.retention * UNWITNESSED_KEPT
+        if witnessed < floor and time.monotonic() - self._warned_at > PRUNE_WARNING_SECONDS:
+            self._warned_at = time.monotonic()
+            _log.warning(
+                "the witness is %d events behind the board (at %d): events it has not read"
+                " are pruned beyond %d; it will record the gap",
+                last - witnessed,
+                witnessed,
+                floor,
+            )
+        return max(witnessed, floor)
 
     @staticmethod
     def _version(db: sqlite3.Connection, task_id: str) -> int | None:

@@ -49,12 +49,12 @@ _log = logging.getLogger(__name__)
 #: append of a round of 100 takes about 1.5 ms of CPU, at a lower priority than claims.
 CHILD_INTERVAL: Final = 0.1
 #: Entries read at a time when looking back for where the board and the log last agree,
-#: and how far back at most (the board keeps 100,000 events by default: no agreement
-#: that far back means another board altogether, to be witnessed from its start).
+#: and how far back at most (the board prunes beyond 100,000 events by default: no
+#: agreement that far back means another board altogether, witnessed from its start).
 _RECONCILE_PAGE: Final = 256
 _RECONCILE_MOST: Final = 200_000
 #: Its scheduling priority below the server's (``nice``), where ``SCHED_IDLE`` is not to be
-#: had (see ``_feed_in_child``).
+#: had (see ``_yield_to_claims``).
 WITNESS_NICENESS: Final = 10
 
 
@@ -90,6 +90,9 @@ class WitnessFeeder:
         self.batch = batch
         self.checkpoint_seconds = checkpoint_seconds
         self._signed_size = max((size for size, _ in log.checkpoints()), default=-1)
+        #: How far the board has been witnessed (its event number): read without a lock,
+        #: so the board can ask while this feeder appends (see keep_events_after).
+        self.witnessed = log.cursor(BOARD_SOURCE)
         self._signed_at = 0.0
         self._lock = threading.Lock()  # one round at a time (thread, close, tests)
         #: This feeder's name for the sequencer's lease of a shared log.
@@ -138,6 +141,7 @@ class WitnessFeeder:
             if entries:
                 position = stored[-1].seq if stored else cursor
                 self.log.append(entries, source=BOARD_SOURCE, position=position)
+                self.witnessed = position
             now = self.clock()
             due = now - self._signed_at >= self.checkpoint_seconds
             if self.log.size != self._signed_size and (due or force_checkpoint):
@@ -324,9 +328,9 @@ def _yield_to_claims() -> None:
 
     The server itself takes about one core at most (Python's GIL), so on two cores the
     witness finds time; on a machine other programs keep busy it may fall behind, and
-    the board then keeps every event it has not read yet
-    (``SqliteStore.keep_events_after``): its log and checkpoints are late, never
-    missing an event."""
+    the board then keeps the events it has not read yet (``keep_events_after`` of
+    :class:`~infrafabric.storage.sqlite.SqliteStore`, up to ten times its retention):
+    its log and checkpoints are late, not missing an event."""
     os.nice(WITNESS_NICENESS)  # where the idle class is not to be had
     with contextlib.suppress(AttributeError, OSError):  # (not Linux; a sandbox refusing)
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
