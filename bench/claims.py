@@ -311,7 +311,7 @@ def with_and_without(
     difference this measurement can tell).
 
     The three servers start once; the load moves between them in windows of 2 s, in
-    turn (every order equally often), 18 windows each (6 when quick). A single run's p99
+    turn (every order equally often), 18 windows each (6 of 1 s when quick). A single run's p99
     moves by a third from run to run on this VM: the machine's stalls (printed before)
     land in one run or the other. Short windows in turn spread them over all three
     servers alike. Two figures: the p99 of all of a server's claims pooled (what its

@@ -41,7 +41,7 @@ from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
 from infrafabric.storage.sqlite import SqliteStore
-from infrafabric.witness.feeder import BOARD_SOURCE, Witness, WitnessFeeder, WitnessProcess
+from infrafabric.witness.feeder import Witness, WitnessFeeder, WitnessProcess
 from infrafabric.witness.log import WitnessLog
 
 if TYPE_CHECKING:
@@ -154,14 +154,10 @@ def open_server(
         else:
             log = WitnessLog(data_dir / "witness.db", synchronous="NORMAL")
             feeder = WitnessFeeder(log, store, key, name)
-        if isinstance(feeder, WitnessFeeder) and isinstance(store, SqliteStore):
-            # the board keeps what the witness has not read yet (up to a limit); asked of
-            # the feeder itself, not its log, whose lock an append holds for a while
-            in_thread = feeder
-            store.keep_events_after = lambda: in_thread.witnessed
-        elif isinstance(feeder, WitnessProcess) and isinstance(store, SqliteStore):
-            in_child = feeder.log  # (read here while the child writes: never waits)
-            store.keep_events_after = lambda: in_child.cursor(BOARD_SOURCE)
+        if isinstance(store, SqliteStore):
+            # the board keeps what the witness has not read yet (up to a limit)
+            reader: Witness = feeder
+            store.keep_events_after = lambda: reader.witnessed
     return ServerState(
         service=service,
         sessions=sessions,

@@ -133,7 +133,7 @@ class SqliteStore(OneProcess):
         #: them yet), up to ``UNWITNESSED_KEPT`` times ``retention`` in all: the server
         #: sets it to the witness's cursor.
         self.keep_events_after: Callable[[], int] | None = None
-        self._warned_at = -PRUNE_WARNING_SECONDS  # (monotonic) when pruning last warned
+        self._warned_at = float("-inf")  # (monotonic) when pruning last warned
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.path.exists():
             self.path.touch(mode=0o600)
@@ -527,13 +527,13 @@ class SqliteStore(OneProcess):
         newest = last - self.retention
         if self.keep_events_after is None:
             return newest
+        floor = last - self.retention * UNWITNESSED_KEPT
         try:
             witnessed = self.keep_events_after()
         except StoreError:  # the witness's cursor cannot be read now: keep what we may
-            witnessed = 0
+            return floor
         if witnessed >= newest:
             return newest
-        floor = last - self.retention * UNWITNESSED_KEPT
         if witnessed < floor and time.monotonic() - self._warned_at > PRUNE_WARNING_SECONDS:
             self._warned_at = time.monotonic()
             _log.warning(

@@ -64,6 +64,11 @@ class Witness(Protocol):
     log: MerkleLog
     key: str
 
+    @property
+    def witnessed(self) -> int:
+        """How far the board's event log has been witnessed (an event number)."""
+        ...
+
     def start(self) -> None: ...
 
     def close(self) -> None: ...
@@ -273,6 +278,12 @@ class WitnessProcess:
 
     def start(self) -> None:
         self._process.start()
+
+    @property
+    def witnessed(self) -> int:
+        """How far the child has witnessed the board (read from the log it writes; a
+        read here never waits for the child's appends)."""
+        return self.log.cursor(BOARD_SOURCE)
 
     @property
     def pid(self) -> int | None:
