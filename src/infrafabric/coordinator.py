@@ -180,24 +180,29 @@ class Coordinator:
 
         def decide(store: Store) -> Outcome | None:
             nonlocal passed_over, lost_a_race
-            # Deciding again with a task reserved: its claim lost a race to another
-            # server, whose claimants went for the same first tasks. From then on this
+            # Over a shared store, the first page holds its first task for this claimant
+            # (store.available's ``hold``): claimants of other servers pass over it, and
+            # it passes over theirs, including those of this process's claimants. Still,
+            # a claim can lose a race to another server (a claim by id, a hold that ran
+            # out). Deciding again with a task reserved means it did: from then on this
             # claimant takes one of the first RACE_SPREAD free tasks of the best
-            # priority at random, so that the losers do not all race again for the next
-            # one (a herd across servers: with three servers, 2.5 attempts a claim
-            # before, 1.8 after). A claimant that never lost takes the first.
+            # priority at random, holding none, so that a crowd of losers does not race
+            # again for the next one. A claimant that never lost takes the first.
             lost_a_race = lost_a_race or bool(mine)
             self._release(mine)
+            hold = self.store.shared and not lost_a_race
             while True:
                 passed_over = False
-                # the first page reaches past what this process's claimants reserved
                 choice = _best_for(
                     store,
                     free,
                     self.clock(),
-                    ahead=len(self._reserved),
+                    # a first page that holds passes over what claimants here reserved;
+                    # one that does not must reach past them
+                    ahead=0 if hold else len(self._reserved),
                     spread=RACE_SPREAD if lost_a_race else 1,
                     shifted=self._shifted if self.store.shared else None,
+                    hold=hold,
                 )
                 if choice is None:
                     return None
@@ -613,11 +618,13 @@ def _best_for(
     ahead: int = 0,
     spread: int = 1,
     shifted: Callable[[], tuple[int, int]] | None = None,
+    hold: bool = False,
 ) -> Task | None:
     """The first real task (filler tasks wait for blocked agents, who are offered them)
     in claim order that ``accept`` takes, or with ``spread`` > 1 one of the first
     ``spread`` such tasks of the first one's priority, at random. The first page read
-    is ``ahead`` tasks longer (tasks ``accept`` will likely pass over).
+    is ``ahead`` tasks longer (tasks ``accept`` will likely pass over), and ``hold``s
+    its first task (see :meth:`Store.available`).
 
     ``shifted`` tells how many claims others wrote so far, and how many are in flight:
     tasks they take off the list move the rest up, so a page read at an offset may
@@ -637,7 +644,7 @@ def _best_for(
             if moved > 0:
                 offset, reach = offset - moved, reach + moved
         written = shifted()[0] if shifted is not None else 0
-        page = store.available(offset, size)
+        page = store.available(offset, size, hold=hold and offset == 0)
         if shifted is not None and offset > 0 and rereads < _MAX_REREADS:
             moved = min(offset, shifted()[0] - judged + in_flight - reach)
             if moved > 0:  # claims written while we read moved it further: again

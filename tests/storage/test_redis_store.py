@@ -212,6 +212,67 @@ def test_claimants_of_one_server_claim_side_by_side_without_racing_each_other(
     assert most > 1  # side by side, not one at a time
 
 
+def test_a_claimant_holds_its_first_task_and_other_servers_claimants_pass_over_it(
+    servers: tuple[RedisStore, RedisStore], redis_server: RedisServer
+) -> None:
+    """A claimant's first page holds its first task: a claimant of another server,
+    looking meanwhile, passes over it (and holds the next one). Holds are let go when
+    the change is written or nothing is chosen, and never reach the append-only file."""
+    one, two = servers
+    Coordinator(one).create([Task(id=f"t{i}", title="x", created_at=T0 + i) for i in range(4)])
+    pages: dict[str, list[str]] = {}
+
+    def looks_and_leaves(store: Store) -> Outcome | None:
+        pages["two"] = [task.id for task in store.available(0, 2, hold=True)]
+        return None  # chose nothing: lets go of t1
+
+    def claims_first(store: Store) -> Outcome:
+        page = store.available(0, 2, hold=True)
+        pages["one"] = [task.id for task in page]
+        two.transact(looks_and_leaves)  # meanwhile, on the other server
+        pages["two again"] = [task.id for task in two.available(0, 2)]  # no hold: all
+        return claim(page[0], ALICE, T0, BoardConfig())
+
+    one.transact(claims_first)
+    assert pages == {"one": ["t0", "t1"], "two": ["t1", "t2"], "two again": ["t0", "t1"]}
+    assert one.get("t0").owner == ALICE  # type: ignore[union-attr]
+    assert one.redis.keys("{ifab}:h:*") == []  # both let go
+    logged = b"".join(path.read_bytes() for path in redis_server.directory.rglob("*.aof*"))
+    assert b"{ifab}:t:t0" in logged  # the claim is in the append-only file...
+    assert b"{ifab}:h:" not in logged  # ...the holds are not
+
+
+def test_claimants_of_two_servers_claim_side_by_side_without_racing_each_other(
+    servers: tuple[RedisStore, RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve claimants on two servers take 400 tasks: each claimant holds the task it
+    chose and passes over the others', so none loses a race while there are more tasks
+    than claimants (without holds, most of them lost the first one). At the very end
+    every task left is held, and a claimant races for one rather than wait on a hint."""
+    import infrafabric.storage.redis as redis_store
+
+    monkeypatch.setattr(redis_store, "HOLD_SECONDS", 60.0)  # a slow test machine: no expiry
+    left_at_conflict: list[int] = []  # tasks still available when a claim lost a race
+    for store in servers:
+        commit = store._commit
+
+        def counted(txn: Any, commit: Any = commit, store: RedisStore = store) -> int:
+            try:
+                return int(commit(txn))
+            except Conflict:
+                left_at_conflict.append(len(store.available(0, 100)))
+                raise
+
+        store._commit = counted  # type: ignore[method-assign]
+    coordinators = [Coordinator(store, config=BoardConfig(lease_seconds=3600)) for store in servers]
+    coordinators[0].create([Task(id=f"t{i:03d}", title="x") for i in range(400)])
+    won = _claim_until_none(coordinators, 12)
+    assert len(won) == 400
+    assert set(won.values()) == {1}
+    assert all(left < 12 for left in left_at_conflict), left_at_conflict
+    assert servers[0].redis.keys("{ifab}:h:*") == []
+
+
 def test_a_claimant_that_lost_a_race_to_another_server_spreads_out_among_equals(
     servers: tuple[RedisStore, RedisStore],
 ) -> None:
@@ -276,7 +337,7 @@ def test_a_picky_claimant_misses_no_task_when_claims_here_move_the_list_meanwhil
     read = store.available
     pages: list[tuple[int, int]] = []
 
-    def available(offset: int = 0, limit: int = 64) -> list[Task]:
+    def available(offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         if threading.current_thread().name == "picky":
             pages.append((offset, limit))
             if len(pages) == 3:  # meanwhile five claims here take five tasks
@@ -287,7 +348,7 @@ def test_a_picky_claimant_misses_no_task_when_claims_here_move_the_list_meanwhil
                 )
                 others.start()
                 others.join()
-        return read(offset, limit)
+        return read(offset, limit, hold=hold)
 
     store.available = available  # type: ignore[method-assign]
     got: list[Task | None] = []

@@ -114,9 +114,16 @@ class Store(Protocol):
     def dependents(self, task_id: str) -> list[Task]:
         """Tasks that list ``task_id`` among their dependencies."""
 
-    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+    def available(self, offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         """Available tasks in the order they should be claimed: real work before filler
-        tasks, then highest priority, oldest, by id; a page of ``limit`` from ``offset``."""
+        tasks, then highest priority, oldest, by id; a page of ``limit`` from ``offset``.
+
+        ``hold`` (a claimant's first page, inside :meth:`transact`): a store shared by
+        several processes passes over the tasks other claimants are holding and holds
+        the first task of the page for this one until its transaction ends, so claimants
+        of different servers do not all choose the same task (a hint only: a claim is
+        still compared and set). A store with one writer process has no such claimants
+        and ignores it."""
 
     def expired(self, now: float, limit: int = 500) -> list[Task]:
         """Owned tasks whose lease ran out before ``now``, soonest expired first, at most

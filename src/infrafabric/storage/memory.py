@@ -69,7 +69,7 @@ class MemoryStore(OneProcess):
             found = [task for task in self._tasks.values() if task_id in task.dependencies]
         return sorted(found, key=lambda task: task.id)
 
-    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+    def available(self, offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         with self._lock:
             ready = [task for task in self._tasks.values() if task.state is TaskState.AVAILABLE]
         ready.sort(key=claim_order)

@@ -15,7 +15,15 @@ decision only if nothing it read has changed since:
 * the state documents (the governor's books) are compared on a generation counter.
 
 A conflict writes nothing and raises :class:`~infrafabric.storage.base.Conflict`; the
-coordinator reads again and decides again, as it does on SQLite. Expired leases are
+coordinator reads again and decides again, as it does on SQLite.
+
+Claimants on different servers would all choose the first available task, and all but
+one would lose the race and read again (with three servers, 1.6 writes and 22 task
+documents read a claim). So a claimant's first page **holds** a task: the script that
+reads it passes over the tasks other claimants hold, and marks the first one it returns
+as held by this claimant until its change is written (or ``HOLD_SECONDS``). A hold is a
+hint, never a lock: it is not written to the append-only file or to replicas (so taking
+one costs no fsync), and a claim is compared and set on its version all the same. Expired leases are
 found in a sorted set by any server's sweeper; two sweepers expiring the same task
 compare and set the same version, so exactly one wins.
 
@@ -34,6 +42,7 @@ fabric lives in one slot and the scripts stay legal on a cluster)::
     {ifab}:dl:<agent>|<message id>   position of a delivered message (expires)
     {ifab}:bus           stream of live announcements (deliveries, topic messages)
     {ifab}:seen          hash agent -> when a server last heard from it
+    {ifab}:h:<id>        the claimant holding an available task (expires; see below)
     {ifab}:seqw, :st, :stgen, :agents, :nonce:<sender>|<nonce>
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an
@@ -47,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import struct
 import threading
 import time
@@ -83,6 +93,11 @@ DELIVERED_SECONDS: Final = 2 * 86_400
 GENERATION_SECONDS: Final = 0.05
 #: Live announcements kept for servers catching up (the bus stream's approximate cap).
 BUS_RETENTION: Final = 10_000
+#: How long a claimant holds the task it is deciding on, at most (it lets go when its
+#: change is written): the longest a crashed server keeps others off a task.
+HOLD_SECONDS: Final = 1.0
+#: Held tasks a claimant's first page reads past; beyond that it races for held ones.
+HOLD_REACH: Final = 256
 
 _log = logging.getLogger(__name__)
 _ENCODER: Final = msgspec.json.Encoder()
@@ -91,7 +106,9 @@ _EVENT_DECODER: Final = msgspec.json.Decoder(BoardEvent)
 _AGENT_DECODER: Final = msgspec.json.Decoder(AgentRecord)
 
 # ARGV: prefix, retention, a nonce key to spend with the change ("" for none) and its
-# lifetime in ms, then four sections, each a count and its items:
+# lifetime in ms, the claimant ("" for none), then five sections, each a count and its
+# items:
+#   held       (id)                          tasks the claimant holds: let go, first
 #   reads      (id, version or "")           tasks read while deciding
 #   dependents (id, count)                   dependent lists read while deciding
 #   state generation ("" if not read)
@@ -105,10 +122,19 @@ _APPLY = """
 local p = ARGV[1]
 local retention = ARGV[2]
 local nonce = ARGV[3]
-if nonce ~= '' and redis.call('EXISTS', nonce) == 1 then return {'replay'} end
-local i = 5
+local i = 6
 local function nxt() local v = ARGV[i]; i = i + 1; return v end
 local n = tonumber(nxt())
+if n > 0 then
+  redis.set_repl(redis.REPL_NONE)  -- holds are hints, never logged (see _CLAIMABLE)
+  for _ = 1, n do
+    local held = p .. 'h:' .. nxt()
+    if redis.call('GET', held) == ARGV[5] then redis.call('DEL', held) end
+  end
+  redis.set_repl(redis.REPL_ALL)
+end
+if nonce ~= '' and redis.call('EXISTS', nonce) == 1 then return {'replay'} end
+n = tonumber(nxt())
 for _ = 1, n do
   local id, want = nxt(), nxt()
   local have = redis.call('HGET', p .. 't:' .. id, 'v') or ''
@@ -234,6 +260,53 @@ return docs
 """
 
 
+# ARGV: prefix, claimant, hold ms, page size, reach, then the tasks it held so far (let
+# go). The first page of available tasks in claim order, passing over the tasks another
+# claimant holds (up to ``reach`` of them); the first one returned is held for this
+# claimant. When every task within reach is held, the first ones, held or not (nobody
+# waits on a hint). Returns the id held ("" for none), then the task documents.
+_CLAIMABLE = """
+local p, holder, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
+-- Holds change nothing a crash must keep: none is written to the append-only file or
+-- to replicas, so this script costs no fsync (with appendfsync always) and is as quick
+-- as a read.
+redis.set_repl(redis.REPL_NONE)
+for n = 6, #ARGV do
+  local held = p .. 'h:' .. ARGV[n]
+  if redis.call('GET', held) == holder then redis.call('DEL', held) end
+end
+if limit == 0 then return {''} end  -- only letting go
+local function id_of(ckey) return string.sub(ckey, string.find(ckey, '|', 1, true) + 1) end
+-- read in steps: there are seldom more held tasks than claimants in flight
+local reach, step, start, first = limit + tonumber(ARGV[5]), limit + 8, 0, {}
+local ids = {}
+while #ids < limit and start < reach do
+  local keys = redis.call('ZRANGE', p .. 'avail', start, math.min(start + step, reach) - 1)
+  for _, ckey in ipairs(keys) do
+    local id = id_of(ckey)
+    if #first < limit then first[#first + 1] = id end
+    local by = redis.call('GET', p .. 'h:' .. id)
+    if not by or by == holder then
+      ids[#ids + 1] = id
+      if #ids == limit then break end
+    end
+  end
+  if #keys < step then break end
+  start, step = start + step, step * 2
+end
+local held = ''
+if #ids == 0 then
+  ids = first
+else
+  held = ids[1]
+  redis.call('SET', p .. 'h:' .. held, holder, 'PX', ARGV[3])
+end
+local reply = {held}
+for n, id in ipairs(ids) do reply[n + 1] = redis.call('HGET', p .. 't:' .. id, 'd') or '' end
+return reply
+"""
+
+
 @dataclass
 class _Transaction:
     """What one thread's :meth:`RedisStore.transact` read and will write."""
@@ -243,6 +316,7 @@ class _Transaction:
     generation: int | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     documents: dict[str, bytes | None] = field(default_factory=dict)
+    held: list[str] = field(default_factory=list)  # tasks held for this claimant
 
 
 class RedisStore:
@@ -289,6 +363,9 @@ class RedisStore:
         self._remember = first.register_script(_REMEMBER)
         self._seen = first.register_script(_SEEN)
         self._fetch = first.register_script(_FETCH)
+        self._claimable = first.register_script(_CLAIMABLE)
+        # a claimant is a thread of this store's process: "<this store>.<thread>"
+        self._holder = secrets.token_hex(8)
 
     @property
     def redis(self) -> Any:
@@ -364,10 +441,29 @@ class RedisStore:
             txn.dependents.setdefault(task_id, len(found))
         return found
 
-    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+    def available(self, offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         if limit <= 0:
             return []
-        return self._tasks("avail", "avail", offset, offset + limit - 1)
+        txn = self._txn()
+        if not hold or offset != 0 or txn is None:
+            return self._tasks("avail", "avail", offset, offset + limit - 1)
+        # (Only the first page holds and passes over held tasks: it can only reach further
+        # down the list than an unfiltered one, so the next page, read by offset, leaves
+        # no gap after it.)
+        with self._guard():
+            reply = self._claimable(
+                client=self.redis,
+                args=[
+                    self.prefix,
+                    self._claimant(),
+                    int(HOLD_SECONDS * 1000),
+                    limit,
+                    HOLD_REACH,
+                    *txn.held,
+                ],
+            )
+        txn.held = [reply[0].decode()] if reply[0] else []
+        return [_TASK_DECODER.decode(doc) for doc in reply[1:] if doc]
 
     def expired(self, now: float, limit: int = 500) -> list[Task]:
         return self._tasks("due", "leases", repr(float(now)), limit)
@@ -415,6 +511,7 @@ class RedisStore:
             return outcome, 0
         txn = _Transaction()
         self._local.txn = txn
+        committing = False
         try:
             outcome = work(self)
             if outcome is None:
@@ -422,8 +519,11 @@ class RedisStore:
             txn.outcomes.append(outcome)
             if then is not None:
                 then(outcome)
+            committing = True  # (the commit lets go of what this claimant held)
         finally:
             self._local.txn = None
+            if txn.held and not committing:
+                self._let_go(txn.held)
         return outcome, self._commit(txn)
 
     def save_state(
@@ -584,9 +684,26 @@ class RedisStore:
             docs = self._fetch(client=self.redis, args=[self.prefix, how, key, start, stop])
         return [_TASK_DECODER.decode(doc) for doc in docs if doc]
 
+    def _claimant(self) -> str:
+        return f"{self._holder}.{threading.get_ident()}"
+
+    def _let_go(self, held: Sequence[str]) -> None:
+        """Let go of tasks this thread's claimant held and did not claim (nothing to
+        write: they would only be passed over by others until their hold ran out)."""
+        with contextlib.suppress(StoreError), self._guard():
+            self._claimable(client=self.redis, args=[self.prefix, self._claimant(), 1, 0, 0, *held])
+
     def _commit(self, txn: _Transaction) -> int:
         nonce: tuple[str, int] | None = getattr(self._local, "nonce", None)
-        args: list[Any] = [self.prefix, self.retention, *(nonce or ("", 0)), len(txn.reads)]
+        args: list[Any] = [
+            self.prefix,
+            self.retention,
+            *(nonce or ("", 0)),
+            self._claimant() if txn.held else "",
+            len(txn.held),
+            *txn.held,
+            len(txn.reads),
+        ]
         for task_id, version in txn.reads.items():
             args += [task_id, "" if version is None else version]
         args.append(len(txn.dependents))

@@ -207,7 +207,7 @@ class SqliteStore(OneProcess):
             ).fetchall()
         return [_TASK_DECODER.decode(row[0]) for row in rows]
 
-    def available(self, offset: int = 0, limit: int = 64) -> list[Task]:
+    def available(self, offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         with self._read() as db:
             rows = db.execute(
                 "SELECT doc FROM tasks WHERE state = 'available'"
