@@ -67,8 +67,10 @@ KEYS_PREFIX: Final = "keyring/"
 #: Reading the shared keys again for an unknown key: at most this often.
 KEYS_RELOAD_SECONDS: Final = 1.0
 #: How long a server trusts an agent's record read from a shared store, and how many it
-#: keeps at most (then it starts again: a record costs one read to get back).
-AGENT_RECORD_SECONDS: Final = 1.0
+#: keeps at most (then it starts again: a record costs one read to get back). Every
+#: enrollment, through any server, reaches every server as an event, which drops the
+#: records kept there (``load_shared_keys``); this is the backstop for one never read.
+AGENT_RECORD_SECONDS: Final = 30.0
 MAX_KEPT_RECORDS: Final = 100_000
 _KEYRING_DECODER: Final = msgspec.json.Decoder(KeyringFile)
 T = TypeVar("T")
@@ -295,9 +297,11 @@ class FabricService:
         enrolled again, so a record read is kept in memory. This process is the only
         writer of a local store (the data directory is locked to it), and an enrollment
         here drops the kept record, so a record kept is current. Over a shared store
-        (Redis) another server may enroll the agent again: a record read there is trusted
-        for :data:`AGENT_RECORD_SECONDS` (an enrollment through another server applies
-        here within that time; through this one, at once). "Not enrolled" is never
+        (Redis) another server may enroll the agent again: its event, read by this
+        server's relay, drops the records kept here (:meth:`load_shared_keys`), and a
+        record is read again after :data:`AGENT_RECORD_SECONDS` in any case (an
+        enrollment through another server applies here once its event is read, within
+        milliseconds; through this one, at once). "Not enrolled" is never
         remembered: an agent enrolled a moment ago through another server is known at
         once."""
         now = time.monotonic()
@@ -366,9 +370,13 @@ class FabricService:
             )
 
     def load_shared_keys(self) -> None:
-        """On a shared store: trust the keys the other servers enrolled or revoked."""
+        """On a shared store: trust the keys the other servers enrolled or revoked, and
+        read the agents' records afresh (an enrollment may have changed them)."""
         with self._verify_lock:
             self._load_shared_keys()
+        with self._records_lock:
+            self._records_generation += 1  # (a record being read now is not kept)
+            self._records.clear()
 
     def reload_keys_if_due(self, now: Timestamp) -> bool:
         """On a shared store, for a key not known here: read the shared keys again, at
