@@ -22,10 +22,12 @@ one would lose the race and read again (with three servers, 1.6 writes and 22 ta
 documents read a claim). So a claimant's first page **holds** a task: the script that
 reads it passes over the tasks other claimants hold, and marks the first one it returns
 as held by this claimant until its change is written (or ``HOLD_SECONDS``). A hold is a
-hint, never a lock: it is not written to the append-only file or to replicas (so taking
-one costs no fsync), and a claim is compared and set on its version all the same. Expired leases are
-found in a sorted set by any server's sweeper; two sweepers expiring the same task
-compare and set the same version, so exactly one wins.
+hint, never a lock: it is not logged in the append-only file or sent to replicas (so
+taking one costs no fsync; a rewrite's snapshot may keep one, which expires as usual),
+and a claim is compared and set on its version all the same.
+
+Expired leases are found in a sorted set by any server's sweeper; two sweepers expiring
+the same task compare and set the same version, so exactly one wins.
 
 Keys (``prefix`` is a Redis Cluster hash tag, ``{ifab}`` by default, so every key of a
 fabric lives in one slot and the scripts stay legal on a cluster)::
@@ -267,9 +269,9 @@ return docs
 # waits on a hint). Returns the id held ("" for none), then the task documents.
 _CLAIMABLE = """
 local p, holder, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
--- Holds change nothing a crash must keep: none is written to the append-only file or
--- to replicas, so this script costs no fsync (with appendfsync always) and is as quick
--- as a read.
+-- Holds change nothing a crash must keep: none is logged in the append-only file or
+-- sent to replicas, so this script costs no fsync (with appendfsync always) and is as
+-- quick as a read.
 redis.set_repl(redis.REPL_NONE)
 for n = 6, #ARGV do
   local held = p .. 'h:' .. ARGV[n]
