@@ -123,26 +123,28 @@ class RunningFabric:
         return enroll(self.fabric.url, self.admin, name)
 
     async def witness_settled(self, most: float = 30.0) -> None:
-        """Wait until the witness log stops growing (it has caught up with the board)."""
-        url, headers = (
-            f"{self.fabric.url}/v1/witness/checkpoint",
-            {"authorization": f"Bearer {self.admin}"},
-        )
-        deadline, last = time.monotonic() + most, -1
-        async with httpx.AsyncClient() as http:
-            while time.monotonic() < deadline:
-                response = await http.get(url, headers=headers)
-                if response.status_code != 200:  # --no-witness, or nothing signed yet
-                    return
-                size = response.json()["size"]
-                if size == last:
-                    return
-                last = size
-                await asyncio.sleep(1.5)  # longer than a checkpoint period
+        await witness_settled(self.fabric.url, self.admin, most)
 
     def close(self) -> None:
         self.fabric.kill()
         self.directory.cleanup()
+
+
+async def witness_settled(url: str, admin: str, most: float = 30.0) -> None:
+    """Wait until the witness log of the fabric at ``url`` stops growing (it has caught
+    up with the board)."""
+    checkpoint, headers = f"{url}/v1/witness/checkpoint", {"authorization": f"Bearer {admin}"}
+    deadline, last = time.monotonic() + most, -1
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            response = await http.get(checkpoint, headers=headers)
+            if response.status_code != 200:  # --no-witness, or nothing signed yet
+                return
+            size = response.json()["size"]
+            if size == last:
+                return
+            last = size
+            await asyncio.sleep(1.5)  # longer than a checkpoint period
 
 
 async def fill(url: str, planner: SigningIdentity, count: int) -> None:

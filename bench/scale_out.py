@@ -43,7 +43,16 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.harness import Fabric, enroll, free_port
 from tests.redis_server import RedisServer
 
-from claims import closed_loop, connected, fill, paced, percentiles, render, timed
+from claims import (
+    closed_loop,
+    connected,
+    fill,
+    paced,
+    percentiles,
+    render,
+    timed,
+    witness_settled,
+)
 
 _CAS = """
 if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
@@ -184,7 +193,10 @@ async def steady(
     servers: Servers, agents: list[SigningIdentity], rate: float, seconds: float
 ) -> list[float]:
     await fill(servers.urls[0], agents[0], int(rate * seconds) + 1000)
+    # on a settled fabric, as on SQLite: not while the witness catches up on the
+    # saturation run's backlog
     await asyncio.sleep(2)
+    await witness_settled(servers.urls[0], servers.admin)
     async with connected(servers.urls, agents) as clients:
         return await paced(clients, rate, seconds)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -235,3 +236,39 @@ def test_the_witness_process_runs_only_when_a_core_is_free(tmp_path: Path) -> No
     finally:
         process.close()
         process.log.close()
+
+
+def test_a_server_over_redis_witnesses_a_backlog_in_small_appends(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Redis runs a script alone, so one large append would make every server's claims
+    wait for it (20 to 30 ms for 1,000 entries): a server's witness over Redis catches up
+    on a backlog in appends of at most APPEND_MOST entries, and misses none."""
+    from infrafabric.server.runner import open_server
+    from infrafabric.witness.redis_log import APPEND_MOST, RedisWitnessLog
+
+    state = open_server(tmp_path / "data", store_url=redis_url)
+    feeder = state.witness
+    try:
+        assert isinstance(feeder, WitnessFeeder)
+        log = feeder.log
+        assert isinstance(log, RedisWitnessLog)
+        Coordinator(state.service.coordinator.store).create(
+            [Task(id=f"t{n:03d}", title="x") for n in range(450)]
+        )
+        append = log._append
+        sizes: list[int] = []
+
+        def counted(*, client: Any, args: list[Any]) -> Any:
+            sizes.append(int(args[5]))  # (the entries' count, after five fixed arguments)
+            return append(client=client, args=args)
+
+        log._append = counted  # type: ignore[method-assign]
+        while feeder.run_once():  # not started by open_server: it runs when told
+            pass
+        assert sum(sizes) == 450
+        assert max(sizes) <= APPEND_MOST < 450
+        entries = [decode_entry(data) for _, _, data in log.entries(0, log.size)]
+        assert _board_events(entries) == list(range(1, 451))
+    finally:
+        state.close()

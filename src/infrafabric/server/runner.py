@@ -146,9 +146,11 @@ def open_server(
         # commits lost to a power cut are appended again, identically, from the cursor,
         # and agree with any checkpoint already published. No fsync per round, then.
         if shared is not None:  # one log for all servers; one of them feeds it
-            from infrafabric.witness.redis_log import RedisWitnessLog
+            from infrafabric.witness.redis_log import APPEND_MOST, RedisWitnessLog
 
-            feeder = WitnessFeeder(RedisWitnessLog(shared), shared, key, name)
+            # (small appends: Redis runs each alone, and every claim waits for it)
+            shared_log = RedisWitnessLog(shared)
+            feeder = WitnessFeeder(shared_log, shared, key, name, batch=APPEND_MOST)
         elif witness_process and isinstance(store, SqliteStore):
             feeder = WitnessProcess(store.path, data_dir / "witness.db", "NORMAL", key, name)
         else:
