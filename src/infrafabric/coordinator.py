@@ -180,11 +180,12 @@ class Coordinator:
 
         def decide(store: Store) -> Outcome | None:
             nonlocal passed_over, lost_a_race
-            # Over a shared store, the first page holds its first task for this claimant
-            # (store.available's ``hold``): claimants of other servers pass over it, and
-            # it passes over theirs, including those of this process's claimants. Still,
-            # a claim can lose a race to another server (a claim by id, a hold that ran
-            # out). Deciding again with a task reserved means it did: from then on this
+            # Over a shared store, the first page holds a task for this claimant
+            # (store.available's ``hold``): other claimants, here or on other servers,
+            # take it only if no task of its priority that nobody holds follows it, and
+            # this one likewise theirs (_best_for). Still, a claim can lose a race to
+            # another server (a held task taken all the same, a claim by id, a hold that
+            # ran out). Deciding again with a task reserved means it did: from then on this
             # claimant takes one of the first RACE_SPREAD free tasks of the best
             # priority at random, holding none, so that a crowd of losers does not race
             # again for the next one. A claimant that never lost takes the first.
@@ -197,8 +198,8 @@ class Coordinator:
                     store,
                     free,
                     self.clock(),
-                    # a first page that holds passes over what claimants here reserved;
-                    # one that does not must reach past them
+                    # a first page that holds reads on past what other claimants hold
+                    # (those here included); one that does not must reach past them
                     ahead=0 if hold else len(self._reserved),
                     spread=RACE_SPREAD if lost_a_race else 1,
                     shifted=self._shifted if self.store.shared else None,
@@ -624,7 +625,10 @@ def _best_for(
     in claim order that ``accept`` takes, or with ``spread`` > 1 one of the first
     ``spread`` such tasks of the first one's priority, at random. The first page read
     is ``ahead`` tasks longer (tasks ``accept`` will likely pass over), and ``hold``s
-    its first task (see :meth:`Store.available`).
+    its first task (see :meth:`Store.available`); a task another claimant holds is taken
+    only if no task of its priority that nobody holds follows it on the page (a hold
+    only says who is likely to take a task: one is never passed over for a lower
+    priority, nor left for an agent that will not take it).
 
     ``shifted`` tells how many claims others wrote so far, and how many are in flight:
     tasks they take off the list move the rest up, so a page read at an offset may
@@ -634,6 +638,7 @@ def _best_for(
     judged twice; one jumped over would be missed)."""
     offset, size = 0, _FIRST_PAGE + ahead + spread - 1
     found: list[Task] = []
+    deferred: Task | None = None  # the first task ``accept`` takes that another holds
     judged = 0  # claims written when the last page judged was read
     reach = 0  # how far back of its place the page being read starts
     rereads = 0
@@ -657,20 +662,27 @@ def _best_for(
                 break  # claim order puts fillers last: no real work is left
             if found and task.priority != found[0].priority:
                 break  # spread among equals only: a higher priority still goes first
+            if deferred is not None and task.priority != deferred.priority:
+                break  # the held one, rather than a lower priority
             if any(task.id == other.id for other in found):
                 continue  # seen on the page before
             if accept(task, now):
+                if hold and store.held_elsewhere(task.id):
+                    deferred = deferred or task
+                    continue
                 found.append(task)
                 if len(found) == spread:
                     break
         else:
+            if deferred is not None:
+                break  # (rather than read on for an equal one nobody holds)
             judged, reach, rereads = written, 0, 0
             offset += size
             size = min(size * 4, _LARGEST_PAGE)  # a picky agent: read further ahead each time
             continue
         break
     if not found:
-        return None
+        return deferred
     return found[0] if len(found) == 1 else _SPREAD_RANDOM.choice(found)
 
 

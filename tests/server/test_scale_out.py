@@ -508,8 +508,9 @@ def test_a_server_reads_an_agents_record_once_not_once_a_message(
         client.get("stop-watching")
     watcher.join(10)
     assert not watcher.is_alive()
-    # 31 board messages: one read, then one more per AGENT_RECORD_SECONDS at most
-    assert 1 <= len(reads) <= 1 + int(elapsed / AGENT_RECORD_SECONDS), (elapsed, reads)
+    # 31 board messages: one read, then one more per AGENT_RECORD_SECONDS at most, and
+    # perhaps one after alice's enrollment event reached the second server's relay
+    assert 1 <= len(reads) <= 2 + int(elapsed / AGENT_RECORD_SECONDS), (elapsed, reads)
 
 
 def test_an_agent_enrolled_again_through_one_server_is_known_anew_by_the_others(

@@ -212,13 +212,13 @@ def test_claimants_of_one_server_claim_side_by_side_without_racing_each_other(
     assert most > 1  # side by side, not one at a time
 
 
-def test_a_claimant_holds_its_first_task_and_other_servers_claimants_pass_over_it(
+def test_a_claimant_holds_its_first_task_and_other_servers_claimants_see_it_held(
     servers: tuple[RedisStore, RedisStore], redis_server: RedisServer
 ) -> None:
     """A claimant's first page holds its first task: a claimant of another server,
-    looking meanwhile, passes over it (and holds the next one). Holds are let go when
-    the change is written or nothing is chosen, and are not logged in the append-only
-    file (no fsync for them)."""
+    looking meanwhile, sees it flagged as held, reads on for as many tasks nobody holds
+    and holds the first of those. Holds are let go when the change is written or
+    nothing is chosen, and are not logged in the append-only file (no fsync for them)."""
     one, two = servers
     logs = redis_server.directory
     before = {path: path.stat().st_size for path in logs.rglob("*.incr.aof")}
@@ -227,6 +227,7 @@ def test_a_claimant_holds_its_first_task_and_other_servers_claimants_pass_over_i
 
     def looks_and_leaves(store: Store) -> Outcome | None:
         pages["two"] = [task.id for task in store.available(0, 2, hold=True)]
+        pages["held elsewhere"] = [i for i in pages["two"] if store.held_elsewhere(i)]
         return None  # chose nothing: lets go of t1
 
     def claims_first(store: Store) -> Outcome:
@@ -237,7 +238,12 @@ def test_a_claimant_holds_its_first_task_and_other_servers_claimants_pass_over_i
         return claim(page[0], ALICE, T0, BoardConfig())
 
     one.transact(claims_first)
-    assert pages == {"one": ["t0", "t1"], "two": ["t1", "t2"], "two again": ["t0", "t1"]}
+    assert pages == {
+        "one": ["t0", "t1"],
+        "two": ["t0", "t1", "t2"],
+        "held elsewhere": ["t0"],
+        "two again": ["t0", "t1"],
+    }
     assert one.get("t0").owner == ALICE  # type: ignore[union-attr]
     assert one.redis.keys("{ifab}:h:*") == []  # both let go
     # what was appended to the log of commands since (a rewrite's snapshot of the data,
@@ -245,6 +251,73 @@ def test_a_claimant_holds_its_first_task_and_other_servers_claimants_pass_over_i
     logged = b"".join(path.read_bytes()[before.get(path, 0) :] for path in logs.rglob("*.incr.aof"))
     assert b"{ifab}:t:t0" in logged  # the claim is in the append-only file...
     assert b"{ifab}:h:" not in logged  # ...the holds are not
+
+
+GPU = ("gpu:render",)
+
+
+def _gpu_and_cpu_tasks(coordinator: Coordinator) -> None:
+    coordinator.create(
+        [
+            Task(id="a-gpu", title="x", priority=90, required_capabilities=GPU),
+            Task(id="b-gpu", title="x", priority=50, required_capabilities=GPU),
+            Task(id="c-cpu", title="x", priority=50),
+        ]
+    )
+
+
+def test_a_task_held_by_a_claimant_that_will_not_take_it_goes_to_one_that_will(
+    servers: tuple[RedisStore, RedisStore],
+) -> None:
+    """An agent without the GPU holds the first task (a GPU one) while it decides;
+    meanwhile a GPU agent on another server takes that task, not the lower-priority
+    GPU task nobody holds, nor nothing: a hold only says who is likely to take a task."""
+    one, two = servers
+    _gpu_and_cpu_tasks(Coordinator(one))
+    got: dict[str, Any] = {}
+
+    def cpu_agent_decides(store: Store) -> Outcome:
+        page = store.available(0, 3, hold=True)  # holds a-gpu, which it cannot take
+        got["gpu"] = Coordinator(two).claim_next(BOB, GPU)  # meanwhile
+        return claim(next(t for t in page if not t.required_capabilities), ALICE, T0, BoardConfig())
+
+    one.transact(cpu_agent_decides)
+    assert got["gpu"] is not None
+    assert got["gpu"].id == "a-gpu"
+    assert one.get("c-cpu").owner == ALICE  # type: ignore[union-attr]
+
+
+def test_a_task_held_by_a_claimant_of_the_same_server_that_will_not_take_it_is_taken(
+    redis_url: str,
+) -> None:
+    """The same, both claimants on one server: the GPU agent does not wait for, nor
+    pass over, the task the other claimant holds and will not take."""
+    store = RedisStore(redis_url)
+    coordinator = Coordinator(store)
+    _gpu_and_cpu_tasks(coordinator)
+    deciding, go_on = threading.Event(), threading.Event()
+
+    def cpu_only(task: Task, now: float) -> bool:
+        deciding.set()
+        go_on.wait(10)  # holds a-gpu meanwhile
+        return not task.required_capabilities
+
+    got: dict[str, Any] = {}
+    cpu = threading.Thread(
+        target=lambda: got.update(cpu=coordinator.claim_next(ALICE, accept=cpu_only))
+    )
+    cpu.start()
+    assert deciding.wait(10)
+    try:
+        got["gpu"] = coordinator.claim_next(BOB, GPU)
+    finally:
+        go_on.set()
+        cpu.join(10)
+    store.close()
+    assert got["gpu"] is not None
+    assert got["gpu"].id == "a-gpu"
+    assert got["cpu"] is not None
+    assert got["cpu"].id == "c-cpu"
 
 
 def test_claimants_of_two_servers_claim_side_by_side_without_racing_each_other(

@@ -119,11 +119,16 @@ class Store(Protocol):
         tasks, then highest priority, oldest, by id; a page of ``limit`` from ``offset``.
 
         ``hold`` (a claimant's first page, inside :meth:`transact`): a store shared by
-        several processes passes over the tasks other claimants are holding and holds
-        the first task of the page for this one until its transaction ends, so claimants
+        several processes flags the tasks other claimants are holding
+        (:meth:`held_elsewhere`), reads on until it has ``limit`` tasks not held, and
+        holds the first of those for this one until its transaction ends, so claimants
         of different servers do not all choose the same task (a hint only: a claim is
         still compared and set). A store with one writer process has no such claimants
         and ignores it."""
+
+    def held_elsewhere(self, task_id: str) -> bool:
+        """Whether another claimant held ``task_id`` when this transaction's first page
+        was read with ``hold`` (never, on a store with one writer process)."""
 
     def expired(self, now: float, limit: int = 500) -> list[Task]:
         """Owned tasks whose lease ran out before ``now``, soonest expired first, at most
@@ -271,6 +276,9 @@ class OneProcess:
         return None
 
     def unspent_nonce(self) -> bool:
+        return False
+
+    def held_elsewhere(self, task_id: str) -> bool:
         return False
 
     def note_seen(self, times: Mapping[str, float]) -> None:

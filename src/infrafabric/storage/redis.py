@@ -20,8 +20,10 @@ coordinator reads again and decides again, as it does on SQLite.
 Claimants on different servers would all choose the first available task, and all but
 one would lose the race and read again (with three servers, 1.6 writes and 22 task
 documents read a claim). So a claimant's first page **holds** a task: the script that
-reads it passes over the tasks other claimants hold, and marks the first one it returns
-as held by this claimant until its change is written (or ``HOLD_SECONDS``). A hold is a
+reads it flags the tasks other claimants hold (:meth:`RedisStore.held_elsewhere`), reads
+on until it has as many that nobody holds, and marks the first of those as held by this
+claimant until its change is written (or ``HOLD_SECONDS``). The coordinator takes a
+held task only when no task of its priority that nobody holds follows it. A hold is a
 hint, never a lock: it is not logged in the append-only file or sent to replicas (so
 taking one costs no fsync; a rewrite's snapshot may keep one, which expires as usual),
 and a claim is compared and set on its version all the same.
@@ -98,8 +100,8 @@ BUS_RETENTION: Final = 10_000
 #: How long a claimant holds the task it is deciding on, at most (it lets go when its
 #: change is written): the longest a crashed server keeps others off a task.
 HOLD_SECONDS: Final = 1.0
-#: Held tasks a claimant's first page reads past; beyond that it races for held ones.
-HOLD_REACH: Final = 256
+#: Held tasks a claimant's first page reads past, at most (and returns, flagged).
+HOLD_REACH: Final = 64
 
 _log = logging.getLogger(__name__)
 _ENCODER: Final = msgspec.json.Encoder()
@@ -263,10 +265,11 @@ return docs
 
 
 # ARGV: prefix, claimant, hold ms, page size, reach, then the tasks it held so far (let
-# go). The first page of available tasks in claim order, passing over the tasks another
-# claimant holds (up to ``reach`` of them); the first one returned is held for this
-# claimant. When every task within reach is held, the first ones, held or not (nobody
-# waits on a hint). Returns the id held ("" for none), then the task documents.
+# go). The head of the available list in claim order, until it has ``page size`` tasks
+# no other claimant holds (or ``reach`` more than that); the first of those is held for
+# this claimant. Tasks another claimant holds are returned too, flagged: they are
+# judged after the others (see Coordinator.claim_next), never hidden. Returns the id
+# held ("" for none), a flag per task ("1": held by another), then the task documents.
 _CLAIMABLE = """
 local p, holder, limit = ARGV[1], ARGV[2], tonumber(ARGV[4])
 -- Holds change nothing a crash must keep: none is logged in the append-only file or
@@ -278,33 +281,30 @@ for n = 6, #ARGV do
   if redis.call('GET', held) == holder then redis.call('DEL', held) end
 end
 if limit == 0 then return {''} end  -- only letting go
-local function id_of(ckey) return string.sub(ckey, string.find(ckey, '|', 1, true) + 1) end
 -- read in steps: there are seldom more held tasks than claimants in flight
-local reach, step, start, first = limit + tonumber(ARGV[5]), limit + 8, 0, {}
-local ids = {}
-while #ids < limit and start < reach do
+local reach, step, start = limit + tonumber(ARGV[5]), limit + 8, 0
+local ids, flags, free, held = {}, {}, 0, ''
+while free < limit and start < reach do
   local keys = redis.call('ZRANGE', p .. 'avail', start, math.min(start + step, reach) - 1)
   for _, ckey in ipairs(keys) do
-    local id = id_of(ckey)
-    if #first < limit then first[#first + 1] = id end
+    local id = string.sub(ckey, string.find(ckey, '|', 1, true) + 1)
     local by = redis.call('GET', p .. 'h:' .. id)
-    if not by or by == holder then
-      ids[#ids + 1] = id
-      if #ids == limit then break end
+    ids[#ids + 1] = id
+    if by and by ~= holder then
+      flags[#flags + 1] = '1'
+    else
+      flags[#flags + 1] = '0'
+      free = free + 1
+      if held == '' then held = id end
+      if free == limit then break end
     end
   end
   if #keys < step then break end
   start, step = start + step, step * 2
 end
-local held = ''
-if #ids == 0 then
-  ids = first
-else
-  held = ids[1]
-  redis.call('SET', p .. 'h:' .. held, holder, 'PX', ARGV[3])
-end
-local reply = {held}
-for n, id in ipairs(ids) do reply[n + 1] = redis.call('HGET', p .. 't:' .. id, 'd') or '' end
+if held ~= '' then redis.call('SET', p .. 'h:' .. held, holder, 'PX', ARGV[3]) end
+local reply = {held, table.concat(flags)}
+for n, id in ipairs(ids) do reply[n + 2] = redis.call('HGET', p .. 't:' .. id, 'd') or '' end
 return reply
 """
 
@@ -319,6 +319,7 @@ class _Transaction:
     outcomes: list[Outcome] = field(default_factory=list)
     documents: dict[str, bytes | None] = field(default_factory=dict)
     held: list[str] = field(default_factory=list)  # tasks held for this claimant
+    elsewhere: frozenset[str] = frozenset()  # tasks of its page other claimants held
 
 
 class RedisStore:
@@ -449,9 +450,8 @@ class RedisStore:
         txn = self._txn()
         if not hold or offset != 0 or txn is None:
             return self._tasks("avail", "avail", offset, offset + limit - 1)
-        # (Only the first page holds and passes over held tasks: it can only reach further
-        # down the list than an unfiltered one, so the next page, read by offset, leaves
-        # no gap after it.)
+        # (Only the first page holds; it is the head of the list, held tasks and all, so
+        # the next page, read by offset, leaves no gap after it.)
         with self._guard():
             reply = self._claimable(
                 client=self.redis,
@@ -465,7 +465,19 @@ class RedisStore:
                 ],
             )
         txn.held = [reply[0].decode()] if reply[0] else []
-        return [_TASK_DECODER.decode(doc) for doc in reply[1:] if doc]
+        page, elsewhere = [], set()
+        for flag, doc in zip(reply[1].decode(), reply[2:], strict=True):
+            if doc:
+                task = _TASK_DECODER.decode(doc)
+                page.append(task)
+                if flag == "1":
+                    elsewhere.add(task.id)
+        txn.elsewhere = frozenset(elsewhere)
+        return page
+
+    def held_elsewhere(self, task_id: str) -> bool:
+        txn = self._txn()
+        return txn is not None and task_id in txn.elsewhere
 
     def expired(self, now: float, limit: int = 500) -> list[Task]:
         return self._tasks("due", "leases", repr(float(now)), limit)
@@ -522,6 +534,9 @@ class RedisStore:
             if then is not None:
                 then(outcome)
             committing = True  # (the commit lets go of what this claimant held)
+        except StoreError:
+            txn.held = []  # Redis is failing: no more calls; the holds run out by themselves
+            raise
         finally:
             self._local.txn = None
             if txn.held and not committing:
