@@ -22,7 +22,7 @@ from infrafabric.coordinator import Coordinator
 from infrafabric.errors import StoreError, StoreUnavailable
 from infrafabric.server.relay import Relay
 from infrafabric.storage.base import Conflict, Replayed, Store
-from infrafabric.storage.redis import RedisStore, claim_key, redacted
+from infrafabric.storage.redis import RedisStore, claim_key, redacted, redis_version_supported
 from infrafabric.witness.redis_log import LogMoved, RedisWitnessLog
 from tests.redis_server import RedisServer
 
@@ -515,6 +515,24 @@ def test_an_unreachable_redis_fails_fast_and_a_restarted_one_is_used_again(
     assert store.get("a").title == "A"  # type: ignore[union-attr]  # the AOF kept it
     store.close()
     restarted.stop()
+
+
+def test_a_redis_too_old_for_the_store_is_refused_at_once_naming_its_version(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Streams and script effects came with Redis 5.0: an older one is refused when the
+    store opens, not at the first claim with a script error. (No old Redis here: the
+    real one is made to look too old by asking for a version beyond it.)"""
+    import infrafabric.storage.redis as redis_store
+
+    assert not redis_version_supported("4.0.14")
+    assert redis_version_supported("5.0.0")
+    assert redis_version_supported("7.0.15")
+    assert redis_version_supported("")  # unreadable: not refused
+    RedisStore(redis_url).close()  # the Redis of the tests is new enough
+    monkeypatch.setattr(redis_store, "OLDEST_REDIS", (99, 0))
+    with pytest.raises(StoreError, match=r"is version \d+\.\d+.*needs Redis 99\.0 or later"):
+        RedisStore(redis_url)
 
 
 def test_a_bad_url_is_a_clear_error_without_its_password() -> None:

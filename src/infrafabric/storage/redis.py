@@ -88,7 +88,7 @@ from infrafabric.storage.base import (
     StoredEvent,
 )
 
-__all__ = ["RedisStore", "claim_key", "redacted", "redis_errors"]
+__all__ = ["RedisStore", "claim_key", "redacted", "redis_errors", "redis_version_supported"]
 
 #: How long a delivered message id stays known, so a resend is not delivered twice: past
 #: the longest a message lives (its ``ttl`` is at most a day), the verifier refuses it.
@@ -360,6 +360,11 @@ class RedisStore:
                 first.ping()
         except ValueError as exc:
             raise StoreError(f"not a Redis URL: {self.url}: {exc}") from None
+        try:
+            _refuse_if_too_old(first, self.url)
+        except StoreError:
+            first.close()
+            raise
         _warn_if_evicting(first, self.url)
         self._apply = first.register_script(_APPLY)
         self._deliver = first.register_script(_DELIVER)
@@ -777,6 +782,36 @@ def redis_errors(url: str) -> Iterator[None]:
         raise StoreUnavailable(f"Redis at {url} is unavailable: {exc}") from None
     except redis.exceptions.RedisError as exc:
         raise StoreError(f"Redis at {url}: {exc}") from None
+
+
+#: The oldest Redis the store works with: streams (inboxes, events) and scripts that
+#: replicate their effects (``redis.set_repl``, for holds) came with 5.0.
+OLDEST_REDIS: Final = (5, 0)
+
+
+def _refuse_if_too_old(client: Any, url: str) -> None:
+    """A Redis older than :data:`OLDEST_REDIS` would fail at the first claim with a
+    script error: refuse it at once, naming the version. (A Redis that does not answer
+    ``INFO`` is given the benefit of the doubt.)"""
+    try:
+        version = str(client.info("server").get("redis_version", ""))
+    except redis.exceptions.RedisError:
+        return
+    if not redis_version_supported(version):
+        raise StoreError(
+            f"Redis at {url} is version {version}: InfraFabric needs Redis "
+            f"{'.'.join(map(str, OLDEST_REDIS))} or later (streams, script effects)"
+        )
+
+
+def redis_version_supported(version: str) -> bool:
+    """Whether a Redis that reports ``version`` (``INFO server``'s ``redis_version``,
+    "7.0.15") is new enough; an unreadable version is not refused."""
+    parts = version.split(".")
+    try:
+        return (int(parts[0]), int(parts[1]) if len(parts) > 1 else 0) >= OLDEST_REDIS
+    except ValueError:
+        return True
 
 
 def _warn_if_evicting(client: Any, url: str) -> None:
