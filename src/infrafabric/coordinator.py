@@ -199,7 +199,9 @@ class Coordinator:
                     free,
                     self.clock(),
                     # a first page that holds reads on past what other claimants hold
-                    # (those here included); one that does not must reach past them
+                    # (claimants here hold what they reserved, unless they lost a race
+                    # or chose a task past their held one: then a page may be spent on
+                    # reserved tasks); one that does not must reach past them
                     ahead=0 if hold else len(self._reserved),
                     spread=RACE_SPREAD if lost_a_race else 1,
                     shifted=self._shifted if self.store.shared else None,

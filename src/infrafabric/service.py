@@ -278,9 +278,7 @@ class FabricService:
                 if self.governor is not None:
                     self.governor.register(record.id, manifest)
         finally:  # (a store without rollback may hold the new record even so)
-            with self._records_lock:
-                self._records_generation += 1
-                self._records.pop(record.id, None)
+            self._forget_records(record.id)
 
     def check_manifest(self, agent: AgentId, manifest: Manifest) -> None:
         """Refuse (``INVALID_MANIFEST``, 422) a manifest the governor's policy does not accept."""
@@ -374,9 +372,17 @@ class FabricService:
         read the agents' records afresh (an enrollment may have changed them)."""
         with self._verify_lock:
             self._load_shared_keys()
+        self._forget_records()
+
+    def _forget_records(self, agent: AgentId | None = None) -> None:
+        """Drop the kept record of ``agent`` (of every agent: ``None``); a record being
+        read meanwhile is not kept either (see :meth:`agent`)."""
         with self._records_lock:
-            self._records_generation += 1  # (a record being read now is not kept)
-            self._records.clear()
+            self._records_generation += 1
+            if agent is None:
+                self._records.clear()
+            else:
+                self._records.pop(agent, None)
 
     def reload_keys_if_due(self, now: Timestamp) -> bool:
         """On a shared store, for a key not known here: read the shared keys again, at
