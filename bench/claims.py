@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import sqlite3
 import statistics
 import sys
@@ -305,8 +306,38 @@ def governor_cost(quick: bool) -> list[tuple[str, str]]:
     return with_and_without("--governor", "--no-governor", "the governor", quick)
 
 
+def ratio_interval(
+    ours: Sequence[float], theirs: Sequence[float], draws: int = 4000, seed: int = 0
+) -> tuple[float, float, float]:
+    """The ratio of the medians of two paired series (``ours[i]`` and ``theirs[i]`` were
+    measured in the same round), and a 95 % interval for it: the rounds resampled with
+    replacement ``draws`` times (a bootstrap; seeded, so a run's figures are its own)."""
+    if len(ours) != len(theirs) or not ours:
+        raise ValueError("two series of the same, non-zero length")
+    rounds = len(ours)
+    draw = random.Random(seed)
+
+    def ratio(picked: Sequence[int]) -> float:
+        return statistics.median(ours[i] for i in picked) / statistics.median(
+            theirs[i] for i in picked
+        )
+
+    resampled = sorted(ratio([draw.randrange(rounds) for _ in range(rounds)]) for _ in range(draws))
+    return ratio(range(rounds)), resampled[int(0.025 * draws)], resampled[int(0.975 * draws) - 1]
+
+
+def verdict(low: float, high: float, limit: float) -> str:
+    """Met when the whole interval is under ``limit``, missed when it is all over it;
+    otherwise this machine's noise cannot tell."""
+    if high < limit:
+        return "met"
+    if low > limit:
+        return "missed"
+    return "not decided here (the interval spans the aim)"
+
+
 def with_and_without(
-    on: str, off: str, what: str, quick: bool, aim: str = ""
+    on: str, off: str, what: str, quick: bool, aim: str = "", limit: float | None = None
 ) -> list[tuple[str, str]]:
     """Claim p99 at 1,000/s (FULL) with ``on`` and with ``off``, and between two servers
     both ``off`` (a control: how far two identical servers differ here, the smallest
@@ -318,7 +349,10 @@ def with_and_without(
     land in one run or the other. Short windows in turn spread them over all three
     servers alike. Two figures: the p99 of all of a server's claims pooled (what its
     clients saw), and the median of its windows' p99s (what a window without one of the
-    machine's stalls saw: the fabric's own share)."""
+    machine's stalls saw: the fabric's own share). The median-window figures, p99 and
+    p50, come with a 95 % interval over the rounds (:func:`ratio_interval`), the
+    control's too; given ``limit`` (the aim as a ratio: 1.10 for "worse by < 10 %"), a
+    verdict that says "met" only when the whole p99 interval is under it."""
     rate, seconds, windows = (200.0, 1.0, 6) if quick else (1000.0, 2.0, 18)
     options, labels = (on, off, off), (on, off, f"{off}, again")
     rows = [
@@ -352,6 +386,19 @@ def with_and_without(
                 f"claim p99 with {what} vs without, {name}",
                 f"{p99s[0] / 1000:.2f} vs {p99s[1] / 1000:.2f} ms: {p99s[0] / p99s[1] - 1:+.0%}"
                 f"{aim}; two servers without it: {p99s[2] / p99s[1] - 1:+.0%} (control)",
+            )
+        )
+    for index, name in ((2, "p99"), (0, "p50")):
+        series = [[percentiles(window)[index] for window in each] for each in per_window]
+        ratio, low, high = ratio_interval(series[0], series[1])
+        control = ratio_interval(series[2], series[1])
+        judged = f"; {verdict(low, high, limit)}" if limit is not None and name == "p99" else ""
+        rows.append(
+            (
+                f"claim {name} with {what} vs without, median window, 95 % interval",
+                f"{ratio - 1:+.0%} ({low - 1:+.0%} to {high - 1:+.0%}){judged}; control"
+                f" {control[0] - 1:+.0%} ({control[1] - 1:+.0%} to {control[2] - 1:+.0%}),"
+                f" {windows} rounds",
             )
         )
     return rows

@@ -10,6 +10,10 @@
   (``--quick``: one, three); 100 SDK agents (one load process) claim in a closed loop
   (saturation, the mean of each size's turns), then, at each size's first turn, at a
   steady offered rate (latency percentiles), spread evenly over the servers.
+* The floor under those latencies: one ``ifab serve`` on its embedded SQLite (FULL, no
+  Redis at all) at the same offered rate. A claim through any server is a signed
+  message (signing, a WebSocket, verification, the reply); this row says what that
+  costs here without a single Redis round trip, beside the raw ``SET NX``.
 
 Redis runs with ``appendonly yes``, ``appendfsync always`` (an acknowledged claim survives
 a crash of Redis). Everything (Redis, the servers, the load process) shares the
@@ -44,12 +48,14 @@ from tests.harness import Fabric, enroll, free_port
 from tests.redis_server import RedisServer
 
 from claims import (
+    RunningFabric,
     closed_loop,
     connected,
     fill,
     paced,
     percentiles,
     render,
+    server_steady,
     timed,
     witness_settled,
 )
@@ -201,8 +207,18 @@ async def steady(
         return await paced(clients, rate, seconds)
 
 
+async def _steady_on_sqlite(rate: float, seconds: float) -> list[float]:
+    fabric = RunningFabric("FULL")
+    try:
+        agents = [fabric.enroll(f"bench-{n:03d}") for n in range(100)]
+        samples, _ = await server_steady(fabric, agents, rate, seconds)
+        return samples
+    finally:
+        fabric.close()
+
+
 def through_servers(
-    url: str, count: int, quick: bool, flush: Callable[[], None]
+    url: str, count: int, quick: bool, flush: Callable[[], None], raw_set_nx: float
 ) -> list[tuple[str, str]]:
     # the steady rate: well under one server's saturation here, so latency is service
     # time, not a queue
@@ -242,6 +258,21 @@ def through_servers(
         )
     ratio = statistics.mean(throughput[3]) / statistics.mean(throughput[1])
     rows.append(("3 servers vs 1, saturation", f"{ratio:.2f}x (aim: more than 1x)"))
+    floor = asyncio.run(_steady_on_sqlite(rate, seconds))
+    p50, p95, p99 = percentiles(floor)
+    rows.append(
+        (
+            f"floor: 1 server on SQLite (FULL, no Redis), claim at {rate:.0f}/s offered",
+            f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms",
+        )
+    )
+    for label, samples in (
+        ("1 server over Redis", latency[1]),
+        ("3 servers over Redis", latency[3]),
+        ("floor, SQLite server", floor),
+    ):
+        times = statistics.median(samples) / raw_set_nx
+        rows.append((f"{label}: claim p50 vs raw SET NX p50", f"{times:.1f}x (aim: within 3x)"))
     return rows
 
 
@@ -261,7 +292,7 @@ def main(quick: bool = False) -> None:
             rows += [_row(name, samples) for name, samples in etcd]
             if not etcd:
                 rows.append(("etcd compare-and-set", "skipped: etcd is not installed"))
-            rows += through_servers(server.url, count, quick, server.flush)
+            rows += through_servers(server.url, count, quick, server.flush, raw)
             rows.append(("(a server claim signs, verifies and witnesses; see claims above)", ""))
         finally:
             server.stop()
