@@ -365,6 +365,7 @@ def test_during_a_redis_outage_requests_fail_fast_and_retryable_then_recover(
     try:
         cluster.start()
         identity = cluster.enroll("outage")
+        by_http = cluster.enroll("outage-http")
 
         async def scenario() -> None:
             async with Client.connect(cluster.urls[0], identity, timeout=10) as client:
@@ -378,6 +379,22 @@ def test_during_a_redis_outage_requests_fail_fast_and_retryable_then_recover(
                 with pytest.raises(RemoteError) as read_refused:
                     await client.tasks()
                 assert read_refused.value.code == "STORE_UNAVAILABLE"
+                # over plain HTTP, a change refused by the committer's batch says when to
+                # try again, as a refused read does
+                wire = encode_json(
+                    signed_request(by_http, "if://service/board", {"op": "claim_next"})
+                )
+                for response in (
+                    httpx.post(f"{cluster.urls[0]}/v1/messages", content=wire, timeout=10),
+                    httpx.get(
+                        f"{cluster.urls[0]}/v1/tasks",
+                        headers={"authorization": f"Bearer {cluster.servers[0].admin_token}"},
+                        timeout=10,
+                    ),
+                ):
+                    assert response.status_code == 503, response.text
+                    assert response.headers["retry-after"] == "1"
+                    assert response.json()["error"]["code"] == "STORE_UNAVAILABLE"
                 redis_server.start()  # same port, same append-only file
                 task = await client.claim_next()  # the server reconnected by itself
                 assert task is not None

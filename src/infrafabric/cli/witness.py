@@ -44,7 +44,7 @@ Data = Annotated[
 Component = Annotated[
     str | None,
     typer.Option(
-        "--component", help="Only this component: board, keys, verify, governor, witness."
+        "--component", help="Only this component: board, keys, verify, governor, mesh, witness."
     ),
 ]
 Event = Annotated[

@@ -214,15 +214,21 @@ def _route(state: ServerState, handler: Handler) -> Callable[[Request], Awaitabl
         try:
             result = await handler(state, request)
         except ServiceError as exc:
-            return _json(exc.to_json(), exc.status)
+            return _refusal(exc)
         except StoreError as exc:  # Redis down, a disk gone: retryable, said so
-            refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
-            response = _json(refusal.to_json(), 503)
-            response.headers["retry-after"] = "1"
-            return response
+            return _refusal(ServiceError("STORE_UNAVAILABLE", str(exc), 503))
         return _json(result, 200)
 
     return endpoint
+
+
+def _refusal(refusal: ServiceError) -> Response:
+    """A refusal as JSON; a 503 (``STORE_UNAVAILABLE``, ``BUSY``: retry later) says when,
+    whether the store failed in the route or in the committer's batch."""
+    response = _json(refusal.to_json(), refusal.status)
+    if refusal.status == 503:
+        response.headers["retry-after"] = "1"
+    return response
 
 
 def _json(document: Any, status: int) -> Response:
