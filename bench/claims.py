@@ -337,7 +337,13 @@ def verdict(low: float, high: float, limit: float) -> str:
 
 
 def with_and_without(
-    on: str, off: str, what: str, quick: bool, aim: str = "", limit: float | None = None
+    on: str,
+    off: str,
+    what: str,
+    quick: bool,
+    aim: str = "",
+    limit: float | None = None,
+    windows: int | None = None,
 ) -> list[tuple[str, str]]:
     """Claim p99 at 1,000/s (FULL) with ``on`` and with ``off``, and between two servers
     both ``off`` (a control: how far two identical servers differ here, the smallest
@@ -352,8 +358,10 @@ def with_and_without(
     machine's stalls saw: the fabric's own share). The median-window figures, p99 and
     p50, come with a 95 % interval over the rounds (:func:`ratio_interval`), the
     control's too; given ``limit`` (the aim as a ratio: 1.10 for "worse by < 10 %"), a
-    verdict that says "met" only when the whole p99 interval is under it."""
-    rate, seconds, windows = (200.0, 1.0, 6) if quick else (1000.0, 2.0, 18)
+    verdict that says "met" only when the whole p99 interval is under it. ``windows``:
+    more rounds than the default, for a narrower interval (about 1/sqrt as wide)."""
+    rate, seconds, rounds = (200.0, 1.0, 6) if quick else (1000.0, 2.0, 18)
+    windows = windows or rounds
     options, labels = (on, off, off), (on, off, f"{off}, again")
     rows = [
         (f"machine stalls before the runs with and without {what}", stalls.measure().describe())

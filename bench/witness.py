@@ -206,9 +206,15 @@ def written_per_entry(directory: Path, log: WitnessLog, size: int) -> list[tuple
     return rows
 
 
-def claim_cost(quick: bool) -> list[tuple[str, str]]:
+def claim_cost(quick: bool, windows: int | None = None) -> list[tuple[str, str]]:
     return claims.with_and_without(
-        "--witness", "--no-witness", "the witness", quick, " (aim: worse by < 10 %)", limit=1.10
+        "--witness",
+        "--no-witness",
+        "the witness",
+        quick,
+        " (aim: worse by < 10 %)",
+        limit=1.10,
+        windows=windows,
     )
 
 

@@ -149,9 +149,18 @@ class FabricService:
 
     # -- messages -------------------------------------------------------------------------
 
-    def handle(self, data: bytes, *, now: Timestamp, local: bool = False) -> dict[str, Any]:
+    def handle(
+        self,
+        data: bytes,
+        *,
+        now: Timestamp,
+        local: bool = False,
+        recorded: list[IFMessage] | None = None,
+    ) -> dict[str, Any]:
         """Verify and carry out one wire message; returns the JSON-ready reply or raises
-        :class:`ServiceError`."""
+        :class:`ServiceError`. A message that passed every check of the verifier (its
+        nonce and sequence number now recorded) is appended to ``recorded``: should the
+        store then fail, :meth:`handle_batch` takes that record back."""
         with self._verify_lock:
             verdict = self.verifier.check(data, now=now, local=local)
             if verdict.reason is Reason.UNKNOWN_KEY and self._may_reload_keys(now):
@@ -160,22 +169,39 @@ class FabricService:
                 self._load_shared_keys()
                 verdict = self.verifier.check(data, now=now, local=local)
             message = _accepted(verdict)
+            if recorded is not None and verdict.reason is None:
+                recorded.append(message)
             # an operator's authority needs a message that passed every check: audit mode
             # accepts a forged or replayed one, which proves nothing about its sender
             key = verdict.key if verdict.reason is None else None
             window = self.verifier.sequences.snapshot(message.sender)
         # Each server keeps its own replay windows; over a shared store one more check
         # makes a replay through another server fail too: the nonce, recorded once for
-        # the fabric until the message expires.
+        # the fabric until the message expires (spent by _carry_out).
         spend = self.store.shared and verdict.reason is None
+        try:
+            reply = self._carry_out(message, data, key, now, spend)
+        except StoreError:
+            raise  # not carried out: the sender may send it again (handle_batch)
+        except BaseException:
+            self._remember_window(message.sender, window)  # a refusal answers it
+            raise
+        self._remember_window(message.sender, window)
+        return reply
+
+    def _remember_window(self, sender: AgentId, window: tuple[int, int] | None) -> None:
+        if window is not None and not self.store.shared:
+            # (A shared store records every nonce instead: no window to keep.) Durable
+            # with the message's effects (one commit in a batch): after a crash the
+            # restarted verifier still refuses a replay of anything acknowledged. A window
+            # only grows, so the store keeps the widest it is given.
+            self.store.remember_sequence(sender, *window)
+
+    def _carry_out(
+        self, message: IFMessage, data: bytes, key: KeyRecord | None, now: Timestamp, spend: bool
+    ) -> dict[str, Any]:
         if spend and message.receivers != (ops.BOARD,):
             self._spend_nonce(message, now)
-        if window is not None and not self.store.shared:
-            # (A shared store records every nonce instead, above: no window to keep.)
-            # Durable with the message's effects (one commit in a batch): after a crash
-            # the restarted verifier still refuses a replay of anything acknowledged. A
-            # window only grows, so the store keeps the widest it is given.
-            self.store.remember_sequence(message.sender, *window)
         receivers = message.receivers
         self._operation.name = _operation_of(receivers)
         if key is not None and receivers != (ops.BOARD,):  # (board operations count already)
@@ -217,31 +243,49 @@ class FabricService:
         :meth:`~infrafabric.storage.base.Store.batch`): the reply or refusal of each, in
         order. Each message succeeds or fails on its own; live announcements (board
         events, deliveries, topic messages) go out only once the commit is durable. If
-        the commit fails, every message of the batch is refused with STORE_UNAVAILABLE."""
+        the commit fails, every message of the batch is refused with STORE_UNAVAILABLE.
+
+        A message refused because the store failed was never carried out, so the
+        verifier's record of it (nonce, sequence number) is taken back: a client that
+        sends the very same bytes again after the 503 (as ``Retry-After`` invites) is
+        not refused as a replay. (Over a shared store, a nonce a message other than a
+        board change already spent in the store before it failed stays spent there.)"""
         results: list[dict[str, Any] | ServiceError] = []
         begun: list[tuple[str, float]] = []  # each message's operation and start
+        recorded: list[IFMessage] = []  # messages whose replay state the verifier recorded
         with self._announced_after_commit() as held:
             try:
                 with self.store.batch():
                     for data, now in batch:
                         begun.append(("unverified", time.perf_counter()))
                         self._operation.name = "unverified"
+                        before = len(recorded)
                         try:
-                            results.append(self.handle(data, now=now))
+                            results.append(self.handle(data, now=now, recorded=recorded))
                         except ServiceError as exc:
                             results.append(exc)
                         except StoreError as exc:  # if the batch is lost, the commit says so
                             results.append(ServiceError("STORE_UNAVAILABLE", str(exc), 503))
+                            self._forget(recorded[before:])
+                            del recorded[before:]
                         except Exception as exc:  # a bug: this message fails, not the batch
                             _log.exception("message failed")
                             results.append(ServiceError("INTERNAL", f"{type(exc).__name__}", 500))
                         begun[-1] = (self._operation.name, begun[-1][1])
             except StoreError as exc:
                 held.clear()  # none of it happened: nothing to announce
+                self._forget(recorded)
                 refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
                 results = [refusal] * len(batch)
         self._observe(begun, results)
         return results
+
+    def _forget(self, messages: Sequence[IFMessage]) -> None:
+        """Take back the verifier's record of ``messages``, which were not carried out."""
+        if messages:
+            with self._verify_lock:
+                for message in messages:
+                    self.verifier.forget(message)
 
     def _observe(
         self, begun: Sequence[tuple[str, float]], results: Sequence[dict[str, Any] | ServiceError]

@@ -7,6 +7,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from infrafabric.protocol.replay import NonceCache, SequenceWindow, SequenceWindows
+from infrafabric.types import AgentId
+
+ALICE = AgentId("if://agent/alice")
+BOB = AgentId("if://agent/bob")
 
 
 @given(size=st.integers(1, 70), numbers=st.lists(st.integers(1, 200), max_size=120))
@@ -81,3 +85,46 @@ def test_a_restored_window_refuses_what_the_original_refused(size: int, numbers:
         assert restored.would_accept("if://agent/a", number) == original.would_accept(
             "if://agent/a", number
         )
+
+
+def test_a_forgotten_nonce_may_be_used_again_and_its_old_entry_expires_harmlessly() -> None:
+    cache = NonceCache()
+    cache.add(ALICE, "n1", expires_at=100.0, now=0.0)
+    cache.forget(ALICE, "n1")
+    assert not cache.seen(ALICE, "n1", now=1.0)
+    cache.add(ALICE, "n1", expires_at=200.0, now=1.0)  # sent again, kept longer
+    cache.add(ALICE, "n2", expires_at=150.0, now=120.0)  # prunes the stale entry for n1
+    assert cache.seen(ALICE, "n1", now=120.0)  # the new entry survived the old one's pruning
+    assert len(cache) == 2
+    cache.forget(ALICE, "never-added")  # harmless
+    assert len(cache) == 2
+
+
+def test_eviction_passes_over_forgotten_entries() -> None:
+    cache = NonceCache(max_entries=2)
+    cache.add(ALICE, "a", expires_at=10.0, now=0.0)
+    cache.add(ALICE, "b", expires_at=20.0, now=0.0)
+    cache.forget(ALICE, "a")  # its heap entry, the first to evict, is stale
+    cache.add(ALICE, "c", expires_at=30.0, now=0.0)
+    assert cache.evictions == 0  # room was there: nothing live was evicted
+    cache.add(ALICE, "d", expires_at=40.0, now=0.0)
+    assert cache.evictions == 1
+    assert [cache.seen(ALICE, n, now=0.0) for n in "abcd"] == [False, False, True, True]
+
+
+def test_a_forgotten_sequence_number_is_accepted_once_more() -> None:
+    windows = SequenceWindows(window=4)
+    windows.accept(ALICE, 5)
+    windows.forget(ALICE, 5)
+    assert windows.would_accept(ALICE, 5)
+    assert windows.highest(ALICE) == 5  # a window never moves back
+    windows.accept(ALICE, 5)
+    windows.accept(ALICE, 6)
+    windows.forget(ALICE, 5)  # below the highest, inside the window
+    assert windows.would_accept(ALICE, 5)
+    assert not windows.would_accept(ALICE, 6)
+    windows.accept(ALICE, 20)
+    windows.forget(ALICE, 6)  # fell out of the window: still refused as too old
+    assert not windows.would_accept(ALICE, 6)
+    windows.forget(BOB, 1)  # a sender never seen: harmless
+    assert windows.would_accept(BOB, 1)

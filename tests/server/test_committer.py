@@ -139,6 +139,76 @@ def test_a_failed_commit_refuses_the_whole_batch_and_announces_nothing(tmp_path:
     assert service.store.tasks() == []
 
 
+def test_a_batch_lost_after_its_messages_were_verified_may_be_sent_again(
+    tmp_path: Path,
+) -> None:
+    """The batch's transaction is lost after its first message was verified and carried
+    out (SQLite rolls it all back, as on an I/O error): nothing happened, so the very same
+    bytes sent again are no replay; the verifier took back its record of them."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    outbox = Outbox(agent)
+    db = service.store._db  # type: ignore[attr-defined]
+    db.execute(
+        "CREATE TEMP TRIGGER lose BEFORE INSERT ON inbox"
+        " BEGIN SELECT RAISE(ROLLBACK, 'the disk said no'); END"
+    )
+    batch = [
+        (_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()),
+        (
+            encode_json(
+                outbox.message(
+                    now=time.time(), performative="inform", receiver=agent.agent, content={}
+                )
+            ),
+            time.time(),
+        ),
+        (_request(outbox, {"op": "claim_next"}), time.time()),
+    ]
+    lost = service.handle_batch(batch)
+    assert [getattr(r, "code", None) for r in lost] == ["STORE_UNAVAILABLE"] * 3
+    assert service.store.tasks() == []
+    db.execute("DROP TRIGGER lose")
+    created, delivered, claimed = service.handle_batch(batch)
+    assert isinstance(created, dict), created
+    assert isinstance(delivered, dict), delivered
+    assert isinstance(claimed, dict), claimed
+    assert claimed["task"]["state"] == "claimed"
+    # now that they were carried out, a third time is a replay
+    again = service.handle_batch(batch[:1])
+    assert [getattr(r, "code", None) for r in again] == ["REPLAY"]
+
+
+def test_a_message_the_store_failed_alone_may_be_sent_again(tmp_path: Path) -> None:
+    """A message refused on its own by a store error (the rest of its batch committed)
+    was not carried out: the same bytes again are accepted, not refused as a replay."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    outbox = Outbox(agent)
+    # a real SQLite refusal of the inbox write (as a full disk would refuse it), once
+    db = service.store._db  # type: ignore[attr-defined]
+    db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON inbox"
+        " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
+    )
+    direct = encode_json(
+        outbox.message(now=time.time(), performative="inform", receiver=agent.agent, content={})
+    )
+    create = _request(outbox, {"op": "create", "tasks": [{"title": "x"}]})
+    first = service.handle_batch([(direct, time.time()), (create, time.time())])
+    assert getattr(first[0], "code", None) == "STORE_UNAVAILABLE"
+    assert isinstance(first[1], dict)  # its neighbour in the batch was carried out
+    # the window kept for a restart holds the creation's number (2), not the refused
+    # message's (1): after a crash, too, it may come again
+    assert service.store.sequences() == [(agent.agent, 2, 0b1)]
+    db.execute("DROP TRIGGER refuse")
+    (second,) = service.handle_batch([(direct, time.time())])
+    assert isinstance(second, dict), second
+    assert second["delivered"][0]["receiver"] == agent.agent
+    (third,) = service.handle_batch([(create, time.time())])
+    assert getattr(third, "code", None) == "REPLAY"
+
+
 @pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "on-loop"])
 @pytest.mark.parametrize("max_batch", [1, 64])
 def test_close_finishes_what_was_submitted(tmp_path: Path, max_batch: int, on_loop: bool) -> None:

@@ -370,6 +370,7 @@ def test_during_a_redis_outage_requests_fail_fast_and_retryable_then_recover(
         async def scenario() -> None:
             async with Client.connect(cluster.urls[0], identity, timeout=10) as client:
                 await client.create_task("before the outage", id="a")
+                await client.create_task("claimed once Redis is back", id="b")
                 redis_server.stop(hard=True)
                 with pytest.raises(RemoteError) as refused:
                     await client.claim_next()
@@ -399,6 +400,11 @@ def test_during_a_redis_outage_requests_fail_fast_and_retryable_then_recover(
                 task = await client.claim_next()  # the server reconnected by itself
                 assert task is not None
                 assert task["id"] == "a"
+                # the very bytes refused during the outage, sent again as Retry-After
+                # invites: no replay, since nothing of them was carried out
+                again = httpx.post(f"{cluster.urls[0]}/v1/messages", content=wire, timeout=10)
+                assert again.status_code == 200, again.text
+                assert again.json()["task"]["id"] == "b"
 
         asyncio.run(scenario())
     finally:

@@ -42,18 +42,30 @@ class NonceCache:
     def add(self, sender: AgentId, nonce: str, expires_at: Timestamp, now: Timestamp) -> None:
         """Remember ``nonce`` until ``expires_at``; prunes expired entries as it goes."""
         self._prune(now)
-        if len(self._expiry) >= self.max_entries:
-            _, old_sender, old_nonce = heapq.heappop(self._heap)
-            del self._expiry[(old_sender, old_nonce)]
-            self.evictions += 1
+        while len(self._expiry) >= self.max_entries:
+            if self._drop(*heapq.heappop(self._heap)):
+                self.evictions += 1
         self._expiry[(sender, nonce)] = expires_at
         heapq.heappush(self._heap, (expires_at, sender, nonce))
+
+    def forget(self, sender: AgentId, nonce: str) -> None:
+        """Take back :meth:`add`: the message that used ``nonce`` was never carried out
+        (its store failed), so the same message sent again is not a replay. Its heap
+        entry stays behind and is dropped when due (:meth:`_drop` tells it is stale)."""
+        self._expiry.pop((sender, nonce), None)
 
     def _prune(self, now: Timestamp) -> None:
         heap = self._heap
         while heap and heap[0][0] < now:
-            _, sender, nonce = heapq.heappop(heap)
-            del self._expiry[(sender, nonce)]
+            self._drop(*heapq.heappop(heap))
+
+    def _drop(self, expires_at: Timestamp, sender: AgentId, nonce: str) -> bool:
+        """Drop the entry a heap item stands for, unless it was forgotten (and perhaps
+        added again, with an expiry of its own) since; whether one was dropped."""
+        if self._expiry.get((sender, nonce)) != expires_at:
+            return False
+        del self._expiry[(sender, nonce)]
+        return True
 
 
 @dataclass(slots=True)
@@ -88,6 +100,14 @@ class SequenceWindow:
         else:
             self.seen |= 1 << (self.highest - number)
 
+    def forget(self, number: int) -> None:
+        """Take back :meth:`accept` of ``number`` (its message was never carried out): the
+        number is accepted once more. ``highest`` stays where it is: numbers further
+        below are refused as before, and a window never moves back."""
+        offset = self.highest - number
+        if 0 <= offset < self.size:
+            self.seen &= ~(1 << offset)
+
 
 class SequenceWindows:
     """One :class:`SequenceWindow` per sender, created on first accepted message."""
@@ -110,6 +130,12 @@ class SequenceWindows:
         if window is None:
             window = self._windows[sender] = SequenceWindow(self.window)
         window.accept(number)
+
+    def forget(self, sender: AgentId, number: int) -> None:
+        """Take back :meth:`accept` (see :meth:`SequenceWindow.forget`)."""
+        window = self._windows.get(sender)
+        if window is not None:
+            window.forget(number)
 
     def highest(self, sender: AgentId) -> int:
         """The highest number accepted from ``sender`` (0 if none)."""

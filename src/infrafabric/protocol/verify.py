@@ -197,6 +197,13 @@ class Verifier:
                 reason, detail = Reason.UNAUTHORIZED, refusal
         return self._finish(reason, detail or resolution.detail, message, resolution.record)
 
+    def forget(self, message: IFMessage) -> None:
+        """Take back what :meth:`check` recorded of ``message`` (its nonce and sequence
+        number): it was never carried out, its store having failed, and the sender may send
+        the same bytes again. Harmless for a message that recorded nothing."""
+        self.nonces.forget(message.sender, message.nonce)
+        self.sequences.forget(message.sender, message.sequence_num)
+
     def _check_clock(
         self, sent_at: Timestamp, ttl: int, now: Timestamp
     ) -> tuple[Reason | None, str]:
