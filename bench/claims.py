@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import math
 import os
 import random
 import sqlite3
@@ -31,6 +32,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 import stalls  # bench/stalls.py: how often the machine takes the CPU away
 from infrafabric import SigningIdentity
@@ -231,16 +233,39 @@ async def server_saturation(
 
 async def server_steady(
     fabric: RunningFabric, agents: list[SigningIdentity], rate: float, seconds: float
-) -> tuple[list[float], float]:
+) -> tuple[list[float], float, float]:
+    """Claim latencies at ``rate``; the rate achieved; and the share of the claims whose
+    handling and commit in the server alone (its ``ifab_operation_seconds`` histogram)
+    took more than 5 ms: how much of a p99 over 5 ms the server's own work explains."""
     await fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
     # Latency is measured on a settled server, not on the tail of a flood: the WAL the
     # previous phase and the fill left is copied, the witness has caught up.
     await asyncio.sleep(2)
     await fabric.witness_settled()
     async with connected(fabric.fabric.url, agents) as clients:
+        before = await claim_next_buckets(fabric.fabric.url, fabric.admin)
         started = time.monotonic()
         samples = await paced(clients, rate, seconds)
-        return samples, len(samples) / (time.monotonic() - started)
+        achieved = len(samples) / (time.monotonic() - started)
+        after = await claim_next_buckets(fabric.fabric.url, fabric.admin)
+    count = after[math.inf] - before.get(math.inf, 0.0)
+    within = after[0.005] - before.get(0.005, 0.0)
+    return samples, achieved, 1.0 - within / count if count else 0.0
+
+
+async def claim_next_buckets(url: str, admin: str) -> dict[float, float]:
+    """The server's ``ifab_operation_seconds`` buckets for ``claim_next`` (upper bound:
+    how many took at most that long, from verification to commit)."""
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{url}/metrics", headers={"authorization": f"Bearer {admin}"})
+    response.raise_for_status()
+    return {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(response.text)
+        if family.name == "ifab_operation_seconds"
+        for sample in family.samples
+        if sample.name.endswith("_bucket") and sample.labels.get("op") == "claim_next"
+    }
 
 
 async def direct_messages(
@@ -461,14 +486,24 @@ def server_rows(synchronous: str, quick: bool) -> list[tuple[str, str]]:
             for _ in range(1 if quick else 3)
         ]
         p50, p95, p99 = (
-            statistics.median(run) for run in zip(*(percentiles(s) for s, _ in runs), strict=True)
+            statistics.median(run)
+            for run in zip(*(percentiles(s) for s, _, _ in runs), strict=True)
         )
-        each = ", ".join(f"{percentiles(s)[2] / 1000:.2f}" for s, _ in runs)
-        achieved = min(got for _, got in runs)
+        each = ", ".join(f"{percentiles(s)[2] / 1000:.2f}" for s, _, _ in runs)
+        achieved = min(got for _, got, _ in runs)
+        over = ", ".join(
+            f"{sum(1 for x in s if x > 0.005) / len(s):.2%} / {slow:.2%}" for s, _, slow in runs
+        )
         rows.append(
             (
                 f"server {synchronous}: claim_next at {rate:,.0f}/s offered (median of {len(runs)})",
                 f"p50 {p50 / 1000:6.2f} ms  p95 {p95 / 1000:6.2f} ms  p99 {p99 / 1000:6.2f} ms  achieved {achieved:,.0f}/s (aim: p99 < 5 ms); p99 of each run: {each} ms",
+            )
+        )
+        rows.append(
+            (
+                f"server {synchronous}: claims over 5 ms, end to end / in the server",
+                f"{over} (each run; in the server: from verification to commit)",
             )
         )
         messages = asyncio.run(direct_messages(fabric, agents[1], agents[2], 100 if quick else 500))
