@@ -50,6 +50,27 @@ def _service(path: Path, agents: list[SigningIdentity]) -> RecordingService:
     return service
 
 
+def _inbox_refused(service: FabricService, how: str) -> sqlite3.Connection:
+    """Make SQLite itself refuse every write to the inbox (as a full disk would), until
+    ``DROP TRIGGER refuse``: ``ABORT`` fails that write alone, ``ROLLBACK`` loses the
+    whole transaction. The store's connection, for dropping it."""
+    db: sqlite3.Connection = service.store._db  # type: ignore[attr-defined]
+    db.execute(
+        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON inbox"
+        f" BEGIN SELECT RAISE({how}, 'the disk said no'); END"
+    )
+    return db
+
+
+def _note_to_self(outbox: Outbox) -> bytes:
+    """A direct message to its own sender: a write to the inbox."""
+    return encode_json(
+        outbox.message(
+            now=time.time(), performative="inform", receiver=outbox.identity.agent, content={}
+        )
+    )
+
+
 def _request(outbox: Outbox, content: dict[str, Any]) -> bytes:
     return encode_json(
         outbox.message(
@@ -148,27 +169,16 @@ def test_a_batch_lost_after_its_messages_were_verified_may_be_sent_again(
     agent = SigningIdentity.generate(agent_id("a"))
     service = _service(tmp_path / "board.db", [agent])
     outbox = Outbox(agent)
-    db = service.store._db  # type: ignore[attr-defined]
-    db.execute(
-        "CREATE TEMP TRIGGER lose BEFORE INSERT ON inbox"
-        " BEGIN SELECT RAISE(ROLLBACK, 'the disk said no'); END"
-    )
+    db = _inbox_refused(service, "ROLLBACK")
     batch = [
         (_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()),
-        (
-            encode_json(
-                outbox.message(
-                    now=time.time(), performative="inform", receiver=agent.agent, content={}
-                )
-            ),
-            time.time(),
-        ),
+        (_note_to_self(outbox), time.time()),
         (_request(outbox, {"op": "claim_next"}), time.time()),
     ]
     lost = service.handle_batch(batch)
     assert [getattr(r, "code", None) for r in lost] == ["STORE_UNAVAILABLE"] * 3
     assert service.store.tasks() == []
-    db.execute("DROP TRIGGER lose")
+    db.execute("DROP TRIGGER refuse")
     created, delivered, claimed = service.handle_batch(batch)
     assert isinstance(created, dict), created
     assert isinstance(delivered, dict), delivered
@@ -185,15 +195,8 @@ def test_a_message_the_store_failed_alone_may_be_sent_again(tmp_path: Path) -> N
     agent = SigningIdentity.generate(agent_id("a"))
     service = _service(tmp_path / "board.db", [agent])
     outbox = Outbox(agent)
-    # a real SQLite refusal of the inbox write (as a full disk would refuse it), once
-    db = service.store._db  # type: ignore[attr-defined]
-    db.execute(
-        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON inbox"
-        " BEGIN SELECT RAISE(ABORT, 'the disk said no'); END"
-    )
-    direct = encode_json(
-        outbox.message(now=time.time(), performative="inform", receiver=agent.agent, content={})
-    )
+    db = _inbox_refused(service, "ABORT")  # this write only, not the batch
+    direct = _note_to_self(outbox)
     create = _request(outbox, {"op": "create", "tasks": [{"title": "x"}]})
     first = service.handle_batch([(direct, time.time()), (create, time.time())])
     assert getattr(first[0], "code", None) == "STORE_UNAVAILABLE"
