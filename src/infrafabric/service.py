@@ -91,6 +91,12 @@ class ServiceError(FabricError):
         self.detail = detail
         self.status = status
 
+    @property
+    def retryable(self) -> bool:
+        """A 503 (``STORE_UNAVAILABLE``, ``BUSY``): the message was not carried out, and
+        the same one may be sent again later."""
+        return self.status == 503
+
     def to_json(self) -> dict[str, Any]:
         return {"error": {"code": self.code, "detail": self.detail}}
 
@@ -181,10 +187,11 @@ class FabricService:
         spend = self.store.shared and verdict.reason is None
         try:
             reply = self._carry_out(message, data, key, now, spend)
-        except StoreError:
-            raise  # not carried out: the sender may send it again (handle_batch)
-        except BaseException:
-            self._remember_window(message.sender, window)  # a refusal answers it
+        except BaseException as exc:
+            # a refusal answers the message, so a replay of it is refused too; one that
+            # left nothing done may be sent again (handle_batch takes the record back)
+            if not _retryable(exc):
+                self._remember_window(message.sender, window)
             raise
         self._remember_window(message.sender, window)
         return reply
@@ -245,10 +252,10 @@ class FabricService:
         events, deliveries, topic messages) go out only once the commit is durable. If
         the commit fails, every message of the batch is refused with STORE_UNAVAILABLE.
 
-        A message refused because the store failed was never carried out, so the
-        verifier's record of it (nonce, sequence number) is taken back: a client that
-        sends the very same bytes again after the 503 (as ``Retry-After`` invites) is
-        not refused as a replay. (Over a shared store, a nonce a message other than a
+        A message refused with a 503 (its store failed, or it lost too many races:
+        ``BUSY``) was never carried out, so the verifier's record of it (nonce, sequence
+        number) is taken back: a client that sends the very same bytes again after the
+        503 (as ``Retry-After`` invites) is not refused as a replay. (Over a shared store, a nonce a message other than a
         board change already spent in the store before it failed stays spent there.)"""
         results: list[dict[str, Any] | ServiceError] = []
         begun: list[tuple[str, float]] = []  # each message's operation and start
@@ -266,11 +273,12 @@ class FabricService:
                             results.append(exc)
                         except StoreError as exc:  # if the batch is lost, the commit says so
                             results.append(ServiceError("STORE_UNAVAILABLE", str(exc), 503))
-                            self._forget(recorded[before:])
-                            del recorded[before:]
                         except Exception as exc:  # a bug: this message fails, not the batch
                             _log.exception("message failed")
                             results.append(ServiceError("INTERNAL", f"{type(exc).__name__}", 500))
+                        if _retryable(results[-1]):  # not carried out: may come again
+                            self._forget(recorded[before:])
+                            del recorded[before:]
                         begun[-1] = (self._operation.name, begun[-1][1])
             except StoreError as exc:
                 held.clear()  # none of it happened: nothing to announce
@@ -372,10 +380,11 @@ class FabricService:
             result = self._board(message)
         except Replayed:
             raise _replay(message) from None
-        except ServiceError:
+        except ServiceError as exc:
             # refused before anything was written (a replayed creation finds its task,
-            # say): if it is a replay, that is the reason to give
-            if self.store.unspent_nonce():
+            # say): if it is a replay, that is the reason to give; a 503 leaves the nonce
+            # unspent, for the same message to come again
+            if self.store.unspent_nonce() and not exc.retryable:
                 self._spend_nonce(message, now)
             raise
         except BaseException:
@@ -786,6 +795,14 @@ def _replay(message: IFMessage) -> ServiceError:
         str(Reason.REPLAY),
         f"nonce {message.nonce} of {message.sender} was used before",
         _STATUS_OF_REASON.get(Reason.REPLAY, 409),
+    )
+
+
+def _retryable(outcome: object) -> bool:
+    """Whether a message's outcome left nothing done: its store failed, or it was refused
+    with a 503."""
+    return isinstance(outcome, StoreError) or (
+        isinstance(outcome, ServiceError) and outcome.retryable
     )
 
 

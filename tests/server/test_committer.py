@@ -50,13 +50,15 @@ def _service(path: Path, agents: list[SigningIdentity]) -> RecordingService:
     return service
 
 
-def _inbox_refused(service: FabricService, how: str) -> sqlite3.Connection:
-    """Make SQLite itself refuse every write to the inbox (as a full disk would), until
-    ``DROP TRIGGER refuse``: ``ABORT`` fails that write alone, ``ROLLBACK`` loses the
-    whole transaction. The store's connection, for dropping it."""
+def _refused(
+    service: FabricService, how: str, write: str = "INSERT ON inbox"
+) -> sqlite3.Connection:
+    """Make SQLite itself refuse every ``write`` (as a full disk would), until ``DROP
+    TRIGGER refuse``: ``ABORT`` fails that write alone, ``ROLLBACK`` loses the whole
+    transaction. The store's connection, for dropping it."""
     db: sqlite3.Connection = service.store._db  # type: ignore[attr-defined]
     db.execute(
-        "CREATE TEMP TRIGGER refuse BEFORE INSERT ON inbox"
+        f"CREATE TEMP TRIGGER refuse BEFORE {write}"
         f" BEGIN SELECT RAISE({how}, 'the disk said no'); END"
     )
     return db
@@ -169,7 +171,7 @@ def test_a_batch_lost_after_its_messages_were_verified_may_be_sent_again(
     agent = SigningIdentity.generate(agent_id("a"))
     service = _service(tmp_path / "board.db", [agent])
     outbox = Outbox(agent)
-    db = _inbox_refused(service, "ROLLBACK")
+    db = _refused(service, "ROLLBACK")
     batch = [
         (_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()),
         (_note_to_self(outbox), time.time()),
@@ -195,7 +197,7 @@ def test_a_message_the_store_failed_alone_may_be_sent_again(tmp_path: Path) -> N
     agent = SigningIdentity.generate(agent_id("a"))
     service = _service(tmp_path / "board.db", [agent])
     outbox = Outbox(agent)
-    db = _inbox_refused(service, "ABORT")  # this write only, not the batch
+    db = _refused(service, "ABORT")  # this write only, not the batch
     direct = _note_to_self(outbox)
     create = _request(outbox, {"op": "create", "tasks": [{"title": "x"}]})
     first = service.handle_batch([(direct, time.time()), (create, time.time())])
@@ -210,6 +212,30 @@ def test_a_message_the_store_failed_alone_may_be_sent_again(tmp_path: Path) -> N
     assert second["delivered"][0]["receiver"] == agent.agent
     (third,) = service.handle_batch([(create, time.time())])
     assert getattr(third, "code", None) == "REPLAY"
+
+
+def test_a_board_change_the_store_failed_may_be_sent_again(tmp_path: Path) -> None:
+    """The same for a board change: the coordinator answers a store error with a 503
+    refusal of its own, and that, too, leaves the message free to come again."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    outbox = Outbox(agent)
+    (created,) = service.handle_batch(
+        [(_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time())]
+    )
+    assert isinstance(created, dict), created
+    db = _refused(service, "ABORT", "UPDATE ON tasks")
+    claim = _request(outbox, {"op": "claim_next"})
+    (refused,) = service.handle_batch([(claim, time.time())])
+    assert isinstance(refused, ServiceError)
+    assert (refused.code, refused.status) == ("STORE_UNAVAILABLE", 503)
+    assert service.store.sequences() == [(agent.agent, 1, 0b1)]  # only the creation's
+    db.execute("DROP TRIGGER refuse")
+    (claimed,) = service.handle_batch([(claim, time.time())])
+    assert isinstance(claimed, dict), claimed
+    assert claimed["task"]["state"] == "claimed"
+    (again,) = service.handle_batch([(claim, time.time())])
+    assert getattr(again, "code", None) == "REPLAY"
 
 
 @pytest.mark.parametrize("on_loop", [False, True], ids=["thread", "on-loop"])
