@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import RemoteError
 from infrafabric.fabric import Fabric
+from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 
 
 def test_an_embedded_fabric_speaks_the_same_api(tmp_path: Path) -> None:
@@ -148,3 +150,40 @@ def test_a_record_read_while_the_agent_is_enrolled_again_is_not_kept(tmp_path: P
         assert first is not None
         assert first.capabilities == ()
         assert service.agent(alice.agent) == renewed
+
+
+def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_same(
+    tmp_path: Path,
+) -> None:
+    """An embedded claim hands its signed bytes straight to the committer (an HTTP
+    request and answer around them took most of its time); what comes back, a reply or a
+    refusal with its code and status, is what ``POST /v1/messages`` would have said."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+        paths: list[str] = []
+        app = fabric.app
+
+        async def watched(scope: Any, receive: Any, send: Any) -> None:
+            paths.append(scope.get("path", ""))
+            await app(scope, receive, send)
+
+        fabric.app = watched  # type: ignore[assignment]
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent, fabric.connect(bob) as other:
+                [created] = await agent.create_tasks([{"id": "a", "title": "A"}])
+                assert created["state"] == "available"
+                claimed = await agent.claim("a")
+                assert (claimed["id"], claimed["owner"]) == ("a", alice.agent)
+                assert isinstance(claimed["milestones"], list)  # JSON values, as over HTTP
+                with pytest.raises(RemoteError) as refused:
+                    await other.complete("a", {})
+                assert (refused.value.code, refused.value.status) == ("NOT_OWNER", 403)
+                with pytest.raises(RemoteError) as too_large:
+                    await agent.send(bob.agent, "inform", {"text": "x" * DEFAULT_MAX_BYTES})
+                assert (too_large.value.code, too_large.value.status) == ("TOO_LARGE", 413)
+                assert (await other.task("a"))["owner"] == alice.agent  # a read: over ASGI
+
+        asyncio.run(scenario())
+    assert "/v1/messages" not in paths
+    assert "/v1/tasks/a" in paths

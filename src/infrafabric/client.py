@@ -22,7 +22,15 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,7 +52,7 @@ from infrafabric.protocol.message import (
     new_conversation_id,
 )
 from infrafabric.server.auth import TOKEN_SECONDS, auth_input
-from infrafabric.service import FabricService
+from infrafabric.service import FabricService, ServiceError
 from infrafabric.types import Address
 
 if TYPE_CHECKING:
@@ -105,9 +113,12 @@ class Client:
         last_sequence: int,
         local: FabricService | None = None,
         timeout: float = 30.0,
+        submit: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._local = local  # the in-process service of an embedded fabric, for streams
+        # an embedded fabric's committer: signed messages handed over with no HTTP at all
+        self._submit = submit
         self.identity = identity
         self.agent = identity.agent
         self._http = http
@@ -133,20 +144,23 @@ class Client:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         local: FabricService | None = None,
+        submit: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None,
     ) -> AsyncIterator[Client]:
         """Connect ``identity`` to the fabric at ``url`` and authenticate.
 
         ``last_sequence`` is the highest sequence number this identity has used; by
         default the current time in milliseconds, so numbers keep rising across restarts.
-        ``transport`` and ``local`` are for an embedded fabric (see
+        ``transport``, ``local`` and ``submit`` are for an embedded fabric (see
         :meth:`infrafabric.fabric.Fabric.connect`): requests go to the application in this
-        process instead of over a socket.
+        process instead of over a socket, and signed messages straight to its committer
+        (``submit``: the wire bytes in, the reply out, a refusal raised as
+        :class:`~infrafabric.service.ServiceError`).
         """
         start = int(time.time() * 1000) if last_sequence is None else last_sequence
         async with httpx.AsyncClient(
             base_url=url, timeout=timeout, transport=transport, verify=_tls_context()
         ) as http:
-            client = cls(url, identity, http, start, local, timeout)
+            client = cls(url, identity, http, start, local, timeout, submit)
             await client._authenticate()
             try:
                 yield client
@@ -508,6 +522,16 @@ class Client:
         trace = _TRACE.get()
         if trace is not None:
             fields.setdefault("trace_id", trace)
+        if self._submit is not None:
+            async with self._send_lock:
+                message = self._outbox.message(now=time.time(), **fields)
+                try:
+                    result = await self._submit(encode_json(message))
+                except ServiceError as exc:  # as the HTTP answer would have said it
+                    raise RemoteError(exc.code, exc.detail, exc.status) from None
+            # the same plain JSON values an HTTP reply would have decoded to
+            answer: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
+            return answer
         if not self._use_socket:
             async with self._send_lock:
                 message = self._outbox.message(now=time.time(), **fields)
