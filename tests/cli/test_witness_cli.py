@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from infrafabric.client import Client
+from infrafabric.client import Client, RemoteError
 from infrafabric.keystore import Keystore
 from tests.harness import PASS, Fabric, ok
 
@@ -178,6 +179,73 @@ def test_a_kill_9_during_appends_loses_no_witnessed_decision(tmp_path: Path) -> 
         time.sleep(0.2)
     fabric.kill()
     assert f"ok: {events} entries agree" in ok(fabric("witness", "verify"))
+
+
+def test_a_kill_9_of_the_witness_process_itself_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    """The process that appends to the log is killed (SIGKILL, no chance to finish its
+    round) while decisions stream in, then the server too: after a restart the log
+    verifies and holds every event the board kept, once."""
+    fabric = Fabric(tmp_path)
+    fabric.start()
+    ok(fabric("identity", "new", "lead"))
+    ok(fabric("agent", "enroll", "lead"))
+    lead = Keystore(fabric.home).unlock("lead", PASS)
+    assert fabric.process is not None
+    server = fabric.process.pid
+    witness_db = fabric.data / "witness.db"
+
+    def witness_process() -> int | None:
+        appenders = [pid for pid in _holders(witness_db) if pid != server]
+        return appenders[0] if appenders else None
+
+    async def stream_then_kill() -> int:
+        done = 0
+        async with Client.connect(fabric.url, lead) as agent:
+            for number in range(20):  # some entries in the log: the appender is at work
+                await agent.create_tasks([{"title": f"task {number}"}])
+            done = 20
+            while witness_process() is None:
+                await asyncio.sleep(0.05)
+            killed, ended = False, ""
+            try:
+                for number in range(20, 400):
+                    await agent.create_tasks([{"title": f"task {number}"}, {"title": "more"}])
+                    done += 1
+                    if number == 40:  # mid-stream: the appender has rounds in flight
+                        appender = witness_process()
+                        assert appender is not None
+                        os.kill(appender, signal.SIGKILL)
+                        killed = True
+                    if number == 80:
+                        fabric.kill(signal.SIGKILL)
+            except RemoteError as exc:  # the server is gone: the stream ends here
+                ended = exc.code
+            assert killed
+            assert ended
+        return done
+
+    acknowledged = asyncio.run(stream_then_kill())
+    assert acknowledged > 40
+    deadline = time.monotonic() + 15
+    while _holders(witness_db):
+        assert time.monotonic() < deadline, "a process still holds the witness log"
+        time.sleep(0.1)
+    with sqlite3.connect(fabric.data / "board.db") as db:
+        (events,) = db.execute("SELECT count(*) FROM events").fetchone()
+        (tasks,) = db.execute("SELECT count(*) FROM tasks").fetchone()
+    assert tasks >= 20 + 2 * (acknowledged - 20)  # every acknowledged creation is there
+    fabric.start()  # a new witness process resumes from the cursor the killed one left
+    deadline = time.monotonic() + 15
+    while (size := ok(fabric("witness", "checkpoint")).split("\n")[1]) != str(events):
+        assert time.monotonic() < deadline, f"checkpoint at {size}, not {events}"
+        time.sleep(0.2)
+    exported = json.loads(ok(fabric("witness", "export", "--format", "json")))
+    fabric.kill()
+    assert f"ok: {events} entries agree" in ok(fabric("witness", "verify"))
+    created = [
+        item["entry"]["task_id"] for item in exported if item["entry"]["event"] == "task.created"
+    ]
+    assert len(created) == len(set(created)) == tasks  # each witnessed once: none lost
 
 
 def _holders(path: Path) -> list[int]:

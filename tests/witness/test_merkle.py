@@ -145,9 +145,19 @@ def test_malformed_inclusion_proofs_are_refused_with_a_proof_error() -> None:
         (index, 2**63, leaf, proof, good_root),
         (index, size, leaf, [None, *proof[1:]], good_root),
         (index, size, "not bytes", proof, good_root),
+        # numbers of the wrong type, as a bundle's JSON may hold them
+        (None, size, leaf, proof, good_root),
+        (str(index), size, leaf, proof, good_root),
+        (float(index), size, leaf, proof, good_root),
+        (index, None, leaf, proof, good_root),
+        (index, "8", leaf, proof, good_root),
+        (index, 8.0, leaf, proof, good_root),
+        # leaf 1 of 5 with its published proof, but index `true`: not a number here
+        (True, 5, LEAF_HASHES[1], [H[n] for n in ("6e34", "5f08", "bc1a")], ROOTS[5]),
     ]
-    for case in cases:
-        _refused(verify_inclusion, *case)
+    verify_inclusion(leaf, index, size, proof, good_root)  # the case each one spoils
+    for case_index, case_size, case_leaf, case_proof, case_root in cases:
+        _refused(verify_inclusion, case_leaf, case_index, case_size, case_proof, case_root)
 
 
 def test_malformed_consistency_proofs_are_refused_with_a_proof_error() -> None:
@@ -179,6 +189,12 @@ def test_malformed_consistency_proofs_are_refused_with_a_proof_error() -> None:
         (1, 1, r1, r1, [r1]),
         (0, 3, r1, r2, []),  # the empty tree's root is SHA-256 of nothing
         (old, 2**63, r1, r2, proof),
+        (None, new, r1, r2, proof),
+        (str(old), new, r1, r2, proof),
+        (float(old), new, r1, r2, proof),
+        (old, None, r1, r2, proof),
+        (old, "8", r1, r2, proof),
+        (old, float(new), r1, r2, proof),
     ]
     for case in cases:
         _refused(verify_consistency, *case)
@@ -234,7 +250,7 @@ def test_every_consistency_proof_verifies_and_no_bit_flip_does(new: int, data: A
     old_root, new_root = root_of(old), root_of(new)
     verify_consistency(old, new, old_root, new_root, proof)
     for position, node in enumerate(proof):
-        for bit in range(0, 256, 3):
+        for bit in range(256):
             changed = [*proof[:position], _flip(node, bit), *proof[position + 1 :]]
             _refused(verify_consistency, old, new, old_root, new_root, changed)
     for bit in range(256):

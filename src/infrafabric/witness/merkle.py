@@ -163,6 +163,7 @@ def verify_inclusion(
     whose root is ``expected_root`` (RFC 9162 2.1.3.2); :class:`ProofError` if not."""
     _check_hashes(leaf=leaf, root=expected_root)
     _check_path(proof)
+    _check_integers(index=index, size=size)
     if not 0 <= index < size <= MAX_SIZE:
         raise ProofError(f"leaf index {index} is out of range for tree size {size}")
     fn, sn = index, size - 1
@@ -193,6 +194,7 @@ def verify_consistency(
     tree of ``new_size`` leaves with root ``new_root`` (RFC 9162 2.1.4.2)."""
     _check_hashes(old_root=old_root, new_root=new_root)
     _check_path(proof)
+    _check_integers(old_size=old_size, new_size=new_size)
     if not 0 <= old_size <= new_size <= MAX_SIZE:
         raise ProofError(f"sizes {old_size} -> {new_size} are out of range")
     if old_size == new_size:
@@ -252,6 +254,14 @@ def _check_hashes(**hashes: object) -> None:
     for name, value in hashes.items():
         if not isinstance(value, bytes) or len(value) != HASH_SIZE:
             raise ProofError(f"{name} must be {HASH_SIZE} bytes")
+
+
+def _check_integers(**numbers: object) -> None:
+    # a bundle's JSON may hold anything: None, "3", 3.0 or true must not reach a comparison
+    # (TypeError) or pass for a number
+    for name, value in numbers.items():
+        if type(value) is not int:
+            raise ProofError(f"{name} must be an integer, not {type(value).__name__}")
 
 
 def _check_path(proof: Sequence[bytes]) -> None:
