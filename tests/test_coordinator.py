@@ -142,6 +142,19 @@ def test_blocking_offers_a_filler_and_help_reaches_qualified_agents(
     assert kinds[-2:] == ["filler.offered", "help.requested"] or "help.requested" in kinds
 
 
+def test_help_chosen_by_the_governor_is_still_capped_at_max_helpers(
+    store: Store, clock: ManualClock
+) -> None:
+    coordinator = Coordinator(store, config=BoardConfig(max_helpers=2), clock=clock)
+    coordinator.create([Task(id="a", title="A")])
+    coordinator.claim("a", ALICE)
+    chosen = [f"if://agent/helper-{n}" for n in range(5)]
+    invited = coordinator.request_help("a", ALICE, ["ops:k8s"], {}, helpers=chosen)
+    assert invited == chosen[:2]
+    (event,) = [s.event for s in store.events_since(0) if s.event.kind == "help.requested"]
+    assert event.payload["invited"] == chosen[:2]
+
+
 def test_agent_health_follows_its_last_action(coordinator: Coordinator, clock: ManualClock) -> None:
     coordinator.create([Task(id="a", title="A")])
     coordinator.claim("a", ALICE)
@@ -249,3 +262,44 @@ def test_tasks_reserved_by_others_that_an_agent_cannot_take_do_not_make_it_wait(
     coordinator._await_release = waited.append  # type: ignore[method-assign]
     assert coordinator.claim_next(ALICE, ["code:python"]) is None
     assert waited == []
+
+
+def test_a_task_blocked_past_the_threshold_is_escalated_by_the_sweep_once(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """The sweeper is what turns a long blocker into an escalation (the rule alone is
+    pure): past ``escalate_blocked_after`` one sweep logs and publishes ``task.escalated``
+    and marks the blocker, before it nothing happens, and later sweeps do not repeat it."""
+    store = SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
+    config = BoardConfig(lease_seconds=3600, escalate_blocked_after=60)
+    coordinator = Coordinator(store, config=config, clock=clock)
+    heard: list[BoardEvent] = []
+    coordinator.listen(heard.extend)
+    coordinator.create([Task(id="a", title="A")])
+    coordinator.claim("a", ALICE)
+    coordinator.block("a", ALICE, Blocker(type="human", description="needs review"))
+
+    def escalations() -> list[BoardEvent]:
+        logged = [stored.event for stored in store.events_since(0)]
+        return [event for event in logged if event.kind == "task.escalated"]
+
+    clock.advance(60)  # blocked exactly as long as allowed: not past it yet
+    assert coordinator.sweep() == 0
+    assert escalations() == []
+    assert coordinator.get("a").blocker.escalated_at is None  # type: ignore[union-attr]
+
+    clock.advance(1)
+    assert coordinator.sweep() == 1
+    [escalated] = escalations()
+    assert (escalated.task_id, escalated.actor, escalated.at) == ("a", ALICE, T0 + 61)
+    assert escalated.payload["blocked_for"] == 61
+    assert [event.kind for event in heard if event.kind == "task.escalated"] == ["task.escalated"]
+    task = coordinator.get("a")
+    assert task.state is TaskState.BLOCKED  # escalated, still the owner's
+    assert task.blocker.escalated_at == T0 + 61  # type: ignore[union-attr]
+
+    clock.advance(600)
+    assert coordinator.sweep() == 0  # once only
+    assert len(escalations()) == 1
+    assert [event.kind for event in heard].count("task.escalated") == 1
+    store.close()

@@ -405,8 +405,8 @@ class Coordinator:
         helpers: Sequence[AgentId] | None = None,
     ) -> list[AgentId]:
         """Invite up to ``max_helpers`` qualified agents (never the asker) to help on a task
-        ``agent`` owns, or ``helpers`` (the governor's choice); the invitation is a
-        ``help.requested`` event."""
+        ``agent`` owns, or ``helpers`` (the governor's choice, under the same cap: its
+        policy may only invite fewer); the invitation is a ``help.requested`` event."""
         task = self.get(task_id)
         now = self.clock()
         rules.heartbeat(task, agent, now, self.config)  # owner check, nothing applied
@@ -415,7 +415,7 @@ class Coordinator:
             helpers = rules.select_helpers(
                 agents, wanted, exclude=[agent], max_helpers=self.config.max_helpers
             )
-        helpers = list(helpers)
+        helpers = list(helpers)[: self.config.max_helpers]
         event = BoardEvent(
             kind="help.requested",
             task_id=task_id,

@@ -64,7 +64,8 @@ class TaskSpec(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     priority: Annotated[int, Meta(ge=0, le=100)] = 50
     dependencies: Annotated[list[TaskIdText], Meta(max_length=100)] = []
     filler: bool = False
-    max_attempts: Annotated[int, Meta(ge=1, le=20)] = 3
+    # left out: the board's own setting (BoardConfig.max_attempts, `ifab serve --max-attempts`)
+    max_attempts: Annotated[int, Meta(ge=1, le=20)] | None = None
 
 
 class Usage(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -822,7 +822,7 @@ def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:
         priority=spec.priority,
         dependencies=tuple(spec.dependencies),
         filler=spec.filler,
-        max_attempts=spec.max_attempts,
+        max_attempts=spec.max_attempts or 0,  # 0: the board's config fills it in
         creator=creator,
     )
 

@@ -343,3 +343,20 @@ def test_final_tasks_cannot_be_cancelled(board: Board) -> None:
     board.apply(complete(board["a"], ALICE, {}, T0))
     with pytest.raises(IllegalTransition):
         cancel(board["a"], None, "too late", T0)
+
+
+def test_a_creation_names_its_creator_as_the_actor_and_takes_the_board_s_max_attempts() -> None:
+    """The witness records who created a task (the event's actor), and a task that does
+    not set its own number of attempts gets the board's."""
+    config = BoardConfig(max_attempts=7)
+    outcome = create(
+        [Task(id="a", title="A", creator=ALICE, max_attempts=0), Task(id="b", title="B")],
+        {},
+        T0,
+        config,
+    )
+    assert [(event.kind, event.actor) for event in outcome.events] == [
+        ("task.created", ALICE),
+        ("task.created", None),
+    ]
+    assert [task.max_attempts for task in outcome.tasks] == [7, 3]  # b said 3 (the default)

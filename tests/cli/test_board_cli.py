@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import queue
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
-from tests.harness import Fabric, ok
+from tests.harness import IFAB, RUNNING, Fabric, ok, stop
 
 
 def test_a_board_worked_from_the_shell(fabric: Fabric, tmp_path: Path) -> None:
@@ -36,12 +43,15 @@ def test_a_board_worked_from_the_shell(fabric: Fabric, tmp_path: Path) -> None:
             "review",
             "--description",
             "needs eyes",
+            "--urgency",
+            "high",
             "--as",
             "coder",
         )
     )
     assert "filler offered" in blocked
     assert "docs" in blocked
+    assert json.loads(ok(fabric("task", "show", "build")))["blocker"]["urgency"] == "high"
     assert "invited: nobody qualified" in ok(
         fabric("task", "help", "build", "--needs", "ops:k8s", "--as", "coder")
     )
@@ -67,6 +77,94 @@ def test_bad_yaml_and_unreachable_servers_get_clear_errors(fabric: Fabric, tmp_p
     result = fabric("task", "import", str(broken), "--as", "lead")
     assert result.returncode == 1
     assert b"task #1 needs at least a title" in result.stderr
+    unknown = fabric(
+        "task",
+        "block",
+        "t",
+        "--type",
+        "x",
+        "--description",
+        "d",
+        "--urgency",
+        "soon",
+        "--as",
+        "lead",
+    )
+    assert unknown.returncode == 2  # refused by the CLI before it reaches the server
+    assert b"'soon' is not one of" in unknown.stderr
     away = fabric("task", "list", "--server", "http://127.0.0.1:9")
     assert away.returncode == 1
     assert b"cannot reach" in away.stderr
+
+
+def test_task_show_prints_the_task_and_tail_prints_the_events_of_changes_made_meanwhile(
+    fabric: Fabric,
+) -> None:
+    """`ifab task show` is how an operator looks at one task (who holds it, in what
+    state), and `ifab tail` how they watch the board live: each prints what happened."""
+    ok(fabric("identity", "new", "lead"))
+    ok(fabric("agent", "enroll", "lead"))
+    assert IFAB is not None
+    tail = subprocess.Popen(
+        [IFAB, "tail", "--seconds", "120"], env=fabric.env(), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    RUNNING.add(tail)
+    lines: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def read() -> None:
+        assert tail.stdout is not None
+        for line in tail.stdout:
+            lines.put(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+
+    def next_line(timeout: float) -> dict[str, Any] | None:
+        try:
+            return lines.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    # tail says nothing when it has subscribed: add probe tasks until it prints one
+    deadline = time.monotonic() + 30
+    probe = 0
+    while True:
+        assert time.monotonic() < deadline, "ifab tail never printed an event"
+        assert tail.poll() is None, tail.stderr.read().decode()  # type: ignore[union-attr]
+        ok(fabric("task", "add", "probe", "--id", f"probe-{probe}", "--as", "lead"))
+        probe += 1
+        if next_line(timeout=2) is not None:
+            break
+
+    ok(fabric("task", "add", "Write the report", "--id", "report", "--as", "lead"))
+    shown = json.loads(ok(fabric("task", "show", "report")))
+    assert (shown["id"], shown["title"], shown["state"], shown["owner"]) == (
+        "report",
+        "Write the report",
+        "available",
+        None,
+    )
+    assert "report  claimed" in ok(fabric("task", "claim", "report", "--as", "lead"))
+    shown = json.loads(ok(fabric("task", "show", "report")))
+    assert (shown["id"], shown["title"], shown["state"], shown["owner"]) == (
+        "report",
+        "Write the report",
+        "claimed",
+        "if://agent/lead",
+    )
+
+    about_report: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while not any(event["kind"] == "task.claimed" for event in about_report):
+        assert time.monotonic() < deadline, f"tail printed only {about_report}"
+        event = next_line(timeout=max(deadline - time.monotonic(), 0))
+        if event is not None and event.get("task_id") == "report":
+            about_report.append(event)
+    stop(tail, signal.SIGINT)
+    reader.join(timeout=10)
+    assert [(event["kind"], event["state"]) for event in about_report] == [
+        ("task.created", "available"),
+        ("task.claimed", "claimed"),
+    ]
+    assert about_report[1]["actor"] == "if://agent/lead"

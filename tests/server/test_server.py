@@ -27,6 +27,7 @@ from infrafabric import (
 )
 from infrafabric.client import Client, RemoteError
 from infrafabric.protocol.verify import Verifier
+from infrafabric.server.hub import REPLAY_LIMIT
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.server.runner import open_server, run_server
 from tests.harness import signed_request
@@ -293,6 +294,56 @@ def test_board_events_stream_to_subscribers(fabric: Fabric) -> None:
                     if "task.claimed" in kinds:
                         break
             assert kinds == ["task.created", "task.claimed"]
+
+    run(scenario())
+
+
+def test_a_subscriber_asking_for_replay_gets_the_latest_messages_of_its_topics_first(
+    fabric: Fabric,
+) -> None:
+    """A client that reconnects asks for ``replay`` to catch up on what it missed: it gets
+    the topic messages the hub still keeps (the latest REPLAY_LIMIT, whatever their
+    topic), only those of its topics, oldest first, before live ones; a client that does
+    not ask gets live messages only."""
+    hub = fabric.server.state.hub
+    assert hub is not None
+    alice, late, fresh = fabric.enroll("alice"), fabric.enroll("late"), fabric.enroll("fresh")
+    news, other = "if://topic/news", "if://topic/other"
+
+    async def until_live(frames: Any) -> list[Any]:
+        """What the stream brings up to and excluding the live message ``n: live``."""
+        got = []
+        async for frame in frames:
+            n = frame.data["message"]["content"]["n"]
+            if n == "live":
+                return got
+            got.append((frame.topic, n))
+        raise AssertionError("the stream ended before the live message")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as sender:
+            published: list[tuple[str, int]] = []
+            for n in range(REPLAY_LIMIT + 5):  # a few more than the hub keeps
+                await sender.send(news, "inform", {"n": n})
+                published.append((news, n))
+                if n % 40 == 0:
+                    await sender.send(other, "inform", {"n": n})
+                    published.append((other, n))
+            kept = published[-REPLAY_LIMIT:]
+            expected = [(topic, n) for topic, n in kept if topic == news]
+            assert expected[-1] == (news, REPLAY_LIMIT + 4)
+            assert len(expected) < REPLAY_LIMIT  # messages of the other topic took room
+            async with (
+                Client.connect(fabric.url, late) as reconnecting,
+                Client.connect(fabric.url, fresh) as newcomer,
+                reconnecting.stream([news], replay=True) as replayed,
+                newcomer.stream([news]) as live_only,
+            ):
+                await eventually(lambda: sum(1 for c in hub.connections.copy() if c.topics) == 2)
+                await sender.send(news, "inform", {"n": "live"})
+                caught_up = await asyncio.wait_for(until_live(replayed), 10)
+                assert caught_up == expected
+                assert await asyncio.wait_for(until_live(live_only), 10) == []
 
     run(scenario())
 

@@ -163,7 +163,7 @@ def create(
             version=1,
         )
         tasks.append(task)
-        events.append(_event("task.created", task, None, now))
+        events.append(_event("task.created", task, task.creator, now))
     return Outcome(tuple(tasks), tuple(events), frozenset(batch))
 
 

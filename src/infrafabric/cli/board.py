@@ -24,7 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from infrafabric.board.model import TaskState
+from infrafabric.board.model import TaskState, Urgency
 from infrafabric.cli.common import fail, keystore, passphrase, print_table, reported_errors
 from infrafabric.client import Client, RemoteError
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir
@@ -284,11 +284,18 @@ def task_block(
     needs: Annotated[
         list[str], typer.Option("--needs", help="Capability that would unblock it.")
     ] = [],  # noqa: B006
+    urgency: Annotated[
+        Urgency, typer.Option("--urgency", help="How soon it must be unblocked.")
+    ] = Urgency.MEDIUM,
     server: Server = DEFAULT_SERVER,
 ) -> None:
     """Report a blocker; prints the filler task offered meanwhile, if any."""
     task, filler = _as_agent(
-        server, agent, lambda client: client.block(task_id, kind, description, needed=needs)
+        server,
+        agent,
+        lambda client: client.block(
+            task_id, kind, description, needed=needs, urgency=urgency.value
+        ),
     )
     _show(task)
     if filler:

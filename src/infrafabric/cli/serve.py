@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import signal
 import threading
 from pathlib import Path
@@ -16,7 +17,14 @@ from infrafabric.board.rules import BoardConfig
 from infrafabric.cli.common import reported_errors
 from infrafabric.governor.policy import PolicyError
 from infrafabric.protocol.verify import Mode
-from infrafabric.server.runner import ENV_DATA, ENV_STORE, default_data_dir, open_server, run_server
+from infrafabric.server.runner import (
+    ENV_ADMIN_TOKEN,
+    ENV_DATA,
+    ENV_STORE,
+    default_data_dir,
+    open_server,
+    run_server,
+)
 
 
 def serve(
@@ -41,6 +49,45 @@ def serve(
             "--lease", min=1.0, max=86_400.0, help="Seconds a claim lasts without a heartbeat."
         ),
     ] = 120.0,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            "--max-attempts",
+            min=1,
+            max=20,
+            help="Claims that may end without completion before a task is dead (a task may set its own).",
+        ),
+    ] = 3,
+    max_helpers: Annotated[
+        int,
+        typer.Option(
+            "--max-helpers", min=0, max=100, help="Agents a help request invites at most."
+        ),
+    ] = 3,
+    healthy_within: Annotated[
+        float,
+        typer.Option(
+            "--healthy-within",
+            min=1.0,
+            help="An agent is green while its last heartbeat is younger than this (seconds).",
+        ),
+    ] = 30.0,
+    alive_within: Annotated[
+        float,
+        typer.Option(
+            "--alive-within",
+            min=1.0,
+            help="...yellow while younger than this, red beyond (seconds).",
+        ),
+    ] = 300.0,
+    escalate_after: Annotated[
+        float,
+        typer.Option(
+            "--escalate-after",
+            min=1.0,
+            help="Seconds a task may stay blocked before an escalation event.",
+        ),
+    ] = 1800.0,
     witness: Annotated[
         bool,
         typer.Option(
@@ -97,13 +144,28 @@ def serve(
         raise typer.BadParameter("strict or audit", param_hint="--verify-mode")
     if log_format not in ("text", "json"):
         raise typer.BadParameter("text or json", param_hint="--log-format")
+    if alive_within <= healthy_within:
+        raise typer.BadParameter(
+            f"must be longer than --healthy-within ({healthy_within:g} s)",
+            param_hint="--alive-within",
+        )
     logs.configure("json" if log_format == "json" else "text")
     directory = data or default_data_dir()
+    token_file = directory / "admin.token"
+    first_token = ENV_ADMIN_TOKEN not in os.environ and not token_file.exists()
+    config = BoardConfig(
+        lease_seconds=lease,
+        max_attempts=max_attempts,
+        max_helpers=max_helpers,
+        healthy_within=healthy_within,
+        alive_within=alive_within,
+        escalate_blocked_after=escalate_after,
+    )
     with reported_errors():  # a policy that does not load: its file, line and key
         state = open_server(
             directory,
             synchronous=synchronous,
-            config=BoardConfig(lease_seconds=lease),
+            config=config,
             witness=witness,
             witness_process=True,
             verify_mode=Mode(verify_mode),
@@ -139,7 +201,11 @@ def serve(
 
             where = f"{redacted(store)}, keys in {directory}"
         typer.echo(f"InfraFabric serving {server.url} (data in {where})")
-        typer.echo(f"operator token: {directory / 'admin.token'} (or $IFAB_ADMIN_TOKEN)")
+        if first_token:  # made just now: shown this once, then only kept in the file
+            typer.echo(f"operator token (new): {token_file.read_text().strip()}")
+            typer.echo(f"  kept in {token_file} (mode 0600); $IFAB_ADMIN_TOKEN overrides it")
+        else:
+            typer.echo(f"operator token: {token_file} (or $IFAB_ADMIN_TOKEN)")
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
     typer.echo("stopped")

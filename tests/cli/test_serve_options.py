@@ -1,0 +1,74 @@
+"""`ifab serve`: every board threshold is an option, and the first start shows the
+operator token it made."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from infrafabric.client import Client
+from tests.harness import IFAB, RUNNING, Fabric, enroll
+
+
+def test_every_board_threshold_is_an_option_of_serve(tmp_path: Path) -> None:
+    fabric = Fabric(tmp_path)
+    fabric.start(
+        "--max-attempts", "2", "--max-helpers", "1", "--healthy-within", "5",
+        "--alive-within", "10", "--escalate-after", "60",
+    )  # fmt: skip
+    lead = enroll(fabric.url, fabric.admin_token, "lead")
+    for name in ("bob", "carol", "dave"):
+        enroll(fabric.url, fabric.admin_token, name, capabilities=["code:review"])
+
+    async def work() -> tuple[dict[str, object], dict[str, object], list[str]]:
+        async with Client.connect(fabric.url, lead) as agent:
+            plain = await agent.create_task("left to the board", id="plain")
+            own = await agent.create_task("its own", id="own", max_attempts=5)
+            await agent.claim("plain")
+            invited = await agent.request_help("plain", ["code:review"])
+        return plain, own, invited
+
+    plain, own, invited = asyncio.run(work())
+    assert plain["max_attempts"] == 2  # the server's, where the task says nothing
+    assert own["max_attempts"] == 5
+    assert len(invited) == 1  # three qualified, the cap is one
+    agents = httpx.get(
+        f"{fabric.url}/v1/agents", headers={"authorization": f"Bearer {fabric.admin_token}"}
+    ).json()
+    assert (agents["healthy_within"], agents["alive_within"]) == (5.0, 10.0)
+    fabric.kill()
+
+
+def test_health_thresholds_out_of_order_are_refused(tmp_path: Path) -> None:
+    fabric = Fabric(tmp_path)
+    assert IFAB is not None
+    refused = subprocess.run(
+        [IFAB, "serve", "--port", "0", "--healthy-within", "60", "--alive-within", "30"],
+        env=fabric.env(), capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "--alive-within" in refused.stderr.decode()
+    assert not (fabric.data / "board.db").exists()  # nothing started, nothing made
+
+
+def test_the_first_start_prints_the_new_operator_token_and_later_ones_do_not(
+    tmp_path: Path,
+) -> None:
+    fabric = Fabric(tmp_path)
+    outputs = []
+    for _ in range(2):
+        fabric.start()
+        process = fabric.process
+        assert process is not None
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+        RUNNING.discard(process)
+        outputs.append(out.decode())
+    token = fabric.admin_token
+    assert f"operator token (new): {token}" in outputs[0]
+    assert token not in outputs[1]
+    assert "operator token: " in outputs[1]
