@@ -1,4 +1,4 @@
-"""The feeder against a board that lost events the witness log already holds."""
+"""The feeder: its checkpoint cadence, and a board that lost events the witness log already holds."""
 
 from __future__ import annotations
 
@@ -272,3 +272,31 @@ def test_a_server_over_redis_witnesses_a_backlog_in_small_appends(
         assert _board_events(entries) == list(range(1, 451))
     finally:
         state.close()
+
+
+def test_a_checkpoint_is_signed_at_least_once_a_second_while_entries_arrive(
+    tmp_path: Path,
+) -> None:
+    now = [1_000.0]
+    store, log = SqliteStore(tmp_path / "board.db"), WitnessLog(tmp_path / "witness.db")
+    try:
+        feeder = WitnessFeeder(log, store, KEY, "test", clock=lambda: now[0])
+        coordinator = Coordinator(store, clock=lambda: now[0])
+        signed: list[int] = []
+        for step in range(25):  # an entry every 0.1 s for 2.5 s, one round after each
+            now[0] = 1_000.0 + step / 10
+            coordinator.create([Task(id=f"t{step}", title="t")])
+            feeder.run_once()
+            signed.append(log.checkpoints()[0][0])
+        # signed at 0 s, 1 s and 2 s: a new size on every tenth round, never more often
+        assert [signed.index(size) for size in sorted(set(signed))] == [0, 10, 20]
+        assert sorted(set(signed)) == [1, 11, 21]
+        now[0] = 1_003.0
+        feeder.run_once()
+        assert log.checkpoints()[0][0] == 25  # the rest, once its second is up
+        now[0] = 1_010.0
+        feeder.run_once()  # nothing new: nothing to sign, however long it has been
+        assert [size for size, _ in log.checkpoints(limit=10)] == [25, 21, 11, 1]
+    finally:
+        log.close()
+        store.close()
