@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from infrafabric import logs
-from infrafabric.board.rules import BoardConfig
+from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.cli.common import reported_errors
 from infrafabric.governor.policy import PolicyError
 from infrafabric.protocol.verify import Mode
@@ -48,7 +48,7 @@ def serve(
         typer.Option(
             "--lease", min=1.0, max=86_400.0, help="Seconds a claim lasts without a heartbeat."
         ),
-    ] = 120.0,
+    ] = DEFAULT_CONFIG.lease_seconds,
     max_attempts: Annotated[
         int,
         typer.Option(
@@ -57,13 +57,13 @@ def serve(
             max=20,
             help="Claims that may end without completion before a task is dead (a task may set its own).",
         ),
-    ] = 3,
+    ] = DEFAULT_CONFIG.max_attempts,
     max_helpers: Annotated[
         int,
         typer.Option(
             "--max-helpers", min=0, max=100, help="Agents a help request invites at most."
         ),
-    ] = 3,
+    ] = DEFAULT_CONFIG.max_helpers,
     healthy_within: Annotated[
         float,
         typer.Option(
@@ -71,15 +71,16 @@ def serve(
             min=1.0,
             help="An agent is green while its last heartbeat is younger than this (seconds).",
         ),
-    ] = 30.0,
+    ] = DEFAULT_CONFIG.healthy_within,
     alive_within: Annotated[
         float,
         typer.Option(
             "--alive-within",
             min=1.0,
-            help="...yellow while younger than this, red beyond (seconds).",
+            help="An agent is yellow while its last heartbeat is younger than this, red beyond"
+            " (seconds; longer than --healthy-within).",
         ),
-    ] = 300.0,
+    ] = DEFAULT_CONFIG.alive_within,
     escalate_after: Annotated[
         float,
         typer.Option(
@@ -87,7 +88,7 @@ def serve(
             min=1.0,
             help="Seconds a task may stay blocked before an escalation event.",
         ),
-    ] = 1800.0,
+    ] = DEFAULT_CONFIG.escalate_blocked_after,
     witness: Annotated[
         bool,
         typer.Option(
