@@ -69,6 +69,13 @@ async def test_a_recalled_token_stops_working_at_once(fabric: Fabric) -> None:
     assert again.returncode == 0
 
 
+def test_a_kid_that_begins_with_a_dash_is_taken_as_the_kid(fabric: Fabric) -> None:
+    agent(fabric, "alice")
+    refused = fabric("mcp", "recall", "-TifNwvgCRjoWUHc", "--as", "alice")
+    assert refused.returncode == 1  # the server's answer (no such lent key), not a usage error
+    assert b"NOT_FOUND: if://agent/alice lent no key -TifNwvgCRjoWUHc" in refused.stderr
+
+
 async def test_a_lent_key_cannot_lend_itself_on_or_recall_others(fabric: Fabric) -> None:
     agent(fabric, "alice")
     own = Keystore(fabric.home).unlock("alice", PASS)

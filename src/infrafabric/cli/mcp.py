@@ -106,7 +106,9 @@ def token(
     typer.echo(format_token(lent[0]))
 
 
-@app.command("recall")
+# A kid is base64url, so one in 64 begins with "-": take an unknown option as the kid
+# rather than refuse it (the command has no short options for it to clash with).
+@app.command("recall", context_settings={"ignore_unknown_options": True})
 def recall(
     kid: Annotated[str, typer.Argument(help="The lent key's kid, as `ifab mcp token` printed.")],
     agent: As,
