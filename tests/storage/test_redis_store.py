@@ -18,7 +18,7 @@ import pytest
 
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import BoardConfig, Outcome, cancel, claim, create
-from infrafabric.coordinator import Coordinator
+from infrafabric.coordinator import AGENT_STRIPES, Coordinator
 from infrafabric.errors import StoreError, StoreUnavailable
 from infrafabric.server.relay import Relay
 from infrafabric.storage.base import Conflict, Replayed, Store
@@ -396,6 +396,9 @@ def test_a_claimant_that_lost_a_race_to_another_server_spreads_out_among_equals(
     assert len(set(taken_after_losing)) > 1  # at random, not always the next one
 
 
+PICKY = "if://agent/p"
+
+
 def test_a_picky_claimant_misses_no_task_when_claims_here_move_the_list_meanwhile(
     redis_url: str,
 ) -> None:
@@ -414,27 +417,36 @@ def test_a_picky_claimant_misses_no_task_when_claims_here_move_the_list_meanwhil
     )
     read = store.available
     pages: list[tuple[int, int]] = []
+    # The picky claim waits for the others while it holds its agent's turn, which a
+    # worker whose name hashes to the same stripe would wait for in turn (str hashes
+    # change from run to run): workers of other stripes only.
+    stripe = hash(PICKY) % AGENT_STRIPES
+    names = (f"if://agent/w{k}" for k in range(1000))
+    workers = [w for w in names if hash(w) % AGENT_STRIPES != stripe][:5]
 
     def available(offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         if threading.current_thread().name == "picky":
             pages.append((offset, limit))
             if len(pages) == 3:  # meanwhile five claims here take five tasks
                 others = threading.Thread(
-                    target=lambda: [
-                        coordinator.claim_next(f"if://agent/w{k}", ["y:y"]) for k in range(5)
-                    ]
+                    target=lambda: [coordinator.claim_next(w, ["y:y"]) for w in workers],
+                    daemon=True,
                 )
                 others.start()
-                others.join()
+                others.join(timeout=60)
+                assert not others.is_alive()
         return read(offset, limit, hold=hold)
 
     store.available = available  # type: ignore[method-assign]
     got: list[Task | None] = []
     picky = threading.Thread(
-        target=lambda: got.append(coordinator.claim_next("if://agent/p", ["x:x"])), name="picky"
+        target=lambda: got.append(coordinator.claim_next(PICKY, ["x:x"])),
+        name="picky",
+        daemon=True,
     )
     picky.start()
-    picky.join()
+    picky.join(timeout=60)
+    assert not picky.is_alive()
     store.close()
     assert got[0] is not None
     assert got[0].id == "x"
