@@ -128,6 +128,29 @@ def test_an_agent_enrolled_again_is_known_by_its_new_record_at_once(tmp_path: Pa
         assert task["id"] == "render"
 
 
+def test_an_agent_enrolled_in_an_embedded_fabric_is_known_when_it_is_opened_again(
+    tmp_path: Path,
+) -> None:
+    """The agent's record is in the store, so its key must be in the data directory's
+    keyring too: a fabric opened again verifies that agent's messages."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice = fabric.enroll("alice", ["code:python"])
+
+        async def create() -> None:
+            async with fabric.connect(alice) as agent:
+                await agent.create_task("first", id="t1")
+
+        asyncio.run(create())
+
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+
+        async def claim() -> dict[str, Any]:
+            async with fabric.connect(alice) as agent:
+                return await agent.claim("t1")
+
+        assert asyncio.run(claim())["state"] == "claimed"
+
+
 def test_a_record_read_while_the_agent_is_enrolled_again_is_not_kept(tmp_path: Path) -> None:
     """A record read just before an enrollment commits (another thread's) is the old
     one: it may answer that one message, never the ones after."""

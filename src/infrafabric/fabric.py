@@ -29,6 +29,7 @@ from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.client import Client
 from infrafabric.governor.core import Manifest
 from infrafabric.governor.policy import Price
+from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
@@ -85,11 +86,17 @@ class Fabric:
         if isinstance(identity, str):
             identity = SigningIdentity.generate(agent_id(identity))
         now = time.time()
-        self.state.keyring.add(
-            new_key_record(
-                identity.agent, identity.public_key, version=identity.version, now=now - 60
+        # the key goes to the data directory's keyring too, as a server's enrollment
+        # writes it: the agent record is in the store, and a fabric opened again must
+        # still know the key that record belongs to
+        with keyring_lock(self.state.keyring_dir):
+            self.state.keyring.add(
+                new_key_record(
+                    identity.agent, identity.public_key, version=identity.version, now=now - 60
+                )
             )
-        )
+            write_keyring_dir(self.state.keyring, self.state.keyring_dir, agents=[identity.agent])
+        self.state.service.share_keys([identity.agent])  # a shared store: the other servers
         record = AgentRecord(
             id=identity.agent,
             capabilities=tuple(capabilities),
