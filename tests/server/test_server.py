@@ -104,6 +104,31 @@ def test_authentication_refuses_wrong_keys_and_reused_challenges(fabric: Fabric)
     assert httpx.get(f"{fabric.url}/v1/tasks").json()["error"]["code"] == "UNAUTHENTICATED"
 
 
+def test_a_signature_of_the_wrong_length_is_refused_as_bad_not_as_a_crash(fabric: Fabric) -> None:
+    """PyNaCl raises its own ValueError for a signature that is not 64 bytes; it reached
+    the client as a 500."""
+    from infrafabric.protocol.identity import b64url_decode, b64url_encode
+    from infrafabric.server.auth import auth_input
+
+    alice = fabric.enroll("alice")
+    challenge = httpx.post(f"{fabric.url}/v1/auth/challenge", json={"agent": alice.agent}).json()[
+        "challenge"
+    ]
+    good = alice.sign_bytes(auth_input(b64url_decode(challenge), alice.agent))
+    for signature in (b"\0\0\0", good[:63], good + b"\0", b""):
+        answer = {
+            "agent": alice.agent,
+            "kid": alice.kid,
+            "challenge": challenge,
+            "signature": b64url_encode(signature),
+        }
+        refused = httpx.post(f"{fabric.url}/v1/auth/token", json=answer)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (401, "BAD_SIGNATURE")
+    # a refused answer does not spend the challenge: the right one still gets a token
+    answer["signature"] = b64url_encode(good)
+    assert httpx.post(f"{fabric.url}/v1/auth/token", json=answer).status_code == 200
+
+
 def _post(fabric: Fabric, body: bytes) -> httpx.Response:
     return httpx.post(
         f"{fabric.url}/v1/messages", content=body, headers={"content-type": "application/json"}

@@ -12,6 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -64,7 +65,11 @@ def key_id(public_key: bytes) -> KeyId:
 
 
 def verify_signature(verify_key: nacl.signing.VerifyKey, data: bytes, signature: bytes) -> bool:
-    """True when ``signature`` is a valid Ed25519 signature of ``data`` under ``verify_key``."""
+    """True when ``signature`` is a valid Ed25519 signature of ``data`` under ``verify_key``
+    (a "signature" that is not 64 bytes is simply not one: PyNaCl raises its own
+    ``ValueError`` for it, which reached a caller as a 500)."""
+    if len(signature) != nacl.bindings.crypto_sign_BYTES:
+        return False
     try:
         verify_key.verify(data, signature)
     except nacl.exceptions.BadSignatureError:
