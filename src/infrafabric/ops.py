@@ -14,6 +14,7 @@ from infrafabric.protocol.patterns import AgentField, KidField, PublicKeyField
 
 __all__ = [
     "BOARD",
+    "FABRIC_COMPONENTS",
     "GOVERNOR",
     "KEYS",
     "MAX_DELEGATION_SECONDS",
@@ -43,6 +44,7 @@ __all__ = [
     "TaskSpec",
     "Unblock",
     "Usage",
+    "fabric_topic",
 ]
 
 #: The address agents send board operations to.
@@ -203,6 +205,19 @@ KeysOperation: TypeAlias = Delegate | Recall
 MESH: Final = "if://service/mesh"
 #: Where the fabric publishes each peer's latest link report, for every server to hear.
 MESH_STATUS_TOPIC: Final = "if://topic/mesh-status"
+#: The components whose events the fabric publishes on ``if://topic/<component>/...``
+#: (:attr:`~infrafabric.board.model.BoardEvent.topic`): no agent may publish there.
+FABRIC_COMPONENTS: Final = frozenset({"board", "governor", "keys", "mesh", "verify", "witness"})
+
+
+def fabric_topic(address: str) -> bool:
+    """Whether ``address`` is a topic the fabric's own events go to (``if://topic/board``
+    and below, and the like); ``if://topic/mesh-presence`` is not: its first segment is
+    another."""
+    if not address.startswith("if://topic/"):
+        return False
+    return address[len("if://topic/") :].split("/", 1)[0] in FABRIC_COMPONENTS
+
 
 MeshEventKind = Literal[
     "mesh.link_up",

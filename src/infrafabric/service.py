@@ -230,6 +230,12 @@ class FabricService:
                 f"{ops.MESH}",
                 403,
             )
+        for receiver in receivers:
+            if ops.fabric_topic(receiver):
+                # what a follower of the board reads there must be what the fabric decided
+                raise ServiceError(
+                    "RESERVED_TOPIC", f"only the fabric publishes on {receiver}", 403
+                )
         body = encode_json(message)
         delivered: list[dict[str, Any]] = []
         published: list[str] = []

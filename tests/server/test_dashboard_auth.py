@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
 
 import httpx
@@ -63,20 +64,22 @@ def test_the_cookie_opens_the_websocket_only_from_this_servers_own_pages(fabric:
     ws_url = fabric.url.replace("http://", "ws://") + "/v1/ws"
     host = fabric.url.removeprefix("http://")
 
-    async def opens(origin: str) -> int:
-        """101 if the WebSocket opened, else the HTTP status of the refusal."""
+    async def opens(origin: str) -> tuple[int, str | None]:
+        """101 if the WebSocket opened, else the HTTP status and reason code of the
+        refusal."""
         headers = {"cookie": cookie, "origin": origin}
         try:
             async with websockets.asyncio.client.connect(
                 ws_url, additional_headers=headers, origin=None
             ) as socket:
                 await socket.send('{"type": "subscribe", "topics": ["if://topic/**"]}')
-                return 101
-        except websockets.exceptions.InvalidStatus as refused:  # closed before accepting
-            return refused.response.status_code
+                return 101, None
+        except websockets.exceptions.InvalidStatus as refused:  # refused before accepting
+            body = json.loads(refused.response.body)
+            return refused.response.status_code, body["error"]["code"]
 
-    assert asyncio.run(opens(f"http://{host}")) == 101
-    assert asyncio.run(opens("http://evil.example")) == 403
+    assert asyncio.run(opens(f"http://{host}")) == (101, None)
+    assert asyncio.run(opens("http://evil.example")) == (401, "UNAUTHENTICATED")
 
 
 def test_an_operator_session_expires_and_is_bound_to_the_admin_token() -> None:

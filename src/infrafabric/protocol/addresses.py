@@ -10,10 +10,16 @@ rule serves authorization rules now and topic subscriptions later.
 from __future__ import annotations
 
 import functools
+from typing import Final
 
 from infrafabric.types import Address
 
-__all__ = ["address_matches"]
+__all__ = ["MAX_PATTERN", "address_matches", "pattern_problem"]
+
+#: A subscription pattern's size at most: characters, ``/``-separated segments, and
+#: ``**`` segments (each of which may stand for any number of segments, so a pattern of
+#: many of them costs the most to match; two cover every real use).
+MAX_PATTERN: Final = (256, 24, 2)
 
 
 def address_matches(pattern: str, address: Address) -> bool:
@@ -21,13 +27,47 @@ def address_matches(pattern: str, address: Address) -> bool:
     return _match(tuple(pattern.split("/")), tuple(address.split("/")))
 
 
+def pattern_problem(pattern: object) -> str | None:
+    """Why ``pattern`` cannot be a subscription (too large, not an ``if://`` pattern), or
+    ``None`` if it can. A server matches every published event against every
+    subscription, so what one client subscribes to must stay cheap for all the others."""
+    most_characters, most_segments, most_any = MAX_PATTERN
+    if not isinstance(pattern, str) or not pattern:
+        return "a topic pattern is a non-empty string"
+    if len(pattern) > most_characters:
+        return f"a topic pattern has at most {most_characters} characters"
+    if pattern != "**" and not pattern.startswith("if://"):
+        return f"a topic pattern is an if:// address or **, not {pattern[:40]!r}"
+    segments = pattern.split("/")
+    if len(segments) > most_segments:
+        return f"a topic pattern has at most {most_segments} segments"
+    if segments.count("**") > most_any:
+        return f"a topic pattern has at most {most_any} ** segments"
+    return None
+
+
 @functools.lru_cache(maxsize=4096)
 def _match(pattern: tuple[str, ...], address: tuple[str, ...]) -> bool:
-    if not pattern:
-        return not address
-    head, rest = pattern[0], pattern[1:]
-    if head == "**":
-        return any(_match(rest, address[skip:]) for skip in range(len(address) + 1))
-    if not address:
-        return False
-    return (head == "*" or head == address[0]) and _match(rest, address[1:])
+    # Wildcard matching by one left-to-right walk: ``*`` takes one segment, ``**`` none at
+    # first and one more each time what follows it fails to match (only the latest ``**``
+    # needs to grow: an earlier one's extra segments could as well be the latest's). A
+    # loop, not recursion: a pattern of many ``**`` once took the recursion past
+    # Python's limit, and a RecursionError there stopped an event's fan-out.
+    p = a = 0
+    after_any = -1  # the pattern position after the latest ``**`` seen
+    taken = 0  # the address position that ``**`` has grown to
+    while a < len(address):
+        if p < len(pattern) and pattern[p] == "**":
+            after_any, taken = p + 1, a
+            p += 1
+        elif p < len(pattern) and (pattern[p] == "*" or pattern[p] == address[a]):
+            p += 1
+            a += 1
+        elif after_any >= 0:
+            taken += 1
+            p, a = after_any, taken
+        else:
+            return False
+    while p < len(pattern) and pattern[p] == "**":
+        p += 1
+    return p == len(pattern)

@@ -23,7 +23,7 @@ import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -36,6 +36,7 @@ from infrafabric.governor.core import Manifest
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import PolicyError, Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
+from infrafabric.protocol.addresses import pattern_problem
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
 from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
@@ -52,6 +53,7 @@ from infrafabric.types import AgentId, Timestamp
 from infrafabric.witness.bundle import make_bundle
 from infrafabric.witness.entry import decode_entry
 from infrafabric.witness.feeder import Witness
+from infrafabric.witness.log import LogDamaged
 from infrafabric.witness.query import EntryFilter, Page, scan
 from infrafabric.witness.spend import SpendSeries
 
@@ -578,6 +580,8 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
     else:
         limit = min(_int_param(request, "limit", 100), MAX_WITNESS_ENTRIES)
         budget = limit if where.everything else MAX_WITNESS_SCAN
+    if "limit" in request.query_params and limit < 1:  # a pager would never advance
+        raise ServiceError("MALFORMED", "limit is at least 1", 400)
 
     def find() -> Page:
         witness.log.refresh()  # a feeder process may have appended since
@@ -632,8 +636,12 @@ async def _witness_proof(state: ServerState, request: Request) -> dict[str, Any]
     wanted = request.query_params.get("size")
     size_asked = None if wanted is None else _int_param(request, "size", 0)
 
+    if "hash" not in request.query_params and "index" not in request.query_params:
+        raise ServiceError("MALFORMED", "give the entry's index or its leaf hash", 400)
+
     def bundle() -> dict[str, Any]:
         size, note = _signed(witness, size_asked)
+        _holds(witness, size)
         if "hash" in request.query_params:
             try:
                 leaf = bytes.fromhex(request.query_params["hash"])
@@ -643,23 +651,28 @@ async def _witness_proof(state: ServerState, request: Request) -> dict[str, Any]
             if index is None or index >= size:
                 raise ServiceError("NOT_FOUND", "no such entry in the signed tree", 404)
         else:
-            index = _int_param(request, "index", -1) if "index" in request.query_params else -1
+            index = _int_param(request, "index", 0)
             if not 0 <= index < size:
                 raise ServiceError("NOT_FOUND", f"no entry {index} in the tree of {size}", 404)
-        [(_, _, entry)] = witness.log.entries(index, index + 1)
-        return make_bundle(index, entry, size, witness.log.inclusion_proof(index, size), note)
+        found = witness.log.entries(index, index + 1)
+        if len(found) != 1:
+            raise LogDamaged(f"entry {index} is missing from the witness log")
+        return make_bundle(index, found[0][2], size, witness.log.inclusion_proof(index, size), note)
 
-    return await run_in_threadpool(bundle)
+    return await _undamaged(run_in_threadpool(bundle))
 
 
 async def _witness_consistency(state: ServerState, request: Request) -> dict[str, Any]:
     witness = _witness(state, request)
+    if "old" not in request.query_params:  # (the SDK always sends it)
+        raise ServiceError("MALFORMED", "give old, the tree size to prove consistency from", 400)
     old = _int_param(request, "old", 0)
 
     def proof() -> dict[str, Any]:
         new, new_note = _signed(
             witness, None if "new" not in request.query_params else _int_param(request, "new", 0)
         )
+        _holds(witness, new)
         if old > new:
             raise ServiceError("MALFORMED", f"old size {old} is above new size {new}", 400)
         return {
@@ -672,7 +685,25 @@ async def _witness_consistency(state: ServerState, request: Request) -> dict[str
             "new_checkpoint": new_note,
         }
 
-    return await run_in_threadpool(proof)
+    return await _undamaged(run_in_threadpool(proof))
+
+
+def _holds(witness: Witness, size: int) -> None:
+    """A log that holds fewer entries than a checkpoint it kept signs was truncated. (Read
+    again first: the feeder may have appended and signed since the caller's refresh.)"""
+    if size > witness.log.size and size > witness.log.refresh():
+        raise LogDamaged(f"a checkpoint signs {size} entries, the log holds {witness.log.size}")
+
+
+async def _undamaged(answer: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+    """``answer``, or 500 ``WITNESS_DAMAGED`` (no Retry-After) if the log's own data is
+    inconsistent: asking again cannot help, unlike a store that is unavailable (503)."""
+    try:
+        return await answer
+    except LogDamaged as exc:
+        raise ServiceError(
+            "WITNESS_DAMAGED", f"{exc} (`ifab witness verify` names the damage)", 500
+        ) from None
 
 
 def _int_param(request: Request, name: str, default: int) -> int:
@@ -698,7 +729,7 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     )
     agent = None if admin else state.sessions.agent_of(token, state.clock())
     if agent is None and not admin:
-        await websocket.close(code=4401, reason="a valid token is required")
+        await _refuse_handshake(websocket)
         return
     hub = state.hub
     assert hub is not None  # set by the lifespan before any request
@@ -711,12 +742,16 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     receiver = asyncio.current_task()
     assert receiver is not None
     connection.on_overflow = receiver.cancel  # stop reading from a client that will not read
-    sender = asyncio.create_task(_send_frames(websocket, connection))
+    sender: asyncio.Task[None] | None = None
     try:
+        # The inbox waiting on connect goes out first, each frame as the client takes it,
+        # outside the queue: it may be as long as the queue itself (an agent with a full
+        # inbox was closed as too slow by the answer to its own subscribe frame).
+        backlog: list[str] = []
         if inbox and agent is not None:
             sent = connection.replayed
             for entry in await run_in_threadpool(state.service.store.pending, agent, 0, 1000):
-                connection.offer(
+                backlog.append(
                     json.dumps(
                         {
                             "type": "message",
@@ -727,13 +762,18 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
                 )
                 sent.add(entry.position)
             # no await since the read: nothing can slip between these and the live ones
-            for position, frame in connection.held or ():
-                if position not in sent:
-                    connection.offer(frame)
+            backlog += [frame for position, frame in connection.held or () if position not in sent]
             connection.held = None
+        sender = asyncio.create_task(_send_frames(websocket, connection, backlog))
         while True:
-            text = await websocket.receive_text()
-            reply = await _frame_reply(state, hub, connection, text)
+            text = await _receive_text(websocket)
+            if text is None:
+                reply: dict[str, Any] = {
+                    "type": "error",
+                    "error": {"code": "MALFORMED", "detail": "frames are JSON text, not binary"},
+                }
+            else:
+                reply = await _frame_reply(state, hub, connection, text)
             connection.offer(_FRAME_ENCODER.encode(reply).decode())
     except WebSocketDisconnect:
         pass
@@ -742,15 +782,40 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
             raise  # the server is stopping: not ours to swallow
     finally:
         hub.connections.discard(connection)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sender
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
         if connection.overflowed:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it may be gone already
                 await websocket.close(code=1013, reason="too slow: frames piled up")
 
 
-async def _send_frames(websocket: WebSocket, connection: Connection) -> None:
+async def _refuse_handshake(websocket: WebSocket) -> None:
+    """401 with the reason code, as the REST routes answer. (A close before ``accept``
+    reached the client as a bare 403 with no reason; the SDK re-authenticates on any
+    refused handshake.)"""
+    refusal = ServiceError("UNAUTHENTICATED", "a valid token is required", 401)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(JSONResponse(refusal.to_json(), status_code=401))
+    else:  # a server without the denial extension: the close code says it
+        await websocket.close(code=4401, reason=refusal.detail)
+
+
+async def _receive_text(websocket: WebSocket) -> str | None:
+    """The next text frame, ``None`` for a binary one (answered as malformed, where
+    ``receive_text`` failed with a KeyError and dropped the connection unexplained)."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    text = message.get("text")
+    return text if isinstance(text, str) else None
+
+
+async def _send_frames(websocket: WebSocket, connection: Connection, backlog: list[str]) -> None:
+    for frame in backlog:
+        await websocket.send_text(frame)
+    backlog.clear()
     while True:
         frame = await connection.queue.get()
         await websocket.send_text(frame)
@@ -787,7 +852,8 @@ async def _frame_reply(
     kind, request_id = frame.type, frame.id
     try:
         if kind == "subscribe":
-            connection.topics.update(frame.topics[:64])
+            _check_subscription(connection.topics, frame.topics)
+            connection.topics.update(frame.topics)
             if frame.replay:
                 hub.replay(connection)
             return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
@@ -815,6 +881,25 @@ async def _frame_reply(
         "id": request_id,
         "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
     }
+
+
+#: Topic patterns one connection may follow at most (each published event is matched
+#: against every pattern of every connection).
+MAX_SUBSCRIPTIONS: Final = 64
+
+
+def _check_subscription(following: set[str], patterns: list[str]) -> None:
+    """Refuse (MALFORMED, nothing subscribed) a pattern too large to match cheaply, or
+    more patterns than one connection may follow; before, a frame's patterns past the
+    64th were dropped without a word, and any number of frames added 64 more each."""
+    for pattern in patterns:
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise ServiceError("MALFORMED", problem, 400)
+    if len(following | set(patterns)) > MAX_SUBSCRIPTIONS:
+        raise ServiceError(
+            "MALFORMED", f"a connection follows at most {MAX_SUBSCRIPTIONS} topic patterns", 400
+        )
 
 
 def _frame_id(text: str) -> Any:

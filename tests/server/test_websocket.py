@@ -1,0 +1,180 @@
+"""The WebSocket's limits and refusals, over a real server: what one client does must
+not cost the others their events, and every refusal names its reason."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets.asyncio.client
+import websockets.exceptions
+
+from infrafabric.client import Client, RemoteError
+from infrafabric.server.runner import open_server, run_server
+from tests.server.conftest import Fabric
+
+
+def run(coroutine: Any) -> Any:
+    return asyncio.run(coroutine)
+
+
+def ws_url(fabric: Fabric, token: str, *query: str) -> str:
+    return (
+        fabric.url.replace("http://", "ws://")
+        + f"/v1/ws?token={token}"
+        + "".join(f"&{part}" for part in query)
+    )
+
+
+async def token_of(fabric: Fabric, client: Client) -> str:
+    await client._ensure_token()
+    assert client._token is not None
+    return client._token
+
+
+async def frames_until(socket: Any, wanted: str, most: int = 2000) -> list[dict[str, Any]]:
+    """Frames read until one of type ``wanted`` (included)."""
+    seen = []
+    for _ in range(most):
+        frame = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        seen.append(frame)
+        if frame["type"] == wanted:
+            return seen
+    raise AssertionError(f"no {wanted!r} frame in {most}")
+
+
+def test_an_inbox_as_long_as_the_queue_is_delivered_on_connect(tmp_path: Path) -> None:
+    """The waiting inbox went into the connection's bounded queue all at once: an agent
+    with as many waiting messages as the queue holds was closed as too slow by the
+    answer to its own subscribe frame, and could never stream again."""
+    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    state.queue_limit = 20
+    with run_server(state) as server:
+        fabric = Fabric(server, state.sessions.admin_token)
+        alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+        async def scenario() -> None:
+            async with Client.connect(fabric.url, alice) as sender:
+                for n in range(30):  # more than the queue holds
+                    await sender.send(bob.agent, "inform", {"n": n})
+            async with Client.connect(fabric.url, bob) as receiver:
+                url = ws_url(fabric, await token_of(fabric, receiver))
+                async with websockets.asyncio.client.connect(url) as socket:
+                    await socket.send(
+                        json.dumps({"type": "subscribe", "topics": ["if://topic/news"]})
+                    )
+                    frames = await frames_until(socket, "subscribed")
+                    while len([f for f in frames if f["type"] == "message"]) < 30:
+                        frames.append(json.loads(await asyncio.wait_for(socket.recv(), 10)))
+                    # still open: a live message reaches it after the backlog
+                    async with Client.connect(fabric.url, alice) as sender:
+                        await sender.send(bob.agent, "inform", {"n": "live"})
+                    live = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            contents = [f["message"]["content"]["n"] for f in frames if f["type"] == "message"]
+            assert contents == list(range(30))
+            assert live["message"]["content"] == {"n": "live"}
+
+        run(scenario())
+
+
+def test_subscriptions_are_checked_and_bounded(fabric: Fabric) -> None:
+    """A pattern of thousands of `**` once broke the fan-out of every event (a
+    RecursionError) or held the event loop for seconds; any number of frames could
+    add 64 patterns each."""
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as attacker,
+            Client.connect(fabric.url, bob) as follower,
+        ):
+            url = ws_url(fabric, await token_of(fabric, attacker))
+            async with websockets.asyncio.client.connect(url, max_size=None) as socket:
+                deep = "if://topic/" + "/".join(["**"] * 3000)
+                for topics, problem in [
+                    ([deep], "characters"),
+                    (["if://topic/**/a/**/b/**"], "2 **"),
+                    (["news"], "if:// address"),
+                    ([f"if://topic/t{n}" for n in range(65)], "at most 64"),
+                ]:
+                    await socket.send(json.dumps({"type": "subscribe", "id": 1, "topics": topics}))
+                    refusal = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                    assert (refusal["type"], refusal["error"]["code"]) == ("error", "MALFORMED")
+                    assert problem in refusal["error"]["detail"]
+                # 40 now, then 40 more in another frame: refused as a whole
+                first = [f"if://topic/a{n}" for n in range(40)]
+                await socket.send(json.dumps({"type": "subscribe", "topics": first}))
+                assert len((await frames_until(socket, "subscribed"))[-1]["topics"]) == 40
+                second = [f"if://topic/b{n}" for n in range(40)]
+                await socket.send(json.dumps({"type": "subscribe", "topics": second}))
+                refusal = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert refusal["error"]["code"] == "MALFORMED"
+                await socket.send(json.dumps({"type": "subscribe", "topics": []}))
+                assert len((await frames_until(socket, "subscribed"))[-1]["topics"]) == 40
+            async with follower.stream(["if://topic/board/**"]) as events:
+                await asyncio.sleep(0.2)  # (the subscribe frame is on its way)
+                await attacker.create_task("seen by the follower", id="t1")
+                frame = await asyncio.wait_for(anext(events), 10)
+            assert frame.topic == "if://topic/board/task/created"
+
+    run(scenario())
+
+
+def test_a_binary_frame_is_refused_and_the_connection_goes_on(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as client:
+            url = ws_url(fabric, await token_of(fabric, client), "inbox=false")
+            async with websockets.asyncio.client.connect(url) as socket:
+                await socket.send(b'{"type": "subscribe", "topics": []}')
+                refusal = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert refusal["error"]["code"] == "MALFORMED"
+                assert "binary" in refusal["error"]["detail"]
+                await socket.send(json.dumps({"type": "subscribe", "topics": ["if://topic/x"]}))
+                reply = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert reply == {"type": "subscribed", "id": None, "topics": ["if://topic/x"]}
+
+    run(scenario())
+
+
+def test_a_handshake_without_a_valid_token_is_refused_with_its_reason(fabric: Fabric) -> None:
+    """Closed before it was accepted, the socket reached the client as a bare 403."""
+
+    async def scenario() -> None:
+        for token in ("not-a-token", ""):
+            with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
+                async with websockets.asyncio.client.connect(ws_url(fabric, token)):
+                    pass
+            response = caught.value.response
+            assert response.status_code == 401
+            assert json.loads(response.body)["error"]["code"] == "UNAUTHENTICATED"
+
+    run(scenario())
+
+
+def test_only_the_fabric_publishes_on_the_topics_of_its_own_events(fabric: Fabric) -> None:
+    """Any agent could publish on if://topic/board/..., and followers of the board read
+    it among the fabric's decisions."""
+    carol = fabric.enroll("carol")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, carol) as agent:
+            for topic in (
+                "if://topic/board/task/completed",
+                "if://topic/board",
+                "if://topic/governor/assignment/refused",
+                "if://topic/witness/x",
+                "if://topic/keys/rotated",
+            ):
+                with pytest.raises(RemoteError) as caught:
+                    await agent.send(topic, "inform", {"forged": True})
+                assert (caught.value.code, caught.value.status) == ("RESERVED_TOPIC", 403)
+            # a topic that only begins like one is the agents' own
+            sent = await agent.send("if://topic/boards/news", "inform", {"n": 1})
+            assert sent["published"] == ["if://topic/boards/news"]
+
+    run(scenario())
