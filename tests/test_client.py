@@ -1,20 +1,24 @@
-"""The SDK against an HTTP peer that drops a kept-alive connection as a request arrives on
-it (what a server's idle timeout does to an unlucky request): a read goes again on a new
-connection; a change is never sent twice."""
+"""The SDK against peers that misbehave: an HTTP peer that drops a kept-alive connection
+as a request arrives on it (what a server's idle timeout does to an unlucky request): a
+read goes again on a new connection, a change is never sent twice; a WebSocket peer that
+stops reading: calls still end at their timeout."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
+import websockets.asyncio.server
 
 from infrafabric import SigningIdentity, agent_id
-from infrafabric.client import Client
+from infrafabric.client import Client, RemoteError
 
 
 async def _serve_second_connection_only(requests: list[bytes], reset: bool) -> asyncio.Server:
@@ -43,9 +47,10 @@ async def _serve_second_connection_only(requests: list[bytes], reset: bool) -> a
     return await asyncio.start_server(handle, "127.0.0.1", 0)
 
 
-async def _client(port: int) -> tuple[Client, httpx.AsyncClient]:
+async def _client(port: int, timeout: float = 30.0) -> tuple[Client, httpx.AsyncClient]:
     http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}")
-    client = Client(f"http://127.0.0.1:{port}", SigningIdentity.generate(agent_id("a")), http, 0)
+    identity = SigningIdentity.generate(agent_id("a"))
+    client = Client(f"http://127.0.0.1:{port}", identity, http, 0, timeout=timeout)
     client._token, client._token_until = "token", float("inf")  # signed in already
     return client, http
 
@@ -80,3 +85,51 @@ def test_a_change_dropped_by_the_server_is_not_sent_again(reset: bool) -> None:
             await client.ack(7)
 
     assert requests_made(reset, change) == [b"POST /v1/inbox/ack HTTP/1.1"]
+
+
+@contextlib.asynccontextmanager
+async def _stalled_peer(connections: list[str]) -> AsyncIterator[int]:
+    """A WebSocket peer that accepts connections and never reads from them (a wedged
+    server); yields its port. Its small receive buffer (set before listening, so every
+    accepted socket has it) makes a big frame fill the way at once."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    listener.bind(("127.0.0.1", 0))
+
+    async def handle(connection: websockets.asyncio.server.ServerConnection) -> None:
+        connections.append(connection.request.path if connection.request else "")
+        connection.transport.pause_reading()
+        await connection.wait_closed()
+
+    async with websockets.asyncio.server.serve(
+        handle, sock=listener, max_size=None, ping_interval=None, close_timeout=0.1
+    ):
+        yield listener.getsockname()[1]
+
+
+def test_calls_to_a_peer_that_stopped_reading_end_at_their_timeout() -> None:
+    """A frame the peer does not take keeps its send waiting for the buffer to drain: the
+    call still fails at its timeout with TIMEOUT, and so does a call queued behind it
+    (the send lock does not outlive the deadline); the stuck connection is dropped and
+    the next call opens another."""
+
+    async def scenario() -> None:
+        connections: list[str] = []
+        async with _stalled_peer(connections) as port:
+            client, http = await _client(port, timeout=1.0)
+            started = time.monotonic()
+            big = asyncio.create_task(client.send("if://topic/x", "inform", {"blob": "y" * 2**24}))
+            await asyncio.sleep(0.5)  # the big frame holds the send lock by now
+            small = asyncio.create_task(client.send("if://topic/x", "inform", {"i": 1}))
+            done = await asyncio.wait_for(asyncio.gather(big, small, return_exceptions=True), 10)
+            elapsed = time.monotonic() - started
+        # closed after the peer closed its end: a closing handshake with a peer that does
+        # not read would wait out websockets' close timeout (10 s)
+        await client._close_socket()
+        await http.aclose()
+        assert [type(outcome) for outcome in done] == [RemoteError, RemoteError]
+        assert [outcome.code for outcome in done] == ["TIMEOUT", "TIMEOUT"]  # type: ignore[union-attr]
+        assert elapsed < 3.0  # the small call: 0.5 s after the big one, 1 s of its own
+        assert len(connections) == 2  # the small call did not go out behind the stuck frame
+
+    asyncio.run(scenario())

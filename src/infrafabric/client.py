@@ -541,14 +541,17 @@ class Client:
                     headers={"content-type": "application/json"},
                 )
             return _reply(response)
-        async with self._send_lock:
-            socket = await self._request_socket()
-            message = self._outbox.message(now=time.time(), **fields)
-            reply = await socket.send(encode_json(message))
-        # Wait outside the lock: the next message may leave before this reply is back
-        # (the server answers the frames of one connection in order).
+        # One deadline for the whole call: waiting for the lock and the send count too, or
+        # a server that stops reading would hold this call (and, through the lock, every
+        # later one) past the timeout.
         try:
             async with asyncio.timeout(self._timeout):
+                async with self._send_lock:
+                    socket = await self._request_socket()
+                    message = self._outbox.message(now=time.time(), **fields)
+                    reply = await socket.send(encode_json(message))
+                # Wait outside the lock: the next message may leave before this reply is
+                # back (the server answers the frames of one connection in order).
                 return await reply
         except TimeoutError:
             raise RemoteError(
@@ -709,7 +712,24 @@ class _RequestSocket:
             self._waiting.pop(frame_id, None)
             self.closed = True
             raise RemoteError("DISCONNECTED", f"the connection closed: {exc}", 503) from None
+        except asyncio.CancelledError:
+            # The call was given up (its deadline passed) while the peer was not reading.
+            # websockets hands the whole frame to the transport before it waits for the
+            # buffer to drain, so no frame is cut in half, but a peer that takes nothing
+            # for that long is stuck: more frames would only pile up behind this one.
+            # Drop the connection (waiting calls fail DISCONNECTED); the next call
+            # reconnects.
+            self._waiting.pop(frame_id, None)
+            self.abort()
+            raise
         return future
+
+    def abort(self) -> None:
+        """Drop the connection at once: a closing handshake would queue behind the
+        frames the peer is not reading (websockets' ``close`` would wait its close
+        timeout for it)."""
+        self.closed = True
+        self._socket.transport.abort()
 
     async def close(self) -> None:
         self.closed = True
