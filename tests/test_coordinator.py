@@ -264,6 +264,45 @@ def test_tasks_reserved_by_others_that_an_agent_cannot_take_do_not_make_it_wait(
     assert waited == []
 
 
+def test_a_blocked_task_stays_with_an_owner_that_is_heard_from_until_it_escalates(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A blocked agent works a filler task meanwhile: its heartbeats go there. With the
+    default thresholds (a 120 s lease, escalation after 30 min) the blocked task used to
+    go back to the board after one lease, an attempt spent and the blocker gone, so the
+    escalation never came. Now it stays while its owner is heard from, escalates, and
+    goes back one lease after the owner falls silent."""
+    store = SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
+    coordinator = Coordinator(store, config=BoardConfig(), clock=clock)  # the defaults
+    coordinator.create([Task(id="a", title="A"), Task(id="f", title="filler", filler=True)])
+    coordinator.claim("a", ALICE)
+    _, offered = coordinator.block("a", ALICE, Blocker(type="human", description="review"))
+    assert offered is not None
+    coordinator.claim(offered.id, ALICE)
+    for _ in range(31):  # 31 minutes: heartbeats on the filler, a sweep each minute
+        clock.advance(60)
+        coordinator.heartbeat("f", ALICE)
+        coordinator.sweep()
+    task = coordinator.get("a")
+    assert (task.state, task.owner, task.attempts) == (TaskState.BLOCKED, ALICE, 0)
+    kinds = [stored.event.kind for stored in store.events_since(0)]
+    assert "task.expired" not in kinds
+    assert kinds.count("task.escalated") == 1
+    # alice falls silent: one lease later (and not before) the task goes back
+    clock.advance(120)
+    coordinator.sweep()
+    assert coordinator.get("a").state is TaskState.BLOCKED
+    clock.advance(1)
+    coordinator.sweep()
+    returned = coordinator.get("a")
+    assert (returned.state, returned.owner, returned.last_owner) == (
+        TaskState.AVAILABLE,
+        None,
+        ALICE,
+    )
+    store.close()
+
+
 def test_a_task_blocked_past_the_threshold_is_escalated_by_the_sweep_once(
     tmp_path: Path, clock: ManualClock
 ) -> None:

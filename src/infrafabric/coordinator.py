@@ -392,7 +392,16 @@ class Coordinator:
         task = store.get(seen.id)
         if task is None or task.version != seen.version:
             return None
-        outcome = rules.expire(task, self.clock(), store.dependents(task.id))
+        owner_seen_at = None
+        if task.state is TaskState.BLOCKED and task.owner is not None:
+            owner_seen_at = self.seen_at(task.owner)
+        outcome = rules.expire(
+            task,
+            self.clock(),
+            store.dependents(task.id),
+            owner_seen_at=owner_seen_at,
+            config=self.config,
+        )
         return outcome if outcome.tasks else None
 
     def request_help(

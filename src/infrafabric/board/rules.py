@@ -352,12 +352,34 @@ def give_up(task: Task, agent: AgentId, now: Timestamp) -> Outcome:
     return Outcome((returned,), (_event("task.returned", returned, agent, now),))
 
 
-def expire(task: Task, now: Timestamp, dependents: Iterable[Task] = ()) -> Outcome:
+def expire(
+    task: Task,
+    now: Timestamp,
+    dependents: Iterable[Task] = (),
+    *,
+    owner_seen_at: Timestamp | None = None,
+    config: BoardConfig = DEFAULT_CONFIG,
+) -> Outcome:
     """Return ``task`` to the board if its lease ran out (nothing happens otherwise). The
-    expired claim counts as an attempt, recorded with the old owner."""
+    expired claim counts as an attempt, recorded with the old owner.
+
+    A *blocked* task stays its owner's while the owner was heard from (``owner_seen_at``)
+    within a lease: its lease is renewed from then. A blocked agent waits (for help, for
+    what it needs) and works a filler task meanwhile, whose heartbeats are its proof of
+    life; without this, its task went back to the board after one lease (120 s), an
+    attempt spent, and the escalation of a long blocker (30 min) could never come."""
     if not task.state.owned or task.lease_expires_at is None or task.lease_expires_at >= now:
         return Outcome()
     assert task.owner is not None  # an owned task always has one
+    if (
+        task.state is TaskState.BLOCKED
+        and owner_seen_at is not None
+        and owner_seen_at + config.lease_seconds >= now
+    ):
+        renewed = _move(
+            task, TaskEvent.HEARTBEAT, now, lease_expires_at=owner_seen_at + config.lease_seconds
+        )
+        return Outcome((renewed,), ())
     return _end_attempt(
         task,
         task.owner,
