@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
 import struct
 import time
@@ -19,6 +20,7 @@ import websockets.asyncio.server
 
 from infrafabric import SigningIdentity, agent_id
 from infrafabric.client import Client, RemoteError
+from tests.harness import Fabric, enroll
 
 
 async def _serve_second_connection_only(requests: list[bytes], reset: bool) -> asyncio.Server:
@@ -133,3 +135,33 @@ def test_calls_to_a_peer_that_stopped_reading_end_at_their_timeout() -> None:
         assert len(connections) == 2  # the small call did not go out behind the stuck frame
 
     asyncio.run(scenario())
+
+
+def test_a_stream_and_a_request_whose_server_dies_fail_with_disconnected(fabric: Fabric) -> None:
+    """A stream's WebSocket that drops (the server killed: no closing handshake) ends
+    ``stream()`` and a waiting ``request()`` with the SDK's DISCONNECTED, not websockets'
+    own exception."""
+    asker = enroll(fabric.url, fabric.admin_token, "asker")
+    silent = enroll(fabric.url, fabric.admin_token, "silent")
+
+    async def scenario() -> tuple[RemoteError, RemoteError]:
+        async with (
+            Client.connect(fabric.url, asker) as agent,
+            Client.connect(fabric.url, silent) as other,
+            other.stream() as frames,
+        ):
+            asking = asyncio.create_task(agent.request(silent.agent, {"x": 1}, timeout=30))
+            async for frame in frames:  # the request has arrived: the server goes down
+                assert frame.kind == "message"
+                fabric.kill(signal.SIGKILL)
+                break
+            with pytest.raises(RemoteError) as streamed:
+                async for _ in frames:
+                    pass
+            with pytest.raises(RemoteError) as requested:
+                await asking
+            return streamed.value, requested.value
+
+    streamed, requested = asyncio.run(scenario())
+    assert (streamed.code, streamed.status) == ("DISCONNECTED", 503)
+    assert (requested.code, requested.status) == ("DISCONNECTED", 503)

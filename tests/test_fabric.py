@@ -93,7 +93,10 @@ def test_request_reply_and_its_timeout(tmp_path: Path) -> None:
                 answer = await agent.request(bob.agent, {"x": 21}, timeout=10)
                 assert answer.content == {"answer": 42}
                 assert answer.sender == bob.agent
-                with pytest.raises(TimeoutError):
+                # (asyncio's own TimeoutError says nothing: this one names whom and how long)
+                with pytest.raises(
+                    TimeoutError, match=r"no reply from if://agent/silent within 0\.5 s"
+                ):
                     await agent.request(silent.agent, {"x": 1}, timeout=0.5)
             await serving
 

@@ -322,22 +322,31 @@ class Client:
     ) -> IFMessage:
         """Send ``content`` to agent ``to`` and wait for its reply (a message from ``to`` in
         the same conversation); the reply is acknowledged. Raises ``TimeoutError`` after
-        ``timeout`` seconds without one (the request stays in ``to``'s inbox)."""
+        ``timeout`` seconds without one (the request stays in ``to``'s inbox), and
+        :class:`RemoteError` ``DISCONNECTED`` if the stream closes before it."""
         conversation = new_conversation_id()
         async with self.stream() as frames:
             # (through the server: the reply is awaited on the server's stream)
             await self.send_via_server(to, performative, content, conversation_id=conversation)
-            async with asyncio.timeout(timeout):
-                async for frame in frames:
-                    message = frame.message if frame.kind == "message" else None
-                    if (
-                        message is not None
-                        and message.conversation_id == conversation
-                        and message.sender == to
-                    ):
-                        await self.ack(frame.position)  # type: ignore[arg-type]
-                        return message
-        raise TimeoutError(f"no reply from {to}")  # the stream ended before the deadline
+            try:
+                async with asyncio.timeout(timeout):
+                    async for frame in frames:
+                        message = frame.message if frame.kind == "message" else None
+                        if (
+                            message is not None
+                            and message.conversation_id == conversation
+                            and message.sender == to
+                        ):
+                            await self.ack(frame.position)  # type: ignore[arg-type]
+                            return message
+            except TimeoutError:  # asyncio's says nothing: say who and how long
+                raise TimeoutError(
+                    f"no reply from {to} within {timeout} s (the request stays in its inbox)"
+                ) from None
+        # the stream ended (the server closed it) before the reply or the deadline
+        raise RemoteError(
+            "DISCONNECTED", f"the stream closed before {to} replied; the request was sent", 503
+        )
 
     async def reply(
         self, to: IFMessage, content: Mapping[str, Any], *, performative: Performative = "inform"
@@ -374,18 +383,28 @@ class Client:
             return
         await self._ensure_token()
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        async with websockets.asyncio.client.connect(
-            f"{ws_url}/v1/ws?token={self._token}"
-        ) as socket:
-            await socket.send(
-                json.dumps({"type": "subscribe", "topics": list(topics), "replay": replay})
-            )
+        try:
+            opened = await websockets.asyncio.client.connect(f"{ws_url}/v1/ws?token={self._token}")
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            raise RemoteError("DISCONNECTED", f"cannot reach {self.url}: {exc}", 503) from None
+        async with opened as socket:
+            try:
+                await socket.send(
+                    json.dumps({"type": "subscribe", "topics": list(topics), "replay": replay})
+                )
+            except websockets.exceptions.ConnectionClosed as exc:
+                raise _disconnected(exc) from None
 
             async def frames() -> AsyncIterator[Frame]:
-                async for text in socket:
-                    frame = json.loads(text)
-                    if frame["type"] in ("event", "message"):
-                        yield Frame(frame["type"], frame.get("topic"), frame.get("position"), frame)
+                try:
+                    async for text in socket:
+                        frame = json.loads(text)
+                        if frame["type"] in ("event", "message"):
+                            yield Frame(
+                                frame["type"], frame.get("topic"), frame.get("position"), frame
+                            )
+                except websockets.exceptions.ConnectionClosedError as exc:  # not a clean close
+                    raise _disconnected(exc) from None
 
             yield frames()
 
@@ -770,6 +789,11 @@ class _RequestSocket:
                         )
                     )
             self._waiting.clear()
+
+
+def _disconnected(exc: websockets.exceptions.ConnectionClosed) -> RemoteError:
+    """A stream's WebSocket that dropped, as the SDK reports every lost connection."""
+    return RemoteError("DISCONNECTED", f"the stream's connection closed: {exc}", 503)
 
 
 @functools.cache
