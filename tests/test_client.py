@@ -165,3 +165,21 @@ def test_a_stream_and_a_request_whose_server_dies_fail_with_disconnected(fabric:
     streamed, requested = asyncio.run(scenario())
     assert (streamed.code, streamed.status) == ("DISCONNECTED", 503)
     assert (requested.code, requested.status) == ("DISCONNECTED", 503)
+
+
+def test_a_task_id_is_one_escaped_path_segment(fabric: Fabric) -> None:
+    """``task("a?b")`` asks for task ``a?b``, not for task ``a`` with a query string."""
+    lead = enroll(fabric.url, fabric.admin_token, "lead")
+
+    async def scenario() -> list[str]:
+        async with Client.connect(fabric.url, lead) as agent:
+            await agent.create_task("The real a", id="a")
+            assert (await agent.task("a"))["title"] == "The real a"
+            codes = []
+            for task_id in ("a?b", "a#b", ".."):
+                with pytest.raises(RemoteError) as missing:
+                    await agent.task(task_id)
+                codes.append(missing.value.code)
+            return codes
+
+    assert asyncio.run(scenario()) == ["NOT_FOUND"] * 3

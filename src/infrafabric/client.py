@@ -22,6 +22,7 @@ import json
 import ssl
 import threading
 import time
+import urllib.parse
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -417,7 +418,7 @@ class Client:
         return tasks
 
     async def task(self, task_id: str) -> dict[str, Any]:
-        task: dict[str, Any] = (await self._get(f"/v1/tasks/{task_id}"))["task"]
+        task: dict[str, Any] = (await self._get(f"/v1/tasks/{path_segment(task_id)}"))["task"]
         return task
 
     async def agents(self) -> list[dict[str, Any]]:
@@ -794,6 +795,15 @@ class _RequestSocket:
 def _disconnected(exc: websockets.exceptions.ConnectionClosed) -> RemoteError:
     """A stream's WebSocket that dropped, as the SDK reports every lost connection."""
     return RemoteError("DISCONNECTED", f"the stream's connection closed: {exc}", 503)
+
+
+def path_segment(value: str) -> str:
+    """``value`` (a task id...) as one URL path segment: escaped, or ``a?b`` would look up
+    ``a`` and ``a/b`` another path; a dot segment spelled with escapes, or URL
+    normalisation would remove it (``/v1/tasks/..`` is ``/v1``)."""
+    if value in (".", ".."):
+        return value.replace(".", "%2E")
+    return urllib.parse.quote(value, safe="")
 
 
 @functools.cache

@@ -97,6 +97,24 @@ def test_bad_yaml_and_unreachable_servers_get_clear_errors(fabric: Fabric, tmp_p
     assert b"cannot reach" in away.stderr
 
 
+def test_task_show_escapes_the_id_and_reports_answers_that_are_not_json(fabric: Fabric) -> None:
+    """A task id goes into the URL as one escaped path segment: ``a?b`` is not task ``a``
+    (its query string), ``..`` not a step up. ``a/b`` reaches no route, and the server's
+    plain-text 404 is an error line with exit status 1, not a JSONDecodeError traceback."""
+    ok(fabric("identity", "new", "lead"))
+    ok(fabric("agent", "enroll", "lead"))
+    ok(fabric("task", "add", "The real a", "--id", "a", "--as", "lead"))
+    for task_id in ("a?b", "#x", "..", "a%3Fb"):
+        for reader in ((), ("--as", "lead")):  # the operator's request, then the SDK's
+            result = fabric("task", "show", task_id, *reader)
+            assert result.returncode == 1, (task_id, reader, result.stdout)
+            assert b"NOT_FOUND" in result.stderr, (task_id, reader, result.stderr)
+    routed_nowhere = fabric("task", "show", "a/b")
+    assert routed_nowhere.returncode == 1
+    assert routed_nowhere.stderr.startswith(b"error: HTTP 404 from /v1/tasks/a/b, not JSON")
+    assert b"Traceback" not in routed_nowhere.stderr
+
+
 def test_task_show_prints_the_task_and_tail_prints_the_events_of_changes_made_meanwhile(
     fabric: Fabric,
 ) -> None:

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from infrafabric.board.model import TaskState, Urgency
 from infrafabric.cli.common import fail, keystore, passphrase, print_table, reported_errors
-from infrafabric.client import Client, RemoteError
+from infrafabric.client import Client, RemoteError, path_segment
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir
 
 task_app = typer.Typer(
@@ -98,9 +98,23 @@ def _admin_request(
         )
     except httpx.HTTPError as exc:
         fail(f"cannot reach the fabric at {server}: {exc}")
-    document: dict[str, Any] = response.json()
-    if response.status_code != 200:
-        fail(f"{document['error']['code']}: {document['error']['detail']}")
+    return _answer(response)
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object a fabric answers with; a refusal ends the command with its code.
+    An answer that is not one (the router's plain-text 404 for a path no route takes, an
+    error page from a proxy or a crash) ends it with the status and the start of the text."""
+    try:
+        document = response.json()
+    except ValueError:  # (json.JSONDecodeError, UnicodeDecodeError)
+        text = response.text.strip()[:200] or "(empty)"
+        fail(f"HTTP {response.status_code} from {response.url.path}, not JSON: {text}")
+    error = document.get("error") if isinstance(document, dict) else None
+    if response.status_code != 200 or not isinstance(document, dict):
+        if isinstance(error, dict):
+            fail(f"{error.get('code', 'ERROR')}: {error.get('detail', '')}")
+        fail(f"HTTP {response.status_code} from {response.url.path}: unexpected answer")
     return document
 
 
@@ -212,7 +226,7 @@ def task_show(
     admin_token: AdminToken = None,
 ) -> None:
     """Show one task as JSON."""
-    task = _read(server, agent, admin_token, f"/v1/tasks/{task_id}")["task"]
+    task = _read(server, agent, admin_token, f"/v1/tasks/{path_segment(task_id)}")["task"]
     typer.echo(json.dumps(task, indent=2, sort_keys=True))
 
 
