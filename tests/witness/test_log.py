@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from infrafabric.witness.log import LEAF_RUN, WitnessLog
+from infrafabric.witness.log import LEAF_RUN, LogDamaged, WitnessLog
 from infrafabric.witness.merkle import (
     EMPTY_ROOT,
     leaf_hash,
@@ -166,3 +166,43 @@ def test_a_log_that_cannot_be_written_now_opens_and_is_looked_up_without_its_run
         log.close()
         other.execute("ROLLBACK")
     assert _runs_stored(path) == []  # it wrote nothing
+
+
+@pytest.mark.parametrize(
+    ("edit", "read_back"),
+    [
+        ("replace(entry, '\"n\":1', '\"n\":9')", b'{"n":90}'),  # replace() gives TEXT
+        ("CAST(x'ff7b7d' AS TEXT)", b"\xff{}"),  # TEXT that is not even UTF-8
+        ("12", b"12"),  # a number
+    ],
+    ids=["text", "text-not-utf8", "integer"],
+)
+def test_an_entry_edited_into_another_type_reads_as_its_bytes(
+    tmp_path: Path, edit: str, read_back: bytes
+) -> None:
+    """A hand edit in SQLite that stores TEXT (or a number) where the log keeps BLOBs is
+    read back as those bytes, for an audit to find, not a TypeError or decoding error."""
+    path = tmp_path / "witness.db"
+    log = WitnessLog(path, synchronous="NORMAL")
+    log.append(ENTRIES[:20])
+    log.save_checkpoint(20, "a note\n")
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(f"UPDATE entries SET entry = {edit} WHERE idx = 10")  # noqa: S608
+        db.commit()
+    [(index, leaf, entry)] = log.entries(10, 11)
+    assert (index, leaf, entry) == (10, LEAVES[10], read_back)
+    assert log.checkpoints(1) == [(20, "a note\n")]  # text columns still read as text
+    assert log.checkpoint_at(20) == "a note\n"
+    log.close()
+
+
+def test_a_missing_subtree_is_reported_as_damage(tmp_path: Path) -> None:
+    path = tmp_path / "witness.db"
+    log = WitnessLog(path, synchronous="NORMAL")
+    log.append(ENTRIES[:8])
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DELETE FROM nodes WHERE level = 1 AND idx = 0")
+        db.commit()
+    with pytest.raises(LogDamaged, match="lacks subtree 1/0"):
+        log.inclusion_proof(2)
+    log.close()

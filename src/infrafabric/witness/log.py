@@ -42,7 +42,7 @@ from infrafabric.witness.merkle import (
     range_hash,
 )
 
-__all__ = ["LEAF_RUN", "MerkleLog", "WitnessLog", "fold_edge", "load_edge"]
+__all__ = ["LEAF_RUN", "LogDamaged", "MerkleLog", "WitnessLog", "fold_edge", "load_edge"]
 
 #: Entries per sorted run of leaf hashes (``leaf_runs``); a lookup by hash scans at most
 #: this many entries that no run holds yet.
@@ -75,6 +75,12 @@ CREATE TABLE IF NOT EXISTS cursors (
     position INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+
+class LogDamaged(StoreError):
+    """The log's own data is inconsistent (a subtree it must hold is missing: the file
+    was damaged or edited by hand). Unlike an unavailable store, asking again will not
+    help: ``ifab witness verify`` says where the damage is."""
 
 
 class MerkleLog(Protocol):
@@ -130,8 +136,13 @@ class WitnessLog:
         self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Every value as its stored bytes: an entry edited by hand into TEXT (perhaps
+            # not even UTF-8) must reach an audit as bytes that fail their leaf hash, not
+            # make reading it fail. The text columns are decoded where they are read.
+            self._db.text_factory = bytes
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
             row = self._db.execute("SELECT count(*) FROM entries").fetchone()
@@ -200,13 +211,27 @@ class WitnessLog:
             return self._size
 
     def save_checkpoint(self, size: int, note: str) -> None:
-        """Keep a signed checkpoint (its note text) for tree size ``size``."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO checkpoints (size, note) VALUES (?, ?)"
-                " ON CONFLICT (size) DO UPDATE SET note = excluded.note",
-                (size, note),
-            )
+        """Keep a signed checkpoint (its note text) for tree size ``size``.
+
+        Durably even under ``synchronous=NORMAL``: a checkpoint is published (the server
+        hands it out), so a power cut must not take it back. Syncing the WAL at this
+        commit also syncs every append before it (the WAL is written in order), so each
+        stored checkpoint survives together with the entries it signs; the appends
+        between checkpoints stay cheap."""
+        durable = self._synchronous != "FULL"
+        with self._lock:
+            if durable:  # (not inside a transaction: SQLite applies it at the next one)
+                self._set_synchronous("FULL")
+            try:
+                with self._transaction() as db:
+                    db.execute(
+                        "INSERT INTO checkpoints (size, note) VALUES (?, ?)"
+                        " ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+                        (size, note),
+                    )
+            finally:
+                if durable:
+                    self._set_synchronous(self._synchronous)
 
     # -- reading --------------------------------------------------------------------------
 
@@ -239,8 +264,8 @@ class WitnessLog:
                     "SELECT hash FROM nodes WHERE level = ? AND idx = ?", (level, index)
                 ).fetchone()
         if row is None:
-            raise StoreError(f"the witness log lacks subtree {level}/{index}")
-        return bytes(row[0])
+            raise LogDamaged(f"the witness log lacks subtree {level}/{index}")
+        return _blob(row[0])
 
     def entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]:
         """Entries ``[start, end)`` as ``(index, leaf hash, entry bytes)``."""
@@ -249,7 +274,7 @@ class WitnessLog:
                 "SELECT idx, leaf, entry FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
                 (start, end),
             ).fetchall()
-        return [(int(row[0]), bytes(row[1]), bytes(row[2])) for row in rows]
+        return [(int(row[0]), _blob(row[1]), _blob(row[2])) for row in rows]
 
     def index_of(self, leaf: bytes) -> int | None:
         """The first index whose leaf hash is ``leaf``, or ``None``: a seek in each
@@ -290,18 +315,18 @@ class WitnessLog:
             rows = db.execute(
                 "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT ?", (limit,)
             ).fetchall()
-        return [(int(row[0]), str(row[1])) for row in rows]
+        return [(int(row[0]), _text(row[1])) for row in rows]
 
     def stored_nodes(self) -> list[tuple[int, int, bytes]]:
         """Every stored subtree hash above the leaves ``(level, index, hash)`` (an audit)."""
         with self._read() as db:
             rows = db.execute("SELECT level, idx, hash FROM nodes ORDER BY level, idx").fetchall()
-        return [(int(row[0]), int(row[1]), bytes(row[2])) for row in rows]
+        return [(int(row[0]), int(row[1]), _blob(row[2])) for row in rows]
 
     def checkpoint_at(self, size: int) -> str | None:
         with self._read() as db:
             row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else _text(row[0])
 
     def close(self) -> None:
         with self._lock:
@@ -312,6 +337,10 @@ class WitnessLog:
     def _check_size(self, size: int) -> None:
         if not 0 <= size <= self._size:
             raise ValueError(f"the log has {self._size} entries, not {size}")
+
+    def _set_synchronous(self, mode: str) -> None:
+        with self._read() as db:
+            db.execute(f"PRAGMA synchronous={mode}")
 
     def _load_edge(self, size: int) -> list[tuple[int, int, bytes]]:
         return load_edge(size, self.perfect)
@@ -356,6 +385,23 @@ class WitnessLog:
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return locked_connection(self._lock, self._db, self.path)
+
+
+def _blob(value: object) -> bytes:
+    """A BLOB column's bytes. A value edited by hand may be TEXT (bytes here, with the
+    connection's ``text_factory``) or a number: SQLite's own text form of it then, as
+    ``CAST(... AS BLOB)`` gives."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return str(value).encode()
+
+
+def _text(value: object) -> str:
+    """A TEXT column (read as bytes); bytes that are not UTF-8 come back replaced, and
+    then fail whatever check the text was for (a checkpoint's signature)."""
+    return _blob(value).decode("utf-8", "replace")
 
 
 def _runs(db: sqlite3.Connection) -> int:

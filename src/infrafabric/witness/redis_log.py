@@ -28,7 +28,7 @@ from typing import Any, Final
 
 from infrafabric.errors import StoreError
 from infrafabric.storage.redis import RedisStore, redis_errors
-from infrafabric.witness.log import fold_edge, load_edge
+from infrafabric.witness.log import LogDamaged, fold_edge, load_edge
 from infrafabric.witness.merkle import (
     consistency_proof,
     inclusion_proof,
@@ -193,7 +193,7 @@ class RedisWitnessLog:
             else:
                 found = self.redis.hget(self._key("node"), f"{level}/{index}")
         if found is None:
-            raise StoreError(f"the witness log lacks subtree {level}/{index}")
+            raise LogDamaged(f"the witness log lacks subtree {level}/{index}")
         return bytes(found)
 
     def entries(self, start: int, end: int) -> list[tuple[int, bytes, bytes]]:
