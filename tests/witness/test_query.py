@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.witness.entry import Cost, WitnessEntry, encode_entry
 from infrafabric.witness.log import WitnessLog
+from infrafabric.witness.merkle import leaf_hash
 from infrafabric.witness.query import EntryFilter, scan
 
 START = parse_timestamp("2026-11-30T12:00:00Z")
@@ -96,6 +98,21 @@ def test_an_entry_that_does_not_decode_matches_only_the_empty_filter(tmp_path: P
     witness.append([_entry(0), b'{"not": "an entry"}', _entry(2)])
     assert _indexes(witness, EntryFilter()) == [0, 1, 2]
     assert _indexes(witness, EntryFilter(event="task.*")) == [0, 2]
+
+
+def test_an_entry_that_is_not_a_json_object_is_listed_as_damaged(tmp_path: Path) -> None:
+    witness = WitnessLog(tmp_path / "witness.db", synchronous="NORMAL")
+    damaged = [b"{}{", b"\xff\xfe", b"5", b"[" * 5000 + b"]" * 5000]
+    witness.append([_entry(0), *damaged, _entry(5)])
+    items = scan(witness, EntryFilter()).to_json()["entries"]
+    assert [item["index"] for item in items] == list(range(6))
+    assert items[0]["entry"]["index"] == 0
+    assert "damaged" not in items[0]
+    for item, raw in zip(items[1:5], damaged, strict=True):
+        assert item["entry"] is None
+        assert item["damaged"] is True
+        assert base64.b64decode(item["raw"]) == raw
+        assert bytes.fromhex(item["leaf"]) == leaf_hash(raw)
 
 
 def test_a_filter_goes_through_query_parameters_and_back() -> None:

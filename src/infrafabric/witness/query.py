@@ -11,6 +11,7 @@ over very long logs become common.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import functools
 import json
@@ -140,13 +141,30 @@ class Page:
     def to_json(self) -> dict[str, Any]:
         """The page as the server sends it (``/v1/witness/entries``) and the CLI reads it."""
         return {
-            "entries": [
-                {"index": f.index, "leaf": f.leaf.hex(), "entry": json.loads(f.data)}
-                for f in self.found
-            ],
+            "entries": [_item(f) for f in self.found],
             "next": self.next,
             "size": self.size,
         }
+
+
+def _item(found: Found) -> dict[str, Any]:
+    """One entry as JSON: ``{"index", "leaf", "entry"}``. An entry that is not a JSON
+    object (a damaged log: ``ifab witness verify`` says more) is still listed, so one bad
+    entry does not hide the rest: ``"entry": null, "damaged": true`` and its bytes in
+    base64 as ``raw``."""
+    try:
+        entry = json.loads(found.data)
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested too deep
+        entry = None
+    if not isinstance(entry, dict):
+        return {
+            "index": found.index,
+            "leaf": found.leaf.hex(),
+            "entry": None,
+            "damaged": True,
+            "raw": base64.b64encode(found.data).decode(),
+        }
+    return {"index": found.index, "leaf": found.leaf.hex(), "entry": entry}
 
 
 def scan(
