@@ -10,6 +10,7 @@ import pytest
 from infrafabric.witness.checkpoint import (
     Checkpoint,
     CheckpointError,
+    key_id,
     open_checkpoint,
     open_note,
     parse_verifier_key,
@@ -74,6 +75,9 @@ def test_a_checkpoint_round_trips_and_any_change_is_refused() -> None:
         "text\n\n— PeterNeumann not-base64!\n",
         "text\n\n— PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=",
         "x" * 70_000,
+        GO_NOTE[:-3] + "\u00e9\n",  # a non-ASCII character in the signature's base64
+        GO_NOTE.replace("answer", "answer\x00"),  # a control character in the text
+        GO_NOTE.replace("answer", "answer\udcff"),  # not UTF-8 (a surrogate escape)
     ],
 )
 def test_malformed_notes_are_refused(bad: str) -> None:
@@ -91,6 +95,7 @@ def test_malformed_notes_are_refused(bad: str) -> None:
         "origin\n3\nAAAA\n",
         "origin\n\u0661\u0662\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",  # Arabic digits
         "origin\n\u00b2\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n",  # superscript two
+        "origin\n3\nAAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh\u00e9=\n",  # non-ASCII root
     ],
 )
 def test_a_signed_note_that_is_not_a_checkpoint_is_refused(body: str) -> None:
@@ -134,3 +139,28 @@ def test_a_checkpoint_of_another_log_is_refused_even_with_a_good_signature() -> 
     with pytest.raises(CheckpointError, match=r"for log 'example\.org/other'"):
         open_checkpoint(other_log, vkey)
     assert open_checkpoint(other_log, vkey, origin="example.org/other").size == 1
+
+
+def _signed_by_hand(text: str, name: str, key: nacl.signing.SigningKey) -> str:
+    """``text`` signed as a note without :func:`sign_note`'s checks of the text."""
+    signature = key.sign(text.encode()).signature
+    line = base64.b64encode(key_id(name, bytes(key.verify_key)) + signature).decode()
+    return f"{text}\n\u2014 {name} {line}\n"
+
+
+def test_the_signatures_follow_the_last_blank_line() -> None:
+    """c2sp.org/signed-note: the text may hold blank lines; the signatures are what
+    follows the last one."""
+    key = nacl.signing.SigningKey.generate()
+    vkey = verifier_key("example.org/log", bytes(key.verify_key))
+    text = "first paragraph\n\nsecond paragraph\n"
+    assert open_note(_signed_by_hand(text, "example.org/log", key), vkey) == text
+
+
+@pytest.mark.parametrize("control", ["\x00", "\r", "\t", "\x1b", "\x0c"])
+def test_a_signed_text_with_control_characters_is_refused(control: str) -> None:
+    key = nacl.signing.SigningKey.generate()
+    vkey = verifier_key("example.org/log", bytes(key.verify_key))
+    note = _signed_by_hand(f"example.org/log\n3{control}\nAAAA\n", "example.org/log", key)
+    with pytest.raises(CheckpointError, match="control characters"):
+        open_note(note, vkey)

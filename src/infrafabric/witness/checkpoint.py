@@ -47,6 +47,8 @@ _DASH: Final = "\u2014 "  # an em dash and a space open each signature line
 _NAME: Final = re.compile(r"[^\s+]+\Z")
 _DECIMAL: Final = re.compile(r"(0|[1-9][0-9]*)\Z")  # ASCII digits only, no leading zero
 MAX_NOTE: Final = 64 * 1024
+#: ASCII control characters, which a note may not hold but for its newlines.
+_CONTROL: Final = re.compile(r"[\x00-\x09\x0b-\x1f]")
 
 
 class CheckpointError(ValueError):
@@ -83,7 +85,7 @@ def verifier_key(name: str, public_key: bytes) -> str:
 def parse_verifier_key(text: str) -> tuple[str, bytes]:
     """``(name, public key)`` of a verifier key string; :class:`CheckpointError` if bad."""
     parts = text.strip().split("+", 2)  # the base64 key may itself hold a "+"
-    if len(parts) != 3:
+    if len(parts) != 3 or not _is_utf8(text):
         raise CheckpointError("a verifier key is <name>+<key id>+<base64 key>")
     name, hex_id, encoded = parts
     _check_name(name)
@@ -135,7 +137,11 @@ def open_note(note: str, key: str) -> str:
     name, public_key = parse_verifier_key(key)
     if not isinstance(note, str) or len(note) > MAX_NOTE:
         raise CheckpointError("a checkpoint is a text of at most 64 KiB")
-    body, separator, signatures = note.partition("\n\n")
+    if _CONTROL.search(note) or not _is_utf8(note):
+        raise CheckpointError("a note is UTF-8 text without control characters but newlines")
+    # The signatures follow the LAST blank line (c2sp.org/signed-note): a signature line
+    # is never blank, so everything before it is the text, blank lines and all.
+    body, separator, signatures = note.rpartition("\n\n")
     if not separator or not signatures.endswith("\n"):
         raise CheckpointError("a signed note is text, a blank line, then signature lines")
     body += "\n"
@@ -149,7 +155,7 @@ def open_note(note: str, key: str) -> str:
             continue  # someone else's signature (a cosigner): not ours to judge
         try:
             raw = base64.b64decode(encoded, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a str with non-ASCII characters
             raise CheckpointError("a signature is not base64") from None
         if len(raw) != 4 + 64 or raw[:4] != wanted:
             continue
@@ -170,7 +176,7 @@ def _parse_body(body: str) -> Checkpoint:
         raise CheckpointError("the tree size is a decimal number without leading zeros")
     try:
         root = base64.b64decode(root_text, validate=True)
-    except binascii.Error:
+    except ValueError:  # binascii.Error, or a str with non-ASCII characters
         raise CheckpointError("the root hash is not base64") from None
     if len(root) != HASH_SIZE:
         raise CheckpointError(f"the root hash is not {HASH_SIZE} bytes")
@@ -179,6 +185,15 @@ def _parse_body(body: str) -> Checkpoint:
         if extension.startswith("time "):
             time = extension[5:]
     return Checkpoint(origin, int(size_text), root, time)
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a str read with surrogate escapes may not)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _check_name(name: str) -> None:
