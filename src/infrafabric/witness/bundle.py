@@ -13,7 +13,6 @@ Imports only the standard library, PyNaCl, :mod:`.merkle` and :mod:`.checkpoint`
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,7 +54,7 @@ def verify_bundle(bundle: dict[str, Any] | str, key: str) -> VerifiedEntry:
     and the entry is leaf ``index`` of the tree the checkpoint commits to."""
     try:
         document = json.loads(bundle) if isinstance(bundle, str) else bundle
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise BundleError("a bundle is a JSON object") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise BundleError(f"not a {FORMAT} bundle")
@@ -66,7 +65,7 @@ def verify_bundle(bundle: dict[str, Any] | str, key: str) -> VerifiedEntry:
         entry = base64.b64decode(document["entry"], validate=True)
         proof = [base64.b64decode(node, validate=True) for node in document["proof"]]
         note = document["checkpoint"]
-    except (KeyError, TypeError, binascii.Error):
+    except (KeyError, TypeError, ValueError):  # ValueError: binascii.Error, or non-ASCII
         raise BundleError("entry, proof and checkpoint are base64 and text") from None
     try:
         checkpoint = open_checkpoint(note, key)
