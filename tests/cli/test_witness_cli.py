@@ -104,6 +104,11 @@ def _edit_entry_and_leaf(db: sqlite3.Connection) -> None:
     )
 
 
+def _edit_entry_as_text(db: sqlite3.Connection) -> None:
+    # replace() on a BLOB stores TEXT, which the log must still read as the entry's bytes
+    db.execute("UPDATE entries SET entry = replace(entry, '\"t14\"', '\"t15\"') WHERE idx = 17")
+
+
 def _delete_entry(db: sqlite3.Connection) -> None:
     db.execute("DELETE FROM entries WHERE idx = 17")
 
@@ -125,11 +130,19 @@ def _swap_entries(db: sqlite3.Connection) -> None:
     [
         (_edit_entry, 17),
         (_edit_entry_and_leaf, 17),
+        (_edit_entry_as_text, 17),
         (_delete_entry, 17),
         (_delete_last_entries, 37),
         (_swap_entries, 17),
     ],
-    ids=["changed", "changed-with-its-hash", "deleted", "truncated", "reordered"],
+    ids=[
+        "changed",
+        "changed-with-its-hash",
+        "changed-into-text",
+        "deleted",
+        "truncated",
+        "reordered",
+    ],
 )
 def test_verify_names_the_first_entry_tampered_with(
     witnessed: tuple[Fabric, str],
@@ -149,6 +162,100 @@ def test_verify_names_the_first_entry_tampered_with(
         assert reported in (16, 17)
     else:
         assert reported == first_bad
+
+
+def test_a_log_truncated_with_its_checkpoints_fails_against_a_saved_checkpoint(
+    witnessed: tuple[Fabric, str], tmp_path: Path
+) -> None:
+    fabric, key = witnessed
+    copy = _copy(fabric, tmp_path)
+    with sqlite3.connect(copy / "witness.db") as db:
+        (note,) = db.execute("SELECT note FROM checkpoints WHERE size = 43").fetchone()
+        # what someone who can write the file but not sign does to hide its end
+        db.execute("DELETE FROM entries WHERE idx >= 37")
+        db.execute("DELETE FROM nodes WHERE (idx + 1) << level > 37")
+        db.execute("DELETE FROM checkpoints WHERE size > 37")
+    saved = tmp_path / "checkpoint.txt"  # as `ifab witness checkpoint > FILE` saves it
+    saved.write_text(f"{note}\nverifier key: {key}\n")
+    assert "ok: 37 entries agree" in ok(fabric("witness", "verify", "--data", str(copy)))
+    result = fabric("witness", "verify", "--data", str(copy), "--checkpoint", str(saved))
+    assert result.returncode == 1
+    assert "first bad entry 37" in result.stderr.decode()
+    assert "only 37 remain: the log was truncated" in result.stderr.decode()
+    intact = ok(fabric("witness", "verify", "--data", str(fabric.data), "--checkpoint", str(saved)))
+    assert "and the saved checkpoint of 43" in intact
+    saved.write_text(note.replace("\n43\n", "\n44\n"))  # its signature no longer holds
+    refused = fabric("witness", "verify", "--data", str(copy), "--checkpoint", str(saved))
+    assert refused.returncode == 2
+    assert "not a checkpoint signed by this fabric's key" in refused.stderr.decode()
+
+
+def test_a_damaged_entry_is_shown_as_damaged_by_log_export_and_verify(
+    witnessed: tuple[Fabric, str], tmp_path: Path
+) -> None:
+    import base64
+    import csv
+
+    fabric, _ = witnessed
+    copy = _copy(fabric, tmp_path)
+    with sqlite3.connect(copy / "witness.db") as db:
+        db.execute("UPDATE entries SET entry = x'7b7d7b' WHERE idx = 17")  # "{}{": not JSON
+    data = ("--data", str(copy))
+    lines = ok(fabric("witness", "log", "--start", "16", "--count", "3", *data)).splitlines()
+    assert [line.split()[0] for line in lines] == ["16", "17", "18"]
+    assert lines[1].split()[1] == "DAMAGED"
+    assert lines[1].endswith("raw=e317")
+    items = _json_lines(
+        ok(fabric("witness", "log", "--start", "17", "--count", "1", "--json", *data))
+    )
+    assert items[0]["entry"] is None
+    assert items[0]["damaged"] is True
+    assert base64.b64decode(str(items[0]["raw"])) == b"{}{"
+    exported = json.loads(ok(fabric("witness", "export", *data)))
+    assert len(exported) == 43
+    assert exported[17]["damaged"] is True
+    rows = list(
+        csv.DictReader(ok(fabric("witness", "export", "--format", "csv", *data)).splitlines())
+    )
+    assert (rows[17]["damaged"], rows[17]["raw"]) == ("true", "e317")
+    assert rows[16]["damaged"] == ""
+    verified = fabric("witness", "verify", *data)
+    assert verified.returncode == 1
+    assert "first bad entry 17" in verified.stderr.decode()
+
+
+def test_a_key_that_is_not_a_verifier_key_is_a_usage_error(witnessed: tuple[Fabric, str]) -> None:
+    fabric, _ = witnessed
+    bundle = str(fabric.data.parent / "bundle.json")
+    for command in (
+        ("verify", "--data", str(fabric.data), "--key", "garbage"),
+        ("verify-proof", bundle, "--key", "garbage"),
+    ):
+        result = fabric("witness", *command)
+        assert result.returncode == 2, command
+        assert "--key: not a verifier key" in result.stderr.decode()
+        assert "TAMPERED" not in result.stderr.decode()
+
+
+def test_verify_proof_reports_input_it_cannot_read(
+    witnessed: tuple[Fabric, str], tmp_path: Path
+) -> None:
+    fabric, key = witnessed
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    for source, stdin, problem in (
+        (str(tmp_path / "missing.json"), b"", "cannot read the bundle"),
+        (str(tmp_path), b"", "cannot read the bundle"),
+        (str(tmp_path / "binary.json"), b"", "is not UTF-8 text"),
+        ("-", b"\xff\xfe", "the bundle stdin is not UTF-8 text"),
+    ):
+        result = fabric("witness", "verify-proof", source, "--key", key, stdin=stdin)
+        assert result.returncode == 2, source
+        assert problem in result.stderr.decode(), result.stderr
+        assert b"Traceback" not in result.stderr
+    deep = fabric("witness", "verify-proof", str(tmp_path / "deep.json"), "--key", key)
+    assert deep.returncode == 1
+    assert b"NOT VERIFIED: a bundle is a JSON object" in deep.stderr
 
 
 def test_a_kill_9_during_appends_loses_no_witnessed_decision(tmp_path: Path) -> None:
@@ -326,6 +433,11 @@ def test_log_filters_read_offline_from_the_data_directory(costed: Fabric) -> Non
     refused = costed("witness", "log", "--since", "yesterday", *data)
     assert refused.returncode == 2
     assert b"--since: 'yesterday' is not a time" in refused.stderr
+    assert ok(costed("witness", "log", "--since", "1h ago", *data)).count("\n") == 21
+    before_the_year_1 = costed("witness", "log", "--until", "99999999d", *data)
+    assert before_the_year_1.returncode == 2
+    assert b"--until: '99999999d' is not a time" in before_the_year_1.stderr
+    assert b"Traceback" not in before_the_year_1.stderr
 
 
 def test_trace_follows_one_job_and_totals_what_it_cost(costed: Fabric) -> None:
@@ -389,3 +501,7 @@ def test_export_writes_every_entry_as_json_or_csv(costed: Fabric, tmp_path: Path
     assert json.loads(failed["payload"])["state"] == "available"
     wrong = costed("witness", "export", "--format", "xml", *data)
     assert wrong.returncode == 2
+    nowhere = costed("witness", "export", "-o", str(tmp_path / "no" / "such.csv"), *data)
+    assert nowhere.returncode == 1
+    assert b"cannot write" in nowhere.stderr
+    assert b"Traceback" not in nowhere.stderr

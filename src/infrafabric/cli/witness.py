@@ -18,7 +18,7 @@ import typer
 from infrafabric.cli.board import DEFAULT_SERVER, AdminToken, AsOptional, Server, _read
 from infrafabric.cli.common import EXIT_USAGE, fail, print_table, reported_errors
 from infrafabric.keystore import Keystore
-from infrafabric.protocol.timefmt import parse_timestamp
+from infrafabric.protocol.timefmt import format_timestamp, parse_timestamp
 from infrafabric.server.runner import (
     ENV_DATA,
     ENV_STORE,
@@ -28,7 +28,13 @@ from infrafabric.server.runner import (
 )
 from infrafabric.witness.audit import audit_log
 from infrafabric.witness.bundle import BundleError, verify_bundle
-from infrafabric.witness.checkpoint import verifier_key
+from infrafabric.witness.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    open_checkpoint,
+    parse_verifier_key,
+    verifier_key,
+)
 from infrafabric.witness.log import WitnessLog
 from infrafabric.witness.query import EntryFilter, scan
 
@@ -59,7 +65,9 @@ Actor = Annotated[
 Since = Annotated[
     str | None,
     typer.Option(
-        "--since", help="From this time: 2026-11-30T18:00:00Z, 2026-11-30, or 15m, 2h, 7d ago."
+        "--since",
+        help="From this time: 2026-11-30T18:00:00Z, 2026-11-30 (midnight UTC), or a time"
+        " ago: 90s, 15m, 2h, 7d (or '7d ago').",
     ),
 ]
 Until = Annotated[
@@ -211,15 +219,18 @@ def export(
     where = _filter(component, event, trace_id, task, actor, since, until)
     fetch = _source(data, server, agent, admin_token)
     with reported_errors():
-        stream = (
-            contextlib.nullcontext(sys.stdout)
-            if output is None
-            else output.open("w", encoding="utf-8", newline="")
-        )
-        with stream as out:
-            written = (_write_json if output_format == "json" else _write_csv)(
-                out, _matching(fetch, where)
+        try:
+            stream = (
+                contextlib.nullcontext(sys.stdout)
+                if output is None
+                else output.open("w", encoding="utf-8", newline="")
             )
+            with stream as out:
+                written = (_write_json if output_format == "json" else _write_csv)(
+                    out, _matching(fetch, where)
+                )
+        except OSError as exc:  # no such directory, no permission, disk full
+            fail(f"cannot write {output}: {exc.strerror or exc}")
     if output is not None:
         typer.echo(f"wrote {written} entries to {output}")
 
@@ -242,8 +253,9 @@ def verify_proof(
     key: Annotated[str, typer.Option("--key", help="The fabric's verifier key.")],
 ) -> None:
     """Check a proof bundle offline: the checkpoint's signature and the entry's inclusion."""
+    _check_key(key)
+    text = _read_input(bundle, "bundle")
     with reported_errors():
-        text = typer.get_text_stream("stdin").read() if str(bundle) == "-" else bundle.read_text()
         try:
             verified = verify_bundle(text, key)
         except BundleError as exc:
@@ -267,16 +279,27 @@ def verify(
             help="The Redis of a fabric of several servers (redis://host:port/db): audit the log kept there.",
         ),
     ] = None,
+    saved: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="A checkpoint saved outside the log earlier (`ifab witness checkpoint` > FILE): the log must still hold the tree it signs. Without one, a log truncated together with its checkpoints cannot be told from a younger log.",
+        ),
+    ] = None,
 ) -> None:
     """Check the whole log against every signed checkpoint, offline, and name the first entry that was changed, removed or moved. Exits 1 if anything is wrong."""
     directory = data or default_data_dir()
+    if key is not None:
+        _check_key(key)
     with reported_errors():
+        verifier = key or _fabric_key(directory)
+        anchor = None if saved is None else _saved_checkpoint(saved, verifier)
         if store is not None:  # the log the servers share
             from infrafabric.witness.redis_log import RedisWitnessLog
 
             shared = open_store_url(store)
             try:
-                report = audit_log(RedisWitnessLog(shared), key or _fabric_key(directory))
+                report = audit_log(RedisWitnessLog(shared), verifier, anchor)
             finally:
                 shared.close()
         else:
@@ -285,11 +308,14 @@ def verify(
                 fail(f"no witness log at {path}")
             witness = WitnessLog(path)
             try:
-                report = audit_log(witness, key or _fabric_key(directory))
+                report = audit_log(witness, verifier, anchor)
             finally:
                 witness.close()
     if report.ok:
-        typer.echo(f"ok: {report.size} entries agree with {report.checkpoints} signed checkpoints")
+        also = "" if anchor is None else f" and the saved checkpoint of {anchor.size}"
+        typer.echo(
+            f"ok: {report.size} entries agree with {report.checkpoints} signed checkpoints{also}"
+        )
         return
     first = report.first_bad_index
     typer.echo(
@@ -299,6 +325,42 @@ def verify(
     for problem in report.problems[:20]:
         typer.echo(f"  {problem}", err=True)
     raise typer.Exit(1)
+
+
+def _check_key(key: str) -> None:
+    """Refuse, as a usage error, a --key that is not a verifier key: checking with it
+    could only fail, and "TAMPERED" or "NOT VERIFIED" would blame the log."""
+    try:
+        parse_verifier_key(key)
+    except CheckpointError as exc:
+        fail(f"--key: not a verifier key <name>+<id>+<base64>: {exc}", EXIT_USAGE)
+
+
+def _read_input(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path`` (``-``: stdin); a usage error, not a traceback, if it
+    cannot be read (missing, a directory, not UTF-8)."""
+    name = "stdin" if str(path) == "-" else str(path)
+    try:
+        if str(path) == "-":
+            return typer.get_binary_stream("stdin").read().decode("utf-8")
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read the {what} {name}: {exc.strerror or exc}", EXIT_USAGE)
+    except UnicodeDecodeError:
+        fail(f"the {what} {name} is not UTF-8 text", EXIT_USAGE)
+
+
+def _saved_checkpoint(path: Path, key: str) -> Checkpoint:
+    """The checkpoint in ``path``, signed by ``key``: a note as `ifab witness checkpoint`
+    prints it (the "verifier key:" line after it is left out)."""
+    text = _read_input(path, "checkpoint")
+    note = text.split("\nverifier key: ", 1)[0]
+    try:
+        return open_checkpoint(note, key)
+    except CheckpointError as exc:
+        fail(
+            f"--checkpoint {path}: not a checkpoint signed by this fabric's key: {exc}", EXIT_USAGE
+        )
 
 
 # -- finding entries -----------------------------------------------------------------------
@@ -376,29 +438,39 @@ def _filter(
     )
 
 
-_AGO = re.compile(r"([0-9]{1,9})([smhd])")
+_AGO = re.compile(r"([0-9]{1,9})([smhd])(?: ago)?")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _instant(text: str, now: float, option: str) -> float:
     """``2026-11-30T18:00:00Z`` (RFC 3339 UTC), ``2026-11-30`` (midnight UTC), or a time
-    ago: ``90s``, ``15m``, ``2h``, ``7d``."""
+    ago: ``90s``, ``15m``, ``2h``, ``7d`` (``7d ago`` too)."""
     ago = _AGO.fullmatch(text)
-    if ago:
-        return now - int(ago.group(1)) * _UNIT[ago.group(2)]
     try:
-        if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
-            return parse_timestamp(f"{text}T00:00:00Z")
-        return parse_timestamp(text)
-    except ValueError:
+        if ago:
+            instant = now - int(ago.group(1)) * _UNIT[ago.group(2)]
+        elif re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
+            instant = parse_timestamp(f"{text}T00:00:00Z")
+        else:
+            instant = parse_timestamp(text)
+        # Entries compare times as text: an instant before the year 1 cannot be spelled.
+        format_timestamp(instant)
+    except (ValueError, OverflowError, OSError):
         fail(
-            f"{option}: {text!r} is not a time (2026-11-30T18:00:00Z, 2026-11-30, or 15m, 2h, 7d ago)",
+            f"{option}: {text!r} is not a time (2026-11-30T18:00:00Z, 2026-11-30,"
+            " or a time ago since the year 1: 90s, 15m, 2h, 7d)",
             EXIT_USAGE,
         )
+    return instant
 
 
 def _line(item: dict[str, Any]) -> str:
     entry = item["entry"]
+    if not isinstance(entry, dict):  # "damaged": the log's bytes are not an entry
+        return (
+            f"{item['index']:>7}  DAMAGED (not a witness entry; see ifab witness verify)"
+            f"  raw={item.get('raw', '')}"
+        )
     parts = [
         f"{item['index']:>7}",
         entry.get("at", "?"),
@@ -455,6 +527,8 @@ _CSV_COLUMNS = (
     "usd",
     "model",
     "payload",
+    "damaged",
+    "raw",
 )
 
 
@@ -473,6 +547,10 @@ def _write_csv(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
     writer.writerow(_CSV_COLUMNS)
     count = 0
     for item in items:
+        if not isinstance(item["entry"], dict):  # a damaged entry: its bytes, in base64
+            writer.writerow([item["index"], item["leaf"], *[""] * 11, "true", item.get("raw", "")])
+            count += 1
+            continue
         entry = item["entry"]
         spent = entry.get("cost") or {}
         writer.writerow(
@@ -490,6 +568,8 @@ def _write_csv(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
                 spent.get("usd", ""),
                 spent.get("model", ""),
                 json.dumps(entry.get("payload", {}), sort_keys=True, separators=(",", ":")),
+                "",
+                "",
             )
         )
         count += 1

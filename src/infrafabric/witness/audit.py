@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from infrafabric.witness.checkpoint import CheckpointError, open_checkpoint
+from infrafabric.witness.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from infrafabric.witness.entry import decode_entry
 from infrafabric.witness.log import MerkleLog
 from infrafabric.witness.merkle import LeafHashes, leaf_hash, range_hash
@@ -61,7 +61,11 @@ class AuditReport:
         self.ranges.append((low, high))
 
 
-def audit_log(log: MerkleLog, key: str) -> AuditReport:
+def audit_log(log: MerkleLog, key: str, anchor: Checkpoint | None = None) -> AuditReport:
+    """Audit ``log`` against its signed checkpoints (verified with ``key``) and, if given,
+    ``anchor``: a checkpoint kept outside the log (already verified by the caller). Only
+    an anchor shows a log truncated together with its later checkpoints, or rewritten
+    past the last checkpoint it still holds."""
     report = AuditReport()
     leaves: list[bytes] = []
     position = 0
@@ -106,4 +110,24 @@ def audit_log(log: MerkleLog, key: str) -> AuditReport:
             report.bad_within(vouched, size, f"the entries before {size} do not give its root")
         elif not report.ranges:
             vouched = size
+    if anchor is not None:
+        _check_anchor(report, tree, anchor, vouched)
     return report
+
+
+def _check_anchor(report: AuditReport, tree: LeafHashes, anchor: Checkpoint, vouched: int) -> None:
+    """The log must still hold the tree ``anchor`` signed: at least that many entries,
+    whose root is the anchor's."""
+    if anchor.size > report.size:
+        report.bad(
+            report.size,
+            f"the saved checkpoint signs {anchor.size} entries, but only {report.size} remain:"
+            " the log was truncated",
+        )
+    elif range_hash(0, anchor.size, tree) != anchor.root:
+        report.bad_within(
+            vouched if vouched < anchor.size else 0,
+            anchor.size,
+            f"the entries before {anchor.size} do not give the saved checkpoint's root:"
+            " the log was rewritten",
+        )

@@ -1,0 +1,123 @@
+"""Audits of a log edited by hand, against its own checkpoints and one kept outside it."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+
+import nacl.signing
+import pytest
+
+from infrafabric.witness.audit import audit_log
+from infrafabric.witness.checkpoint import (
+    Checkpoint,
+    open_checkpoint,
+    sign_checkpoint,
+    verifier_key,
+)
+from infrafabric.witness.entry import WitnessEntry, encode_entry
+from infrafabric.witness.log import WitnessLog
+
+ORIGIN = "example.org/log"
+SIGNER = nacl.signing.SigningKey.generate()
+KEY = verifier_key(ORIGIN, bytes(SIGNER.verify_key))
+
+
+def _entries(first: int, count: int, event: str = "task.created") -> list[bytes]:
+    return [
+        encode_entry(
+            WitnessEntry(
+                index=index,
+                component="board",
+                event=event,
+                at="2026-11-30T12:00:00.000Z",
+                payload={"usd": 0.5},
+            )
+        )
+        for index in range(first, first + count)
+    ]
+
+
+def _sign(log: WitnessLog) -> Checkpoint:
+    """Sign and keep a checkpoint of the log as it is; returns it (kept outside, too)."""
+    note = sign_checkpoint(Checkpoint(ORIGIN, log.size, log.root()), ORIGIN, SIGNER)
+    log.save_checkpoint(log.size, note)
+    return open_checkpoint(note, KEY)
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """A log of 40 entries with checkpoints at 16 and 40."""
+    log = WitnessLog(tmp_path / "witness.db", synchronous="NORMAL")
+    log.append(_entries(0, 16))
+    _sign(log)
+    log.append(_entries(16, 24))
+    _sign(log)
+    log.close()
+    return tmp_path / "witness.db"
+
+
+def _edit(path: Path, *statements: str) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        for statement in statements:
+            db.execute(statement)
+        db.commit()
+
+
+def test_an_entry_edited_into_text_is_named(path: Path) -> None:
+    """``replace()`` on a BLOB stores TEXT: the audit reads its bytes and names it."""
+    _edit(path, "UPDATE entries SET entry = replace(entry, '0.5', '0.05') WHERE idx = 10")
+    log = WitnessLog(path)
+    report = audit_log(log, KEY)
+    log.close()
+    assert not report.ok
+    assert report.first_bad_index == 10
+
+
+def _truncate(path: Path, size: int) -> None:
+    """Cut the log to ``size`` entries with every subtree and checkpoint past it: what
+    someone who can write the file but not sign would do to hide the end."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DELETE FROM entries WHERE idx >= ?", (size,))
+        db.execute("DELETE FROM nodes WHERE (idx + 1) << level > ?", (size,))
+        db.execute("DELETE FROM checkpoints WHERE size > ?", (size,))
+        db.commit()
+
+
+def test_a_log_truncated_with_its_checkpoints_is_caught_only_by_a_saved_one(path: Path) -> None:
+    log = WitnessLog(path)
+    saved = open_checkpoint(log.checkpoint_at(40) or "", KEY)
+    log.close()
+    _truncate(path, 30)
+    log = WitnessLog(path)
+    assert audit_log(log, KEY).ok  # nothing inside the log shows it
+    report = audit_log(log, KEY, saved)
+    log.close()
+    assert not report.ok
+    assert report.first_bad_index == 30
+    assert "only 30 remain: the log was truncated" in report.problems[0]
+
+
+def test_a_log_rewritten_past_its_last_kept_checkpoint_is_caught_by_a_saved_one(
+    path: Path,
+) -> None:
+    log = WitnessLog(path)
+    saved = open_checkpoint(log.checkpoint_at(40) or "", KEY)
+    log.close()
+    _truncate(path, 20)
+    log = WitnessLog(path)
+    log.append(_entries(20, 25, event="task.cancelled"))  # another story, and longer
+    assert audit_log(log, KEY).ok
+    report = audit_log(log, KEY, saved)
+    log.close()
+    assert not report.ok
+    assert report.first_bad_index == 16  # the end of what the checkpoint at 16 vouches for
+    assert "do not give the saved checkpoint's root: the log was rewritten" in report.problems[0]
+
+
+def test_an_intact_log_agrees_with_a_saved_checkpoint(path: Path) -> None:
+    log = WitnessLog(path)
+    saved = open_checkpoint(log.checkpoint_at(16) or "", KEY)
+    assert audit_log(log, KEY, saved).ok
+    log.close()
