@@ -236,6 +236,14 @@ class FabricService:
                 raise ServiceError(
                     "RESERVED_TOPIC", f"only the fabric publishes on {receiver}", 403
                 )
+        for receiver in receivers:
+            if receiver.startswith("if://agent/") and self.agent(AgentId(receiver)) is None:
+                # (before anything is delivered: a message goes to all its receivers or none)
+                raise ServiceError(
+                    "UNKNOWN_RECEIVER",
+                    f"{receiver} is not enrolled in this fabric: nobody would read its inbox",
+                    404,
+                )
         body = encode_json(message)
         delivered: list[dict[str, Any]] = []
         published: list[str] = []

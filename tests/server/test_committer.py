@@ -277,7 +277,7 @@ def test_a_failing_listener_or_message_does_not_refuse_the_others(tmp_path: Path
     service.store.deliver = deliver_breaks  # type: ignore[method-assign]
     outbox = Outbox(agent)
     direct = encode_json(
-        outbox.message(now=time.time(), performative="inform", receiver="if://agent/b", content={})
+        outbox.message(now=time.time(), performative="inform", receiver=agent.agent, content={})
     )
     batch = [
         (_request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()),

@@ -265,6 +265,24 @@ def test_direct_messages_wait_in_the_inbox_until_acknowledged(fabric: Fabric) ->
     run(scenario())
 
 
+def test_a_direct_message_to_an_agent_that_is_not_enrolled_is_refused(fabric: Fabric) -> None:
+    """It was stored in an inbox nobody would ever read, and a request to a mistyped
+    agent waited out its whole timeout."""
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as sender:
+            for receivers in (["if://agent/nobody"], [bob.agent, "if://agent/nobody"]):
+                with pytest.raises(RemoteError) as caught:
+                    await sender.send(receivers, "inform", {"hello": True})
+                assert (caught.value.code, caught.value.status) == ("UNKNOWN_RECEIVER", 404)
+                assert "if://agent/nobody" in str(caught.value)
+        async with Client.connect(fabric.url, bob) as receiver:
+            assert await receiver.inbox() == []  # all its receivers or none
+
+    run(scenario())
+
+
 def test_a_help_request_waits_in_the_inbox_of_each_agent_it_invites(fabric: Fabric) -> None:
     alice = fabric.enroll("alice", ("code:python",))
     reviewer = fabric.enroll("reviewer", ("review:code",))

@@ -55,6 +55,10 @@ _ADVICE: Final[dict[str, str]] = {
     ),
     "KEY_REVOKED": "the key this MCP connection signs with was revoked; ask for a new token",
     "REPLAY": "this exact message was already received; do not resend it, call get_task instead",
+    "UNKNOWN_RECEIVER": (
+        "no agent of that name is enrolled; call board_status for the agents and send again"
+    ),
+    "RESERVED_TOPIC": "only the fabric publishes on that topic; pick a topic of your own",
 }
 
 
