@@ -4,10 +4,13 @@ silent, verify a witness entry in the browser, and be refused with a bad token."
 
 from __future__ import annotations
 
+import contextlib
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Page, expect
@@ -125,6 +128,22 @@ def test_a_witness_entry_is_verified_in_the_browser(fabric: Fabric, page: Page) 
         }"""
     )
     assert verdict == "the proof leads to a different root"
+
+
+def test_a_damaged_witness_entry_shows_as_damaged(
+    fabric: Fabric, page: Page, tmp_path: Path
+) -> None:
+    """The entries route lists an entry that is not a witness entry with ``entry: null``;
+    the page read ``found.entry.event`` and failed to draw the table."""
+    as_agent(fabric, "alice", lambda c: c.create_tasks([{"id": "w1", "title": "W"}]))
+    time.sleep(1.5)  # the witness signs a checkpoint within a second
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "witness.db")) as witness:
+        witness.execute("UPDATE entries SET entry = x'7b7d7b' WHERE idx = 0")  # edited by hand
+        witness.commit()
+    sign_in(page, fabric)
+    page.click("#tabs button[data-view=witness]")
+    expect(page.locator("#checkpoint")).to_contain_text("Latest checkpoint")
+    expect(page.locator("#entries tbody")).to_contain_text("DAMAGED", timeout=5 * SECOND)
 
 
 def test_the_token_in_the_fragment_signs_in_once_and_leaves_the_address(

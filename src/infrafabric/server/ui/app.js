@@ -350,8 +350,11 @@
       $("#entries tbody").replaceChildren(...page.entries.reverse().map((found) => {
         const button = el("button", { "data-index": String(found.index) }, "verify");
         button.addEventListener("click", () => verify(found.index));
-        return el("tr", {}, el("td", {}, String(found.index)), el("td", {}, found.entry.event),
-          el("td", {}, found.entry.actor || ""), el("td", {}, found.entry.task_id || ""), el("td", {}, button));
+        // a damaged entry (bytes that are not a witness entry) comes with entry null
+        const entry = found.entry || {};
+        const event = found.damaged ? "DAMAGED: not a witness entry" : entry.event;
+        return el("tr", {}, el("td", {}, String(found.index)), el("td", {}, event),
+          el("td", {}, entry.actor || ""), el("td", {}, entry.task_id || ""), el("td", {}, button));
       }));
     } catch (error) {
       if (error instanceof Unauthorized) return showLogin();
