@@ -42,7 +42,7 @@ import websockets.exceptions
 
 from infrafabric import ops
 from infrafabric.errors import PeerError
-from infrafabric.protocol.addresses import address_matches
+from infrafabric.protocol.addresses import MAX_SUBSCRIPTIONS, address_matches, pattern_problem
 from infrafabric.protocol.identity import Outbox, SigningIdentity, b64url_decode, b64url_encode
 from infrafabric.protocol.keyring import KeyringFile
 from infrafabric.protocol.message import (
@@ -377,7 +377,10 @@ class Client:
         self, topics: Iterable[str] = (), *, replay: bool = False
     ) -> AsyncIterator[AsyncIterator[Frame]]:
         """Live frames: events of ``topics`` (``*`` one segment, ``**`` any) and every direct
-        message (including those waiting in the inbox). Acknowledge messages with :meth:`ack`."""
+        message (including those waiting in the inbox). Acknowledge messages with :meth:`ack`.
+        A pattern the server would refuse (see ``docs/server.md``) raises ``MALFORMED`` here,
+        in the embedded mode too."""
+        topics = _checked_topics(topics)
         if self._local is not None:
             async with _local_stream(self._local, self.agent, list(topics)) as local_frames:
                 yield local_frames
@@ -400,6 +403,11 @@ class Client:
                 try:
                     async for text in socket:
                         frame = json.loads(text)
+                        if frame["type"] == "error":  # the answer to our subscribe frame
+                            error = frame["error"]
+                            raise RemoteError(
+                                error["code"], error["detail"], frame.get("status") or 400
+                            )
                         if frame["type"] in ("event", "message"):
                             yield Frame(
                                 frame["type"], frame.get("topic"), frame.get("position"), frame
@@ -790,6 +798,20 @@ class _RequestSocket:
                         )
                     )
             self._waiting.clear()
+
+
+def _checked_topics(topics: Iterable[str]) -> list[str]:
+    """``topics`` as a list, once the server's rules for subscriptions hold."""
+    wanted = list(topics)
+    for pattern in wanted:
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            raise RemoteError("MALFORMED", problem, 400)
+    if len(set(wanted)) > MAX_SUBSCRIPTIONS:
+        raise RemoteError(
+            "MALFORMED", f"a stream follows at most {MAX_SUBSCRIPTIONS} topic patterns", 400
+        )
+    return wanted
 
 
 def _disconnected(exc: websockets.exceptions.ConnectionClosed) -> RemoteError:

@@ -178,3 +178,37 @@ def test_only_the_fabric_publishes_on_the_topics_of_its_own_events(fabric: Fabri
             assert sent["published"] == ["if://topic/boards/news"]
 
     run(scenario())
+
+
+def test_the_sdk_refuses_a_pattern_the_server_would_and_reads_a_refusal(
+    fabric: Fabric, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, stream() sent any pattern and skipped the server's error frame: a refused
+    subscription looked like a quiet topic."""
+    from infrafabric import client as sdk
+    from infrafabric.fabric import Fabric as Embedded
+
+    alice = fabric.enroll("alice")
+    deep = "if://topic/" + "/".join(["**"] * 3)
+
+    async def refused(agent: Client, topics: list[str]) -> RemoteError:
+        with pytest.raises(RemoteError) as caught:
+            async with agent.stream(topics) as frames:
+                await asyncio.wait_for(anext(frames), 10)
+        return caught.value
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            for topics in ([deep], [f"if://topic/t{n}" for n in range(65)]):
+                assert (await refused(agent, topics)).code == "MALFORMED"
+            # a client without the check (an older SDK, say) hears the server's refusal
+            monkeypatch.setattr(sdk, "_checked_topics", list)
+            refusal = await refused(agent, [deep])
+            assert (refusal.code, refusal.status) == ("MALFORMED", 400)
+            assert "2 **" in refusal.detail
+            monkeypatch.undo()
+        with Embedded.open(tmp_path / "embedded", synchronous="NORMAL") as local:
+            async with local.connect(local.enroll("bob")) as agent:
+                assert (await refused(agent, [deep])).code == "MALFORMED"
+
+    run(scenario())

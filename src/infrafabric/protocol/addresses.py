@@ -14,12 +14,15 @@ from typing import Final
 
 from infrafabric.types import Address
 
-__all__ = ["MAX_PATTERN", "address_matches", "pattern_problem"]
+__all__ = ["MAX_PATTERN", "MAX_SUBSCRIPTIONS", "address_matches", "pattern_problem"]
 
 #: A subscription pattern's size at most: characters, ``/``-separated segments, and
 #: ``**`` segments (each of which may stand for any number of segments, so a pattern of
 #: many of them costs the most to match; two cover every real use).
 MAX_PATTERN: Final = (256, 24, 2)
+#: Topic patterns one connection may follow at most (each published event is matched
+#: against every pattern of every connection).
+MAX_SUBSCRIPTIONS: Final = 64
 
 
 def address_matches(pattern: str, address: Address) -> bool:

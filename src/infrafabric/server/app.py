@@ -36,7 +36,7 @@ from infrafabric.governor.core import Manifest
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import PolicyError, Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
-from infrafabric.protocol.addresses import pattern_problem
+from infrafabric.protocol.addresses import MAX_SUBSCRIPTIONS, pattern_problem
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
 from infrafabric.protocol.timefmt import parse_timestamp
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
@@ -881,11 +881,6 @@ async def _frame_reply(
         "id": request_id,
         "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
     }
-
-
-#: Topic patterns one connection may follow at most (each published event is matched
-#: against every pattern of every connection).
-MAX_SUBSCRIPTIONS: Final = 64
 
 
 def _check_subscription(following: set[str], patterns: list[str]) -> None:
