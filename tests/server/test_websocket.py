@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets.asyncio.client
 import websockets.exceptions
@@ -212,3 +213,41 @@ def test_the_sdk_refuses_a_pattern_the_server_would_and_reads_a_refusal(
                 assert (await refused(agent, [deep])).code == "MALFORMED"
 
     run(scenario())
+
+
+def test_the_routers_own_refusals_carry_a_reason_code(fabric: Fabric) -> None:
+    """An unknown path or a method a route does not take got Starlette's plain text."""
+    unknown = httpx.get(f"{fabric.url}/v1/nothing-here")
+    assert unknown.status_code == 404
+    assert unknown.json()["error"]["code"] == "NOT_FOUND"
+    assert "/v1/nothing-here" in unknown.json()["error"]["detail"]
+    wrong = httpx.delete(f"{fabric.url}/v1/tasks")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "METHOD_NOT_ALLOWED"
+    assert "GET" in wrong.headers["allow"]
+
+
+def test_a_bug_in_a_route_answers_json_internal(tmp_path: Path) -> None:
+    """Starlette's own answer to an exception is a plain-text page."""
+    from starlette.routing import Route
+
+    from infrafabric.server.app import create_app
+
+    def broken(request: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    try:
+        app = create_app(state)
+        app.router.routes.append(Route("/broken", broken))  # a route with a bug, for the test
+
+        async def scenario() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.get("/broken")
+
+        answer = run(scenario())
+    finally:
+        state.close()
+    assert answer.status_code == 500
+    assert answer.json() == {"error": {"code": "INTERNAL", "detail": "RuntimeError"}}

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -201,9 +202,33 @@ def create_app(state: ServerState) -> Starlette:
         Route("/mcp", mcp),
         *dashboard_routes(state, SESSION_COOKIE),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_refusal, 500: _internal_error},
+    )
     mcp.fabric_app = app
     return app
+
+
+#: The reason codes of the router's own refusals (no route, wrong method).
+_HTTP_CODES: Final = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+async def _http_refusal(request: Request, exc: Exception) -> Response:
+    """The router's refusals (an unknown path, a method the route does not take) as JSON
+    with a reason code, like every other refusal; they were plain text."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "HTTP_ERROR")
+    detail = f"{request.method} {request.url.path}: {exc.detail}"
+    response = _json({"error": {"code": code, "detail": detail}}, exc.status_code)
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    """A bug: JSON ``INTERNAL`` with the error's type only (the traceback goes to the log)."""
+    return _json({"error": {"code": "INTERNAL", "detail": type(exc).__name__}}, 500)
 
 
 # -- plumbing -----------------------------------------------------------------------------
