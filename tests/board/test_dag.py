@@ -37,7 +37,7 @@ def test_unknown_dependencies_and_taken_ids_are_refused() -> None:
         check_new_dependencies([task("a", "z")], {})
     with pytest.raises(DependencyError, match="already exists"):
         check_new_dependencies([task("a")], {"a": task("a")})
-    with pytest.raises(DependencyError, match="already exists"):
+    with pytest.raises(DependencyError, match="given to more than one new task"):
         check_new_dependencies([task("a"), task("a")], {})
 
 

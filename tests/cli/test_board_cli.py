@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import queue
 import signal
@@ -77,6 +78,11 @@ def test_bad_yaml_and_unreachable_servers_get_clear_errors(fabric: Fabric, tmp_p
     result = fabric("task", "import", str(broken), "--as", "lead")
     assert result.returncode == 1
     assert b"task #1 needs at least a title" in result.stderr
+    both = tmp_path / "both.yaml"
+    both.write_text("tasks:\n  - {title: A, needs: [x], required_capabilities: [y]}\n")
+    result = fabric("task", "import", str(both), "--as", "lead")
+    assert result.returncode == 1  # one of the two was silently dropped
+    assert b"task #1 gives both needs and required_capabilities" in result.stderr
     unknown = fabric(
         "task",
         "block",
@@ -99,8 +105,9 @@ def test_bad_yaml_and_unreachable_servers_get_clear_errors(fabric: Fabric, tmp_p
 
 def test_task_show_escapes_the_id_and_reports_answers_that_are_not_json(fabric: Fabric) -> None:
     """A task id goes into the URL as one escaped path segment: ``a?b`` is not task ``a``
-    (its query string), ``..`` not a step up. ``a/b`` reaches no route, and the server's
-    plain-text 404 is an error line with exit status 1, not a JSONDecodeError traceback."""
+    (its query string), ``..`` not a step up. ``a/b`` reaches no route (NOT_FOUND). An
+    answer that is not JSON (a proxy's error page) is an error line with exit status 1,
+    not a JSONDecodeError traceback."""
     ok(fabric("identity", "new", "lead"))
     ok(fabric("agent", "enroll", "lead"))
     ok(fabric("task", "add", "The real a", "--id", "a", "--as", "lead"))
@@ -111,8 +118,32 @@ def test_task_show_escapes_the_id_and_reports_answers_that_are_not_json(fabric: 
             assert b"NOT_FOUND" in result.stderr, (task_id, reader, result.stderr)
     routed_nowhere = fabric("task", "show", "a/b")
     assert routed_nowhere.returncode == 1
-    assert routed_nowhere.stderr.startswith(b"error: HTTP 404 from /v1/tasks/a/b, not JSON")
-    assert b"Traceback" not in routed_nowhere.stderr
+    assert b"NOT_FOUND" in routed_nowhere.stderr
+
+    class ProxyErrorPage(http.server.BaseHTTPRequestHandler):
+        """Stands for a proxy in front of the fabric that answers with an HTML page."""
+
+        def do_GET(self) -> None:
+            page = b"<html><body>502 Bad Gateway</body></html>"
+            self.send_response(502)
+            self.send_header("content-type", "text/html")
+            self.send_header("content-length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), ProxyErrorPage) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        try:
+            url = f"http://127.0.0.1:{proxy.server_address[1]}"
+            page = fabric("task", "show", "a", "--server", url)
+        finally:
+            proxy.shutdown()
+    assert page.returncode == 1
+    assert page.stderr.startswith(b"error: HTTP 502 from /v1/tasks/a, not JSON")
+    assert b"Traceback" not in page.stderr
 
 
 def test_task_show_prints_the_task_and_tail_prints_the_events_of_changes_made_meanwhile(

@@ -26,8 +26,10 @@ def check_new_dependencies(batch: Sequence[Task], existing: Mapping[str, Task]) 
     form a cycle."""
     ids = [task.id for task in batch]
     for task_id in ids:
-        if task_id in existing or ids.count(task_id) > 1:
+        if task_id in existing:
             raise DependencyError(task_id, "a task with this id already exists")
+        if ids.count(task_id) > 1:
+            raise DependencyError(task_id, "this id is given to more than one new task")
     by_id = {task.id: task for task in batch}
     for task in batch:
         for dep in task.dependencies:

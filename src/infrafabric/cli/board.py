@@ -198,6 +198,9 @@ def load_board(path: Path) -> list[dict[str, Any]]:
     for index, entry in enumerate(document["tasks"], start=1):
         if not isinstance(entry, dict) or "title" not in entry:
             fail(f"{path}: task #{index} needs at least a title")
+        for short, field in renames.items():
+            if short in entry and field in entry:  # one would silently replace the other
+                fail(f"{path}: task #{index} gives both {short} and {field}; keep one")
         specs.append({renames.get(str(key), str(key)): value for key, value in entry.items()})
     return specs
 
