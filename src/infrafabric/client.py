@@ -379,7 +379,9 @@ class Client:
         """Live frames: events of ``topics`` (``*`` one segment, ``**`` any) and every direct
         message (including those waiting in the inbox). Acknowledge messages with :meth:`ack`.
         A pattern the server would refuse (see ``docs/server.md``) raises ``MALFORMED`` here,
-        in the embedded mode too."""
+        in the embedded mode too. ``replay`` is the server's (its last 256 events and
+        topic messages); an embedded fabric keeps no such buffer, so there it replays
+        nothing: read what came before with :meth:`events`."""
         topics = _checked_topics(topics)
         if self._local is not None:
             async with _local_stream(self._local, self.agent, list(topics)) as local_frames:
