@@ -270,8 +270,9 @@ def test_a_blocked_task_stays_with_an_owner_that_is_heard_from_until_it_escalate
     """A blocked agent works a filler task meanwhile: its heartbeats go there. With the
     default thresholds (a 120 s lease, escalation after 30 min) the blocked task used to
     go back to the board after one lease, an attempt spent and the blocker gone, so the
-    escalation never came. Now it stays while its owner is heard from, escalates, and
-    goes back one lease after the owner falls silent."""
+    escalation never came. Now it stays while its owner is heard from and escalates;
+    after that only heartbeats of its own keep it (one lease later it goes back), so
+    proof of life elsewhere cannot hold it forever."""
     store = SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
     coordinator = Coordinator(store, config=BoardConfig(), clock=clock)  # the defaults
     coordinator.create([Task(id="a", title="A"), Task(id="f", title="filler", filler=True)])
@@ -288,18 +289,39 @@ def test_a_blocked_task_stays_with_an_owner_that_is_heard_from_until_it_escalate
     kinds = [stored.event.kind for stored in store.events_since(0)]
     assert "task.expired" not in kinds
     assert kinds.count("task.escalated") == 1
-    # alice falls silent: one lease later (and not before) the task goes back
-    clock.advance(120)
-    coordinator.sweep()
-    assert coordinator.get("a").state is TaskState.BLOCKED
-    clock.advance(1)
-    coordinator.sweep()
+    # escalated: the filler's heartbeats no longer hold it; one lease on, it goes back
+    for _ in range(3):
+        clock.advance(60)
+        coordinator.heartbeat("f", ALICE)
+        coordinator.sweep()
     returned = coordinator.get("a")
     assert (returned.state, returned.owner, returned.last_owner) == (
         TaskState.AVAILABLE,
         None,
         ALICE,
     )
+    store.close()
+
+
+def test_the_owner_of_a_blocked_task_may_act_on_it_until_the_sweeper_returns_it(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """Between the end of a blocked task's lease and the sweep that renews it, the
+    owner's own unblock was refused as LEASE_LOST (and an MCP agent told to claim a task
+    it still held). Its acting is proof of life enough."""
+    store = SqliteStore(tmp_path / "board.db", synchronous="NORMAL")
+    coordinator = Coordinator(store, config=BoardConfig(), clock=clock)
+    coordinator.create([Task(id="a", title="A")])
+    coordinator.claim("a", ALICE)
+    coordinator.block("a", ALICE, Blocker(type="human", description="review"))
+    clock.advance(121)  # the lease ran out; no sweep yet
+    with pytest.raises(NotOwner):
+        coordinator.unblock("a", BOB)  # still nobody else's
+    resumed = coordinator.unblock("a", ALICE)
+    assert (resumed.state, resumed.lease_expires_at) == (TaskState.IN_PROGRESS, T0 + 121 + 120)
+    clock.advance(121)  # a task that is not blocked loses its lease as before
+    with pytest.raises(LeaseLost):
+        coordinator.heartbeat("a", ALICE)
     store.close()
 
 

@@ -163,6 +163,25 @@ def test_an_expired_lease_returns_the_task_and_counts_an_attempt(board: Board) -
     assert board["a"].owner == BOB
 
 
+def test_a_blocked_lease_is_renewed_from_when_its_owner_was_seen_never_the_future(
+    board: Board,
+) -> None:
+    board.add(spec("a"))
+    board.apply(claim(board["a"], ALICE, T0))
+    board.apply(block(board["a"], ALICE, Blocker(type="human", description="d"), T0))
+    late = T0 + 200  # the lease (120 s) ran out
+    assert board.apply(expire(board["a"], late, owner_seen_at=T0 + 150)).events == ()
+    assert board["a"].lease_expires_at == T0 + 150 + 120  # from the proof of life
+    later = T0 + 300
+    ahead = later + 10_000  # another server's clock, far ahead: clamped to now
+    board.apply(expire(board["a"], later, owner_seen_at=ahead))
+    assert (board["a"].state, board["a"].lease_expires_at) == (TaskState.BLOCKED, later + 120)
+    # silent for longer than a lease: returned as any other task
+    outcome = board.apply(expire(board["a"], later + 500, owner_seen_at=later + 100))
+    assert [event.kind for event in outcome.events] == ["task.expired"]
+    assert board["a"].state is TaskState.AVAILABLE
+
+
 def test_three_ended_attempts_kill_the_task(board: Board) -> None:
     board.add(spec("a"), spec("b", "a"))
     for attempt in range(3):

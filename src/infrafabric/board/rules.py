@@ -363,23 +363,30 @@ def expire(
     """Return ``task`` to the board if its lease ran out (nothing happens otherwise). The
     expired claim counts as an attempt, recorded with the old owner.
 
-    A *blocked* task stays its owner's while the owner was heard from (``owner_seen_at``)
-    within a lease: its lease is renewed from then. A blocked agent waits (for help, for
-    what it needs) and works a filler task meanwhile, whose heartbeats are its proof of
-    life; without this, its task went back to the board after one lease (120 s), an
-    attempt spent, and the escalation of a long blocker (30 min) could never come."""
+    A *blocked* task that has not been escalated yet stays its owner's while the owner
+    was heard from (``owner_seen_at``) within a lease: its lease is renewed from then. A
+    blocked agent waits (for help, for what it needs) and works a filler task meanwhile,
+    whose heartbeats are its proof of life; without this, its task went back to the board
+    after one lease (120 s), an attempt spent, and the escalation of a long blocker (30
+    min) could never come. Once escalated, the task needs heartbeats of its own again:
+    proof of life elsewhere holds a blocked task for ``escalate_blocked_after`` and a
+    lease at most, so one message cannot keep an agent's blocked tasks forever."""
     if not task.state.owned or task.lease_expires_at is None or task.lease_expires_at >= now:
         return Outcome()
     assert task.owner is not None  # an owned task always has one
     if (
         task.state is TaskState.BLOCKED
+        and task.blocker is not None
+        and task.blocker.escalated_at is None
         and owner_seen_at is not None
-        and owner_seen_at + config.lease_seconds >= now
     ):
-        renewed = _move(
-            task, TaskEvent.HEARTBEAT, now, lease_expires_at=owner_seen_at + config.lease_seconds
-        )
-        return Outcome((renewed,), ())
+        # (another server's clock may run ahead: never renew from the future)
+        seen = min(owner_seen_at, now)
+        if seen + config.lease_seconds >= now:
+            renewed = _move(
+                task, TaskEvent.HEARTBEAT, now, lease_expires_at=seen + config.lease_seconds
+            )
+            return Outcome((renewed,), ())
     return _end_attempt(
         task,
         task.owner,
@@ -556,7 +563,15 @@ def select_helpers(
 def _require_owner(task: Task, agent: AgentId, now: Timestamp) -> None:
     if not task.state.owned or task.owner != agent:
         raise NotOwner(task.id, agent, task.owner)
-    if task.lease_expires_at is not None and task.lease_expires_at < now:
+    if (
+        task.lease_expires_at is not None
+        and task.lease_expires_at < now
+        # A blocked task's lease is renewed by the sweeper while its owner is heard from
+        # (see expire), only once it ran out: until the sweeper returns the task, the
+        # owner acting on it is that proof of life. (LEASE_LOST sent the owner to claim a
+        # task it still held, which the sweeper then kept for it.)
+        and task.state is not TaskState.BLOCKED
+    ):
         raise LeaseLost(task.id, agent, task.lease_expires_at)
 
 
