@@ -387,12 +387,7 @@ class Client:
             async with _local_stream(self._local, self.agent, list(topics)) as local_frames:
                 yield local_frames
             return
-        await self._ensure_token()
-        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
-        try:
-            opened = await websockets.asyncio.client.connect(f"{ws_url}/v1/ws?token={self._token}")
-        except (OSError, websockets.exceptions.WebSocketException) as exc:
-            raise RemoteError("DISCONNECTED", f"cannot reach {self.url}: {exc}", 503) from None
+        opened = await self._open_stream()
         async with opened as socket:
             try:
                 await socket.send(
@@ -418,6 +413,25 @@ class Client:
                     raise _disconnected(exc) from None
 
             yield frames()
+
+    async def _open_stream(self) -> websockets.asyncio.client.ClientConnection:
+        """The stream's WebSocket. A handshake refused with 401 (a server restarted since
+        the token was given forgets it) signs in again once, as the request socket does;
+        before, the stream failed as DISCONNECTED until the token expired."""
+        await self._ensure_token()
+        ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
+        for attempt in (1, 2):
+            try:
+                return await websockets.asyncio.client.connect(
+                    f"{ws_url}/v1/ws?token={self._token}"
+                )
+            except websockets.exceptions.InvalidStatus as exc:
+                if exc.response.status_code != 401 or attempt == 2:
+                    raise _refused_handshake(exc) from None
+                await self._authenticate()
+            except (OSError, websockets.exceptions.WebSocketException) as exc:
+                raise RemoteError("DISCONNECTED", f"cannot reach {self.url}: {exc}", 503) from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -800,6 +814,16 @@ class _RequestSocket:
                         )
                     )
             self._waiting.clear()
+
+
+def _refused_handshake(exc: websockets.exceptions.InvalidStatus) -> RemoteError:
+    """The server's refusal of a WebSocket handshake, with its reason code if it sent one."""
+    status = exc.response.status_code
+    try:
+        error = json.loads(exc.response.body or b"")["error"]
+        return RemoteError(str(error["code"]), str(error["detail"]), status)
+    except (ValueError, TypeError, KeyError):
+        return RemoteError("DISCONNECTED", f"the WebSocket was refused: HTTP {status}", 503)
 
 
 def _checked_topics(topics: Iterable[str]) -> list[str]:

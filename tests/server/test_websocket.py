@@ -251,3 +251,21 @@ def test_a_bug_in_a_route_answers_json_internal(tmp_path: Path) -> None:
         state.close()
     assert answer.status_code == 500
     assert answer.json() == {"error": {"code": "INTERNAL", "detail": "RuntimeError"}}
+
+
+def test_a_stream_signs_in_again_when_its_token_is_refused(fabric: Fabric) -> None:
+    """The request socket signed in again on a refused handshake, the stream did not: it
+    failed as DISCONNECTED until the token expired (up to 15 minutes)."""
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent._ensure_token()
+            agent._token = "a-token-the-server-no-longer-honours"  # as after a key change
+            async with agent.stream(["if://topic/board/**"]) as events:
+                await asyncio.sleep(0.2)  # (the subscribe frame is on its way)
+                await agent.create_task("seen", id="s1")
+                frame = await asyncio.wait_for(anext(events), 10)
+            assert frame.topic == "if://topic/board/task/created"
+
+    run(scenario())

@@ -818,8 +818,8 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
 
 async def _refuse_handshake(websocket: WebSocket) -> None:
     """401 with the reason code, as the REST routes answer. (A close before ``accept``
-    reached the client as a bare 403 with no reason; the SDK re-authenticates on any
-    refused handshake.)"""
+    reached the client as a bare 403 with no reason. The SDK signs in again on a 401,
+    for its request socket and its streams alike.)"""
     refusal = ServiceError("UNAUTHENTICATED", "a valid token is required", 401)
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(JSONResponse(refusal.to_json(), status_code=401))
