@@ -206,3 +206,22 @@ def test_a_missing_subtree_is_reported_as_damage(tmp_path: Path) -> None:
     with pytest.raises(LogDamaged, match="lacks subtree 1/0"):
         log.inclusion_proof(2)
     log.close()
+
+
+def test_a_checkpoint_is_committed_with_a_flush_and_the_appends_are_not(tmp_path: Path) -> None:
+    """A published checkpoint must survive a power cut with the entries it signs, so its
+    commit syncs the WAL (synchronous=FULL for that one commit) while the appends of a
+    NORMAL log stay unsynced; and the log is left NORMAL for the next append."""
+    log = WitnessLog(tmp_path / "witness.db", synchronous="NORMAL")
+    statements: list[str] = []
+    log._db.set_trace_callback(statements.append)  # what the log's connection runs
+    log.append(ENTRIES[:4])
+    log.save_checkpoint(4, "a note\n")
+    log.append(ENTRIES[4:8])
+    flushed = statements.index("PRAGMA synchronous=FULL")
+    insert = next(i for i, s in enumerate(statements) if s.startswith("INSERT INTO checkpoints"))
+    restored = statements.index("PRAGMA synchronous=NORMAL")
+    assert flushed < insert < restored  # the checkpoint's own commit, in between
+    assert statements.count("PRAGMA synchronous=FULL") == 1  # no append flushed
+    assert log._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
+    log.close()

@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -220,7 +221,7 @@ class WitnessLog:
         between checkpoints stay cheap."""
         durable = self._synchronous != "FULL"
         with self._lock:
-            if durable:  # (not inside a transaction: SQLite applies it at the next one)
+            if durable:  # (outside a transaction: SQLite refuses the pragma inside one)
                 self._set_synchronous("FULL")
             try:
                 with self._transaction() as db:
@@ -230,7 +231,9 @@ class WitnessLog:
                         (size, note),
                     )
             finally:
-                if durable:
+                if durable and not self._db.in_transaction:
+                    # (after a failed COMMIT _transaction rolled back; were it still
+                    # open, the pragma would fail and hide the real error)
                     self._set_synchronous(self._synchronous)
 
     # -- reading --------------------------------------------------------------------------
@@ -381,6 +384,9 @@ class WitnessLog:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
+                if self._db.in_transaction:  # a COMMIT that failed leaves it open
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise StoreError(f"{self.path}: {exc}") from exc
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
