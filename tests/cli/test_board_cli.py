@@ -146,6 +146,15 @@ def test_task_show_escapes_the_id_and_reports_answers_that_are_not_json(fabric: 
     assert b"Traceback" not in page.stderr
 
 
+def test_tail_reports_a_topic_pattern_the_server_refuses(fabric: Fabric) -> None:
+    """The server's refusal of the subscription was skipped: tail printed nothing and
+    exited 0, as if the board were quiet."""
+    refused = fabric("tail", "--topic", "board/**", "--seconds", "10")
+    assert refused.returncode == 2
+    assert b"MALFORMED" in refused.stderr
+    assert b"if:// address" in refused.stderr
+
+
 def test_task_show_prints_the_task_and_tail_prints_the_events_of_changes_made_meanwhile(
     fabric: Fabric,
 ) -> None:

@@ -25,7 +25,14 @@ from rich.console import Console
 from rich.table import Table
 
 from infrafabric.board.model import TaskState, Urgency
-from infrafabric.cli.common import fail, keystore, passphrase, print_table, reported_errors
+from infrafabric.cli.common import (
+    EXIT_USAGE,
+    fail,
+    keystore,
+    passphrase,
+    print_table,
+    reported_errors,
+)
 from infrafabric.client import Client, RemoteError, path_segment
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir
 
@@ -461,6 +468,9 @@ def tail(
                 except TimeoutError:
                     return
                 frame = json.loads(text)
+                if frame.get("type") == "error":  # the answer to the subscribe frame
+                    error = frame.get("error") or {}
+                    fail(f"{error.get('code')}: {error.get('detail')}", EXIT_USAGE)
                 if frame.get("type") == "event":
                     typer.echo(
                         json.dumps(frame.get("event") or frame.get("message"), sort_keys=True)
