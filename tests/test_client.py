@@ -175,11 +175,16 @@ def test_a_task_id_is_one_escaped_path_segment(fabric: Fabric) -> None:
         async with Client.connect(fabric.url, lead) as agent:
             await agent.create_task("The real a", id="a")
             assert (await agent.task("a"))["title"] == "The real a"
-            codes = []
+            answers = []
             for task_id in ("a?b", "a#b", ".."):
                 with pytest.raises(RemoteError) as missing:
                     await agent.task(task_id)
-                codes.append(missing.value.code)
-            return codes
+                # the service's answer about that very id, not the router's about a path
+                answers.append(f"{missing.value.code}: {missing.value.detail}")
+            return answers
 
-    assert asyncio.run(scenario()) == ["NOT_FOUND"] * 3
+    assert asyncio.run(scenario()) == [
+        "NOT_FOUND: no task a?b",
+        "NOT_FOUND: no task a#b",
+        "NOT_FOUND: no task ..",
+    ]

@@ -237,6 +237,15 @@ def test_a_key_that_is_not_a_verifier_key_is_a_usage_error(witnessed: tuple[Fabr
         assert "TAMPERED" not in result.stderr.decode()
 
 
+def test_verify_of_a_directory_without_a_log_says_so(witnessed: tuple[Fabric, str]) -> None:
+    """It asked for the fabric's key first ("pass --key"), about a log that is not there."""
+    fabric, _ = witnessed
+    missing = fabric.data.parent / "no-such-fabric"
+    result = fabric("witness", "verify", "--data", str(missing))
+    assert result.returncode == 1
+    assert f"no witness log at {missing / 'witness.db'}" in result.stderr.decode()
+
+
 def test_verify_proof_reports_input_it_cannot_read(
     witnessed: tuple[Fabric, str], tmp_path: Path
 ) -> None:

@@ -291,6 +291,8 @@ def verify(
     directory = data or default_data_dir()
     if key is not None:
         _check_key(key)
+    if store is None and not (directory / "witness.db").exists():
+        fail(f"no witness log at {directory / 'witness.db'}")  # (before asking for its key)
     with reported_errors():
         verifier = key or _fabric_key(directory)
         anchor = None if saved is None else _saved_checkpoint(saved, verifier)

@@ -16,10 +16,11 @@ from infrafabric.types import Address
 
 __all__ = ["MAX_PATTERN", "MAX_SUBSCRIPTIONS", "address_matches", "pattern_problem"]
 
-#: A subscription pattern's size at most: characters, ``/``-separated segments, and
-#: ``**`` segments (each of which may stand for any number of segments, so a pattern of
-#: many of them costs the most to match; two cover every real use).
-MAX_PATTERN: Final = (256, 24, 2)
+#: A subscription pattern's size at most: characters (the longest topic, 16 segments of
+#: 64, is 1,050), ``/``-separated segments, and ``**`` segments (each of which may stand
+#: for any number of segments, so a pattern of many of them costs the most to match; two
+#: cover every real use).
+MAX_PATTERN: Final = (1100, 24, 2)
 #: Topic patterns one connection may follow at most (each published event is matched
 #: against every pattern of every connection).
 MAX_SUBSCRIPTIONS: Final = 64

@@ -598,6 +598,9 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
     witness = _witness(state, request)
     start = _int_param(request, "start", 0)
     where = _entry_filter(request)
+    # the limit asked for, before any clamping to the range (an empty range is no error)
+    if "limit" in request.query_params and _int_param(request, "limit", 1) < 1:
+        raise ServiceError("MALFORMED", "limit is at least 1", 400)  # a pager never advancing
     if "end" in request.query_params:  # a range: [start, end), at most 1,000 entries
         span = min(max(0, _int_param(request, "end", 0) - start), MAX_WITNESS_ENTRIES)
         limit = min(_int_param(request, "limit", span), span)
@@ -605,8 +608,6 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
     else:
         limit = min(_int_param(request, "limit", 100), MAX_WITNESS_ENTRIES)
         budget = limit if where.everything else MAX_WITNESS_SCAN
-    if "limit" in request.query_params and limit < 1:  # a pager would never advance
-        raise ServiceError("MALFORMED", "limit is at least 1", 400)
 
     def find() -> Page:
         witness.log.refresh()  # a feeder process may have appended since

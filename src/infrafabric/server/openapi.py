@@ -41,6 +41,7 @@ _BEARER: Final[list[dict[str, list[str]]]] = [{"bearer": []}]
 
 #: What the server takes for a count, a position or a size: ASCII digits, below 10^18.
 _COUNT: Final[dict[str, Any]] = {"type": "integer", "minimum": 0, "maximum": 10**18 - 1}
+_POSITIVE: Final[dict[str, Any]] = {**_COUNT, "minimum": 1}
 _FILTER: Final[dict[str, Any]] = {"type": "string", "maxLength": MAX_PARAM}
 _INSTANT: Final[dict[str, Any]] = {"type": "string", "format": "date-time"}  # RFC 3339
 
@@ -216,7 +217,7 @@ OPENAPI: Final[dict[str, Any]] = {
                 parameters=(
                     _query("start", "The first entry's index (default 0)"),
                     _query("end", "A range [start, end) of at most 1,000 entries, unfiltered"),
-                    _query("limit", "At most this many entries (a search: default 100)"),
+                    _query("limit", "At most this many entries (a search: default 100)", _POSITIVE),
                     _query("component", "Entries of this component", _FILTER),
                     _query("event", "Entries whose event matches this pattern", _FILTER),
                     _query("trace_id", "Entries of this trace", _FILTER),
