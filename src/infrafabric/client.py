@@ -588,20 +588,25 @@ class Client:
         # One deadline for the whole call: waiting for the lock and the send count too, or
         # a server that stops reading would hold this call (and, through the lock, every
         # later one) past the timeout.
+        handed = False  # whether the frame may have left (then it may have been carried out)
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._send_lock:
                     socket = await self._request_socket()
                     message = self._outbox.message(now=time.time(), **fields)
+                    handed = True
                     reply = await socket.send(encode_json(message))
                 # Wait outside the lock: the next message may leave before this reply is
                 # back (the server answers the frames of one connection in order).
                 return await reply
         except TimeoutError:
+            outcome = (
+                "the message may have been carried out"
+                if handed
+                else "the message was never sent (the connection was busy or unreachable)"
+            )
             raise RemoteError(
-                "TIMEOUT",
-                f"no reply within {self._timeout} s; the message may have been carried out",
-                504,
+                "TIMEOUT", f"no reply within {self._timeout} s; {outcome}", 504
             ) from None
 
     async def _request_socket(self) -> _RequestSocket:
