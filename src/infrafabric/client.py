@@ -42,7 +42,7 @@ import websockets.exceptions
 
 from infrafabric import ops
 from infrafabric.errors import PeerError
-from infrafabric.protocol.addresses import MAX_SUBSCRIPTIONS, address_matches, pattern_problem
+from infrafabric.protocol.addresses import address_matches, subscription_problem
 from infrafabric.protocol.identity import Outbox, SigningIdentity, b64url_decode, b64url_encode
 from infrafabric.protocol.keyring import KeyringFile
 from infrafabric.protocol.message import (
@@ -834,14 +834,9 @@ def _refused_handshake(exc: websockets.exceptions.InvalidStatus) -> RemoteError:
 def _checked_topics(topics: Iterable[str]) -> list[str]:
     """``topics`` as a list, once the server's rules for subscriptions hold."""
     wanted = list(topics)
-    for pattern in wanted:
-        problem = pattern_problem(pattern)
-        if problem is not None:
-            raise RemoteError("MALFORMED", problem, 400)
-    if len(set(wanted)) > MAX_SUBSCRIPTIONS:
-        raise RemoteError(
-            "MALFORMED", f"a stream follows at most {MAX_SUBSCRIPTIONS} topic patterns", 400
-        )
+    problem = subscription_problem((), wanted)
+    if problem is not None:
+        raise RemoteError("MALFORMED", problem, 400)
     return wanted
 
 

@@ -10,11 +10,18 @@ rule serves authorization rules now and topic subscriptions later.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Final
 
 from infrafabric.types import Address
 
-__all__ = ["MAX_PATTERN", "MAX_SUBSCRIPTIONS", "address_matches", "pattern_problem"]
+__all__ = [
+    "MAX_PATTERN",
+    "MAX_SUBSCRIPTIONS",
+    "address_matches",
+    "pattern_problem",
+    "subscription_problem",
+]
 
 #: A subscription pattern's size at most: characters (the longest topic, 16 segments of
 #: 64, is 1,050), ``/``-separated segments, and ``**`` segments (each of which may stand
@@ -47,6 +54,20 @@ def pattern_problem(pattern: object) -> str | None:
         return f"a topic pattern has at most {most_segments} segments"
     if segments.count("**") > most_any:
         return f"a topic pattern has at most {most_any} ** segments"
+    return None
+
+
+def subscription_problem(following: Iterable[str], patterns: Iterable[str]) -> str | None:
+    """Why a connection already ``following`` some patterns may not add ``patterns`` (one
+    is not a subscription, or there would be more than :data:`MAX_SUBSCRIPTIONS`), or
+    ``None``. The server refuses such a frame; the SDK checks before it sends."""
+    wanted = list(patterns)
+    for pattern in wanted:
+        problem = pattern_problem(pattern)
+        if problem is not None:
+            return problem
+    if len({*following, *wanted}) > MAX_SUBSCRIPTIONS:
+        return f"a connection follows at most {MAX_SUBSCRIPTIONS} topic patterns"
     return None
 
 
