@@ -211,9 +211,11 @@ FABRIC_COMPONENTS: Final = frozenset({"board", "governor", "keys", "mesh", "veri
 
 
 def fabric_topic(address: str) -> bool:
-    """Whether ``address`` is a topic the fabric's own events go to (``if://topic/board``
-    and below, and the like); ``if://topic/mesh-presence`` is not: its first segment is
-    another."""
+    """Whether only the fabric publishes on ``address``: the topics of its own events
+    (``if://topic/board`` and below, and the like) and :data:`MESH_STATUS_TOPIC`, where it
+    publishes the mesh reports it checked. ``if://topic/mesh-presence`` is the agents'."""
+    if address == MESH_STATUS_TOPIC:
+        return True
     if not address.startswith("if://topic/"):
         return False
     return address[len("if://topic/") :].split("/", 1)[0] in FABRIC_COMPONENTS

@@ -223,22 +223,14 @@ class FabricService:
             return self._mesh(message, data, key, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
             raise ServiceError("UNKNOWN_SERVICE", f"no such service among {list(receivers)}", 404)
-        if ops.MESH_STATUS_TOPIC in receivers:  # the fabric publishes there, after checking
-            raise ServiceError(
-                "RESERVED_TOPIC",
-                f"{ops.MESH_STATUS_TOPIC} carries reports the fabric checked: send yours to "
-                f"{ops.MESH}",
-                403,
-            )
-        for receiver in receivers:
+        for receiver in receivers:  # (all checked before anything goes anywhere)
             if ops.fabric_topic(receiver):
-                # what a follower of the board reads there must be what the fabric decided
+                # what a follower reads there must be what the fabric decided or checked
+                where = f": send yours to {ops.MESH}" if receiver == ops.MESH_STATUS_TOPIC else ""
                 raise ServiceError(
-                    "RESERVED_TOPIC", f"only the fabric publishes on {receiver}", 403
+                    "RESERVED_TOPIC", f"only the fabric publishes on {receiver}{where}", 403
                 )
-        for receiver in receivers:
             if receiver.startswith("if://agent/") and self.agent(AgentId(receiver)) is None:
-                # (before anything is delivered: a message goes to all its receivers or none)
                 raise ServiceError(
                     "UNKNOWN_RECEIVER",
                     f"{receiver} is not enrolled in this fabric: nobody would read its inbox",
