@@ -378,7 +378,8 @@ class Client:
     ) -> AsyncIterator[AsyncIterator[Frame]]:
         """Live frames: events of ``topics`` (``*`` one segment, ``**`` any) and every direct
         message (including those waiting in the inbox). Acknowledge messages with :meth:`ack`.
-        A pattern the server would refuse (see ``docs/server.md``) raises ``MALFORMED`` here,
+        The block is entered once the server has taken the subscription, so no event of a
+        change made inside it is missed. A pattern the server would refuse (see ``docs/server.md``) raises ``MALFORMED`` here,
         in the embedded mode too. ``replay`` is the server's (its last 256 events and
         topic messages); an embedded fabric keeps no such buffer, so there it replays
         nothing: read what came before with :meth:`events`."""
@@ -393,22 +394,28 @@ class Client:
                 await socket.send(
                     json.dumps({"type": "subscribe", "topics": list(topics), "replay": replay})
                 )
+                # Yield once subscribed, so that an event of a change made right after
+                # `async with` is not missed; the inbox's backlog comes first, kept here.
+                early: list[Frame] = []
+                async with asyncio.timeout(self._timeout):
+                    while (frame := _stream_frame(await socket.recv())) != "subscribed":
+                        if isinstance(frame, Frame):
+                            early.append(frame)
             except websockets.exceptions.ConnectionClosed as exc:
                 raise _disconnected(exc) from None
+            except TimeoutError:
+                raise RemoteError(
+                    "TIMEOUT", f"the subscription was not answered within {self._timeout} s", 504
+                ) from None
 
             async def frames() -> AsyncIterator[Frame]:
+                for kept in early:
+                    yield kept
                 try:
                     async for text in socket:
-                        frame = json.loads(text)
-                        if frame["type"] == "error":  # the answer to our subscribe frame
-                            error = frame["error"]
-                            raise RemoteError(
-                                error["code"], error["detail"], frame.get("status") or 400
-                            )
-                        if frame["type"] in ("event", "message"):
-                            yield Frame(
-                                frame["type"], frame.get("topic"), frame.get("position"), frame
-                            )
+                        arrived = _stream_frame(text)
+                        if isinstance(arrived, Frame):
+                            yield arrived
                 except websockets.exceptions.ConnectionClosedError as exc:  # not a clean close
                     raise _disconnected(exc) from None
 
@@ -819,6 +826,18 @@ class _RequestSocket:
                         )
                     )
             self._waiting.clear()
+
+
+def _stream_frame(text: str | bytes) -> Frame | str:
+    """A stream's frame: an event or a message, or the type of any other frame; the
+    server's refusal (the answer to the subscribe frame) raised."""
+    frame = json.loads(text)
+    if frame["type"] == "error":
+        error = frame["error"]
+        raise RemoteError(error["code"], error["detail"], frame.get("status") or 400)
+    if frame["type"] in ("event", "message"):
+        return Frame(frame["type"], frame.get("topic"), frame.get("position"), frame)
+    return str(frame["type"])
 
 
 def _refused_handshake(exc: websockets.exceptions.InvalidStatus) -> RemoteError:

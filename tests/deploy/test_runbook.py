@@ -199,7 +199,8 @@ def test_caddy_puts_tls_in_front_and_passes_websockets_cookies_and_mcp(tmp_path:
                 origin=None,
             ) as socket:
                 await socket.send('{"type": "subscribe", "topics": ["if://topic/**"]}')
-                await asyncio.sleep(0.2)  # subscribed before the task is made
+                # subscribed before the task is made
+                assert json.loads(await socket.recv())["type"] == "subscribed"
                 made = await asyncio.to_thread(
                     fabric, "task", "add", "behind TLS", "--id", "behind-tls", "--as", "ops"
                 )

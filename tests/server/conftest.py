@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from infrafabric import Keyring, SigningIdentity
+from infrafabric.server.app import ServerState
 from infrafabric.server.runner import RunningServer, open_server, run_server
 from tests.harness import enroll
 
@@ -41,6 +42,16 @@ def fabric(tmp_path: Path) -> Iterator[Fabric]:
     state = open_server(tmp_path / "data", synchronous="NORMAL")
     with run_server(state) as server:
         yield Fabric(server, state.sessions.admin_token)
+
+
+@pytest.fixture
+def small_queues(tmp_path: Path) -> Iterator[tuple[Fabric, ServerState]]:
+    """A real server whose connections queue 20 frames at most (the default is 1,000), so
+    a test overflows one quickly; with its state, to look at the hub."""
+    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    state.queue_limit = 20
+    with run_server(state) as server:
+        yield Fabric(server, state.sessions.admin_token), state
 
 
 __all__ = ["Fabric", "Keyring"]

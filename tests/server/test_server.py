@@ -27,6 +27,7 @@ from infrafabric import (
 )
 from infrafabric.client import Client, RemoteError
 from infrafabric.protocol.verify import Verifier
+from infrafabric.server.app import ServerState
 from infrafabric.server.hub import REPLAY_LIMIT
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.server.runner import open_server, run_server
@@ -328,7 +329,7 @@ def test_board_events_stream_to_subscribers(fabric: Fabric) -> None:
             Client.connect(fabric.url, alice) as worker,
         ):
             async with observer.stream(["if://topic/board/task/*"]) as frames:
-                await asyncio.sleep(0.2)  # let the subscription land
+                # (subscribed once inside: the first change is seen without waiting)
                 await worker.create_task("watched", id="w")
                 await worker.claim("w")
                 kinds = []
@@ -418,31 +419,30 @@ def raw_websocket(url: str, token: str) -> socket.socket:
     return connection
 
 
-def test_a_client_that_stops_reading_is_dropped_and_stalls_nobody(tmp_path: Path) -> None:
-    state = open_server(tmp_path / "data", synchronous="NORMAL")
-    state.queue_limit = 20
-    with run_server(state) as server:
-        fabric = Fabric(server, state.sessions.admin_token)
-        alice, slow = fabric.enroll("alice"), fabric.enroll("slow")
+def test_a_client_that_stops_reading_is_dropped_and_stalls_nobody(
+    small_queues: tuple[Fabric, ServerState],
+) -> None:
+    fabric, state = small_queues
+    alice, slow = fabric.enroll("alice"), fabric.enroll("slow")
 
-        async def scenario() -> None:
-            async with Client.connect(fabric.url, slow) as lazy:
-                await lazy._ensure_token()
-                stalled = raw_websocket(fabric.url, lazy._token or "")
-                await eventually(
-                    lambda: [c.agent for c in state.hub.connections] == [slow.agent]  # type: ignore[union-attr]
-                )
-                async with Client.connect(fabric.url, alice) as busy:
-                    # 200 x 60 KB: past the socket buffers, then the queue. Each send
-                    # would fail with TIMEOUT (the SDK's 30 s) were the sender held up
-                    # behind the stalled reader; every one is answered.
-                    for _ in range(200):
-                        sent = await busy.send("if://topic/flood", "inform", {"blob": "x" * 60_000})
-                        assert sent["published"] == ["if://topic/flood"]
-                await eventually(lambda: state.hub.connections == set())  # type: ignore[union-attr]
-                stalled.close()
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, slow) as lazy:
+            await lazy._ensure_token()
+            stalled = raw_websocket(fabric.url, lazy._token or "")
+            await eventually(
+                lambda: [c.agent for c in state.hub.connections] == [slow.agent]  # type: ignore[union-attr]
+            )
+            async with Client.connect(fabric.url, alice) as busy:
+                # 200 x 60 KB: past the socket buffers, then the queue. Each send
+                # would fail with TIMEOUT (the SDK's 30 s) were the sender held up
+                # behind the stalled reader; every one is answered.
+                for _ in range(200):
+                    sent = await busy.send("if://topic/flood", "inform", {"blob": "x" * 60_000})
+                    assert sent["published"] == ["if://topic/flood"]
+            await eventually(lambda: state.hub.connections == set())  # type: ignore[union-attr]
+            stalled.close()
 
-        run(scenario())
+    run(scenario())
 
 
 def test_the_sync_client_for_code_that_is_not_async(fabric: Fabric) -> None:

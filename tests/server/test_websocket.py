@@ -14,7 +14,8 @@ import websockets.asyncio.client
 import websockets.exceptions
 
 from infrafabric.client import Client, RemoteError
-from infrafabric.server.runner import open_server, run_server
+from infrafabric.server.app import ServerState
+from infrafabric.server.runner import open_server
 from tests.server.conftest import Fabric
 
 
@@ -47,38 +48,44 @@ async def frames_until(socket: Any, wanted: str, most: int = 2000) -> list[dict[
     raise AssertionError(f"no {wanted!r} frame in {most}")
 
 
-def test_an_inbox_as_long_as_the_queue_is_delivered_on_connect(tmp_path: Path) -> None:
+async def first_board_event(watcher: Client, creator: Client, task_id: str) -> str | None:
+    """The topic of the first board event ``watcher``'s stream gets once ``creator``
+    creates ``task_id`` (made as soon as the stream is entered: it is subscribed by then)."""
+    async with watcher.stream(["if://topic/board/**"]) as events:
+        await creator.create_task("watched", id=task_id)
+        frame = await asyncio.wait_for(anext(events), 10)
+    return frame.topic
+
+
+def test_an_inbox_as_long_as_the_queue_is_delivered_on_connect(
+    small_queues: tuple[Fabric, ServerState],
+) -> None:
     """The waiting inbox went into the connection's bounded queue all at once: an agent
     with as many waiting messages as the queue holds was closed as too slow by the
     answer to its own subscribe frame, and could never stream again."""
-    state = open_server(tmp_path / "data", synchronous="NORMAL")
-    state.queue_limit = 20
-    with run_server(state) as server:
-        fabric = Fabric(server, state.sessions.admin_token)
-        alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+    fabric, _ = small_queues
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
 
-        async def scenario() -> None:
-            async with Client.connect(fabric.url, alice) as sender:
-                for n in range(30):  # more than the queue holds
-                    await sender.send(bob.agent, "inform", {"n": n})
-            async with Client.connect(fabric.url, bob) as receiver:
-                url = ws_url(fabric, await token_of(fabric, receiver))
-                async with websockets.asyncio.client.connect(url) as socket:
-                    await socket.send(
-                        json.dumps({"type": "subscribe", "topics": ["if://topic/news"]})
-                    )
-                    frames = await frames_until(socket, "subscribed")
-                    while len([f for f in frames if f["type"] == "message"]) < 30:
-                        frames.append(json.loads(await asyncio.wait_for(socket.recv(), 10)))
-                    # still open: a live message reaches it after the backlog
-                    async with Client.connect(fabric.url, alice) as sender:
-                        await sender.send(bob.agent, "inform", {"n": "live"})
-                    live = json.loads(await asyncio.wait_for(socket.recv(), 10))
-            contents = [f["message"]["content"]["n"] for f in frames if f["type"] == "message"]
-            assert contents == list(range(30))
-            assert live["message"]["content"] == {"n": "live"}
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as sender:
+            for n in range(30):  # more than the queue holds
+                await sender.send(bob.agent, "inform", {"n": n})
+        async with Client.connect(fabric.url, bob) as receiver:
+            url = ws_url(fabric, await token_of(fabric, receiver))
+            async with websockets.asyncio.client.connect(url) as socket:
+                await socket.send(json.dumps({"type": "subscribe", "topics": ["if://topic/news"]}))
+                frames = await frames_until(socket, "subscribed")
+                while len([f for f in frames if f["type"] == "message"]) < 30:
+                    frames.append(json.loads(await asyncio.wait_for(socket.recv(), 10)))
+                # still open: a live message reaches it after the backlog
+                async with Client.connect(fabric.url, alice) as sender:
+                    await sender.send(bob.agent, "inform", {"n": "live"})
+                live = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        contents = [f["message"]["content"]["n"] for f in frames if f["type"] == "message"]
+        assert contents == list(range(30))
+        assert live["message"]["content"] == {"n": "live"}
 
-        run(scenario())
+    run(scenario())
 
 
 def test_subscriptions_are_checked_and_bounded(fabric: Fabric) -> None:
@@ -115,11 +122,8 @@ def test_subscriptions_are_checked_and_bounded(fabric: Fabric) -> None:
                 assert refusal["error"]["code"] == "MALFORMED"
                 await socket.send(json.dumps({"type": "subscribe", "topics": []}))
                 assert len((await frames_until(socket, "subscribed"))[-1]["topics"]) == 40
-            async with follower.stream(["if://topic/board/**"]) as events:
-                await asyncio.sleep(0.2)  # (the subscribe frame is on its way)
-                await attacker.create_task("seen by the follower", id="t1")
-                frame = await asyncio.wait_for(anext(events), 10)
-            assert frame.topic == "if://topic/board/task/created"
+            created = await first_board_event(follower, attacker, "t1")
+            assert created == "if://topic/board/task/created"
 
     run(scenario())
 
@@ -262,10 +266,29 @@ def test_a_stream_signs_in_again_when_its_token_is_refused(fabric: Fabric) -> No
         async with Client.connect(fabric.url, alice) as agent:
             await agent._ensure_token()
             agent._token = "a-token-the-server-no-longer-honours"  # as after a key change
-            async with agent.stream(["if://topic/board/**"]) as events:
-                await asyncio.sleep(0.2)  # (the subscribe frame is on its way)
-                await agent.create_task("seen", id="s1")
-                frame = await asyncio.wait_for(anext(events), 10)
-            assert frame.topic == "if://topic/board/task/created"
+            created = await first_board_event(agent, agent, "s1")
+            assert created == "if://topic/board/task/created"
 
     run(scenario())
+
+
+def test_a_stream_is_entered_once_the_server_took_its_subscription(
+    small_queues: tuple[Fabric, ServerState],
+) -> None:
+    """stream() yielded as soon as its subscribe frame was sent, so the event of a change
+    made right away could be missed (tests slept 0.2 s first). It now waits for the
+    server's answer, keeping what the inbox sent before it."""
+    fabric, state = small_queues
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> list[Any]:
+        async with Client.connect(fabric.url, alice) as sender:
+            await sender.send(bob.agent, "inform", {"waiting": True})
+        async with Client.connect(fabric.url, bob) as agent, agent.stream(["if://topic/x"]) as got:
+            assert state.hub is not None
+            following = [c.topics for c in state.hub.connections if c.topics]
+            assert following == [{"if://topic/x"}]  # taken before the block was entered
+            first = await asyncio.wait_for(anext(got), 10)  # the inbox's, kept meanwhile
+            return [first.kind, first.data["message"]["content"]]
+
+    assert run(scenario()) == ["message", {"waiting": True}]
