@@ -287,7 +287,7 @@ def verify(
         ),
     ] = None,
 ) -> None:
-    """Check the whole log against every signed checkpoint, offline, and name the first entry that was changed, removed or moved. Exits 1 if anything is wrong."""
+    """Check the whole log against every signed checkpoint, offline, and name the first entry that was changed, removed or moved. Exits 1 if anything is wrong with the log, 2 for an argument it cannot use (a --key that is not a verifier key, a --checkpoint that does not verify)."""
     directory = data or default_data_dir()
     if key is not None:
         _check_key(key)
