@@ -213,3 +213,38 @@ def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_
         asyncio.run(scenario())
     assert "/v1/messages" not in paths
     assert "/v1/tasks/a" in paths
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_the_wal_of_an_embedded_fabric_is_copied_by_whoever_keeps_it_small(
+    tmp_path: Path, synchronous: str
+) -> None:
+    # FULL: SQLite's own checkpoint in the commit that fills the WAL past 1,000 pages,
+    # so a stream of claims rewrites a WAL of a few MB in place (with the background
+    # thread, it grew towards its 20,000-page backstop). NORMAL: the background thread,
+    # which takes the flush of the unflushed WAL off the commit path.
+    with Fabric.open(
+        tmp_path / "board", synchronous=synchronous, config=BoardConfig(lease_seconds=3600)
+    ) as fabric:
+        store = fabric.state.service.coordinator.store
+        assert (getattr(store, "_checkpointer", None) is not None) is (synchronous == "NORMAL")
+        if synchronous == "NORMAL":
+            return
+        identity = fabric.enroll("alice")
+        wal = tmp_path / "board" / "board.db-wal"
+        largest = 0
+
+        async def claims() -> None:
+            nonlocal largest
+            async with fabric.connect(identity) as agent:
+                ids = [f"t{i:04d}" for i in range(1500)]
+                for start in range(0, len(ids), 500):
+                    await agent.create_tasks(
+                        [{"id": i, "title": "x"} for i in ids[start : start + 500]]
+                    )
+                for task_id in ids:  # each claim writes several pages: ~10,000 in all
+                    await agent.claim(task_id)
+                    largest = max(largest, wal.stat().st_size)
+
+        asyncio.run(claims())
+        assert largest < 8 << 20  # 1,000 pages of 4 KiB and one batch past them

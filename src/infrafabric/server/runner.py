@@ -84,6 +84,7 @@ def open_server(
     policy: Path | None = None,
     profile: str | None = None,
     store_url: str | None = None,
+    background_checkpoints: bool = True,
 ) -> ServerState:
     """Open (creating if needed) the data directory and build the server's state
     (``witness=False``: keep no witness log, for measuring what it costs;
@@ -95,7 +96,10 @@ def open_server(
     load raises :class:`~infrafabric.governor.policy.PolicyError`; ``store_url``
     ``redis://...``: keep the board, inboxes and witness log in that Redis, shared with
     every other server given the same URL, instead of ``board.db``; an unreachable Redis
-    raises :class:`~infrafabric.errors.StoreUnavailable`)."""
+    raises :class:`~infrafabric.errors.StoreUnavailable`; ``background_checkpoints``:
+    copy ``board.db``'s WAL into the database from a thread, see
+    :meth:`~infrafabric.storage.sqlite.SqliteStore._start_checkpointer`, rather than in
+    the commit that fills it past 1,000 pages)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store: SqliteStore | RedisStore
     release = None
@@ -104,7 +108,7 @@ def open_server(
         store = SqliteStore(
             data_dir / "board.db",
             synchronous="NORMAL" if synchronous == "NORMAL" else "FULL",
-            background_checkpoints=True,
+            background_checkpoints=background_checkpoints,
         )
     else:
         store = open_store_url(store_url)
