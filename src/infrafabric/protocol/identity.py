@@ -8,6 +8,7 @@ keys in memory only; :mod:`infrafabric.keystore` stores them encrypted on disk.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,11 +106,12 @@ class SigningIdentity:
         """The 32-byte private key. Handle with care."""
         return bytes(self._signing_key)
 
-    @property
+    # Computed once: every signed message names its kid (a SHA-256 of the public key).
+    @functools.cached_property
     def public_key(self) -> bytes:
         return bytes(self._signing_key.verify_key)
 
-    @property
+    @functools.cached_property
     def kid(self) -> KeyId:
         return key_id(self.public_key)
 
