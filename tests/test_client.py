@@ -136,6 +136,55 @@ def test_calls_to_a_peer_that_stopped_reading_end_at_their_timeout() -> None:
     asyncio.run(scenario())
 
 
+def test_a_call_cancelled_while_its_frame_waits_leaves_the_other_calls_their_replies() -> None:
+    """A caller that gives up a call (cancels it) while the peer has not taken its frame
+    yet: the frame went whole to the transport, so the connection stays; a call already
+    waiting on it still gets its reply once the peer reads again, and no second
+    connection is opened. (Dropping the connection, as a timeout does for a stuck peer,
+    failed the other call with DISCONNECTED.)"""
+
+    async def scenario() -> tuple[dict[str, object], list[str]]:
+        connections: list[str] = []
+        resume = asyncio.Event()
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listener.bind(("127.0.0.1", 0))
+
+        async def handle(connection: websockets.asyncio.server.ServerConnection) -> None:
+            connections.append(connection.request.path if connection.request else "")
+            connection.transport.pause_reading()  # a slow peer, for a while
+            await resume.wait()
+            connection.transport.resume_reading()
+            async for text in connection:
+                frame = json.loads(text)
+                result = {"answered": frame["id"]}
+                await connection.send(
+                    json.dumps({"type": "reply", "id": frame["id"], "result": result})
+                )
+
+        async with websockets.asyncio.server.serve(
+            handle, sock=listener, max_size=None, ping_interval=None, close_timeout=0.1
+        ):
+            client, http = await _client(listener.getsockname()[1], timeout=30.0)
+            waiting = asyncio.create_task(client.send("if://topic/x", "inform", {"i": 1}))
+            await asyncio.sleep(0.3)  # its frame is out; its reply is not
+            big = asyncio.create_task(client.send("if://topic/x", "inform", {"blob": "y" * 2**24}))
+            await asyncio.sleep(0.3)  # the big frame waits for the peer to take it
+            assert not big.done()
+            big.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await big
+            resume.set()
+            reply = await asyncio.wait_for(waiting, 10)
+            await client._close_socket()
+            await http.aclose()
+        return reply, connections
+
+    reply, connections = asyncio.run(scenario())
+    assert reply == {"answered": 1}
+    assert len(connections) == 1
+
+
 def test_a_call_whose_message_never_left_says_so_when_it_times_out() -> None:
     """A server that never answers the WebSocket handshake: the call times out before its
     message is sent, and the TIMEOUT no longer says it may have been carried out."""

@@ -596,17 +596,25 @@ class Client:
         # a server that stops reading would hold this call (and, through the lock, every
         # later one) past the timeout.
         handed = False  # whether the frame may have left (then it may have been carried out)
+        socket: _RequestSocket | None = None
+        sending = False  # the frame is handed over, and waits for the peer to take it
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._send_lock:
                     socket = await self._request_socket()
                     message = self._outbox.message(now=time.time(), **fields)
-                    handed = True
+                    handed = sending = True
                     reply = await socket.send(encode_json(message))
+                    sending = False
                 # Wait outside the lock: the next message may leave before this reply is
                 # back (the server answers the frames of one connection in order).
                 return await reply
         except TimeoutError:
+            if sending and socket is not None:
+                # The peer took nothing of this frame for the whole timeout: it is stuck,
+                # and more frames would only pile up behind this one. Drop the connection
+                # (calls waiting on it fail DISCONNECTED); the next call reconnects.
+                socket.abort()
             outcome = (
                 "the message may have been carried out"
                 if handed
@@ -769,14 +777,12 @@ class _RequestSocket:
             self.closed = True
             raise RemoteError("DISCONNECTED", f"the connection closed: {exc}", 503) from None
         except asyncio.CancelledError:
-            # The call was given up (its deadline passed) while the peer was not reading.
+            # The call was given up while the frame waited for the peer to take it.
             # websockets hands the whole frame to the transport before it waits for the
-            # buffer to drain, so no frame is cut in half, but a peer that takes nothing
-            # for that long is stuck: more frames would only pile up behind this one.
-            # Drop the connection (waiting calls fail DISCONNECTED); the next call
-            # reconnects.
+            # buffer to drain, so no frame is cut in half and the connection stays good
+            # for the other calls; its reply, if one comes, is ignored. (A call whose own
+            # timeout passed here drops the connection: the peer is stuck, see _post.)
             self._waiting.pop(frame_id, None)
-            self.abort()
             raise
         return future
 
