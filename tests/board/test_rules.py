@@ -282,6 +282,29 @@ def test_milestones_are_coarse_and_only_move_forward(board: Board) -> None:
         progress(board["a"], ALICE, 25, "", T0)
 
 
+def test_the_same_milestone_again_replaces_it(board: Board) -> None:
+    board.add(spec("a"))
+    board.apply(claim(board["a"], ALICE, T0))
+    for n in range(100):  # progress renews the lease: agents repeat it
+        board.apply(progress(board["a"], ALICE, 50, f"still at it {n}", T0 + n))
+    board.apply(progress(board["a"], ALICE, 75, "almost", T0 + 100))
+    assert [(m.percent, m.note) for m in board["a"].milestones] == [
+        (50, "still at it 99"),
+        (75, "almost"),
+    ]
+
+
+def test_a_task_given_up_starts_again_at_zero_percent(board: Board) -> None:
+    board.add(spec("a"))
+    board.apply(claim(board["a"], ALICE, T0))
+    board.apply(progress(board["a"], ALICE, 75, "almost", T0))
+    board.apply(give_up(board["a"], ALICE, T0 + 1))
+    assert board["a"].milestones == ()
+    board.apply(claim(board["a"], BOB, T0 + 2))
+    board.apply(progress(board["a"], BOB, 25, "mine now", T0 + 3))  # refused before
+    assert board["a"].progress == 25
+
+
 def test_a_blocker_offers_a_filler_task_the_agent_qualifies_for(board: Board) -> None:
     board.add(
         spec("a"),

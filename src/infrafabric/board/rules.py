@@ -244,11 +244,17 @@ def progress(
         raise InvalidTask(
             task.id, f"progress cannot go back from {task.progress} to {percent} percent"
         )
+    # The same percent again (agents report it to renew the lease) replaces its
+    # milestone: the list stays at five at most, where appending let a task's stored
+    # document, rewritten whole at each change, grow without end.
+    kept = task.milestones
+    if kept and kept[-1].percent == percent:
+        kept = kept[:-1]
     moved = _move(
         task,
         TaskEvent.PROGRESS,
         now,
-        milestones=(*task.milestones, Milestone(percent, note, now)),
+        milestones=(*kept, Milestone(percent, note, now)),
         lease_expires_at=now + config.lease_seconds,
     )
     return Outcome(
@@ -338,7 +344,9 @@ def fail(
 
 
 def give_up(task: Task, agent: AgentId, now: Timestamp) -> Outcome:
-    """``agent`` hands ``task`` back untouched; this does not count as an attempt."""
+    """``agent`` hands ``task`` back untouched; this does not count as an attempt. Its
+    milestones go (the next owner starts at 0 %, as after a failed attempt): kept, they
+    refused that owner's progress below them."""
     _require_owner(task, agent, now)
     returned = _move(
         task,
@@ -348,6 +356,7 @@ def give_up(task: Task, agent: AgentId, now: Timestamp) -> Outcome:
         lease_expires_at=None,
         blocker=None,
         last_owner=agent,
+        milestones=(),
     )
     return Outcome((returned,), (_event("task.returned", returned, agent, now),))
 
