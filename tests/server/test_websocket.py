@@ -292,3 +292,31 @@ def test_a_stream_is_entered_once_the_server_took_its_subscription(
             return [first.kind, first.data["message"]["content"]]
 
     assert run(scenario()) == ["message", {"waiting": True}]
+
+
+def test_an_ack_beyond_the_stores_integers_is_malformed_not_a_crash(fabric: Fabric) -> None:
+    """SQLite's integers stop at 2**63: a larger position raised OverflowError, a 500
+    over REST and, over the WebSocket, a connection dropped without a close frame."""
+    alice = fabric.enroll("alice")
+    huge = 2**63
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as client:
+            token = await token_of(fabric, client)
+            async with httpx.AsyncClient() as http:
+                answer = await http.post(
+                    f"{fabric.url}/v1/inbox/ack",
+                    json={"position": huge},
+                    headers={"authorization": f"Bearer {token}"},
+                )
+            assert (answer.status_code, answer.json()["error"]["code"]) == (400, "MALFORMED")
+            url = ws_url(fabric, token, "inbox=false")
+            async with websockets.asyncio.client.connect(url) as socket:
+                await socket.send(json.dumps({"type": "ack", "id": 1, "position": huge}))
+                refusal = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert refusal["error"]["code"] == "MALFORMED"
+                await socket.send(json.dumps({"type": "ack", "id": 2, "position": 7}))
+                reply = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert reply == {"type": "acked", "id": 2, "acknowledged": False}
+
+    run(scenario())

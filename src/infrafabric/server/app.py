@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final
 
 import msgspec
 from starlette.applications import Starlette
@@ -448,8 +448,14 @@ async def _inbox(state: ServerState, request: Request) -> dict[str, Any]:
     return {"messages": [{"position": e.position, "message": json.loads(e.body)} for e in entries]}
 
 
+#: An inbox position as a request may name one: bounded as the query parameters are
+#: (SQLite's integers stop at 2**63; a larger one raised OverflowError, a 500, and over
+#: the WebSocket dropped the connection without a close frame).
+_Position = Annotated[int, msgspec.Meta(ge=0, lt=10**18)]
+
+
 class _Ack(msgspec.Struct, forbid_unknown_fields=True):
-    position: int
+    position: _Position
 
 
 async def _ack(state: ServerState, request: Request) -> dict[str, Any]:
@@ -853,7 +859,7 @@ class _Frame(msgspec.Struct):
     message: msgspec.Raw = msgspec.Raw(b"")  # empty: none given
     topics: list[str] = []
     replay: bool = False
-    position: int | None = None
+    position: _Position | None = None
 
 
 _FRAME_DECODER: Final = msgspec.json.Decoder(_Frame)
