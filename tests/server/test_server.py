@@ -125,6 +125,11 @@ def test_a_signature_of_the_wrong_length_is_refused_as_bad_not_as_a_crash(fabric
         }
         refused = httpx.post(f"{fabric.url}/v1/auth/token", json=answer)
         assert (refused.status_code, refused.json()["error"]["code"]) == (401, "BAD_SIGNATURE")
+    # an answer that is not base64url is a malformed request (400), as the docs' table says
+    for field in ("signature", "challenge"):
+        garbled = {**answer, field: "!!"}
+        refused = httpx.post(f"{fabric.url}/v1/auth/token", json=garbled)
+        assert (refused.status_code, refused.json()["error"]["code"]) == (400, "MALFORMED")
     # a refused answer does not spend the challenge: the right one still gets a token
     answer["signature"] = b64url_encode(good)
     assert httpx.post(f"{fabric.url}/v1/auth/token", json=answer).status_code == 200

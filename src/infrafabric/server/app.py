@@ -365,7 +365,8 @@ async def _token(state: ServerState, request: Request) -> dict[str, Any]:
             state.clock(),
         )
     except AuthError as exc:
-        raise ServiceError(exc.code, exc.detail, 401) from None
+        # an answer that is not even base64url is a malformed request, as everywhere else
+        raise ServiceError(exc.code, exc.detail, 400 if exc.code == "MALFORMED" else 401) from None
     return {"token": token, "agent": answer.agent}
 
 
