@@ -214,7 +214,10 @@ class FabricService:
         if key is not None and receivers != (ops.BOARD,):  # (board operations count already)
             self.coordinator.heard_from(message.sender)
         if receivers == (ops.BOARD,):
-            return self._board_spending(message, now) if spend else self._board(message)
+            operator = key is not None and key.role is KeyRole.OPERATOR
+            if spend:
+                return self._board_spending(message, now, operator)
+            return self._board(message, operator)
         if receivers == (ops.GOVERNOR,):
             return self._governor(message, key)
         if receivers == (ops.KEYS,):
@@ -376,14 +379,14 @@ class FabricService:
                 self._records[agent_id] = (record, now)
         return record
 
-    def _board_spending(self, message: IFMessage, now: Timestamp) -> dict[str, Any]:
+    def _board_spending(self, message: IFMessage, now: Timestamp, operator: bool) -> dict[str, Any]:
         """A board message over a shared store: its nonce is spent in the same commit
         as its change (one round trip, and only if the change is written); a message
         that changed nothing spends it afterwards."""
         nonce = message.nonce
         self.store.spend_nonce_with_change(message.sender, nonce, self._nonce_life(message, now))
         try:
-            result = self._board(message)
+            result = self._board(message, operator)
         except Replayed:
             raise _replay(message) from None
         except ServiceError as exc:
@@ -489,7 +492,9 @@ class FabricService:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _board(self, message: IFMessage) -> dict[str, Any]:
+    def _board(self, message: IFMessage, operator: bool = False) -> dict[str, Any]:
+        """One board operation; ``operator``: the message passed every check under an
+        operator's key (it may cancel any task)."""
         operation = _request(message, _OPERATION_DECODER, "board")
         self._operation.name = type(operation).__struct_config__.tag or "board"
         agent = message.sender
@@ -501,7 +506,7 @@ class FabricService:
             self.governor.seen(agent)
         try:
             with self.coordinator.traced(trace):
-                return self._operate(operation, message, record)
+                return self._operate(operation, message, record, operator)
         except (NotOwner, LeaseLost) as exc:
             raise ServiceError(
                 "LEASE_LOST" if isinstance(exc, LeaseLost) else "NOT_OWNER", str(exc), 403
@@ -532,7 +537,11 @@ class FabricService:
             self._emit_delivery(Delivery(helper, position, body))
 
     def _operate(
-        self, operation: ops.Operation, message: IFMessage, record: AgentRecord
+        self,
+        operation: ops.Operation,
+        message: IFMessage,
+        record: AgentRecord,
+        operator: bool = False,
     ) -> dict[str, Any]:
         board = self.coordinator
         agent = message.sender
@@ -594,7 +603,7 @@ class FabricService:
                 return {"invited": invited}
             case ops.Cancel(task_id=task_id, reason=reason):
                 task = board.get(task_id)
-                if task.creator != agent:
+                if task.creator != agent and not operator:
                     raise ServiceError(
                         "NOT_CREATOR",
                         f"only {task.creator} or an operator may cancel {task_id}",

@@ -565,3 +565,26 @@ def test_any_checked_message_counts_as_hearing_from_its_agent(fabric: Fabric) ->
     assert agents[chatty.agent]["health"] == "green"
     assert agents[chatty.agent]["seen_at"] is not None
     assert agents[quiet.agent]["seen_at"] is None
+
+
+def test_a_task_is_cancelled_by_its_creator_or_an_operator_only(fabric: Fabric) -> None:
+    from infrafabric import KeyRole
+    from tests.harness import enroll
+
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+    operator = enroll(fabric.url, fabric.admin, "ops", role=KeyRole.OPERATOR)
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as creator,
+            Client.connect(fabric.url, bob) as other,
+            Client.connect(fabric.url, operator) as ops,
+        ):
+            await creator.create_tasks([{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
+            with pytest.raises(RemoteError) as refused:
+                await other.cancel("a", "not mine")
+            assert (refused.value.code, refused.value.status) == ("NOT_CREATOR", 403)
+            assert (await ops.cancel("a", "stale"))["state"] == "cancelled"  # refused before
+            assert (await creator.cancel("b", "done with it"))["state"] == "cancelled"
+
+    run(scenario())
