@@ -44,3 +44,15 @@ def test_refused(text: str) -> None:
 @given(st.floats(min_value=0, max_value=4_000_000_000))
 def test_format_then_parse_keeps_the_millisecond(posix: float) -> None:
     assert abs(parse_timestamp(format_timestamp(posix)) - posix) < 0.001
+
+
+@given(st.floats(min_value=-62_135_596_800, max_value=253_402_300_799))  # years 1 to 9999
+def test_every_year_formats_to_four_digits_that_sort_as_time(posix: float) -> None:
+    # (glibc's %Y wrote year 500 as "500-...": refused by the parser, and sorted after
+    # "2026-..." as text, which the witness's time filters compare)
+    text = format_timestamp(posix)
+    assert len(text.split("-", 1)[0]) == 4
+    assert abs(parse_timestamp(text) - posix) < 0.001
+    now = 1_795_435_200.0  # 2026-11-23
+    if abs(posix - now) > 1:
+        assert (text < format_timestamp(now)) is (posix < now)

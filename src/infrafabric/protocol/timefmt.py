@@ -42,4 +42,10 @@ def parse_timestamp(text: str) -> Timestamp:
 def format_timestamp(posix: Timestamp) -> str:
     """Format POSIX time as RFC 3339 UTC with millisecond precision (``...T16:11:09.123Z``)."""
     instant = datetime.fromtimestamp(posix, tz=UTC)
-    return instant.strftime("%Y-%m-%dT%H:%M:%S.") + f"{instant.microsecond // 1000:03d}Z"
+    # the year by hand: strftime's %Y does not pad years before 1000 on glibc ("500-..."),
+    # which parse_timestamp refuses and which sorts wrongly against "2026-..." as text
+    return (
+        f"{instant.year:04d}"
+        + instant.strftime("-%m-%dT%H:%M:%S.")
+        + f"{instant.microsecond // 1000:03d}Z"
+    )
