@@ -242,6 +242,40 @@ def test_the_spend_series_reads_each_costed_entry_once(fabric: Fabric) -> None:
     assert httpx.get(f"{fabric.url}/v1/witness/spend").status_code == 401
 
 
+def test_a_damaged_costed_entry_is_left_out_of_spend_and_nothing_counted_twice(
+    fabric: Fabric, tmp_path: Path
+) -> None:
+    """An entry whose time does not parse raised ValueError half-way through a page:
+    every request answered 500 from then on, and each added the entries before it
+    again."""
+    import contextlib
+    import sqlite3
+
+    alice = fabric.enroll("alice")
+
+    async def spend() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            for n, usd in enumerate((0.25, 0.5, 1.0)):
+                await agent.create_tasks([{"id": f"s{n}", "title": "S"}])
+                await agent.claim(f"s{n}")
+                await agent.complete(f"s{n}", usage={"usd": usd, "model": "m"})
+            await _signed_at_least(agent, 9)
+
+    asyncio.run(spend())
+    completed = fabric.admin_get("/v1/witness/entries?event=task.completed").json()["entries"]
+    damaged = completed[1]["index"]  # the 0.5
+    with contextlib.closing(sqlite3.connect(tmp_path / "data" / "witness.db")) as db:
+        db.execute(
+            'UPDATE entries SET entry = replace(entry, \'"at":"2\', \'"at":"X\') WHERE idx = ?',
+            (damaged,),
+        )
+        db.commit()
+    for _ in range(3):
+        reply = fabric.admin_get("/v1/witness/spend")
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["total_usd"] == 1.25  # 0.25 + 1.0, each once
+
+
 def test_usage_out_of_bounds_is_refused_with_the_field_named(fabric: Fabric) -> None:
     alice = fabric.enroll("alice")
 

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +63,8 @@ if TYPE_CHECKING:
     from infrafabric.server.relay import Relay
 
 __all__ = ["ServerState", "create_app"]
+
+_log = logging.getLogger(__name__)
 
 #: Threads carrying out messages side by side over a shared store (Redis round trips).
 #: Four, not eight: each Redis call lets go of the GIL and takes it back, and eight
@@ -640,10 +643,19 @@ async def _witness_spend(state: ServerState, request: Request) -> dict[str, Any]
                 witness.log, costed, series.next_index,
                 limit=MAX_WITNESS_SPEND_SCAN, budget=MAX_WITNESS_SPEND_SCAN,
             )  # fmt: skip
+            # read the whole page before the series takes any of it: an error half-way
+            # left next_index behind, so every request failed there again and added the
+            # entries before it once more
+            spent: list[tuple[float, float]] = []
             for found in page.found:
-                entry = decode_entry(found.data)
-                if entry.cost is not None:
-                    series.add(parse_timestamp(entry.at), entry.cost.usd)
+                try:
+                    entry = decode_entry(found.data)
+                    if entry.cost is not None:
+                        spent.append((parse_timestamp(entry.at), entry.cost.usd))
+                except (msgspec.DecodeError, ValueError):  # damaged: ifab witness verify
+                    _log.warning("witness entry %d left out of spend: damaged", found.index)
+            for at, usd in spent:
+                series.add(at, usd)
             series.next_index = page.next
             return {
                 "points": [list(point) for point in series.points()],
