@@ -526,8 +526,9 @@ class Client:
         return await self._get("/v1/witness/spend")
 
     async def witness_entries(self, start: int = 0, end: int | None = None) -> list[dict[str, Any]]:
-        """Entries ``[start, end)`` of the witness log (at most 1,000 per call)."""
-        params = {"start": start} if end is None else {"start": start, "end": end}
+        """Entries ``[start, end)`` of the witness log (at most 1,000 per call; without
+        ``end``, the first 1,000 from ``start``: the server's own default is 100)."""
+        params = {"start": start, "end": start + 1000 if end is None else end}
         entries: list[dict[str, Any]] = (await self._get("/v1/witness/entries", params=params))[
             "entries"
         ]

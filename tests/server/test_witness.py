@@ -443,3 +443,19 @@ def test_a_range_of_entries_returns_up_to_a_thousand(fabric: Fabric) -> None:
             assert len(await agent.witness_entries(10, 20)) == 10
 
     asyncio.run(scenario())
+
+
+def test_witness_entries_without_an_end_reads_up_to_a_thousand(fabric: Fabric) -> None:
+    """Without ``end`` the SDK sent only ``start``, and the server's default page of 100
+    applied: the docstring promised the range up to 1,000."""
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> tuple[int, int, int]:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_tasks([{"id": f"e{n:03d}", "title": "E"} for n in range(150)])
+            size = (await _signed_at_least(agent, 150))["size"]
+            return size, len(await agent.witness_entries()), len(await agent.witness_entries(120))
+
+    size, everything, tail = asyncio.run(scenario())
+    assert size >= 150
+    assert (everything, tail) == (size, size - 120)
