@@ -207,6 +207,16 @@ def test_proof_generation_refuses_sizes_out_of_range() -> None:
         _refused(inclusion_proof, index, size, LEAF_HASHES)
     for old, new in ((9, 8), (-1, 3)):
         _refused(consistency_proof, old, new, LEAF_HASHES)
+    # sizes beyond the leaves given (IndexError before), and numbers that are not
+    # integers (a ValueError, or a proof for leaf 0.5)
+    three = LEAF_HASHES[:3]
+    _refused(inclusion_proof, 0, 5, three)
+    for old, new in ((1, 5), (0, 5), (5, 5)):
+        _refused(consistency_proof, old, new, three)
+    for index, size in ((0.5, 2), (0, 2.0), (True, 2), (None, 2), ("0", 2)):
+        _refused(inclusion_proof, index, size, LEAF_HASHES)
+    for old, new in ((1.5, 3), (1, 3.0), (False, 3)):
+        _refused(consistency_proof, old, new, LEAF_HASHES)
 
 
 MANY = [leaf_hash(i.to_bytes(4, "big")) for i in range(4096)]

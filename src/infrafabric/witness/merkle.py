@@ -104,9 +104,10 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
 def inclusion_proof(index: int, size: int, nodes: Nodes | Sequence[bytes]) -> list[bytes]:
     """The audit path of leaf ``index`` in the tree of the first ``size`` leaves
     (RFC 9162 2.1.3.1), from ``nodes`` or a list of leaf hashes."""
+    _check_integers(index=index, size=size)
     if not 0 <= index < size:
         raise ProofError(f"leaf {index} is not in a tree of size {size}")
-    source = _nodes(nodes)
+    source = _nodes(nodes, size)
     path: list[bytes] = []
     start, end = 0, size
     # Walk down from the root; each sibling subtree on the way joins the path, which is
@@ -127,11 +128,12 @@ def consistency_proof(old_size: int, new_size: int, nodes: Nodes | Sequence[byte
     """The proof that the tree of ``old_size`` leaves is a prefix of the tree of
     ``new_size`` leaves (RFC 9162 2.1.4.1); empty when the sizes are equal or the old
     tree is empty."""
+    _check_integers(old_size=old_size, new_size=new_size)
     if not 0 <= old_size <= new_size:
         raise ProofError(f"no consistency proof from size {old_size} to size {new_size}")
+    source = _nodes(nodes, new_size)
     if old_size in (0, new_size):
         return []
-    source = _nodes(nodes)
     path: list[bytes] = []
     start, end, whole = 0, new_size, True
     old_end = old_size
@@ -246,8 +248,14 @@ def _split(size: int) -> int:
     return 1 << ((size - 1).bit_length() - 1)
 
 
-def _nodes(nodes: Nodes | Sequence[bytes]) -> Nodes:
-    return LeafHashes(nodes) if isinstance(nodes, Sequence) else nodes
+def _nodes(nodes: Nodes | Sequence[bytes], size: int) -> Nodes:
+    """``nodes``, or a list of leaf hashes as nodes: one that holds the tree of ``size``
+    (a shorter list raised IndexError deep in the walk)."""
+    if not isinstance(nodes, Sequence):
+        return nodes
+    if size > len(nodes):
+        raise ProofError(f"a tree of size {size} from {len(nodes)} leaf hashes")
+    return LeafHashes(nodes)
 
 
 def _check_hashes(**hashes: object) -> None:
