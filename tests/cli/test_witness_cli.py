@@ -514,3 +514,34 @@ def test_export_writes_every_entry_as_json_or_csv(costed: Fabric, tmp_path: Path
     assert nowhere.returncode == 1
     assert b"cannot write" in nowhere.stderr
     assert b"Traceback" not in nowhere.stderr
+
+
+def test_csv_cells_that_would_start_a_formula_are_written_as_text() -> None:
+    """An agent chooses its model name, task ids and trace ids: written as they were, a
+    spreadsheet opening the export ran ``=HYPERLINK(...)`` as a formula."""
+    import csv
+    import io
+
+    from infrafabric.cli.witness import _write_csv
+
+    entry = {
+        "at": "2026-12-04T16:00:00.000Z",
+        "component": "board",
+        "event": "task.completed",
+        "actor": "if://agent/a",
+        "task_id": "-1+2",
+        "trace_id": "@SUM(A1)",
+        "cost": {
+            "tokens_in": 5,
+            "tokens_out": 0,
+            "usd": 1.5,
+            "model": '=HYPERLINK("http://x","y")',
+        },
+        "payload": {},
+    }
+    out = io.StringIO()
+    assert _write_csv(out, [{"index": 0, "leaf": "ab", "entry": entry}]) == 1
+    [row] = list(csv.DictReader(out.getvalue().splitlines()))
+    assert row["model"] == '\'=HYPERLINK("http://x","y")'
+    assert (row["task_id"], row["trace_id"]) == ("'-1+2", "'@SUM(A1)")
+    assert (row["tokens_in"], row["usd"], row["actor"]) == ("5", "1.5", "if://agent/a")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, Final, TextIO
 
 import typer
 
@@ -213,7 +213,8 @@ def export(
     """Write the log's entries (or those matching the filters) as JSON or CSV.
 
     JSON keeps every field of each entry, with its index and leaf hash; CSV flattens
-    them, one row per entry, for spreadsheets."""
+    them, one row per entry, for spreadsheets (a text cell that would start a formula,
+    with = + - @, gets a leading ')."""
     if output_format not in ("json", "csv"):
         raise typer.BadParameter("json or csv", param_hint="--format")
     where = _filter(component, event, trace_id, task, actor, since, until)
@@ -544,6 +545,19 @@ def _write_json(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
     return count
 
 
+#: What a spreadsheet reads as the start of a formula (OWASP, "CSV injection").
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object) -> object:
+    """``value`` for a CSV cell: text an agent chose (a model, a task id, a trace id)
+    that a spreadsheet would run as a formula (``=HYPERLINK(...)``) gets a leading ``'``,
+    which spreadsheets show as text. The JSON export keeps every value exact."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _write_csv(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
     writer = csv.writer(out)
     writer.writerow(_CSV_COLUMNS)
@@ -555,25 +569,24 @@ def _write_csv(out: TextIO, items: Iterable[dict[str, Any]]) -> int:
             continue
         entry = item["entry"]
         spent = entry.get("cost") or {}
-        writer.writerow(
-            (
-                item["index"],
-                item["leaf"],
-                entry.get("at", ""),
-                entry.get("component", ""),
-                entry.get("event", ""),
-                entry.get("actor", ""),
-                entry.get("task_id", ""),
-                entry.get("trace_id", ""),
-                spent.get("tokens_in", ""),
-                spent.get("tokens_out", ""),
-                spent.get("usd", ""),
-                spent.get("model", ""),
-                json.dumps(entry.get("payload", {}), sort_keys=True, separators=(",", ":")),
-                "",
-                "",
-            )
+        row = (
+            item["index"],
+            item["leaf"],
+            entry.get("at", ""),
+            entry.get("component", ""),
+            entry.get("event", ""),
+            entry.get("actor", ""),
+            entry.get("task_id", ""),
+            entry.get("trace_id", ""),
+            spent.get("tokens_in", ""),
+            spent.get("tokens_out", ""),
+            spent.get("usd", ""),
+            spent.get("model", ""),
+            json.dumps(entry.get("payload", {}), sort_keys=True, separators=(",", ":")),
+            "",
+            "",
         )
+        writer.writerow([_cell(value) for value in row])
         count += 1
     return count
 
