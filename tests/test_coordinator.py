@@ -125,6 +125,23 @@ def test_completion_releases_dependents_and_events_reach_listeners(
     ]
 
 
+def test_a_failure_for_good_shows_on_the_waiting_tasks_below_its_dependents(
+    coordinator: Coordinator,
+) -> None:
+    coordinator.create(
+        [
+            Task(id="a", title="A"),
+            Task(id="b", title="B", dependencies=("a",)),
+            Task(id="c", title="C", dependencies=("b",)),
+        ]
+    )
+    coordinator.claim("a", ALICE)
+    coordinator.fail("a", ALICE, "broken", retry=False)
+    assert [coordinator.get(t).failed_dependencies for t in ("b", "c")] == [("a",), ("a",)]
+    coordinator.create([Task(id="d", title="D", dependencies=("c",))])
+    assert coordinator.get("d").failed_dependencies == ("a",)
+
+
 def test_blocking_offers_a_filler_and_help_reaches_qualified_agents(
     coordinator: Coordinator,
 ) -> None:

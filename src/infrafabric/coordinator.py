@@ -350,7 +350,13 @@ class Coordinator:
     ) -> Task:
         def decide(task: Task, now: Timestamp) -> Outcome:
             outcome = rules.fail(
-                task, agent, reason, now, retry=retry, dependents=self.store.dependents(task_id)
+                task,
+                agent,
+                reason,
+                now,
+                retry=retry,
+                dependents=self.store.dependents(task_id),
+                downstream=self.store.dependents,  # read only if it fails for good
             )
             return _with_usage(outcome, task_id, usage)
 
@@ -361,7 +367,9 @@ class Coordinator:
 
     def cancel(self, task_id: str, actor: AgentId | None, reason: str) -> Task:
         def decide(task: Task, now: Timestamp) -> Outcome:
-            return rules.cancel(task, actor, reason, now, self.store.dependents(task_id))
+            return rules.cancel(
+                task, actor, reason, now, self.store.dependents(task_id), self.store.dependents
+            )
 
         return self._change(task_id, actor, decide)
 
@@ -401,6 +409,7 @@ class Coordinator:
             store.dependents(task.id),
             owner_seen_at=owner_seen_at,
             config=self.config,
+            downstream=store.dependents,
         )
         return outcome if outcome.tasks else None
 

@@ -250,6 +250,76 @@ def test_tasks_created_after_their_dependencies_ended(board: Board) -> None:
     assert board["after-x"].failed_dependencies == ("x",)
 
 
+def test_a_task_ended_for_good_shows_on_every_waiting_task_below_it(board: Board) -> None:
+    # c waits on b, which waits on a: once a fails for good neither can ever run
+    board.add(spec("a"), spec("b", "a"), spec("c", "b"), spec("c2", "b"), spec("d", "c", "c2"))
+    board.apply(claim(board["a"], ALICE, T0))
+    outcome = board.apply(
+        fail(
+            board["a"], ALICE, "broken", T0 + 1, retry=False,
+            dependents=board.dependents("a"), downstream=board.dependents,
+        )
+    )  # fmt: skip
+    for task_id in ("b", "c", "c2", "d"):  # the cause, once each (d is below it twice)
+        assert board[task_id].failed_dependencies == ("a",), task_id
+        assert board[task_id].state is TaskState.WAITING
+    dependency_failed = [
+        event for event in outcome.events if event.kind == "task.dependency_failed"
+    ]
+    assert [(e.task_id, e.payload.get("via")) for e in dependency_failed] == [
+        ("b", None), ("c", "b"), ("c2", "b"), ("d", "c"),
+    ]  # fmt: skip
+    assert {e.payload["dependency"] for e in dependency_failed} == {"a"}
+    # tasks created below later show it too, in a batch as well
+    board.add(spec("e", "b"), spec("g", "f"), spec("f", "d"), now=T0 + 2)
+    for task_id in ("e", "f", "g"):
+        assert board[task_id].failed_dependencies == ("a",), task_id
+
+
+def test_death_and_cancellation_show_below_as_failure_does(board: Board) -> None:
+    board.add(spec("a"), spec("b", "a"), spec("c", "b"), spec("x"), spec("y", "x"), spec("z", "y"))
+    for attempt in range(3):
+        board.apply(claim(board["a"], ALICE, T0 + attempt * 200))
+        board.apply(
+            expire(
+                board["a"], T0 + attempt * 200 + 121, board.dependents("a"),
+                downstream=board.dependents,
+            )
+        )  # fmt: skip
+    assert board["a"].state is TaskState.DEAD
+    assert board["c"].failed_dependencies == ("a",)
+    board.apply(cancel(board["x"], None, "not needed", T0, board.dependents("x"), board.dependents))
+    assert board["z"].failed_dependencies == ("x",)
+    # a waiting task cancelled in turn is a cause of its own for those below it
+    board.apply(cancel(board["b"], None, "moot", T0 + 1, board.dependents("b"), board.dependents))
+    assert board["c"].failed_dependencies == ("a", "b")
+
+
+def test_a_failure_that_will_be_retried_shows_nowhere_and_reads_nothing_below(
+    board: Board,
+) -> None:
+    board.add(spec("a"), spec("b", "a"), spec("c", "b"))
+    read: list[str] = []
+
+    def downstream(task_id: str) -> list[Task]:
+        read.append(task_id)
+        return board.dependents(task_id)
+
+    board.apply(claim(board["a"], ALICE, T0))
+    board.apply(
+        fail(
+            board["a"],
+            ALICE,
+            "flaky",
+            T0 + 1,
+            dependents=board.dependents("a"),
+            downstream=downstream,
+        )
+    )
+    assert board["a"].state is TaskState.AVAILABLE
+    assert (board["b"].failed_dependencies, board["c"].failed_dependencies, read) == ((), (), [])
+
+
 def test_cycles_are_refused_at_creation(board: Board) -> None:
     with pytest.raises(DependencyError, match="cycle"):
         board.add(spec("a", "b"), spec("b", "a"))

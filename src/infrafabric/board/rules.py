@@ -13,6 +13,7 @@ working.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -66,6 +67,9 @@ class BoardConfig:
 
 
 DEFAULT_CONFIG: Final = BoardConfig()
+
+# The most waiting tasks one failure is shown on (they change in one transaction).
+_MAX_DOWNSTREAM: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,26 +134,25 @@ def create(
 ) -> Outcome:
     """Create ``specs`` together (they may depend on each other and on ``existing``).
 
-    Each starts ``available``, or ``waiting`` while a dependency is unfinished (a failed
-    dependency is listed in ``failed_dependencies``). Raises :class:`InvalidTask` for a
-    bad definition and :class:`~infrafabric.board.dag.DependencyError` for an unknown
+    Each starts ``available``, or ``waiting`` while a dependency is unfinished. Its
+    ``failed_dependencies`` list the tasks upstream that ended without completing (failed,
+    dead or cancelled): a dependency that did, and those a waiting dependency lists (it
+    can never run, so neither can this one). Raises :class:`InvalidTask` for a bad
+    definition and :class:`~infrafabric.board.dag.DependencyError` for an unknown
     dependency or a cycle.
     """
     for spec in specs:
         _validate(spec)
     check_new_dependencies(specs, existing)
     batch = {spec.id: spec for spec in specs}
+    failed_upstream = _failed_upstream(batch, existing)
     tasks, events = [], []
     for spec in specs:
         states = [(batch.get(dep) or existing[dep]).state for dep in spec.dependencies]
         pending = any(dep in batch for dep in spec.dependencies) or any(
             state is not TaskState.COMPLETED for state in states
         )
-        failed = tuple(
-            dep
-            for dep, state in zip(spec.dependencies, states, strict=True)
-            if dep not in batch and _failed(state)
-        )
+        failed = failed_upstream[spec.id]
         task = msgspec.structs.replace(
             spec,
             state=TaskState.WAITING if pending else TaskState.AVAILABLE,
@@ -180,6 +183,40 @@ def _validate(spec: Task) -> None:
 
 def _failed(state: TaskState) -> bool:
     return state in (TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED)
+
+
+def _failed_upstream(
+    batch: Mapping[str, Task], existing: Mapping[str, Task]
+) -> dict[str, tuple[str, ...]]:
+    """The ended tasks upstream of each new task (its ``failed_dependencies``): an existing
+    dependency that ended without completing, the ones a waiting existing dependency
+    lists, and those of a dependency in the batch. Dependencies in the batch come first
+    (iteratively: a long chain in one batch cannot exhaust the stack; the batch has no
+    cycle, checked before)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for root in batch:
+        stack = [root]
+        while stack:
+            task_id = stack[-1]
+            if task_id in found:
+                stack.pop()
+                continue
+            deps = batch[task_id].dependencies
+            todo = [dep for dep in deps if dep in batch and dep not in found]
+            if todo:
+                stack.extend(todo)
+                continue
+            stack.pop()
+            roots: list[str] = []
+            for dep in deps:
+                if dep in batch:
+                    roots.extend(found[dep])
+                elif _failed(existing[dep].state):
+                    roots.append(dep)
+                elif existing[dep].state is TaskState.WAITING:
+                    roots.extend(existing[dep].failed_dependencies)
+            found[task_id] = tuple(dict.fromkeys(roots))  # each once, in order
+    return found
 
 
 # -- claiming ----------------------------------------------------------------------------
@@ -332,14 +369,23 @@ def fail(
     *,
     retry: bool = True,
     dependents: Iterable[Task] = (),
+    downstream: Callable[[str], Iterable[Task]] = lambda _: (),
 ) -> Outcome:
     """``agent`` failed ``task``. With ``retry`` (and attempts left) it becomes available
-    again; otherwise it is ``failed`` (or ``dead`` once attempts run out), which waiting
-    dependents then show."""
+    again; otherwise it is ``failed`` (or ``dead`` once attempts run out), which the
+    waiting tasks downstream then show: its ``dependents``, and through each waiting one
+    its own, read with ``downstream`` (a task id to its dependents)."""
     _require_owner(task, agent, now)
     again = TaskEvent.FAIL_RETRY if retry else TaskEvent.FAIL_FINAL
     return _end_attempt(
-        task, agent, now, again, reason=reason, kind="task.failed", dependents=dependents
+        task,
+        agent,
+        now,
+        again,
+        reason=reason,
+        kind="task.failed",
+        dependents=dependents,
+        downstream=downstream,
     )
 
 
@@ -368,9 +414,11 @@ def expire(
     *,
     owner_seen_at: Timestamp | None = None,
     config: BoardConfig = DEFAULT_CONFIG,
+    downstream: Callable[[str], Iterable[Task]] = lambda _: (),
 ) -> Outcome:
     """Return ``task`` to the board if its lease ran out (nothing happens otherwise). The
-    expired claim counts as an attempt, recorded with the old owner.
+    expired claim counts as an attempt, recorded with the old owner; the last one kills
+    it, which the waiting tasks downstream then show (as :func:`fail` has it).
 
     A *blocked* task that has not been escalated yet stays its owner's while the owner
     was heard from (``owner_seen_at``) within a lease: its lease is renewed from then. A
@@ -404,13 +452,20 @@ def expire(
         reason="lease expired",
         kind="task.expired",
         dependents=dependents,
+        downstream=downstream,
     )
 
 
 def cancel(
-    task: Task, actor: AgentId | None, reason: str, now: Timestamp, dependents: Iterable[Task] = ()
+    task: Task,
+    actor: AgentId | None,
+    reason: str,
+    now: Timestamp,
+    dependents: Iterable[Task] = (),
+    downstream: Callable[[str], Iterable[Task]] = lambda _: (),
 ) -> Outcome:
-    """Cancel ``task`` (an operator's or its creator's decision, checked by the caller)."""
+    """Cancel ``task`` (an operator's or its creator's decision, checked by the caller),
+    which the waiting tasks downstream then show (as :func:`fail` has it)."""
     cancelled = _move(
         task, TaskEvent.CANCEL, now, owner=None, lease_expires_at=None, failure=reason
     )
@@ -418,7 +473,7 @@ def cancel(
     outcome = Outcome(
         (cancelled,), (_event("task.cancelled", cancelled, actor, now, reason=reason, **held),)
     )
-    return outcome + _propagate_failure(cancelled, dependents, now)
+    return outcome + _propagate_failure(cancelled, dependents, downstream, now)
 
 
 def _end_attempt(
@@ -430,6 +485,7 @@ def _end_attempt(
     reason: str,
     kind: str,
     dependents: Iterable[Task],
+    downstream: Callable[[str], Iterable[Task]],
 ) -> Outcome:
     """End the current claim with ``event`` (a retry, or failure for good); a retry that
     would exceed ``max_attempts`` kills the task instead."""
@@ -454,7 +510,7 @@ def _end_attempt(
         events.append(_event("task.dead", ended, agent, now, attempts=attempts))
     outcome = Outcome((ended,), tuple(events))
     if ended.state.final:
-        outcome = outcome + _propagate_failure(ended, dependents, now)
+        outcome = outcome + _propagate_failure(ended, dependents, downstream, now)
     return outcome
 
 
@@ -479,31 +535,57 @@ def _release(
     )
 
 
-def _propagate_failure(ended: Task, dependents: Iterable[Task], now: Timestamp) -> Outcome:
-    marked = [
-        msgspec.structs.replace(
-            task,
-            failed_dependencies=(*task.failed_dependencies, ended.id),
-            updated_at=now,
-            version=task.version + 1,
-        )
-        for task in dependents
-        if task.state is TaskState.WAITING
-        and ended.id in task.dependencies
-        and ended.id not in task.failed_dependencies
-    ]
-    events = tuple(
-        _event(
-            "task.dependency_failed",
-            task,
-            None,
-            now,
-            dependency=ended.id,
-            dependency_state=str(ended.state),
-        )
-        for task in marked
-    )
-    return Outcome(tuple(marked), events)
+def _propagate_failure(
+    ended: Task,
+    dependents: Iterable[Task],
+    downstream: Callable[[str], Iterable[Task]],
+    now: Timestamp,
+) -> Outcome:
+    """``ended`` failed, died or was cancelled: every waiting task below it, its waiting
+    ``dependents`` and theirs (read with ``downstream``), can never run and lists its id
+    in ``failed_dependencies`` (the cause an operator has to deal with, not the waiting
+    task in between, named ``via`` in the event). A task that is not waiting (cancelled
+    before) stops the walk: it showed its own end to those below. The walk reads at most
+    ``_MAX_DOWNSTREAM`` tasks (a task created below later still lists it, see
+    :func:`create`)."""
+    marked: list[Task] = []
+    events: list[BoardEvent] = []
+    seen = {ended.id}
+    below: deque[str] = deque([ended.id])
+    while below and len(seen) <= _MAX_DOWNSTREAM:
+        via = below.popleft()
+        for task in dependents if via == ended.id else downstream(via):
+            if (
+                task.id in seen
+                or task.state is not TaskState.WAITING
+                or via not in task.dependencies
+                or len(seen) > _MAX_DOWNSTREAM
+            ):
+                continue
+            seen.add(task.id)
+            below.append(task.id)  # (even if it shows ended already: those below may not)
+            if ended.id in task.failed_dependencies:
+                continue
+            task = msgspec.structs.replace(
+                task,
+                failed_dependencies=(*task.failed_dependencies, ended.id),
+                updated_at=now,
+                version=task.version + 1,
+            )
+            marked.append(task)
+            through = {} if via == ended.id else {"via": via}
+            events.append(
+                _event(
+                    "task.dependency_failed",
+                    task,
+                    None,
+                    now,
+                    dependency=ended.id,
+                    dependency_state=str(ended.state),
+                    **through,
+                )
+            )
+    return Outcome(tuple(marked), tuple(events))
 
 
 # -- watching ----------------------------------------------------------------------------
