@@ -98,6 +98,12 @@ def test_bad_yaml_and_unreachable_servers_get_clear_errors(fabric: Fabric, tmp_p
     )
     assert unknown.returncode == 2  # refused by the CLI before it reaches the server
     assert b"'soon' is not one of" in unknown.stderr
+    # the same for a milestone and a state that do not exist (both exited 1 before: the
+    # first refused by the server, the second... by nobody, an empty list)
+    off_scale = fabric("task", "progress", "t", "30", "--as", "lead")
+    assert (off_scale.returncode, b"one of 0, 25, 50, 75, 100" in off_scale.stderr) == (2, True)
+    no_state = fabric("task", "list", "--state", "bogus")
+    assert (no_state.returncode, b"'bogus' is not one of" in no_state.stderr) == (2, True)
     away = fabric("task", "list", "--server", "http://127.0.0.1:9")
     assert away.returncode == 1
     assert b"cannot reach" in away.stderr

@@ -24,7 +24,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from infrafabric.board.model import TaskState, Urgency
+from infrafabric.board.model import MILESTONES, TaskState, Urgency
 from infrafabric.cli.common import (
     EXIT_USAGE,
     fail,
@@ -215,12 +215,21 @@ def load_board(path: Path) -> list[dict[str, Any]]:
 @task_app.command("list")
 def task_list(
     server: Server = DEFAULT_SERVER,
-    state: Annotated[list[str], typer.Option("--state", help="Only this state (repeat).")] = [],  # noqa: B006
+    state: Annotated[
+        list[TaskState],
+        typer.Option(
+            "--state",
+            metavar="STATE",
+            help="Only this state (repeat): waiting, available, claimed, in_progress,"
+            " blocked, completed, failed, cancelled or dead.",
+        ),
+    ] = [],  # noqa: B006
     agent: AsOptional = None,
     admin_token: AdminToken = None,
 ) -> None:
     """List tasks (as an identity with --as, else as the operator)."""
-    tasks = _read(server, agent, admin_token, "/v1/tasks", state=state)["tasks"]
+    states = [s.value for s in state]  # (an unknown state is a usage error, exit 2)
+    tasks = _read(server, agent, admin_token, "/v1/tasks", state=states)["tasks"]
     rows = [
         (t["id"], t["state"], str(t["priority"]), t.get("owner") or "", t["title"][:60])
         for t in tasks
@@ -265,6 +274,8 @@ def task_progress(
     server: Server = DEFAULT_SERVER,
 ) -> None:
     """Report a milestone (renews the lease)."""
+    if percent not in MILESTONES:
+        raise typer.BadParameter(f"one of {', '.join(map(str, MILESTONES))}", param_hint="PERCENT")
     _show(_as_agent(server, agent, lambda client: client.progress(task_id, percent, note)))
 
 
