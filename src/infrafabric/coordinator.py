@@ -298,15 +298,23 @@ class Coordinator:
         )
 
     def block(
-        self, task_id: str, agent: AgentId, blocker: Blocker, capabilities: Iterable[str] = ()
+        self,
+        task_id: str,
+        agent: AgentId,
+        blocker: Blocker,
+        capabilities: Iterable[str] = (),
+        *,
+        accept: Callable[[Task, Timestamp], bool] | None = None,
     ) -> tuple[Task, Task | None]:
-        """Block ``task_id``; returns the task and the filler task offered to ``agent``, if any."""
+        """Block ``task_id``; returns the task and the filler task offered to ``agent``, if
+        any: the best one ``accept`` takes (the governor's choice), else the best one it
+        has the capabilities for."""
         have = tuple(capabilities)
         offered: list[str] = []
 
         def decide(task: Task, now: Timestamp) -> Outcome:
             fillers = [t for t in self.store.tasks([TaskState.AVAILABLE]) if t.filler]
-            outcome = rules.block(task, agent, blocker, now, fillers, have)
+            outcome = rules.block(task, agent, blocker, now, fillers, have, accept)
             offered[:] = [
                 event.task_id for event in outcome.events if event.kind == "filler.offered"
             ]

@@ -576,7 +576,10 @@ class FabricService:
                     needed_capabilities=tuple(block.needed_capabilities),
                     urgency=Urgency(block.urgency),
                 )
-                task, filler = board.block(task_id, agent, blocker, record.capabilities)
+                accept = None if self.governor is None else self.governor.accepting(agent)
+                task, filler = board.block(
+                    task_id, agent, blocker, record.capabilities, accept=accept
+                )
                 return {
                     "task": _task_json(task),
                     "filler": None if filler is None else _task_json(filler),

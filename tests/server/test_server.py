@@ -588,3 +588,37 @@ def test_a_task_is_cancelled_by_its_creator_or_an_operator_only(fabric: Fabric) 
             assert (await creator.cancel("b", "done with it"))["state"] == "cancelled"
 
     run(scenario())
+
+
+def test_a_blocked_agent_is_offered_the_fillers_the_governor_would_give_it(
+    fabric: Fabric,
+) -> None:
+    """``code:*`` covers ``code:python`` for the governor, which gives such an agent main
+    work needing it; the filler offer used the board's exact test and passed over the
+    better filler for one that needs nothing."""
+    alice = fabric.enroll("alice", ("code:*",))
+
+    async def scenario() -> tuple[str | None, str | None]:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_tasks(
+                [
+                    {
+                        "id": "main",
+                        "title": "M",
+                        "required_capabilities": ["code:python"],
+                        "priority": 90,
+                    },
+                    {
+                        "id": "fill",
+                        "title": "F",
+                        "required_capabilities": ["code:python"],
+                        "filler": True,
+                    },
+                    {"id": "fill-any", "title": "F", "filler": True, "priority": 10},
+                ]
+            )
+            claimed = await agent.claim_next()
+            _, filler = await agent.block("main", "waiting", "needs a review")
+            return (claimed and claimed["id"]), (filler and filler["id"])
+
+    assert run(scenario()) == ("main", "fill")

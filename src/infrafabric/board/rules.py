@@ -306,8 +306,12 @@ def block(
     now: Timestamp,
     fillers: Iterable[Task] = (),
     capabilities: Iterable[str] = (),
+    accept: Callable[[Task, Timestamp], bool] | None = None,
 ) -> Outcome:
-    """``agent`` is blocked on ``task``; offers it the best filler task it qualifies for."""
+    """``agent`` is blocked on ``task``; offers it the best filler task it qualifies for
+    (``accept``, the governor's choice as for :func:`pick_next` in ``claim_next``,
+    replaces the exact capability test: an agent the governor gives main work by a
+    wildcard such as ``code:*`` is offered such fillers too)."""
     _require_owner(task, agent, now)
     if not blocker.type.strip() or not blocker.description.strip():
         raise InvalidTask(task.id, "a blocker needs a type and a description")
@@ -315,7 +319,13 @@ def block(
     blocked = _move(task, TaskEvent.BLOCK, now, blocker=recorded)
     events = [_event("task.blocked", blocked, agent, now, blocker=msgspec.to_builtins(recorded))]
     have = tuple(capabilities)
-    filler = pick_next(fillers, lambda candidate: candidate.filler and qualifies(candidate, have))
+
+    def fits(candidate: Task) -> bool:
+        if accept is not None:
+            return accept(candidate, now)
+        return qualifies(candidate, have)
+
+    filler = pick_next(fillers, lambda candidate: candidate.filler and fits(candidate))
     if filler is not None:
         events.append(
             _event("filler.offered", filler, agent, now, offered_to=agent, blocked_task=task.id)
