@@ -121,3 +121,87 @@ def test_an_intact_log_agrees_with_a_saved_checkpoint(path: Path) -> None:
     saved = open_checkpoint(log.checkpoint_at(16) or "", KEY)
     assert audit_log(log, KEY, saved).ok
     log.close()
+
+
+@pytest.mark.parametrize(
+    ("level", "index", "first", "cannot_grow"),
+    [(1, 17, 34, False), (3, 4, 32, True), (4, 0, 0, False)],
+    ids=["inside", "on-the-right-edge", "under-a-checkpoint"],
+)
+def test_a_missing_subtree_is_damage_within_its_entries(
+    path: Path, level: int, index: int, first: int, cannot_grow: bool
+) -> None:
+    """Every complete subtree above the leaves is stored: without one the log cannot
+    prove the entries below it (nor grow, if it is on the right edge of 32 + 8)."""
+    _edit(path, f"DELETE FROM nodes WHERE level = {level} AND idx = {index}")  # noqa: S608
+    log = WitnessLog(path)
+    assert bool(log.damaged) == cannot_grow
+    report = audit_log(log, KEY)
+    log.close()
+    assert not report.ok
+    assert report.first_bad_index == first
+    assert f"subtree {level}/{index} (entries {first} to" in " ".join(report.problems)
+    if cannot_grow:
+        assert report.problems[0] == "the log cannot grow: the witness log lacks subtree 3/4"
+
+
+def test_a_stray_entry_row_at_a_negative_index_is_reported_and_the_log_still_grows(
+    path: Path,
+) -> None:
+    _edit(path, "INSERT INTO entries (idx, leaf, entry) VALUES (-1, x'00', x'00')")
+    log = WitnessLog(path)
+    assert (log.size, log.damaged) == (40, "")  # one past the highest entry, not the rows
+    report = audit_log(log, KEY)
+    assert not report.ok
+    assert report.first_bad_index is None  # no entry of the log is wrong
+    assert report.problems == [
+        "1 entry rows at negative indexes (the highest -1), outside the log:"
+        " it holds 41 entry rows for 40 entries"
+    ]
+    assert log.append(_entries(40, 2)) == range(40, 42)
+    log.close()
+
+
+def test_an_entry_row_far_past_the_end_is_reported_as_missing_entries(path: Path) -> None:
+    """A row more than a page of the audit past the end: the entries between are missing
+    (the log's size is one past it, and it cannot grow)."""
+    _edit(path, "INSERT INTO entries (idx, leaf, entry) VALUES (1000000, x'00', x'00')")
+    log = WitnessLog(path)
+    assert log.size == 1_000_001
+    assert log.damaged
+    report = audit_log(log, KEY)
+    log.close()
+    assert not report.ok
+    assert report.first_bad_index == 40
+    assert "entries 40 to 999999 are missing" in report.problems
+
+
+@pytest.mark.parametrize(
+    ("level", "index"),
+    [(-1, 0), (0, 3), (1, -1), (-(2**62), -(2**62))],
+    ids=["negative-level", "level-0", "negative-index", "both-negative"],
+)
+def test_a_subtree_row_that_names_no_subtree_is_a_problem_not_an_exception(
+    path: Path, level: int, index: int
+) -> None:
+    _edit(path, f"INSERT INTO nodes (level, idx, hash) VALUES ({level}, {index}, x'00')")  # noqa: S608
+    log = WitnessLog(path)
+    report = audit_log(log, KEY)
+    log.close()
+    assert report.first_bad_index is None  # never a negative index
+    assert report.problems == [
+        f"a stored subtree row {level}/{index} names no subtree (its level must be at least 1,"
+        " its index at least 0)"
+    ]
+
+
+@pytest.mark.parametrize(("level", "index"), [(1, 20), (6, 0), (2**62, 0)])
+def test_a_subtree_row_past_the_end_covers_entries_that_are_gone(
+    path: Path, level: int, index: int
+) -> None:
+    _edit(path, f"INSERT INTO nodes (level, idx, hash) VALUES ({level}, {index}, x'00')")  # noqa: S608
+    log = WitnessLog(path)
+    report = audit_log(log, KEY)
+    log.close()
+    assert report.first_bad_index == 40
+    assert report.problems == [f"subtree {level}/{index} covers entries that are gone"]

@@ -225,3 +225,30 @@ def test_a_checkpoint_is_committed_with_a_flush_and_the_appends_are_not(tmp_path
     assert statements.count("PRAGMA synchronous=FULL") == 1  # no append flushed
     assert log._db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL again
     log.close()
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["DELETE FROM entries WHERE idx = 4", "INSERT INTO entries VALUES (-1, x'00', x'00')"],
+    ids=["a-hole", "a-negative-index"],
+)
+def test_the_size_is_one_past_the_highest_entry_not_the_number_of_rows(
+    tmp_path: Path, edit: str
+) -> None:
+    """An entry missing from the middle, or a stray row at a negative index (a file
+    edited by hand), must not move the end of the tree: the log keeps its size and its
+    root, and the next append goes after its last entry (it used to take the number of
+    rows: the log then found itself damaged, or appended onto an index already taken)."""
+    path = tmp_path / "witness.db"
+    log = WitnessLog(path, synchronous="NORMAL")
+    log.append(ENTRIES[:20])
+    log.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute(edit)
+        db.commit()
+    log = WitnessLog(path, synchronous="NORMAL")
+    assert (log.size, log.damaged, log.refresh()) == (20, "", 20)
+    assert log.root() == root(LEAVES[:20])
+    assert log.append(ENTRIES[20:22]) == range(20, 22)
+    assert log.root() == root(LEAVES[:22])
+    log.close()

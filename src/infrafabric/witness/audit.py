@@ -6,6 +6,11 @@ its ``index`` field with its position; the tree is rebuilt from the recomputed l
 compared with the stored subtree hashes and with the root of every signed checkpoint
 (whose signatures are checked with the fabric's verifier key). The report names the
 lowest index at which anything disagrees.
+
+The log must also still be able to prove every entry and to grow: every complete subtree
+of the log (the log stores each one above the leaves) must be stored, and no row may lie
+outside the tree (an entry row at a negative index or past a gap, a subtree row whose
+level or index names no subtree of the log).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import msgspec
 
 from infrafabric.witness.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from infrafabric.witness.entry import decode_entry
-from infrafabric.witness.log import MerkleLog
+from infrafabric.witness.log import MerkleLog, WitnessLog
 from infrafabric.witness.merkle import LeafHashes, leaf_hash, range_hash
 
 __all__ = ["AuditReport", "audit_log"]
@@ -67,9 +72,23 @@ def audit_log(log: MerkleLog, key: str, anchor: Checkpoint | None = None) -> Aud
     an anchor shows a log truncated together with its later checkpoints, or rewritten
     past the last checkpoint it still holds."""
     report = AuditReport()
+    if log.damaged:
+        report.problems.append(f"the log cannot grow: {log.damaged}")
     leaves: list[bytes] = []
     position = 0
-    while page := log.entries(position, position + _PAGE):
+    while True:
+        page = log.entries(position, position + _PAGE)
+        if not page and isinstance(log, WitnessLog):
+            # Rows past a gap longer than a page: entries(position, ...) was empty, but
+            # the log's size (one past its highest entry) is not `position`.
+            (_, _), (after, lowest) = log.entries_outside(position)
+            if after and lowest == position:  # appended meanwhile: read on
+                continue
+            if after:
+                report.bad(position, f"entries {position} to {lowest - 1} are missing")
+                return report
+        if not page:
+            break
         for index, stored_leaf, entry in page:
             if index != position:
                 report.bad(position, f"entries {position} to {index - 1} are missing")
@@ -87,13 +106,17 @@ def audit_log(log: MerkleLog, key: str, anchor: Checkpoint | None = None) -> Aud
                     report.bad(index, f"entry {index} says it is entry {claimed}: moved")
             position += 1
     report.size = position
+    if log.size > position:
+        report.bad(position, f"the log has {log.size} entries, but only {position} remain")
+    if isinstance(log, WitnessLog):
+        (below, highest), _ = log.entries_outside(position)
+        if below:
+            report.problems.append(
+                f"{below} entry rows at negative indexes (the highest {highest}), outside"
+                f" the log: it holds {position + below} entry rows for {position} entries"
+            )
     tree = LeafHashes(leaves)
-    for level, index, stored in log.stored_nodes():
-        first, end = index << level, (index + 1) << level
-        if end > position:
-            report.bad(position, f"subtree {level}/{index} covers entries that are gone")
-        elif tree.perfect(level, index) != stored:
-            report.bad_within(first, end, f"subtree {level}/{index} does not match its entries")
+    _check_subtrees(report, log, tree)
     vouched = 0  # entries [0, vouched) give the root of a signed checkpoint
     for size, note in reversed(log.checkpoints(limit=1 << 62)):
         report.checkpoints += 1
@@ -113,6 +136,40 @@ def audit_log(log: MerkleLog, key: str, anchor: Checkpoint | None = None) -> Aud
     if anchor is not None:
         _check_anchor(report, tree, anchor, vouched)
     return report
+
+
+def _check_subtrees(report: AuditReport, log: MerkleLog, tree: LeafHashes) -> None:
+    """Every stored subtree must be one of the log's and match its entries, and every
+    complete subtree above the leaves (the log stores each one when its last entry
+    arrives) must be stored: without it the log cannot prove the entries below it, nor
+    grow if it is on the right edge."""
+    size = report.size
+    # seen[level][index]: subtree level/index is stored (levels 1 to the highest complete)
+    seen = {level: bytearray(size >> level) for level in range(1, size.bit_length())}
+    for level, index, stored in log.stored_nodes():
+        if level < 1 or index < 0:
+            report.problems.append(
+                f"a stored subtree row {level}/{index} names no subtree (its level must be"
+                " at least 1, its index at least 0)"
+            )
+        elif level >= size.bit_length() or (index + 1) << level > size:
+            report.bad(size, f"subtree {level}/{index} covers entries that are gone")
+        else:
+            seen[level][index] = 1
+            if tree.perfect(level, index) != stored:
+                first, end = index << level, (index + 1) << level
+                report.bad_within(first, end, f"subtree {level}/{index} does not match its entries")
+    for level, stored_at in seen.items():
+        index = stored_at.find(0)
+        while index >= 0:
+            first, end = index << level, (index + 1) << level
+            report.bad_within(
+                first,
+                end,
+                f"subtree {level}/{index} (entries {first} to {end - 1}) is missing:"
+                " the log cannot prove them",
+            )
+            index = stored_at.find(0, index + 1)
 
 
 def _check_anchor(report: AuditReport, tree: LeafHashes, anchor: Checkpoint, vouched: int) -> None:

@@ -146,8 +146,7 @@ class WitnessLog:
             self._synchronous = synchronous
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT count(*) FROM entries").fetchone()
-            self._size = int(row[0])
+            self._size = _stored_size(self._db)
             self._index_leaves()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the witness log {self.path}: {exc}") from exc
@@ -202,8 +201,7 @@ class WitnessLog:
         """Catch up with appends made by another process (a reader of a log that a
         feeder process writes); returns the size."""
         with self._read() as db:  # the lock is held throughout: an append cannot interleave
-            row = db.execute("SELECT max(idx) FROM entries").fetchone()
-            size = 0 if row is None or row[0] is None else int(row[0]) + 1
+            size = _stored_size(db)
             if size > self._size:  # only ever forward
                 try:
                     self._edge, self._size = self._load_edge(size), size
@@ -326,6 +324,18 @@ class WitnessLog:
             rows = db.execute("SELECT level, idx, hash FROM nodes ORDER BY level, idx").fetchall()
         return [(int(row[0]), int(row[1]), _blob(row[2])) for row in rows]
 
+    def entries_outside(self, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The entry rows that are not entries ``[0, size)`` of the log (an audit; only a
+        file damaged or edited by hand has any): ``(how many, the highest index)`` of the
+        rows below 0 and ``(how many, the lowest index)`` of those at ``size`` or after
+        (``(0, 0)`` where there are none)."""
+        with self._read() as db:
+            below = db.execute("SELECT count(*), max(idx) FROM entries WHERE idx < 0").fetchone()
+            above = db.execute(
+                "SELECT count(*), min(idx) FROM entries WHERE idx >= ?", (size,)
+            ).fetchone()
+        return (int(below[0]), int(below[1] or 0)), (int(above[0]), int(above[1] or 0))
+
     def checkpoint_at(self, size: int) -> str | None:
         with self._read() as db:
             row = db.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
@@ -408,6 +418,16 @@ def _text(value: object) -> str:
     """A TEXT column (read as bytes); bytes that are not UTF-8 come back replaced, and
     then fail whatever check the text was for (a checkpoint's signature)."""
     return _blob(value).decode("utf-8", "replace")
+
+
+def _stored_size(db: sqlite3.Connection) -> int:
+    """The size of the log in ``db``: one past its highest entry, where the next append
+    goes. Not the number of rows: in a file damaged or edited by hand an entry missing
+    from the middle, or a stray row at a negative index, must not move the end of the
+    tree (the stored subtrees, the next index) and so stop the log for good; an audit
+    reports both."""
+    row = db.execute("SELECT max(idx) FROM entries").fetchone()
+    return 0 if row is None or row[0] is None else max(0, int(row[0]) + 1)
 
 
 def _runs(db: sqlite3.Connection) -> int:
