@@ -159,6 +159,29 @@ def test_blocking_offers_a_filler_and_help_reaches_qualified_agents(
     assert kinds[-2:] == ["filler.offered", "help.requested"] or "help.requested" in kinds
 
 
+def test_blocking_reads_the_fillers_not_the_whole_board(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offer read every available task (decoding them all, under the write lock: on a
+    board of 40,000 that held every claim up); it reads the fillers, from the claim
+    order's index."""
+    coordinator.create(
+        [Task(id="a", title="A")]
+        + [Task(id=f"work-{n}", title="W") for n in range(20)]
+        + [Task(id="fill-low", title="F", filler=True, priority=10)]
+        + [Task(id="fill-high", title="F", filler=True, priority=80)]
+    )
+    coordinator.claim("a", ALICE)
+
+    def whole_board(*args: object, **kwargs: object) -> list[Task]:
+        raise AssertionError("the offer read the whole board")
+
+    monkeypatch.setattr(coordinator.store, "tasks", whole_board)
+    _, filler = coordinator.block("a", ALICE, Blocker(type="access", description="a token"))
+    assert filler is not None
+    assert filler.id == "fill-high"
+
+
 def test_help_chosen_by_the_governor_is_still_capped_at_max_helpers(
     store: Store, clock: ManualClock
 ) -> None:

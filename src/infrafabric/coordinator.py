@@ -56,6 +56,8 @@ _LARGEST_PAGE: Final = 256
 _MAX_REREADS: Final = 2
 #: A sweep returns up to SWEEP_PAGES x SWEEP_PAGE expired leases; the rest wait a second.
 SWEEP_PAGE: Final = 500
+#: Fillers a blocked agent's offer chooses from: the first ones in claim order.
+FILLER_SCAN: Final = 500
 SWEEP_PAGES: Final = 20
 #: The trace of the message being carried out in this thread or task (see ``traced``).
 _TRACE: Final = contextvars.ContextVar[str | None]("infrafabric_trace", default=None)
@@ -313,7 +315,7 @@ class Coordinator:
         offered: list[str] = []
 
         def decide(task: Task, now: Timestamp) -> Outcome:
-            fillers = [t for t in self.store.tasks([TaskState.AVAILABLE]) if t.filler]
+            fillers = self.store.fillers(FILLER_SCAN)
             outcome = rules.block(task, agent, blocker, now, fillers, have, accept)
             offered[:] = [
                 event.task_id for event in outcome.events if event.kind == "filler.offered"

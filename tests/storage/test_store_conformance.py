@@ -196,6 +196,30 @@ def test_available_tasks_come_in_claim_order(store: Store) -> None:
     assert [t.id for t in store.available(limit=1)] == ["high-a"]
 
 
+def test_fillers_are_the_available_fillers_in_claim_order(store: Store) -> None:
+    store.apply(
+        create(
+            [
+                Task(id="work", title="x", priority=100),
+                Task(id="f-low", title="x", priority=10, filler=True),
+                Task(id="f-high-b", title="x", priority=90, filler=True),
+                Task(id="f-high-a", title="x", priority=90, filler=True),
+                Task(id="f-waiting", title="x", priority=99, filler=True, dependencies=("work",)),
+            ],
+            {},
+            T0,
+        )
+    )
+    store.apply(create([Task(id="f-high-old", title="x", priority=90, filler=True)], {}, T0 - 10))
+    assert [t.id for t in store.fillers()] == ["f-high-old", "f-high-a", "f-high-b", "f-low"]
+    assert [t.id for t in store.fillers(limit=2)] == ["f-high-old", "f-high-a"]
+    assert store.fillers(limit=0) == []
+    taken = store.get("f-high-old")
+    assert taken is not None
+    store.apply(claim(taken, ALICE, T0))
+    assert [t.id for t in store.fillers()] == ["f-high-a", "f-high-b", "f-low"]
+
+
 def test_expired_finds_owned_tasks_whose_lease_ran_out_soonest_first(store: Store) -> None:
     add(store, *(Task(id=name, title="x") for name in ("a", "b", "c", "d")))
     config = BoardConfig(lease_seconds=10)

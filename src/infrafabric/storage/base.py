@@ -126,6 +126,12 @@ class Store(Protocol):
         still compared and set). A store with one writer process has no such claimants
         and ignores it."""
 
+    def fillers(self, limit: int = 500) -> list[Task]:
+        """Available filler tasks in claim order, at most ``limit``: what a blocked agent
+        may be offered, read from the claim order's index without the rest of the board
+        (reading every available task held the write lock for as long as it took to
+        decode them all)."""
+
     def held_elsewhere(self, task_id: str) -> bool:
         """Whether another claimant held ``task_id`` when this transaction's first page
         was read with ``hold`` (never, on a store with one writer process)."""

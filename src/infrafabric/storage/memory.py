@@ -75,6 +75,16 @@ class MemoryStore(OneProcess):
         ready.sort(key=claim_order)
         return ready[offset : offset + limit]
 
+    def fillers(self, limit: int = 500) -> list[Task]:
+        with self._lock:
+            ready = [
+                task
+                for task in self._tasks.values()
+                if task.state is TaskState.AVAILABLE and task.filler
+            ]
+        ready.sort(key=claim_order)
+        return ready[:limit]
+
     def expired(self, now: float, limit: int = 500) -> list[Task]:
         with self._lock:
             late = [

@@ -239,9 +239,9 @@ local old = tonumber(redis.call('HGET', ARGV[1] .. 'seen', ARGV[2]) or '-1')
 if tonumber(ARGV[3]) > old then redis.call('HSET', ARGV[1] .. 'seen', ARGV[2], ARGV[3]) end
 """
 
-# ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "due": by lease score,
-# "members": a set, "list": the ids that follow), key suffix, then the range or the
-# ids. Returns the task documents in order ("" for a task that does not exist).
+# ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "fillers": the claim
+# keys of fillers, "due": by lease score, "members": a set, "list": the ids that
+# follow), key suffix, then the range (a count for "fillers") or the ids. Returns the task documents in order ("" for a task that does not exist).
 _FETCH = """
 local p, how, key = ARGV[1], ARGV[2], ARGV[1] .. ARGV[3]
 local ids
@@ -252,12 +252,17 @@ elseif how == 'due' then
   ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[4], 'LIMIT', 0, ARGV[5])
 elseif how == 'members' then
   ids = redis.call('SMEMBERS', key)
+elseif how == 'fillers' then
+  -- claim keys of fillers begin with "1" (real work with "0"): their end of the zset
+  ids = redis.call('ZRANGEBYLEX', key, '[1', '+', 'LIMIT', 0, ARGV[4])
 else
   ids = redis.call('ZRANGE', key, ARGV[4], ARGV[5])
 end
 local docs = {}
 for n, id in ipairs(ids) do
-  if how == 'avail' then id = string.sub(id, string.find(id, '|', 1, true) + 1) end
+  if how == 'avail' or how == 'fillers' then
+    id = string.sub(id, string.find(id, '|', 1, true) + 1)
+  end
   docs[n] = redis.call('HGET', p .. 't:' .. id, 'd') or ''
 end
 return docs
@@ -448,6 +453,11 @@ class RedisStore:
         if txn is not None:
             txn.dependents.setdefault(task_id, len(found))
         return found
+
+    def fillers(self, limit: int = 500) -> list[Task]:
+        if limit <= 0:
+            return []
+        return self._tasks("fillers", "avail", limit)
 
     def available(self, offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
         if limit <= 0:

@@ -216,6 +216,15 @@ class SqliteStore(OneProcess):
             ).fetchall()
         return [_TASK_DECODER.decode(row[0]) for row in rows]
 
+    def fillers(self, limit: int = 500) -> list[Task]:
+        with self._read() as db:  # (the claim index leads with state, then filler)
+            rows = db.execute(
+                "SELECT doc FROM tasks WHERE state = 'available' AND filler = 1"
+                " ORDER BY priority DESC, created_at, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [_TASK_DECODER.decode(row[0]) for row in rows]
+
     def expired(self, now: float, limit: int = 500) -> list[Task]:
         with self._read() as db:
             rows = db.execute(
