@@ -164,6 +164,34 @@ def test_verify_names_the_first_entry_tampered_with(
         assert reported == first_bad
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "INSERT INTO nodes VALUES (-1, 0, x'00')",  # a ValueError before, a traceback
+        "INSERT INTO entries VALUES (-1, x'00', x'7b7d')",  # reported as nothing at all
+        "DELETE FROM nodes WHERE level = 1 AND idx = 3",  # ok, on a log that cannot prove
+    ],
+    ids=["row-with-no-level", "row-at-a-negative-index", "subtree-missing"],
+)
+def test_verify_reports_damage_outside_the_entries_without_blaming_a_checkpoint(
+    witnessed: tuple[Fabric, str], tmp_path: Path, edit: str
+) -> None:
+    fabric, _ = witnessed
+    copy = _copy(fabric, tmp_path)
+    with sqlite3.connect(copy / "witness.db") as db:
+        db.execute(edit)
+    result = fabric("witness", "verify", "--data", str(copy))
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert "Traceback" not in stderr
+    assert "TAMPERED" in stderr
+    assert "a checkpoint is wrong" not in stderr
+    if "DELETE" in edit:
+        assert "first bad entry 6" in stderr  # the subtree's first entry
+    else:
+        assert "damage no single entry shows" in stderr
+
+
 def test_a_log_truncated_with_its_checkpoints_fails_against_a_saved_checkpoint(
     witnessed: tuple[Fabric, str], tmp_path: Path
 ) -> None:

@@ -322,7 +322,9 @@ def verify(
         return
     first = report.first_bad_index
     typer.echo(
-        "TAMPERED: " + ("a checkpoint is wrong" if first is None else f"first bad entry {first}"),
+        # (no entry to name: a checkpoint, a stray row, a stored subtree that is no subtree)
+        "TAMPERED: "
+        + ("damage no single entry shows" if first is None else f"first bad entry {first}"),
         err=True,
     )
     for problem in report.problems[:20]:
