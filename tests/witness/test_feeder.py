@@ -238,6 +238,39 @@ def test_the_witness_process_runs_only_when_a_core_is_free(tmp_path: Path) -> No
         process.log.close()
 
 
+@pytest.mark.parametrize("ready", [False, True], ids=["starting", "feeding"])
+def test_closing_ends_a_witness_process_that_gets_no_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ready: bool
+) -> None:
+    """In the idle class the child may get no time on a busy machine: ``ifab serve``
+    then waited 30 s on SIGTERM (a test harness gave up at 20). A stopped child stands
+    in for one that gets no time: closing ends it, still starting or feeding."""
+    import os
+    import signal
+    import time
+
+    from infrafabric.witness import feeder as feeder_module
+    from infrafabric.witness.feeder import WitnessProcess
+
+    monkeypatch.setattr(feeder_module, "CLOSE_SECONDS", 1.0, raising=False)
+    SqliteStore(tmp_path / "board.db").close()
+    process = WitnessProcess(tmp_path / "board.db", tmp_path / "witness.db", "NORMAL", KEY, "t")
+    process.start()
+    try:
+        assert process.pid is not None
+        if ready:
+            deadline = time.monotonic() + 60
+            while not process._ready_reader.poll(0.05):
+                assert time.monotonic() < deadline, "the witness process never started feeding"
+        os.kill(process.pid, signal.SIGSTOP)
+        process.close()
+        assert not process._process.is_alive()
+    finally:
+        if process._process.is_alive():
+            process._process.kill()
+        process.log.close()
+
+
 def test_a_server_over_redis_witnesses_a_backlog_in_small_appends(
     tmp_path: Path, redis_url: str
 ) -> None:
