@@ -466,7 +466,11 @@ def tail(
     async def follow() -> None:
         deadline = time.monotonic() + seconds if seconds else None
         seen = 0
-        async with websockets.asyncio.client.connect(f"{ws_url}/v1/ws?token={token}") as socket:
+        # (close_timeout: Ctrl-C ends tail at once, not after a closing handshake that
+        # a busy server may answer late; the server copes with a dropped follower)
+        async with websockets.asyncio.client.connect(
+            f"{ws_url}/v1/ws?token={token}", close_timeout=1
+        ) as socket:
             await socket.send(
                 json.dumps({"type": "subscribe", "topics": topic or ["if://topic/board/**"]})
             )
