@@ -266,7 +266,6 @@ class WitnessProcess:
         # sleeping on it to wake and say so, and a child in the idle class on a busy
         # machine may not run for minutes. A write to a pipe waits for nobody.
         stop_reader, self._stop_writer = context.Pipe(duplex=False)
-        self._ready_reader, ready_writer = context.Pipe(duplex=False)  # it feeds
         self._process = context.Process(
             target=_feed_in_child,
             args=(
@@ -277,7 +276,6 @@ class WitnessProcess:
                 name,
                 os.getpid(),
                 stop_reader,
-                ready_writer,
             ),
             name="ifab-witness",
             daemon=True,
@@ -303,25 +301,26 @@ class WitnessProcess:
         The child runs in the idle class, so on a machine kept busy (a loaded CI box,
         a test suite beside it) it may get no time at all: ``ifab serve`` waited 30 s
         for it on SIGTERM, past the patience of a test harness and of most service
-        managers. Nothing is lost by ending it sooner: the next start resumes from the
-        cursor, and a child still starting up has fed nothing yet, so it is ended at
-        once; a feeding one is first let out of the idle class, where allowed."""
+        managers. So it is let out of the idle class where the system allows it (again
+        while waiting: a child just starting may only now enter it), and ended when the
+        time is up. Nothing is lost by ending it: the next start resumes from the
+        cursor."""
         if self._stop_writer.closed:  # closed already
             return
         with contextlib.suppress(OSError):  # (a child gone already closed its end)
             self._stop_writer.send_bytes(b"stop")
         process = self._process
-        if process.pid is not None and self._ready_reader.poll(0):
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while process.pid is not None and process.is_alive() and time.monotonic() < deadline:
             with contextlib.suppress(OSError):  # (not Linux; not allowed unprivileged)
                 os.sched_setscheduler(process.pid, os.SCHED_OTHER, os.sched_param(0))
-            process.join(timeout=CLOSE_SECONDS)
+            process.join(timeout=0.25)
         for end in (process.terminate, process.kill):  # (SIGKILL: a stopped child too)
             if process.pid is None or not process.is_alive():  # never started, or ended
                 break
             end()
             process.join(timeout=2)
         self._stop_writer.close()
-        self._ready_reader.close()
 
 
 def _feed_in_child(
@@ -332,15 +331,14 @@ def _feed_in_child(
     name: str,
     parent: int,
     stop: Any,
-    ready: Any,
 ) -> None:
     from infrafabric.storage.sqlite import SqliteStore  # in the child only
 
-    _yield_to_claims()
+    if not stop.poll(0):  # (told to stop while starting: finish at the usual priority)
+        _yield_to_claims()
     store = SqliteStore(board_path, synchronous=synchronous)
     log = WitnessLog(witness_path, synchronous=synchronous)
     feeder = WitnessFeeder(log, store, nacl.signing.SigningKey(seed), name)
-    ready.send_bytes(b"ready")
     try:
         while not stop.poll(CHILD_INTERVAL) and os.getppid() == parent:
             feeder._rounds()
