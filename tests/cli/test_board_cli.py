@@ -7,6 +7,7 @@ import json
 import queue
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -170,9 +171,17 @@ def test_task_show_prints_the_task_and_tail_prints_the_events_of_changes_made_me
     ok(fabric("identity", "new", "lead"))
     ok(fabric("agent", "enroll", "lead"))
     assert IFAB is not None
+    # Ctrl-C (SIGINT) ends tail; a process started in the background by a shell without
+    # job control (`make test &`) inherits SIGINT *ignored*, and so would tail: the
+    # launcher puts it back to its default before it becomes ifab
+    default_sigint = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+        " os.execv(sys.argv[1], sys.argv[1:])"
+    )
     tail = subprocess.Popen(
-        [IFAB, "tail", "--seconds", "120"], env=fabric.env(), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, start_new_session=True,
+        [sys.executable, "-c", default_sigint, IFAB, "tail", "--seconds", "120"],
+        env=fabric.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True,
     )  # fmt: skip
     RUNNING.add(tail)
     lines: queue.Queue[dict[str, Any]] = queue.Queue()
