@@ -9,7 +9,7 @@ from pathlib import Path
 import nacl.signing
 import pytest
 
-from infrafabric.witness.audit import audit_log
+from infrafabric.witness.audit import AuditReport, audit_log
 from infrafabric.witness.checkpoint import (
     Checkpoint,
     open_checkpoint,
@@ -176,6 +176,16 @@ def test_an_entry_row_far_past_the_end_is_reported_as_missing_entries(path: Path
     assert "entries 40 to 999999 are missing" in report.problems
 
 
+def _audit_with_subtree_row(path: Path, level: int, index: int) -> AuditReport:
+    """The audit of the log at ``path`` with a stored subtree row level/index added by
+    hand."""
+    _edit(path, f"INSERT INTO nodes (level, idx, hash) VALUES ({level}, {index}, x'00')")  # noqa: S608
+    log = WitnessLog(path)
+    report = audit_log(log, KEY)
+    log.close()
+    return report
+
+
 @pytest.mark.parametrize(
     ("level", "index"),
     [(-1, 0), (0, 3), (1, -1), (-(2**62), -(2**62))],
@@ -184,10 +194,7 @@ def test_an_entry_row_far_past_the_end_is_reported_as_missing_entries(path: Path
 def test_a_subtree_row_that_names_no_subtree_is_a_problem_not_an_exception(
     path: Path, level: int, index: int
 ) -> None:
-    _edit(path, f"INSERT INTO nodes (level, idx, hash) VALUES ({level}, {index}, x'00')")  # noqa: S608
-    log = WitnessLog(path)
-    report = audit_log(log, KEY)
-    log.close()
+    report = _audit_with_subtree_row(path, level, index)
     assert report.first_bad_index is None  # never a negative index
     assert report.problems == [
         f"a stored subtree row {level}/{index} names no subtree (its level must be at least 1,"
@@ -199,9 +206,31 @@ def test_a_subtree_row_that_names_no_subtree_is_a_problem_not_an_exception(
 def test_a_subtree_row_past_the_end_covers_entries_that_are_gone(
     path: Path, level: int, index: int
 ) -> None:
-    _edit(path, f"INSERT INTO nodes (level, idx, hash) VALUES ({level}, {index}, x'00')")  # noqa: S608
-    log = WitnessLog(path)
-    report = audit_log(log, KEY)
-    log.close()
+    report = _audit_with_subtree_row(path, level, index)
     assert report.first_bad_index == 40
     assert report.problems == [f"subtree {level}/{index} covers entries that are gone"]
+
+
+def test_stray_entry_fields_of_a_log_on_redis_are_reported(redis_url: str) -> None:
+    """The log a fabric keeps on Redis is audited for rows outside the tree as the SQLite
+    file is: a leaf field at a negative index, and one past the size the log keeps."""
+    from infrafabric.storage.redis import RedisStore
+    from infrafabric.witness.redis_log import RedisWitnessLog
+
+    store = RedisStore(redis_url)
+    try:
+        log = RedisWitnessLog(store)
+        log.append(_entries(0, 8))
+        assert audit_log(log, KEY).ok
+        store.redis.hset(f"{store.prefix}w:leaf", "-1", b"\0" * 32)
+        below = audit_log(log, KEY)
+        assert below.problems == [
+            "1 entry rows at negative indexes (the highest -1), outside the log:"
+            " it holds 9 entry rows for 8 entries"
+        ]
+        store.redis.hset(f"{store.prefix}w:leaf", "8", b"\0" * 32)  # the size stays 8
+        past = audit_log(log, KEY)
+        assert past.first_bad_index == 8
+        assert "1 entry rows lie past the log's end, 8" in past.problems
+    finally:
+        store.close()

@@ -21,7 +21,7 @@ import msgspec
 
 from infrafabric.witness.checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from infrafabric.witness.entry import decode_entry
-from infrafabric.witness.log import MerkleLog, WitnessLog
+from infrafabric.witness.log import MerkleLog
 from infrafabric.witness.merkle import LeafHashes, leaf_hash, range_hash
 
 __all__ = ["AuditReport", "audit_log"]
@@ -78,17 +78,21 @@ def audit_log(log: MerkleLog, key: str, anchor: Checkpoint | None = None) -> Aud
     position = 0
     while True:
         page = log.entries(position, position + _PAGE)
-        if not page and isinstance(log, WitnessLog):
-            # Rows past a gap longer than a page: entries(position, ...) was empty, but
-            # the log's size (one past its highest entry) is not `position`.
-            (_, _), (after, lowest) = log.entries_outside(position)
-            if after and lowest == position:  # appended meanwhile: read on
-                continue
-            if after:
-                report.bad(position, f"entries {position} to {lowest - 1} are missing")
-                return report
         if not page:
-            break
+            # Rows past a gap longer than a page, or past the size the log keeps (Redis):
+            # entries(position, ...) was empty, yet rows lie beyond.
+            (_, _), (after, lowest) = log.entries_outside(position)
+            if not after:
+                break
+            if lowest == position and log.refresh() > position:  # appended meanwhile
+                continue
+            report.bad(
+                position,
+                f"entries {position} to {lowest - 1} are missing"
+                if lowest > position
+                else f"{after} entry rows lie past the log's end, {position}",
+            )
+            return report
         for index, stored_leaf, entry in page:
             if index != position:
                 report.bad(position, f"entries {position} to {index - 1} are missing")
@@ -108,13 +112,12 @@ def audit_log(log: MerkleLog, key: str, anchor: Checkpoint | None = None) -> Aud
     report.size = position
     if log.size > position:
         report.bad(position, f"the log has {log.size} entries, but only {position} remain")
-    if isinstance(log, WitnessLog):
-        (below, highest), _ = log.entries_outside(position)
-        if below:
-            report.problems.append(
-                f"{below} entry rows at negative indexes (the highest {highest}), outside"
-                f" the log: it holds {position + below} entry rows for {position} entries"
-            )
+    (below, highest), _ = log.entries_outside(position)
+    if below:
+        report.problems.append(
+            f"{below} entry rows at negative indexes (the highest {highest}), outside"
+            f" the log: it holds {position + below} entry rows for {position} entries"
+        )
     tree = LeafHashes(leaves)
     _check_subtrees(report, log, tree)
     vouched = 0  # entries [0, vouched) give the root of a signed checkpoint

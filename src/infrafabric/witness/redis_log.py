@@ -248,6 +248,21 @@ class RedisWitnessLog:
             nodes.append((int(level), int(index), bytes(value)))
         return sorted(nodes)
 
+    def entries_outside(self, size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """As :meth:`WitnessLog.entries_outside`: the leaf fields that are not entries
+        ``[0, size)`` (an audit: it reads every field once, as it reads every entry)."""
+        below: list[int] = []
+        above: list[int] = []
+        with self._guard():
+            for name, _ in self.redis.hscan_iter(self._key("leaf"), count=10_000):
+                with contextlib.suppress(ValueError):  # (not an index at all: no entry)
+                    index = int(name)
+                    if index < 0:
+                        below.append(index)
+                    elif index >= size:
+                        above.append(index)
+        return (len(below), max(below, default=0)), (len(above), min(above, default=0))
+
     def close(self) -> None:
         """Nothing to release: the connections are the store's."""
 
