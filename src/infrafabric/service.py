@@ -141,6 +141,10 @@ class FabricService:
         #: (``claim``, ``direct``, ``unverified``...), its refusal code or ``None``, and the
         #: seconds from the start of its handling to the commit (metrics, logs).
         self.observers: list[Callable[[str, str | None, float], None]] = []
+        #: Each told of each batch once it is committed and announced: how many messages
+        #: it held and the seconds it took in all. On SQLite a batch runs on the server's
+        #: event loop, so every request that arrives meanwhile waits behind it.
+        self.batch_observers: list[Callable[[int, float], None]] = []
         self._operation = threading.local()  # what the message being handled asked for
         #: agent records read from the store, and when (see :meth:`agent`); the
         #: generation rises with each enrollment here
@@ -266,6 +270,7 @@ class FabricService:
         number) is taken back: a client that sends the very same bytes again after the
         503 (as ``Retry-After`` invites) is not refused as a replay. (Over a shared store, a nonce a message other than a
         board change already spent in the store before it failed stays spent there.)"""
+        batch_started = time.perf_counter()
         results: list[dict[str, Any] | ServiceError] = []
         begun: list[tuple[str, float]] = []  # each message's operation and start
         recorded: list[IFMessage] = []  # messages whose replay state the verifier recorded
@@ -295,6 +300,10 @@ class FabricService:
                 refusal = ServiceError("STORE_UNAVAILABLE", str(exc), 503)
                 results = [refusal] * len(batch)
         self._observe(begun, results)
+        if self.batch_observers:
+            took = time.perf_counter() - batch_started
+            for batch_observer in self.batch_observers:
+                batch_observer(len(batch), took)
         return results
 
     def _forget(self, messages: Sequence[IFMessage]) -> None:

@@ -102,12 +102,14 @@ def test_messages_that_pile_up_share_a_commit_and_keep_their_own_answers(
             lagging.append((announced_claims, committed))
 
     service.on_events(check_claims_are_committed)
+    observed: list[tuple[int, float]] = []  # what the batch observers (metrics) are told
     creator = Outbox(agents[0])
     created = service.handle(
         _request(creator, {"op": "create", "tasks": [{"title": "x"} for _ in range(30)]}),
         now=time.time(),
     )
     assert len(created["tasks"]) == 30
+    service.batch_observers.append(lambda size, seconds: observed.append((size, seconds)))
     committer = Committer(service, on_loop=on_loop)
 
     async def everyone_claims() -> list[Any]:
@@ -134,6 +136,8 @@ def test_messages_that_pile_up_share_a_commit_and_keep_their_own_answers(
     assert results[-1].code == "BAD_SIGNATURE"
     assert max(service.sizes) > 1  # the 41 messages did not take 41 commits
     assert sum(service.sizes) == 41
+    assert [size for size, _ in observed] == service.sizes  # each batch told once, whole
+    assert all(seconds > 0 for _, seconds in observed)
     assert announced_claims == 30
     assert lagging == []
 

@@ -26,7 +26,7 @@ FAMILIES = {
     "ifab_websocket_connections", "ifab_websocket_queue_max", "ifab_websocket_queue_frames",
     "ifab_agents", "ifab_store_up", "ifab_board_events", "ifab_swarm_spent_usd",
     "ifab_swarm_budget_remaining_usd", "ifab_mesh_peers", "ifab_mesh_links",
-    "ifab_mesh_relay_links",
+    "ifab_mesh_relay_links", "ifab_commit_batch_seconds", "ifab_commit_batch_messages",
 }  # fmt: skip
 #: Families with a sample per mesh link: present once a peer reports one
 #: (tests/server/test_mesh_service.py checks them).
@@ -96,6 +96,12 @@ def test_the_metrics_count_what_the_fabric_did(fabric: Fabric) -> None:
     assert claims[(("op", "claim"),)] == 2
     assert claims[(("op", "claim_next"),)] == 1
     assert claims[(("op", "unverified"),)] == 1  # the replay: refused before it was read
+    # every signed message was carried out in one group commit or another, counted once
+    batches = metrics["ifab_commit_batch_messages_count"][()]
+    assert metrics["ifab_commit_batch_messages_sum"][()] == sum(claims.values())
+    assert 1 <= batches <= sum(claims.values())
+    assert metrics["ifab_commit_batch_seconds_count"][()] == batches
+    assert metrics["ifab_commit_batch_seconds_sum"][()] > 0
     assert metrics["ifab_agents"][(("health", "green"),)] == 2
     assert metrics["ifab_spent_tokens"][(("agent", "if://agent/alice"),)] == 100
     assert metrics["ifab_breaker"][(("agent", "if://agent/alice"), ("state", "closed"))] == 1
