@@ -11,8 +11,10 @@ import pytest
 
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import RemoteError
-from infrafabric.fabric import Fabric
+from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
+from infrafabric.server.runner import open_server
+from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
 
 
 def test_an_embedded_fabric_speaks_the_same_api(tmp_path: Path) -> None:
@@ -216,6 +218,19 @@ def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_
 
 
 @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
+def test_a_server_s_wal_is_copied_by_the_thread_in_small_rounds(
+    tmp_path: Path, synchronous: str
+) -> None:
+    state = open_server(tmp_path / "server", synchronous=synchronous)
+    try:
+        store = state.service.coordinator.store
+        assert getattr(store, "_checkpointer", None) is not None
+        assert getattr(store, "checkpoint_seconds", None) == CHECKPOINT_SECONDS
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
 def test_the_wal_of_an_embedded_fabric_is_copied_by_whoever_keeps_it_small(
     tmp_path: Path, synchronous: str
 ) -> None:
@@ -229,6 +244,9 @@ def test_the_wal_of_an_embedded_fabric_is_copied_by_whoever_keeps_it_small(
         store = fabric.state.service.coordinator.store
         assert (getattr(store, "_checkpointer", None) is not None) is (synchronous == "NORMAL")
         if synchronous == "NORMAL":
+            # less often than a server's: one writer back to back leaves it no quiet time
+            assert getattr(store, "checkpoint_seconds", None) == EMBEDDED_CHECKPOINT_SECONDS
+            assert EMBEDDED_CHECKPOINT_SECONDS > CHECKPOINT_SECONDS
             return
         identity = fabric.enroll("alice")
         wal = tmp_path / "board" / "board.db-wal"

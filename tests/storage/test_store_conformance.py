@@ -379,6 +379,22 @@ def test_sqlite_background_checkpoints_copy_the_wal_into_the_database(tmp_path: 
     assert not checkpointer.is_alive()
 
 
+def test_sqlite_background_checkpoints_come_at_the_cadence_asked(tmp_path: Path) -> None:
+    path = tmp_path / "board.db"
+    store = SqliteStore(
+        path, synchronous="NORMAL", background_checkpoints=True, checkpoint_seconds=30.0
+    )
+    store.apply(create([Task(id=f"t{i}", title="x") for i in range(50)], {}, T0))
+    time.sleep(0.6)  # twelve of the default periods, a fiftieth of this one
+    assert _tasks_in_the_database_file_alone(path) == 0
+    started = time.monotonic()
+    store.close()  # the thread waiting out its period stops at once all the same
+    assert time.monotonic() - started < 5
+    for wrong in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="checkpoint_seconds"):
+            SqliteStore(tmp_path / "other.db", checkpoint_seconds=wrong)
+
+
 def test_sqlite_without_background_checkpoints_leaves_small_writes_in_the_wal(
     tmp_path: Path,
 ) -> None:

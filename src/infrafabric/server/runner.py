@@ -40,7 +40,7 @@ from infrafabric.protocol.verify import Mode, Verifier
 from infrafabric.server.app import ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
-from infrafabric.storage.sqlite import SqliteStore
+from infrafabric.storage.sqlite import CHECKPOINT_SECONDS, SqliteStore
 from infrafabric.witness.feeder import Witness, WitnessFeeder, WitnessProcess
 from infrafabric.witness.log import WitnessLog
 
@@ -85,6 +85,7 @@ def open_server(
     profile: str | None = None,
     store_url: str | None = None,
     background_checkpoints: bool = True,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> ServerState:
     """Open (creating if needed) the data directory and build the server's state
     (``witness=False``: keep no witness log, for measuring what it costs;
@@ -99,7 +100,7 @@ def open_server(
     raises :class:`~infrafabric.errors.StoreUnavailable`; ``background_checkpoints``:
     copy ``board.db``'s WAL into the database from a thread, see
     :meth:`~infrafabric.storage.sqlite.SqliteStore._start_checkpointer`, rather than in
-    the commit that fills it past 1,000 pages)."""
+    the commit that fills it past 1,000 pages, every ``checkpoint_seconds``)."""
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     store: SqliteStore | RedisStore
     release = None
@@ -109,6 +110,7 @@ def open_server(
             data_dir / "board.db",
             synchronous="NORMAL" if synchronous == "NORMAL" else "FULL",
             background_checkpoints=background_checkpoints,
+            checkpoint_seconds=checkpoint_seconds,
         )
     else:
         store = open_store_url(store_url)
