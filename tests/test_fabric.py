@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -266,3 +267,26 @@ def test_the_wal_of_an_embedded_fabric_is_copied_by_whoever_keeps_it_small(
 
         asyncio.run(claims())
         assert largest < 8 << 20  # 1,000 pages of 4 KiB and one batch past them
+
+
+def test_an_embedded_enrollment_is_witnessed_as_a_server_s_is(tmp_path: Path) -> None:
+    with Fabric.open(tmp_path / "board") as fabric:
+        alice = fabric.enroll("alice", ["code:python"])
+        fabric.enroll(alice, ["code:python", "review:code"])  # the same key: no key event
+
+        async def witnessed() -> list[dict[str, Any]]:
+            async with fabric.connect(alice) as agent:
+                for _ in range(100):  # the witness signs a checkpoint within a second
+                    with contextlib.suppress(RemoteError):
+                        if (await agent.witness_checkpoint())["size"] >= 3:
+                            break
+                    await asyncio.sleep(0.1)
+                return [entry["entry"] for entry in await agent.witness_entries(0, 20)]
+
+        entries = asyncio.run(witnessed())
+    kinds = [(e["event"], e["payload"].get("agent")) for e in entries if e["component"] == "keys"]
+    assert kinds == [
+        ("key.added", alice.agent),
+        ("agent.enrolled", alice.agent),
+        ("agent.enrolled", alice.agent),
+    ]

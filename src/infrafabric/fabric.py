@@ -33,7 +33,7 @@ from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
-from infrafabric.server.app import ServerState, create_app
+from infrafabric.server.app import ServerState, create_app, enrolled_event, key_event
 from infrafabric.server.runner import open_server, sweep_until
 from infrafabric.storage.base import AgentRecord
 
@@ -116,12 +116,15 @@ class Fabric:
         # the key goes to the data directory's keyring too, as a server's enrollment
         # writes it: the agent record is in the store, and a fabric opened again must
         # still know the key that record belongs to
+        events = []
         with keyring_lock(self.state.keyring_dir):
-            self.state.keyring.add(
-                new_key_record(
-                    identity.agent, identity.public_key, version=identity.version, now=now - 60
-                )
+            key = new_key_record(
+                identity.agent, identity.public_key, version=identity.version, now=now - 60
             )
+            before = self.state.keyring.get(key.kid)
+            after = self.state.keyring.add(key)
+            if before is None or before.state != after.state:
+                events.append(key_event(before, after, now))
             write_keyring_dir(self.state.keyring, self.state.keyring_dir, agents=[identity.agent])
         self.state.service.share_keys([identity.agent])  # a shared store: the other servers
         record = AgentRecord(
@@ -131,7 +134,8 @@ class Fabric:
             enrolled_at=now,
         )
         manifest = Manifest(capabilities=record.capabilities, model=model, price=price, swarm=swarm)
-        self.state.service.enroll(record, manifest=manifest)
+        # witnessed as a server's enrollment is: the key it trusts, and the agent
+        self.state.service.enroll(record, [*events, enrolled_event(record, now)], manifest)
         return identity
 
     @contextlib.asynccontextmanager

@@ -492,7 +492,7 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
                 before = state.keyring.get(key.kid)
                 after = state.keyring.add(key)
                 if before is None or before.state != after.state:
-                    events.append(_key_event(before, after, now))
+                    events.append(key_event(before, after, now))
             write_keyring_dir(state.keyring, state.keyring_dir, agents=agents)
     except KeyringError as exc:  # a record that contradicts a trusted one
         raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
@@ -502,19 +502,25 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
         description=enrollment.description,
         enrolled_at=now,
     )
-    enrolled = BoardEvent(
+    await run_in_threadpool(state.service.share_keys, agents)  # for the other servers
+    await run_in_threadpool(
+        state.service.enroll, record, [*events, enrolled_event(record, now)], manifest
+    )
+    return {"agent": msgspec.to_builtins(record)}
+
+
+def enrolled_event(record: AgentRecord, now: Timestamp) -> BoardEvent:
+    """The witness's record of an enrollment (by an operator: the event names no actor)."""
+    return BoardEvent(
         component="keys",
         kind="agent.enrolled",
         actor=None,  # the operator (the admin token names no one)
         at=now,
         payload={"agent": record.id, "capabilities": list(record.capabilities)},
     )
-    await run_in_threadpool(state.service.share_keys, agents)  # for the other servers
-    await run_in_threadpool(state.service.enroll, record, [*events, enrolled], manifest)
-    return {"agent": msgspec.to_builtins(record)}
 
 
-def _key_event(before: KeyRecord | None, after: KeyRecord, now: Timestamp) -> BoardEvent:
+def key_event(before: KeyRecord | None, after: KeyRecord, now: Timestamp) -> BoardEvent:
     """What an enrollment changed about one key, for the witness: a new key (``key.added``,
     or ``key.rotated`` when it replaces an earlier version) or a new state
     (``key.deprecated``, ``key.revoked``)."""
