@@ -72,3 +72,29 @@ def test_the_first_start_prints_the_new_operator_token_and_later_ones_do_not(
     assert f"operator token (new): {token}" in outputs[0]
     assert token not in outputs[1]
     assert "operator token: " in outputs[1]
+
+
+class _GivenToken(Fabric):
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "IFAB_ADMIN_TOKEN": "an-operator-token-from-the-environment"}
+
+
+def test_a_token_given_by_the_environment_is_named_not_a_file_never_made(
+    tmp_path: Path,
+) -> None:
+    fabric = _GivenToken(tmp_path)
+    fabric.start()
+    process = fabric.process
+    assert process is not None
+    answer = httpx.get(
+        f"{fabric.url}/v1/agents",
+        headers={"authorization": "Bearer an-operator-token-from-the-environment"},
+    )
+    assert answer.status_code == 200
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    RUNNING.discard(process)
+    assert "operator token: $IFAB_ADMIN_TOKEN" in out.decode()
+    assert "admin.token" not in out.decode()  # (before: it named a file it never made)
+    assert not (fabric.data / "admin.token").exists()
+    assert "an-operator-token-from-the-environment" not in out.decode()

@@ -69,7 +69,8 @@ def serve(
         typer.Option(
             "--healthy-within",
             min=1.0,
-            help="An agent is green while its last heartbeat is younger than this (seconds).",
+            help="An agent is green while it was last heard from (any checked message or"
+            " board operation) less than this long ago (seconds).",
         ),
     ] = DEFAULT_CONFIG.healthy_within,
     alive_within: Annotated[
@@ -77,8 +78,8 @@ def serve(
         typer.Option(
             "--alive-within",
             min=1.0,
-            help="An agent is yellow while its last heartbeat is younger than this, red beyond"
-            " (seconds; longer than --healthy-within).",
+            help="An agent is yellow while it was last heard from less than this long ago,"
+            " red beyond (seconds; longer than --healthy-within).",
         ),
     ] = DEFAULT_CONFIG.alive_within,
     escalate_after: Annotated[
@@ -205,6 +206,8 @@ def serve(
         if first_token:  # made just now: shown this once, then only kept in the file
             typer.echo(f"operator token (new): {token_file.read_text().strip()}")
             typer.echo(f"  kept in {token_file} (mode 0600); $IFAB_ADMIN_TOKEN overrides it")
+        elif ENV_ADMIN_TOKEN in os.environ:
+            typer.echo("operator token: $IFAB_ADMIN_TOKEN")
         else:
             typer.echo(f"operator token: {token_file} (or $IFAB_ADMIN_TOKEN)")
         with contextlib.suppress(KeyboardInterrupt):
