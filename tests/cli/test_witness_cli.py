@@ -16,7 +16,7 @@ import pytest
 
 from infrafabric.client import Client, RemoteError
 from infrafabric.keystore import Keystore
-from tests.harness import PASS, Fabric, ok
+from tests.harness import IFAB, PASS, Fabric, ok
 
 
 @pytest.fixture(scope="module")
@@ -573,3 +573,25 @@ def test_csv_cells_that_would_start_a_formula_are_written_as_text() -> None:
     assert row["model"] == '\'=HYPERLINK("http://x","y")'
     assert (row["task_id"], row["trace_id"]) == ("'-1+2", "'@SUM(A1)")
     assert (row["tokens_in"], row["usd"], row["actor"]) == ("5", "1.5", "if://agent/a")
+
+
+@pytest.mark.parametrize(
+    "command", [("export", "--format", "csv"), ("log", "--json")], ids=["export", "log"]
+)
+def test_output_to_a_reader_that_stopped_reading_ends_quietly(
+    costed: Fabric, command: tuple[str, ...]
+) -> None:
+    """``ifab witness export | head``: once the reader has gone, the command stops without
+    an error line or a traceback (before: "error: cannot write None: Broken pipe")."""
+    assert IFAB is not None
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody will read: the first write fails with EPIPE
+    try:
+        ended = subprocess.run(
+            [IFAB, "witness", *command, "--data", str(costed.data)],
+            stdout=writer, stderr=subprocess.PIPE, env=costed.env(), timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(writer)
+    assert ended.returncode == 1
+    assert ended.stderr == b""

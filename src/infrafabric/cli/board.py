@@ -37,7 +37,8 @@ from infrafabric.client import Client, RemoteError, path_segment
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir
 
 task_app = typer.Typer(
-    help="Tasks on a fabric server: add, import, list, claim, progress, finish.",
+    help="Tasks on a fabric server: add, import, list, show, claim, progress, done, fail,"
+    " block, help.",
     no_args_is_help=True,
 )
 agent_app = typer.Typer(help="Agents of a fabric server: enroll, list.", no_args_is_help=True)
@@ -110,8 +111,9 @@ def _admin_request(
 
 def _answer(response: httpx.Response) -> dict[str, Any]:
     """The JSON object a fabric answers with; a refusal ends the command with its code.
-    An answer that is not one (the router's plain-text 404 for a path no route takes, an
-    error page from a proxy or a crash) ends it with the status and the start of the text."""
+    An answer that is not one (an error page from a proxy in front of the fabric, or
+    something else listening at that address) ends it with the status and the start of
+    the text."""
     try:
         document = response.json()
     except ValueError:  # (json.JSONDecodeError, UnicodeDecodeError)
@@ -407,7 +409,9 @@ def agent_enroll(
 def agent_list(
     server: Server = DEFAULT_SERVER, agent: AsOptional = None, admin_token: AdminToken = None
 ) -> None:
-    """List enrolled agents with their health (green < 30 s since last seen, yellow < 5 min)."""
+    """List enrolled agents with their health: green, yellow or red by how long ago each
+    was last heard from, against the server's thresholds (``ifab serve --healthy-within``
+    and ``--alive-within``: 30 s and 5 min unless set)."""
     agents = _read(server, agent, admin_token, "/v1/agents")["agents"]
     rows = [(a["id"], a["health"], ", ".join(a["capabilities"])) for a in agents]
     print_table(("agent", "health", "capabilities"), rows)

@@ -214,7 +214,7 @@ def export(
 
     JSON keeps every field of each entry, with its index and leaf hash; CSV flattens
     them, one row per entry, for spreadsheets (a text cell that would start a formula,
-    with = + - @, gets a leading ')."""
+    with = + - @, a tab or a carriage return, gets a leading ')."""
     if output_format not in ("json", "csv"):
         raise typer.BadParameter("json or csv", param_hint="--format")
     where = _filter(component, event, trace_id, task, actor, since, until)
@@ -230,6 +230,8 @@ def export(
                 written = (_write_json if output_format == "json" else _write_csv)(
                     out, _matching(fetch, where)
                 )
+        except BrokenPipeError:
+            raise  # stdout's reader stopped reading (`| head`): click ends quietly, status 1
         except OSError as exc:  # no such directory, no permission, disk full
             fail(f"cannot write {output}: {exc.strerror or exc}")
     if output is not None:
