@@ -13,8 +13,11 @@ import pytest
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import RemoteError
 from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
+from infrafabric.protocol.identity import SigningIdentity
+from infrafabric.protocol.message import agent_id
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.runner import open_server
+from infrafabric.service import ServiceError
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
 
 
@@ -226,9 +229,14 @@ def test_a_server_s_wal_is_copied_by_the_thread_in_small_rounds(
     try:
         store = state.service.coordinator.store
         assert getattr(store, "_checkpointer", None) is not None
-        assert getattr(store, "checkpoint_seconds", None) == CHECKPOINT_SECONDS
+        assert getattr(store, "checkpoint_seconds", None) == CHECKPOINT_SECONDS == 0.05
     finally:
         state.close()
+    given = open_server(tmp_path / "other", synchronous=synchronous, checkpoint_seconds=30.0)
+    try:
+        assert getattr(given.service.coordinator.store, "checkpoint_seconds", None) == 30.0
+    finally:
+        given.close()
 
 
 @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
@@ -271,17 +279,23 @@ def test_the_wal_of_an_embedded_fabric_is_copied_by_whoever_keeps_it_small(
 
 def test_an_embedded_enrollment_is_witnessed_as_a_server_s_is(tmp_path: Path) -> None:
     with Fabric.open(tmp_path / "board") as fabric:
-        alice = fabric.enroll("alice", ["code:python"])
+        alice = SigningIdentity.generate(agent_id("alice"))
+        with pytest.raises(ServiceError) as refused:  # a swarm the policy does not know
+            fabric.enroll(alice, ["code:python"], swarm="no-such-swarm")
+        assert refused.value.code == "INVALID_MANIFEST"
+        assert fabric.state.keyring.get(alice.kid) is None  # nothing trusted, unwitnessed
+        fabric.enroll(alice, ["code:python"])
         fabric.enroll(alice, ["code:python", "review:code"])  # the same key: no key event
 
         async def witnessed() -> list[dict[str, Any]]:
             async with fabric.connect(alice) as agent:
                 for _ in range(100):  # the witness signs a checkpoint within a second
                     with contextlib.suppress(RemoteError):
-                        if (await agent.witness_checkpoint())["size"] >= 3:
-                            break
+                        entries = [e["entry"] for e in await agent.witness_entries(0, 20)]
+                        if sum(e["component"] == "keys" for e in entries) >= 3:
+                            return entries
                     await asyncio.sleep(0.1)
-                return [entry["entry"] for entry in await agent.witness_entries(0, 20)]
+                raise AssertionError("the enrollments were not witnessed within 10 s")
 
         entries = asyncio.run(witnessed())
     kinds = [(e["event"], e["payload"].get("agent")) for e in entries if e["component"] == "keys"]

@@ -112,6 +112,10 @@ class Fabric:
         ``model``, ``price`` and ``swarm`` complete its manifest for the governor."""
         if isinstance(identity, str):
             identity = SigningIdentity.generate(agent_id(identity))
+        manifest = Manifest(capabilities=tuple(capabilities), model=model, price=price, swarm=swarm)
+        # before any key is trusted, as a server's enrollment does: a refused manifest
+        # leaves nothing behind (a key trusted but never witnessed)
+        self.state.service.check_manifest(identity.agent, manifest)
         now = time.time()
         # the key goes to the data directory's keyring too, as a server's enrollment
         # writes it: the agent record is in the store, and a fabric opened again must
@@ -129,11 +133,10 @@ class Fabric:
         self.state.service.share_keys([identity.agent])  # a shared store: the other servers
         record = AgentRecord(
             id=identity.agent,
-            capabilities=tuple(capabilities),
+            capabilities=manifest.capabilities,
             description=description,
             enrolled_at=now,
         )
-        manifest = Manifest(capabilities=record.capabilities, model=model, price=price, swarm=swarm)
         # witnessed as a server's enrollment is: the key it trusts, and the agent
         self.state.service.enroll(record, [*events, enrolled_event(record, now)], manifest)
         return identity
