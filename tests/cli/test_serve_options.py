@@ -98,3 +98,19 @@ def test_a_token_given_by_the_environment_is_named_not_a_file_never_made(
     assert "admin.token" not in out.decode()  # (before: it named a file it never made)
     assert not (fabric.data / "admin.token").exists()
     assert "an-operator-token-from-the-environment" not in out.decode()
+
+
+class _EmptyToken(Fabric):
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "IFAB_ADMIN_TOKEN": ""}
+
+
+def test_an_empty_token_variable_counts_as_unset(tmp_path: Path) -> None:
+    fabric = _EmptyToken(tmp_path)  # the server then makes and uses the file: it says so
+    fabric.start()
+    process = fabric.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    RUNNING.discard(process)
+    assert f"operator token (new): {fabric.admin_token}" in out.decode()

@@ -154,7 +154,9 @@ def serve(
     logs.configure("json" if log_format == "json" else "text")
     directory = data or default_data_dir()
     token_file = directory / "admin.token"
-    first_token = ENV_ADMIN_TOKEN not in os.environ and not token_file.exists()
+    # (an empty variable counts as unset, as the server reads it: the file is used)
+    given_token = bool(os.environ.get(ENV_ADMIN_TOKEN))
+    first_token = not given_token and not token_file.exists()
     config = BoardConfig(
         lease_seconds=lease,
         max_attempts=max_attempts,
@@ -206,7 +208,7 @@ def serve(
         if first_token:  # made just now: shown this once, then only kept in the file
             typer.echo(f"operator token (new): {token_file.read_text().strip()}")
             typer.echo(f"  kept in {token_file} (mode 0600); $IFAB_ADMIN_TOKEN overrides it")
-        elif ENV_ADMIN_TOKEN in os.environ:
+        elif given_token:
             typer.echo("operator token: $IFAB_ADMIN_TOKEN")
         else:
             typer.echo(f"operator token: {token_file} (or $IFAB_ADMIN_TOKEN)")

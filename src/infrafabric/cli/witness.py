@@ -233,7 +233,7 @@ def export(
         except BrokenPipeError:
             raise  # stdout's reader stopped reading (`| head`): click ends quietly, status 1
         except OSError as exc:  # no such directory, no permission, disk full
-            fail(f"cannot write {output}: {exc.strerror or exc}")
+            fail(f"cannot write {output or 'to standard output'}: {exc.strerror or exc}")
     if output is not None:
         typer.echo(f"wrote {written} entries to {output}")
 

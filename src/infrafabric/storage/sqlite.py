@@ -408,8 +408,8 @@ class SqliteStore(OneProcess):
           load it is mostly refused: this process's writer holds the write lock a third
           of the time at 1,000 claims/s. The WAL then grows to the backstop below, and
           the commit that runs the backstop copies what the last PASSIVE left (at most
-          a quarter second of commits), flushes, and the next writer starts the WAL over
-          in the same file;
+          one round's commits), flushes, and the next writer starts the WAL over in the
+          same file;
         * the automatic checkpoint stays as that backstop, at ``BACKSTOP_CHECKPOINT_PAGES``.
 
         Holding the store's lock for the RESTART, so that it always succeeds, was tried
