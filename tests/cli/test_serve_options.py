@@ -55,6 +55,27 @@ def test_health_thresholds_out_of_order_are_refused(tmp_path: Path) -> None:
     assert not (fabric.data / "board.db").exists()  # nothing started, nothing made
 
 
+def _stopped(fabric: Fabric) -> str:
+    """What ``fabric``'s running ``ifab serve`` printed, once stopped by SIGTERM."""
+    process = fabric.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=20)
+    RUNNING.discard(process)
+    return out.decode()
+
+
+class _GivenToken(Fabric):
+    """A fabric whose server is started with ``$IFAB_ADMIN_TOKEN`` set to ``token``."""
+
+    def __init__(self, directory: Path, token: str) -> None:
+        super().__init__(directory)
+        self.token = token
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "IFAB_ADMIN_TOKEN": self.token}
+
+
 def test_the_first_start_prints_the_new_operator_token_and_later_ones_do_not(
     tmp_path: Path,
 ) -> None:
@@ -62,55 +83,31 @@ def test_the_first_start_prints_the_new_operator_token_and_later_ones_do_not(
     outputs = []
     for _ in range(2):
         fabric.start()
-        process = fabric.process
-        assert process is not None
-        process.send_signal(signal.SIGTERM)
-        out, _ = process.communicate(timeout=20)
-        RUNNING.discard(process)
-        outputs.append(out.decode())
+        outputs.append(_stopped(fabric))
     token = fabric.admin_token
     assert f"operator token (new): {token}" in outputs[0]
     assert token not in outputs[1]
     assert "operator token: " in outputs[1]
 
 
-class _GivenToken(Fabric):
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "IFAB_ADMIN_TOKEN": "an-operator-token-from-the-environment"}
-
-
 def test_a_token_given_by_the_environment_is_named_not_a_file_never_made(
     tmp_path: Path,
 ) -> None:
-    fabric = _GivenToken(tmp_path)
+    fabric = _GivenToken(tmp_path, "an-operator-token-from-the-environment")
     fabric.start()
-    process = fabric.process
-    assert process is not None
     answer = httpx.get(
         f"{fabric.url}/v1/agents",
         headers={"authorization": "Bearer an-operator-token-from-the-environment"},
     )
     assert answer.status_code == 200
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=20)
-    RUNNING.discard(process)
-    assert "operator token: $IFAB_ADMIN_TOKEN" in out.decode()
-    assert "admin.token" not in out.decode()  # (before: it named a file it never made)
+    out = _stopped(fabric)
+    assert "operator token: $IFAB_ADMIN_TOKEN" in out
+    assert "admin.token" not in out  # (before: it named a file it never made)
     assert not (fabric.data / "admin.token").exists()
-    assert "an-operator-token-from-the-environment" not in out.decode()
-
-
-class _EmptyToken(Fabric):
-    def env(self) -> dict[str, str]:
-        return {**super().env(), "IFAB_ADMIN_TOKEN": ""}
+    assert "an-operator-token-from-the-environment" not in out
 
 
 def test_an_empty_token_variable_counts_as_unset(tmp_path: Path) -> None:
-    fabric = _EmptyToken(tmp_path)  # the server then makes and uses the file: it says so
+    fabric = _GivenToken(tmp_path, "")  # the server then makes and uses the file: it says so
     fabric.start()
-    process = fabric.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    out, _ = process.communicate(timeout=20)
-    RUNNING.discard(process)
-    assert f"operator token (new): {fabric.admin_token}" in out.decode()
+    assert f"operator token (new): {fabric.admin_token}" in _stopped(fabric)
