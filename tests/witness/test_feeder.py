@@ -9,6 +9,7 @@ from typing import Any
 import nacl.signing
 import pytest
 
+from infrafabric import ioprio
 from infrafabric.board.model import Task
 from infrafabric.coordinator import Coordinator
 from infrafabric.storage.sqlite import SqliteStore
@@ -218,7 +219,7 @@ def test_a_server_board_keeps_the_events_its_witness_has_not_read(
 
 def test_the_witness_process_runs_only_when_a_core_is_free(tmp_path: Path) -> None:
     """The child runs in the idle scheduling class: a thread of the server that wakes
-    takes the core from it at once."""
+    takes the core from it at once; and its disk requests in the idle I/O class."""
     import os
     import time
 
@@ -232,6 +233,9 @@ def test_the_witness_process_runs_only_when_a_core_is_free(tmp_path: Path) -> No
         deadline = time.monotonic() + 30
         while os.sched_getscheduler(process.pid) != os.SCHED_IDLE:
             assert time.monotonic() < deadline, "the witness process never left SCHED_OTHER"
+            time.sleep(0.05)
+        while ioprio.io_class(process.pid) != ioprio.IDLE:
+            assert time.monotonic() < deadline, "the witness process's I/O never went idle"
             time.sleep(0.05)
     finally:
         process.close()
