@@ -281,21 +281,17 @@ async def server_steady(
         achieved = len(samples) / (time.monotonic() - started)
         after = await histogram_buckets(fabric.fabric.url, fabric.admin)
 
-    def over(family: str, limit: float) -> float:
-        key = (family, "claim_next") if family == "ifab_operation_seconds" else (family, "")
-        return (after[key][math.inf] - before.get(key, {}).get(math.inf, 0.0)) - (
-            after[key][limit] - before.get(key, {}).get(limit, 0.0)
-        )
+    claims, commits = ("ifab_operation_seconds", "claim_next"), ("ifab_commit_batch_seconds", "")
 
-    count = after[("ifab_operation_seconds", "claim_next")][math.inf] - before.get(
-        ("ifab_operation_seconds", "claim_next"), {}
-    ).get(math.inf, 0.0)
-    slow = over("ifab_operation_seconds", 0.005) / count if count else 0.0
-    batches = (
-        int(over("ifab_commit_batch_seconds", 0.002)),
-        int(over("ifab_commit_batch_seconds", 0.005)),
-    )
-    return samples, achieved, slow, batches
+    def within(key: tuple[str, str], limit: float) -> float:
+        """How many observations of ``key`` took at most ``limit`` during the run."""
+        return after[key][limit] - before.get(key, {}).get(limit, 0.0)
+
+    count = within(claims, math.inf)
+    slow = (count - within(claims, 0.005)) / count if count else 0.0
+    batches = within(commits, math.inf)
+    over_2, over_5 = (int(batches - within(commits, limit)) for limit in (0.002, 0.005))
+    return samples, achieved, slow, (over_2, over_5)
 
 
 async def histogram_buckets(url: str, admin: str) -> dict[tuple[str, str], dict[float, float]]:
