@@ -241,7 +241,8 @@ if tonumber(ARGV[3]) > old then redis.call('HSET', ARGV[1] .. 'seen', ARGV[2], A
 
 # ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "fillers": the claim
 # keys of fillers, "due": by lease score, "members": a set, "list": the ids that
-# follow), key suffix, then the range (a count for "fillers") or the ids. Returns the task documents in order ("" for a task that does not exist).
+# follow), key suffix, then the range (a count for "fillers") or the ids. Returns the
+# task documents in order ("" for a task that does not exist).
 _FETCH = """
 local p, how, key = ARGV[1], ARGV[2], ARGV[1] .. ARGV[3]
 local ids

@@ -204,39 +204,31 @@ class SqliteStore(OneProcess):
             return int(db.execute("SELECT COUNT(*) FROM inbox").fetchone()[0])
 
     def dependents(self, task_id: str) -> list[Task]:
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT t.doc FROM dependencies d JOIN tasks t ON t.id = d.task_id"
-                " WHERE d.depends_on = ? ORDER BY t.id",
-                (task_id,),
-            ).fetchall()
-        return [_TASK_DECODER.decode(row[0]) for row in rows]
+        return self._tasks_of(
+            "SELECT t.doc FROM dependencies d JOIN tasks t ON t.id = d.task_id"
+            " WHERE d.depends_on = ? ORDER BY t.id",
+            (task_id,),
+        )
 
     def available(self, offset: int = 0, limit: int = 64, *, hold: bool = False) -> list[Task]:
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT doc FROM tasks WHERE state = 'available'"
-                " ORDER BY filler, priority DESC, created_at, id LIMIT ? OFFSET ?",
-                (limit, offset),
-            ).fetchall()
-        return [_TASK_DECODER.decode(row[0]) for row in rows]
+        return self._tasks_of(
+            "SELECT doc FROM tasks WHERE state = 'available'"
+            " ORDER BY filler, priority DESC, created_at, id LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
 
     def fillers(self, limit: int = 500) -> list[Task]:
-        with self._read() as db:  # (the claim index leads with state, then filler)
-            rows = db.execute(
-                "SELECT doc FROM tasks WHERE state = 'available' AND filler = 1"
-                " ORDER BY priority DESC, created_at, id LIMIT ?",
-                (limit,),
-            ).fetchall()
-        return [_TASK_DECODER.decode(row[0]) for row in rows]
+        return self._tasks_of(  # (the claim index leads with state, then filler)
+            "SELECT doc FROM tasks WHERE state = 'available' AND filler = 1"
+            " ORDER BY priority DESC, created_at, id LIMIT ?",
+            (limit,),
+        )
 
     def expired(self, now: float, limit: int = 500) -> list[Task]:
-        with self._read() as db:
-            rows = db.execute(
-                "SELECT doc FROM tasks WHERE lease_expires < ? ORDER BY lease_expires, id LIMIT ?",
-                (now, limit),
-            ).fetchall()
-        return [_TASK_DECODER.decode(row[0]) for row in rows]
+        return self._tasks_of(
+            "SELECT doc FROM tasks WHERE lease_expires < ? ORDER BY lease_expires, id LIMIT ?",
+            (now, limit),
+        )
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -492,6 +484,12 @@ class SqliteStore(OneProcess):
 
     def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         return locked_connection(self._lock, self._db, self.path)
+
+    def _tasks_of(self, query: str, parameters: tuple[object, ...]) -> list[Task]:
+        """The tasks whose documents ``query`` selects, in its order."""
+        with self._read() as db:
+            rows = db.execute(query, parameters).fetchall()
+        return [_TASK_DECODER.decode(row[0]) for row in rows]
 
     def _write(self, db: sqlite3.Connection, task: Task, *, created: bool) -> None:
         doc = _TASK_ENCODER.encode(task)
