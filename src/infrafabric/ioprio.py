@@ -44,8 +44,7 @@ def set_io_class(pid: int, io_class_: int) -> bool:
     if calls is None:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
-    value = io_class_ << _CLASS_SHIFT if io_class_ != DEFAULT else 0
-    return int(libc.syscall(calls[0], _WHO_PROCESS, pid, value)) == 0
+    return int(libc.syscall(calls[0], _WHO_PROCESS, pid, io_class_ << _CLASS_SHIFT)) == 0
 
 
 def io_class(pid: int) -> int | None:
