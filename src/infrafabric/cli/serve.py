@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import signal
 import threading
 from pathlib import Path
@@ -18,10 +17,10 @@ from infrafabric.cli.common import reported_errors
 from infrafabric.governor.policy import PolicyError
 from infrafabric.protocol.verify import Mode
 from infrafabric.server.runner import (
-    ENV_ADMIN_TOKEN,
     ENV_DATA,
     ENV_STORE,
     default_data_dir,
+    given_admin_token,
     open_server,
     run_server,
 )
@@ -154,8 +153,7 @@ def serve(
     logs.configure("json" if log_format == "json" else "text")
     directory = data or default_data_dir()
     token_file = directory / "admin.token"
-    # (an empty variable counts as unset, as the server reads it: the file is used)
-    given_token = bool(os.environ.get(ENV_ADMIN_TOKEN))
+    given_token = given_admin_token() is not None  # as the server reads it
     first_token = not given_token and not token_file.exists()
     config = BoardConfig(
         lease_seconds=lease,

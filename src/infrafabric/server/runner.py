@@ -53,6 +53,7 @@ __all__ = [
     "ENV_STORE",
     "RunningServer",
     "default_data_dir",
+    "given_admin_token",
     "open_server",
     "run_server",
 ]
@@ -233,7 +234,13 @@ def _local_secret(path: Path) -> str:
 
 
 def _admin_token(data_dir: Path) -> str:
-    return os.environ.get(ENV_ADMIN_TOKEN) or _local_secret(data_dir / "admin.token")
+    return given_admin_token() or _local_secret(data_dir / "admin.token")
+
+
+def given_admin_token() -> str | None:
+    """The operator token ``$IFAB_ADMIN_TOKEN`` gives, if any (empty counts as unset:
+    the data directory's ``admin.token`` is used then)."""
+    return os.environ.get(ENV_ADMIN_TOKEN) or None
 
 
 @dataclass
