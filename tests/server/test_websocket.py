@@ -128,17 +128,30 @@ def test_subscriptions_are_checked_and_bounded(fabric: Fabric) -> None:
     run(scenario())
 
 
-def test_a_binary_frame_is_refused_and_the_connection_goes_on(fabric: Fabric) -> None:
+@pytest.mark.parametrize(
+    ("frame", "status", "code", "detail"),
+    [
+        (b'{"type": "subscribe", "topics": []}', 400, "MALFORMED", "binary"),
+        ('{"type": "subscribe", "x": "' + "a" * 70_000 + '"}', 413, "TOO_LARGE", "too large"),
+        ('{"type": "subscribe", "topics": 3}', 400, "MALFORMED", "not a frame"),
+        ('{"type": "dance"}', 400, "MALFORMED", "unknown frame"),
+    ],
+)
+def test_an_unreadable_frame_is_refused_with_its_status_and_the_connection_goes_on(
+    fabric: Fabric, frame: str | bytes, status: int, code: str, detail: str
+) -> None:
+    """Such refusals once had no ``status``, though every other error frame has one."""
     alice = fabric.enroll("alice")
 
     async def scenario() -> None:
         async with Client.connect(fabric.url, alice) as client:
             url = ws_url(fabric, await token_of(fabric, client), "inbox=false")
             async with websockets.asyncio.client.connect(url) as socket:
-                await socket.send(b'{"type": "subscribe", "topics": []}')
+                await socket.send(frame)
                 refusal = json.loads(await asyncio.wait_for(socket.recv(), 10))
-                assert refusal["error"]["code"] == "MALFORMED"
-                assert "binary" in refusal["error"]["detail"]
+                assert (refusal["type"], refusal["status"]) == ("error", status)
+                assert refusal["error"]["code"] == code
+                assert detail in refusal["error"]["detail"]
                 await socket.send(json.dumps({"type": "subscribe", "topics": ["if://topic/x"]}))
                 reply = json.loads(await asyncio.wait_for(socket.recv(), 10))
                 assert reply == {"type": "subscribed", "id": None, "topics": ["if://topic/x"]}

@@ -821,6 +821,7 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
             if text is None:
                 reply: dict[str, Any] = {
                     "type": "error",
+                    "status": 400,
                     "error": {"code": "MALFORMED", "detail": "frames are JSON text, not binary"},
                 }
             else:
@@ -889,13 +890,18 @@ async def _frame_reply(
     state: ServerState, hub: Hub, connection: Connection, text: str
 ) -> dict[str, Any]:
     if len(text) > MAX_FRAME:
-        return {"type": "error", "error": {"code": "TOO_LARGE", "detail": "frame too large"}}
+        return {
+            "type": "error",
+            "status": 413,
+            "error": {"code": "TOO_LARGE", "detail": "frame too large"},
+        }
     try:
         frame = _FRAME_DECODER.decode(text)
     except msgspec.DecodeError as exc:
         return {
             "type": "error",
             "id": _frame_id(text),
+            "status": 400,
             "error": {"code": "MALFORMED", "detail": f"not a frame: {exc}"},
         }
     kind, request_id = frame.type, frame.id
@@ -932,6 +938,7 @@ async def _frame_reply(
     return {
         "type": "error",
         "id": request_id,
+        "status": 400,
         "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
     }
 
