@@ -64,8 +64,9 @@ etcd:
 	  (apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null 2>&1)) || \
 	  echo "etcd-server did not install: the bench skips its comparison"
 
+# make bench ONLY="claims witness": some parts only (python bench/run.py --help lists them)
 bench: setup redis etcd chromium coturn
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -216,30 +216,48 @@ def render(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+#: The benchmark modules beside this file, in the order a whole run takes them.
+PARTS: dict[str, Callable[[bool], None]] = {
+    "claims": claims.main,
+    "witness": witness.main,
+    "governor": governor.main,
+    "scale_out": scale_out.main,
+    "mcp_bridge": mcp_bridge.main,
+    "metrics": metrics.main,
+    "dashboard": dashboard.main,
+    "mesh_rtc": mesh_rtc.main,
+    "mesh_sim": mesh_sim.main,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["envelope", *PARTS],
+        metavar="PART",
+        help=f"run only these parts: envelope (signing, verifying, canonical JSON), {', '.join(PARTS)}",
+    )
     args = parser.parse_args()
+    wanted = set(args.only or ["envelope", *PARTS])
     count, rounds = (200, 2) if args.quick else (2000, 5)
     print(
         f"InfraFabric benchmarks: Python {platform.python_version()} on {platform.machine()}, one core"
     )
-    rows = [
-        *bench_size("~300 B records", records_content(300), count, rounds),
-        *bench_size("~4 KiB records", records_content(4096), count, rounds),
-        *bench_size("~4 KiB text", text_content(4096), count, rounds),
-    ]
-    print(render(rows))
-    claims.main(quick=args.quick)
-    witness.main(quick=args.quick)
-    governor.main(quick=args.quick)
-    scale_out.main(quick=args.quick)
-    mcp_bridge.main(quick=args.quick)
-    metrics.main(quick=args.quick)
-    dashboard.main(quick=args.quick)
-    mesh_rtc.main(quick=args.quick)
-    mesh_sim.main(quick=args.quick)
+    rows: list[Row] = []
+    if "envelope" in wanted:
+        rows = [
+            *bench_size("~300 B records", records_content(300), count, rounds),
+            *bench_size("~4 KiB records", records_content(4096), count, rounds),
+            *bench_size("~4 KiB text", text_content(4096), count, rounds),
+        ]
+        print(render(rows))
+    for name, part in PARTS.items():
+        if name in wanted:
+            part(args.quick)
     if args.json:
         print(
             json.dumps(
