@@ -209,7 +209,8 @@ def written_per_entry(directory: Path, log: WitnessLog, size: int) -> list[tuple
 #: Rounds of the with/without comparison in a full run. 18 rounds (the default of
 #: ``claims.with_and_without``) resolve about +-25 % on this 2-core VM, 150 about +-9 to
 #: 13 %: the fewest that can tell a cost under the 10 % aim from one over it here. About
-#: 21 minutes (three servers in turn, 2.5 s a window).
+#: 20 minutes: 19 of windows (three servers in turn, 2.5 s a window), 1.5 to fill their
+#: boards. A multiple of 6, so every order of the three servers comes up equally often.
 CLAIM_COST_ROUNDS = 150
 
 

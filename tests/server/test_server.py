@@ -501,8 +501,8 @@ def test_websocket_frames_carry_signed_messages_and_name_each_refusal(fabric: Fa
                 ("error", "BAD_SIGNATURE", 401),
                 ("error", "MALFORMED", 400),
                 ("error", "MALFORMED", 400),
-                ("error", "MALFORMED", None),
-                ("error", "MALFORMED", None),
+                ("error", "MALFORMED", 400),
+                ("error", "MALFORMED", 400),
             ]
             async with websockets.asyncio.client.connect(
                 f"{ws_url}/v1/ws?token={client._token}"
