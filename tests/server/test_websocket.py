@@ -159,6 +159,23 @@ def test_an_unreadable_frame_is_refused_with_its_status_and_the_connection_goes_
     run(scenario())
 
 
+def test_a_message_too_large_for_a_frame_gets_its_413_at_once(fabric: Fabric) -> None:
+    """The refusal of a frame too large to read named no request, so the SDK's call
+    waited out its timeout (TIMEOUT, 504) instead of getting TOO_LARGE; the connection
+    then still serves the next call."""
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice, timeout=10) as agent:
+            with pytest.raises(RemoteError) as refused:
+                await agent.send(bob.agent, "inform", {"text": "x" * 70_000})
+            assert (refused.value.code, refused.value.status) == ("TOO_LARGE", 413)
+            sent = await agent.send(bob.agent, "inform", {"text": "small"})
+            assert sent["delivered"][0]["receiver"] == bob.agent
+
+    run(scenario())
+
+
 def test_a_handshake_without_a_valid_token_is_refused_with_its_reason(fabric: Fabric) -> None:
     """Closed before it was accepted, the socket reached the client as a bare 403."""
 

@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -892,8 +893,12 @@ async def _frame_reply(
     if len(text) > MAX_FRAME:
         return {
             "type": "error",
+            "id": _leading_send_id(text),
             "status": 413,
-            "error": {"code": "TOO_LARGE", "detail": "frame too large"},
+            "error": {
+                "code": "TOO_LARGE",
+                "detail": f"frame too large: over {MAX_FRAME} characters",
+            },
         }
     try:
         frame = _FRAME_DECODER.decode(text)
@@ -941,6 +946,17 @@ async def _frame_reply(
         "status": 400,
         "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
     }
+
+
+#: How a send frame begins (the SDK writes it so): its id is found without reading on.
+_LEADING_SEND_ID: Final = re.compile(r'\s*\{\s*"type"\s*:\s*"send"\s*,\s*"id"\s*:\s*(\d{1,15})\s*,')
+
+
+def _leading_send_id(text: str) -> int | None:
+    """The ``id`` of a frame too large to decode, when it begins ``{"type": "send", "id":
+    N,``: the SDK's call then gets its 413 at once, where it waited out its timeout."""
+    found = _LEADING_SEND_ID.match(text, 0, 128)
+    return int(found.group(1)) if found else None
 
 
 def _frame_id(text: str) -> Any:
