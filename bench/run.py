@@ -1,4 +1,4 @@
-"""InfraFabric benchmarks: `make bench` (or `python bench/run.py [--quick]`).
+"""InfraFabric benchmarks: `make bench` (or `python bench/run.py [--quick] [--only PART ...]`).
 
 Every figure is measured in this run beside its baseline, a raw library call on the same
 bytes, so the ratio means something on any machine. One process, one core; each row is
@@ -233,7 +233,9 @@ PARTS: dict[str, Callable[[bool], None]] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the rows as JSON too")
+    parser.add_argument(
+        "--json", action="store_true", help="print the envelope part's rows as JSON too"
+    )
     parser.add_argument(
         "--only",
         nargs="+",
