@@ -378,5 +378,6 @@ def _yield_to_claims() -> None:
     # windows each, 2026-12-04): +24 % (95 % interval +5 % to +42 %, control +0 %) with
     # its I/O in the default class; -1 % (-12 % to +14 %, control -2 %) and +9 % (-7 %
     # to +23 %, control +10 %) in the idle class (those two runs with a throwaway
-    # loop-lag probe in every server). Where the class cannot be set, nothing changes.
+    # loop-lag probe in every server); over 150 rounds, -2 % (-10 % to +8 %) and -7 %
+    # (-14 % to +3 %): under the 10 % aim. Where the class cannot be set, nothing changes.
     ioprio.set_io_class(0, ioprio.IDLE)
