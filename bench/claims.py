@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -260,15 +261,25 @@ async def server_saturation(
     return done, elapsed, server_cpu / max(done, 1), own_cpu / max(done, 1)
 
 
+class SteadyRun(NamedTuple):
+    """One run of :func:`server_steady`."""
+
+    samples: list[float]  #: each claim's latency (seconds)
+    achieved: float  #: claims/s
+    #: the share of claims whose handling and commit in the server alone (its
+    #: ``ifab_operation_seconds`` histogram) took more than 5 ms
+    slow_in_server: float
+    #: group commits over 2 ms and over 5 ms (``ifab_commit_batch_seconds``). On SQLite a
+    #: group commit runs on the event loop, so each request that arrives during a slow
+    #: one waits behind it too, which ``slow_in_server`` does not count.
+    slow_commits: tuple[int, int]
+
+
 async def server_steady(
     fabric: RunningFabric, agents: list[SigningIdentity], rate: float, seconds: float
-) -> tuple[list[float], float, float, tuple[int, int]]:
-    """Claim latencies at ``rate``; the rate achieved; the share of the claims whose
-    handling and commit in the server alone (its ``ifab_operation_seconds`` histogram)
-    took more than 5 ms; and how many of the server's group commits took more than 2 and
-    more than 5 ms (``ifab_commit_batch_seconds``). On SQLite a group commit runs on the
-    event loop, so each request that arrives during a slow one waits behind it too,
-    which the first share does not count."""
+) -> SteadyRun:
+    """Claims at ``rate`` for ``seconds`` on a settled server, and what its metrics say
+    about them."""
     await fill(fabric.fabric.url, agents[0], int(rate * seconds) + 1000)
     # Latency is measured on a settled server, not on the tail of a flood: the WAL the
     # previous phase and the fill left is copied, the witness has caught up.
@@ -291,7 +302,7 @@ async def server_steady(
     slow = (count - within(claims, 0.005)) / count if count else 0.0
     batches = within(commits, math.inf)
     over_2, over_5 = (int(batches - within(commits, limit)) for limit in (0.002, 0.005))
-    return samples, achieved, slow, (over_2, over_5)
+    return SteadyRun(samples, achieved, slow, (over_2, over_5))
 
 
 async def histogram_buckets(url: str, admin: str) -> dict[tuple[str, str], dict[float, float]]:
@@ -531,14 +542,16 @@ def server_rows(synchronous: str, quick: bool) -> list[tuple[str, str]]:
         ]
         p50, p95, p99 = (
             statistics.median(run)
-            for run in zip(*(percentiles(s) for s, _, _, _ in runs), strict=True)
+            for run in zip(*(percentiles(run.samples) for run in runs), strict=True)
         )
-        each = ", ".join(f"{percentiles(s)[2] / 1000:.2f}" for s, _, _, _ in runs)
-        achieved = min(got for _, got, _, _ in runs)
+        each = ", ".join(f"{percentiles(run.samples)[2] / 1000:.2f}" for run in runs)
+        achieved = min(run.achieved for run in runs)
         over = ", ".join(
-            f"{sum(1 for x in s if x > 0.005) / len(s):.2%} / {slow:.2%}" for s, _, slow, _ in runs
+            f"{sum(1 for x in run.samples if x > 0.005) / len(run.samples):.2%}"
+            f" / {run.slow_in_server:.2%}"
+            for run in runs
         )
-        commits = ", ".join(f"{more_2} / {more_5}" for _, _, _, (more_2, more_5) in runs)
+        commits = ", ".join(f"{run.slow_commits[0]} / {run.slow_commits[1]}" for run in runs)
         rows.append(
             (
                 f"server {synchronous}: claim_next at {rate:,.0f}/s offered (median of {len(runs)})",

@@ -211,8 +211,7 @@ async def _steady_on_sqlite(rate: float, seconds: float) -> list[float]:
     fabric = RunningFabric("FULL")
     try:
         agents = [fabric.enroll(f"bench-{n:03d}") for n in range(100)]
-        samples, _, _, _ = await server_steady(fabric, agents, rate, seconds)
-        return samples
+        return (await server_steady(fabric, agents, rate, seconds)).samples
     finally:
         fabric.close()
 
