@@ -113,6 +113,12 @@ def test_metrics_need_the_operator_token(fabric: Fabric) -> None:
     assert httpx.get(f"{fabric.url}/metrics").status_code == 401
     refused = httpx.get(f"{fabric.url}/metrics", headers={"authorization": "Bearer nope"})
     assert refused.json()["error"]["code"] == "UNAUTHENTICATED"
+    # a header is Latin-1 on the wire: a token that is not ASCII was a 500 (TypeError)
+    for path in ("/metrics", "/v1/tasks"):
+        latin = httpx.get(
+            f"{fabric.url}{path}", headers={"authorization": "Bearer \xe9t\xe9".encode("latin-1")}
+        )
+        assert (latin.status_code, latin.json()["error"]["code"]) == (401, "UNAUTHENTICATED")
 
 
 def test_health_and_readiness(fabric: Fabric) -> None:

@@ -70,3 +70,14 @@ def test_forged_tampered_expired_and_reused_challenges_and_tokens_are_refused() 
     assert one.agent_of(b64url_encode(bytes(forged_body)) + "." + mac, NOW) is None
     for junk in ("", ".", "a.b.c", "!!.!!", "x" * 5000, body):
         assert one.agent_of(junk, NOW) is None
+
+
+def test_a_token_that_is_not_ascii_is_simply_not_the_admin_token() -> None:
+    """``hmac.compare_digest`` raised TypeError on such a str: a 500 for any header."""
+    keyring, _ = setup()
+    sessions = Sessions(keyring, "operator token")
+    assert sessions.is_admin("operator token")
+    for token in ("\xe9t\xe9", "op\u00e9rator token", "\udce9"):
+        assert not sessions.is_admin(token)
+        assert sessions.agent_of(token, NOW) is None
+        assert not sessions.is_operator_session(token, NOW)

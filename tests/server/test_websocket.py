@@ -180,7 +180,7 @@ def test_a_handshake_without_a_valid_token_is_refused_with_its_reason(fabric: Fa
     """Closed before it was accepted, the socket reached the client as a bare 403."""
 
     async def scenario() -> None:
-        for token in ("not-a-token", ""):
+        for token in ("not-a-token", "", "%C3%A9"):  # the last: not ASCII, was a 500
             with pytest.raises(websockets.exceptions.InvalidStatus) as caught:
                 async with websockets.asyncio.client.connect(ws_url(fabric, token)):
                     pass

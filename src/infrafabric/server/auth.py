@@ -124,7 +124,11 @@ class Sessions:
         return subject.decode() if subject else None
 
     def is_admin(self, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(token or "", self.admin_token)
+        # compared as bytes: compare_digest refuses a str that is not ASCII with a
+        # TypeError, and any header may carry one (Latin-1 on the wire)
+        return bool(token) and hmac.compare_digest(
+            (token or "").encode("utf-8", "surrogateescape"), self.admin_token.encode()
+        )
 
     def operator_session(self, now: Timestamp) -> str:
         """A session for the dashboard, given for the admin token: its expiry, MACed (the
