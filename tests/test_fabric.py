@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,44 @@ def test_an_embedded_enrollment_is_witnessed_as_a_server_s_is(tmp_path: Path) ->
         ("agent.enrolled", alice.agent),
         ("agent.enrolled", alice.agent),
     ]
+
+
+def test_agents_in_threads_of_their_own_share_one_embedded_fabric(tmp_path: Path) -> None:
+    """Each thread runs its agent with ``asyncio.run``: an event loop each. The committer
+    served one loop at a time, and the others' calls failed with a RuntimeError (their
+    tasks left claimed)."""
+    with Fabric.open(
+        tmp_path / "board", synchronous="NORMAL", config=BoardConfig(lease_seconds=3600)
+    ) as fabric:
+        agents = [fabric.enroll(f"agent-{i:02d}") for i in range(8)]
+        completed: Counter[str] = Counter()
+        errors: list[BaseException] = []
+
+        async def plan() -> None:
+            async with fabric.connect(agents[0]) as planner:
+                await planner.create_tasks([{"id": f"t{i:03d}", "title": "x"} for i in range(600)])
+
+        async def work(identity: SigningIdentity) -> None:
+            async with fabric.connect(identity) as agent:
+                while (task := await agent.claim_next()) is not None:
+                    await agent.complete(task["id"])
+                    completed[task["id"]] += 1  # (Counter updates are atomic under the GIL)
+
+        def thread(identity: SigningIdentity) -> None:
+            try:
+                asyncio.run(work(identity))
+            except BaseException as exc:
+                errors.append(exc)
+
+        asyncio.run(plan())
+        threads = [threading.Thread(target=thread, args=(agent,)) for agent in agents]
+        for started in threads:
+            started.start()
+        for started in threads:
+            started.join(timeout=120)
+        assert not any(started.is_alive() for started in threads)
+        assert errors == []
+        assert len(completed) == 600
+        assert set(completed.values()) == {1}
+        states = Counter(task.state.value for task in fabric.state.service.store.tasks())
+        assert states == {"completed": 600}

@@ -20,6 +20,10 @@ Where a batch runs depends on the store:
   The loop reads no frame while a batch runs; the frames that arrive meanwhile make
   the next batch. A batch is bounded (``max_batch``), and the store's readers (in the
   thread pool) share its lock, so a write would wait for them on any thread.
+  A server has one event loop; an embedded fabric may have several (agents in threads of
+  their own, each with ``asyncio.run``, or the sync SDK's loop thread each): every loop
+  then has its own queue and runs its own batches, one at a time across the loops (the
+  store's lock), as a server's worker threads do over Redis.
 * **On ``workers`` threads** (a shared store: Redis). A store without group commit
   gains nothing from batches, and a thread that waits for each round trip in turn
   leaves both the server's CPU and Redis idle, so several threads run side by side;
@@ -37,7 +41,9 @@ import itertools
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from infrafabric.service import FabricService, ServiceError
@@ -55,7 +61,7 @@ _STOP: Final = None
 
 class Committer:
     """Runs :meth:`FabricService.handle_batch` on the event loop that submits (``on_loop``:
-    one loop only) or on threads of its own for any event loop."""
+    each loop its own batches) or on threads of its own for any event loop."""
 
     def __init__(
         self,
@@ -68,11 +74,12 @@ class Committer:
         self.service = service
         self.max_batch = max_batch
         self.on_loop = on_loop
-        # on the loop: what was submitted and not carried out yet, whether a batch is
-        # due on the loop, the loop, and whether submissions are still taken
-        self._waiting: list[_Job] = []
-        self._due = False
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # on the loop: each event loop's queue (forgotten with the loop), and whether
+        # submissions are still taken
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopQueue] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loops_lock = threading.Lock()
         self._closed = False
         self._queues: list[queue.SimpleQueue[_Job | None]] = [
             queue.SimpleQueue() for _ in range(workers)
@@ -104,63 +111,63 @@ class Committer:
         future: asyncio.Future[dict[str, Any]],
         loop: asyncio.AbstractEventLoop,
     ) -> dict[str, Any]:
-        if loop is not self._loop:
-            if self._waiting:
-                raise RuntimeError("a committer on the loop serves one event loop at a time")
-            # the first loop, or one after another (an app restarted in tests): anything
-            # still due on the old one finds nothing waiting
-            self._loop, self._due = loop, False
         if self._closed:
             raise ServiceError("STORE_UNAVAILABLE", "the fabric is stopping", 503)
-        self._waiting.append((data, now, future, loop))
-        if not self._due:
+        queue_ = self._loops.get(loop)
+        if queue_ is None:
+            with self._loops_lock:
+                queue_ = self._loops.setdefault(loop, _LoopQueue(loop))
+        # (only this loop's thread touches its queue, but for close, under the lock)
+        queue_.waiting.append((data, now, future, loop))
+        if not queue_.due:
             # after what the loop has ready (replies to send, frames read): those frames
             # join this batch
-            self._due = True
-            loop.call_soon(self._carry_out_waiting)
+            queue_.due = True
+            loop.call_soon(self._carry_out_waiting, queue_)
         return await future
 
-    def _carry_out_waiting(self) -> None:
-        """One batch of what is waiting, on the loop; the next one after the loop has
+    def _carry_out_waiting(self, queue_: _LoopQueue) -> None:
+        """One batch of what is waiting on this loop; the next one after the loop has
         had its turn (it sends these replies and reads the frames that came meanwhile)."""
-        batch = self._waiting[: self.max_batch]
-        del self._waiting[: len(batch)]
+        batch = queue_.waiting[: self.max_batch]
+        del queue_.waiting[: len(batch)]
         try:
             if batch:
                 _settle(list(zip((job[2] for job in batch), self._results(batch), strict=True)))
         finally:
-            if self._waiting and self._loop is not None:
-                self._loop.call_soon(self._carry_out_waiting)
+            if queue_.waiting:
+                queue_.loop.call_soon(self._carry_out_waiting, queue_)
             else:
-                self._due = False
+                queue_.due = False
 
     def _close_on_loop(self, timeout: float) -> None:
-        """Take no more; let the loop carry out what is waiting (or carry it out here,
-        when called on the loop itself); refuse what is left when the time is up."""
+        """Take no more; let each loop carry out what is waiting on it (or carry it out
+        here, for the loop this is called on); refuse what is left when the time is up."""
         self._closed = True
-        loop = self._loop
-        if loop is None:
-            return
+        with self._loops_lock:
+            queues = list(self._loops.values())
         try:
-            here = asyncio.get_running_loop() is loop
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            here = False
+            here = None
         deadline = time.monotonic() + timeout
-        while self._waiting and time.monotonic() < deadline:
-            if here:
-                self._carry_out_waiting()
-            elif loop.is_running():
-                time.sleep(0.005)
-            else:
-                break
-        late, self._waiting = self._waiting, []
-        if late:
-            refusal = ServiceError("STORE_UNAVAILABLE", "the fabric is stopping", 503)
-            self._answer(late, [refusal] * len(late))
+        for queue_ in queues:
+            while queue_.waiting and time.monotonic() < deadline:
+                if queue_.loop is here:
+                    self._carry_out_waiting(queue_)
+                elif queue_.loop.is_running():
+                    time.sleep(0.005)
+                else:
+                    break
+            late, queue_.waiting = queue_.waiting, []
+            if late:
+                refusal = ServiceError("STORE_UNAVAILABLE", "the fabric is stopping", 503)
+                self._answer(late, [refusal] * len(late))
 
     def close(self, timeout: float = 10.0) -> None:
         """Finish the messages already submitted, then stop the threads (from any
-        thread; ``on_loop``, the loop must still run, or this be called on it)."""
+        thread; ``on_loop``, each loop with messages waiting must still run, or this be
+        called on it)."""
         if self.on_loop:
             self._close_on_loop(timeout)
             return
@@ -239,6 +246,16 @@ class Committer:
             # waiting any more
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_settle, settled)
+
+
+@dataclass(eq=False)
+class _LoopQueue:
+    """What one event loop submitted and is not carried out yet, and whether a batch is
+    due on it (``on_loop``)."""
+
+    loop: asyncio.AbstractEventLoop
+    waiting: list[_Job] = field(default_factory=list)
+    due: bool = False
 
 
 def _settle(settled: Sequence[tuple[asyncio.Future[dict[str, Any]], Any]]) -> None:
