@@ -346,3 +346,26 @@ def test_agents_in_threads_of_their_own_share_one_embedded_fabric(tmp_path: Path
         assert set(completed.values()) == {1}
         states = Counter(task.state.value for task in fabric.state.service.store.tasks())
         assert states == {"completed": 600}
+
+
+def test_an_agent_keeps_working_after_a_second_client_signs_as_it(tmp_path: Path) -> None:
+    """As ``ifab task progress ... --as coder`` beside the running agent does: the agent's
+    heartbeats were OUT_OF_SEQUENCE from then on, and its lease ran out."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        coder = fabric.enroll("coder")
+
+        async def scenario() -> None:
+            async with fabric.connect(coder) as agent:
+                await agent.create_task("t", id="t")
+                await agent.claim("t")
+                await asyncio.sleep(0.2)  # its numbers counted from its start, 200 ms ago
+                async with fabric.connect(coder) as shell:
+                    await shell.progress("t", 25, "from a shell")
+                for _ in range(3):
+                    assert (await agent.heartbeat("t"))["owner"] == coder.agent
+                await agent.progress("t", 50, "the agent again")
+                async with fabric.connect(coder) as shell:
+                    milestones = (await shell.task("t"))["milestones"]
+                    assert [m["percent"] for m in milestones] == [25, 50]
+
+        asyncio.run(scenario())

@@ -123,7 +123,7 @@ class Client:
         self.identity = identity
         self.agent = identity.agent
         self._http = http
-        self._outbox = Outbox(identity, last_sequence=last_sequence)
+        self._outbox = Outbox(identity, last_sequence=last_sequence, follow_clock=True)
         self._token: str | None = None
         self._token_until = 0.0
         self._send_lock = asyncio.Lock()  # sequence numbers leave in the order they are made
@@ -150,7 +150,10 @@ class Client:
         """Connect ``identity`` to the fabric at ``url`` and authenticate.
 
         ``last_sequence`` is the highest sequence number this identity has used; by
-        default the current time in milliseconds, so numbers keep rising across restarts.
+        default the current time in milliseconds. Each message's number is also at least
+        its time in milliseconds, so numbers keep rising across restarts, and several
+        clients of one identity at once keep to one order (see
+        :class:`~infrafabric.protocol.identity.Outbox`).
         ``transport``, ``local`` and ``submit`` are for an embedded fabric (see
         :meth:`infrafabric.fabric.Fabric.connect`): requests go to the application in this
         process instead of over a socket, and signed messages straight to its committer

@@ -192,6 +192,30 @@ def test_out_of_sequence(keyring: Keyring, make_agent: Make) -> None:
     assert verifier.check(old, now=NOW).reason is Reason.OUT_OF_SEQUENCE
 
 
+def test_two_senders_of_one_identity_that_follow_the_clock_keep_one_order(
+    keyring: Keyring, make_agent: Make
+) -> None:
+    """An agent and a shell command signing as it: counting by one from its start, the
+    one that started first was below the other's window for good."""
+    agent = make_agent("alice")
+    verifier = Verifier(keyring)
+    agent.last_sequence = int((NOW - 600) * 1000)  # started ten minutes ago, sent little
+    shell = Outbox(agent.identity, last_sequence=int(NOW * 1000))
+    assert verifier.check(send(shell, NOW + 1), now=NOW + 1).ok
+    counting = Outbox(agent.identity, last_sequence=agent.last_sequence)
+    assert verifier.check(send(counting, NOW + 2), now=NOW + 2).reason is Reason.OUT_OF_SEQUENCE
+    agent.follow_clock = shell.follow_clock = True
+    for second in range(3, 9):  # in turn, a second apart
+        sender = agent if second % 2 else shell
+        assert verifier.check(send(sender, NOW + second), now=NOW + second).ok
+    assert agent.last_sequence == int((NOW + 7) * 1000)
+    burst = [send(agent, NOW + 9) for _ in range(5)]  # faster than the clock: by one
+    assert [json.loads(raw)["sequence_num"] for raw in burst] == [
+        int((NOW + 9) * 1000) + n for n in range(5)
+    ]
+    assert all(verifier.check(raw, now=NOW + 9).ok for raw in burst)
+
+
 def test_reordered_messages_inside_the_window_are_accepted_once(
     keyring: Keyring, make_agent: Make
 ) -> None:

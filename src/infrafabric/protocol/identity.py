@@ -141,17 +141,30 @@ class Outbox:
 
     ``sequence_num`` rises by one per message, starting after ``last_sequence`` (persist
     it, or reserve blocks from the keystore, so a restarted agent keeps rising).
+
+    ``follow_clock``: each number is also at least the message's time in milliseconds.
+    Then several senders of one identity (an agent and ``ifab ... --as`` it, say) keep
+    to one rising order, the order in time, and none falls below the others' window
+    (see :mod:`~infrafabric.protocol.replay`). Counting by one from its start, a sender
+    that started earlier stayed below a later one's numbers for good: every message it
+    sent after the other's first was ``OUT_OF_SEQUENCE``. (A sender sending more than one
+    message a millisecond for long runs ahead of the clock by the excess, and until it
+    slows, the others' numbers are below its window: one such sender per identity.)
     """
 
-    def __init__(self, identity: SigningIdentity, *, last_sequence: int = 0) -> None:
+    def __init__(
+        self, identity: SigningIdentity, *, last_sequence: int = 0, follow_clock: bool = False
+    ) -> None:
         self.identity = identity
         self.last_sequence = last_sequence
+        self.follow_clock = follow_clock
 
     def message(self, *, now: Timestamp, **fields: Any) -> IFMessage:
         """Build and sign a message from ``identity``; ``fields`` as for :func:`build_message`."""
-        unsigned = build_message(
-            sender=self.identity.agent, sequence_num=self.last_sequence + 1, now=now, **fields
-        )
+        number = self.last_sequence + 1
+        if self.follow_clock:
+            number = max(number, int(now * 1000))
+        unsigned = build_message(sender=self.identity.agent, sequence_num=number, now=now, **fields)
         signed = self.identity.sign(unsigned)
-        self.last_sequence += 1
+        self.last_sequence = number
         return signed
