@@ -130,8 +130,18 @@ def test_an_agent_enrolled_again_is_known_by_its_new_record_at_once(tmp_path: Pa
                     [{"id": "render", "title": "x", "required_capabilities": ["render:gpu"]}]
                 )
 
+        async def claim() -> str:
+            async with fabric.connect(alice) as agent:
+                with pytest.raises(RemoteError) as refused:
+                    await agent.claim("render")
+                return f"{refused.value.code} {refused.value.status} {refused.value.detail}"
+
         asyncio.run(create())
         assert asyncio.run(claim_next()) is None  # not capable: that record is kept
+        # nor by id: without the governor this claim was let through
+        assert (
+            asyncio.run(claim()) == "NOT_QUALIFIED 403 if://agent/alice lacks render:gpu for render"
+        )
         fabric.enroll(alice, ["render:gpu"])
         task = asyncio.run(claim_next())
         assert task is not None

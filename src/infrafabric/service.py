@@ -28,7 +28,7 @@ from msgspec import UNSET
 from infrafabric import ops
 from infrafabric.board.dag import DependencyError
 from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState, Urgency
-from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner
+from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner, qualifies
 from infrafabric.board.transitions import IllegalTransition
 from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
 from infrafabric.errors import CallerError, FabricError, KeyringError, StoreError
@@ -561,11 +561,19 @@ class FabricService:
                 }
             case ops.Claim(task_id=task_id):
                 wanted = board.get(task_id)
+                # (a task that is not available: the board says why, with its 409)
                 if self.governor is not None and wanted.state is TaskState.AVAILABLE:
-                    # (a task that is not available: the board says why, with its 409)
                     refusal = self.governor.admit(agent, wanted)
                     if refusal is not None:
                         raise ServiceError(refusal.code, refusal.reason, 403)
+                elif wanted.state is TaskState.AVAILABLE and not qualifies(
+                    wanted, record.capabilities
+                ):
+                    # without the governor, the board's own test, as claim_next makes it
+                    missing = sorted(set(wanted.required_capabilities) - set(record.capabilities))
+                    raise ServiceError(
+                        "NOT_QUALIFIED", f"{agent} lacks {', '.join(missing)} for {task_id}", 403
+                    )
                 return {"task": _task_json(board.claim(task_id, agent))}
             case ops.ClaimNext():
                 accept = None if self.governor is None else self.governor.accepting(agent)
