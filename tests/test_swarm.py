@@ -27,6 +27,7 @@ def test_the_demo_swarm_finishes_its_board_through_a_crash(tmp_path: Path) -> No
         "Summary",
         "Cost (the governor's books)",
         "still running at http://127.0.0.1:",
+        f"IFAB_DATA={tmp_path / 'data'} ifab agent enroll NAME",  # not the default data dir
     ):
         assert sign in output, sign
     summary = output.split("Summary", 1)[1]

@@ -65,6 +65,11 @@ def swarm(
             f"Watch it in a browser at [bold]{server.url}/[/] (sign in with admin.token from the "
             "data directory). See docs/server.md to connect agents, docs/agents.md for MCP clients."
         )
+        # the demo's data directory is not the default one the CLI reads its token from
+        console.print(
+            f"To enroll an agent of yours: [bold]IFAB_SERVER={server.url} "
+            f"IFAB_DATA={report_dir()} ifab agent enroll NAME --cap CATEGORY:SKILL[/]"
+        )
         if exit_after:
             return
         console.print("Ctrl-C to stop.")
