@@ -83,9 +83,9 @@ def test_a_read_dropped_by_the_server_is_sent_again_once(reset: bool) -> None:
 def test_a_change_dropped_by_the_server_is_not_sent_again(reset: bool) -> None:
     async def change(client: Client) -> None:
         with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-            await client.ack(7)
+            await client._request("POST", "/v1/messages", content=b"{}")
 
-    assert requests_made(reset, change) == [b"POST /v1/inbox/ack HTTP/1.1"]
+    assert requests_made(reset, change) == [b"POST /v1/messages HTTP/1.1"]
 
 
 @contextlib.asynccontextmanager

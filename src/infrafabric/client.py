@@ -369,10 +369,12 @@ class Client:
         ]
 
     async def ack(self, position: int) -> bool:
-        """Acknowledge a direct message: it leaves the inbox for good."""
-        acknowledged: bool = (
-            await self._request("POST", "/v1/inbox/ack", json={"position": position})
-        )["acknowledged"]
+        """Acknowledge a direct message: it leaves the inbox for good (a signed request to
+        ``if://service/inbox``); whether it was still there."""
+        reply = await self._post(
+            performative="request", receiver=ops.INBOX, content={"op": "ack", "position": position}
+        )
+        acknowledged: bool = reply["acknowledged"]
         return acknowledged
 
     @contextlib.asynccontextmanager

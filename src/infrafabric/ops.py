@@ -16,10 +16,12 @@ __all__ = [
     "BOARD",
     "FABRIC_COMPONENTS",
     "GOVERNOR",
+    "INBOX",
     "KEYS",
     "MAX_DELEGATION_SECONDS",
     "MESH",
     "MESH_STATUS_TOPIC",
+    "Ack",
     "Block",
     "Cancel",
     "Claim",
@@ -32,6 +34,7 @@ __all__ = [
     "GovernorOperation",
     "Heartbeat",
     "Help",
+    "InboxOperation",
     "KeysOperation",
     "LinkReport",
     "MeshEventReport",
@@ -198,6 +201,22 @@ class Recall(_Op, frozen=True, tag="recall"):
 
 
 KeysOperation: TypeAlias = Delegate | Recall
+
+
+#: The address agents acknowledge their direct messages at.
+INBOX: Final = "if://service/inbox"
+
+
+class Ack(_Op, frozen=True, tag="ack"):
+    """Take the direct message at ``position`` out of the sender's own inbox for good
+    (``acknowledged``: whether it was there)."""
+
+    # (the integers of signed content are exact as doubles, RFC 8785: under 2**53, far
+    # under SQLite's 2**63)
+    position: Annotated[int, Meta(ge=0, le=2**53 - 1)]
+
+
+InboxOperation: TypeAlias = Ack
 
 
 #: The address mesh peers report to: what happened to their links (witnessed) and how

@@ -77,6 +77,7 @@ T = TypeVar("T")
 _OPERATION_DECODER: Final = msgspec.json.Decoder(ops.Operation)
 _GOVERNOR_DECODER: Final = msgspec.json.Decoder(ops.GovernorOperation)
 _KEYS_DECODER: Final = msgspec.json.Decoder(ops.KeysOperation)
+_INBOX_DECODER: Final = msgspec.json.Decoder(ops.InboxOperation)
 _MESH_DECODER: Final = msgspec.json.Decoder(ops.MeshOperation)
 _CONTENT_ENCODER: Final = msgspec.json.Encoder()
 
@@ -226,6 +227,8 @@ class FabricService:
             return self._governor(message, key)
         if receivers == (ops.KEYS,):
             return self._keys(message, key, now)
+        if receivers == (ops.INBOX,):
+            return self._inbox(message)
         if receivers == (ops.MESH,):
             return self._mesh(message, data, key, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
@@ -714,6 +717,12 @@ class FabricService:
         with self._verify_lock:
             document: dict[str, Any] = msgspec.to_builtins(self.verifier.keyring.to_file())
         return document
+
+    def _inbox(self, message: IFMessage) -> dict[str, Any]:
+        """Acknowledge a direct message: it leaves the sender's own inbox, in the commit
+        of the message's batch (a signed message, as every change an agent makes is)."""
+        operation = _request(message, _INBOX_DECODER, "inbox")
+        return {"acknowledged": self.store.ack(message.sender, operation.position)}
 
     def _keys(self, message: IFMessage, key: KeyRecord | None, now: Timestamp) -> dict[str, Any]:
         """Lend a key (``delegate``) or take one back (``recall``): only with a message

@@ -324,29 +324,45 @@ def test_a_stream_is_entered_once_the_server_took_its_subscription(
     assert run(scenario()) == ["message", {"waiting": True}]
 
 
-def test_an_ack_beyond_the_stores_integers_is_malformed_not_a_crash(fabric: Fabric) -> None:
-    """SQLite's integers stop at 2**63: a larger position raised OverflowError, a 500
-    over REST and, over the WebSocket, a connection dropped without a close frame."""
-    alice = fabric.enroll("alice")
-    huge = 2**63
+def test_an_ack_is_a_signed_message_and_the_unsigned_ways_answer_where_it_went(
+    fabric: Fabric,
+) -> None:
+    """Acknowledging changes an inbox: a signed request to if://service/inbox, as every
+    change is. The bearer-token ways (REST, a frame) changed it on a token alone."""
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
 
     async def scenario() -> None:
-        async with Client.connect(fabric.url, alice) as client:
+        async with (
+            Client.connect(fabric.url, alice) as client,
+            Client.connect(fabric.url, bob) as sender,
+        ):
+            await sender.send(alice.agent, "inform", {"n": 1})
+            [(position, _)] = await client.inbox()
             token = await token_of(fabric, client)
             async with httpx.AsyncClient() as http:
                 answer = await http.post(
                     f"{fabric.url}/v1/inbox/ack",
-                    json={"position": huge},
+                    json={"position": position},
                     headers={"authorization": f"Bearer {token}"},
                 )
-            assert (answer.status_code, answer.json()["error"]["code"]) == (400, "MALFORMED")
+            assert (answer.status_code, answer.json()["error"]["code"]) == (410, "SIGNED_ACK")
+            assert "if://service/inbox" in answer.json()["error"]["detail"]
             url = ws_url(fabric, token, "inbox=false")
             async with websockets.asyncio.client.connect(url) as socket:
-                await socket.send(json.dumps({"type": "ack", "id": 1, "position": huge}))
+                await socket.send(json.dumps({"type": "ack", "id": 1, "position": position}))
                 refusal = json.loads(await asyncio.wait_for(socket.recv(), 10))
-                assert refusal["error"]["code"] == "MALFORMED"
-                await socket.send(json.dumps({"type": "ack", "id": 2, "position": 7}))
-                reply = json.loads(await asyncio.wait_for(socket.recv(), 10))
-                assert reply == {"type": "acked", "id": 2, "acknowledged": False}
+                assert (refusal["status"], refusal["error"]["code"]) == (410, "SIGNED_ACK")
+            assert [p for p, _ in await client.inbox()] == [position]  # nothing changed
+            with pytest.raises(RemoteError) as huge:
+                await client.ack(-1)
+            assert (huge.value.code, huge.value.status) == ("INVALID_OPERATION", 422)
+            assert await client.ack(position) is True
+            assert await client.ack(position) is False  # gone already
+            assert await client.inbox() == []
+            # someone else's position is not theirs to take away
+            await client.send(bob.agent, "inform", {"n": 2})
+            [(bobs, _)] = await sender.inbox()
+            assert await client.ack(bobs) is False
+            assert [p for p, _ in await sender.inbox()] == [bobs]
 
     run(scenario())

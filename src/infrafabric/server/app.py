@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from starlette.applications import Starlette
@@ -453,23 +453,16 @@ async def _inbox(state: ServerState, request: Request) -> dict[str, Any]:
     return {"messages": [{"position": e.position, "message": json.loads(e.body)} for e in entries]}
 
 
-#: An inbox position as a request may name one: bounded as the query parameters are
-#: (SQLite's integers stop at 2**63; a larger one raised OverflowError, a 500, and over
-#: the WebSocket dropped the connection without a close frame).
-_Position = Annotated[int, msgspec.Meta(ge=0, lt=10**18)]
-
-
-class _Ack(msgspec.Struct, forbid_unknown_fields=True):
-    position: _Position
+#: An acknowledgment is a change an agent makes: a signed message, not a bearer request.
+_SIGNED_ACK: Final = (
+    "an acknowledgment is a signed request to if://service/inbox,"
+    ' content {"op": "ack", "position": N} (POST /v1/messages or a send frame)'
+)
 
 
 async def _ack(state: ServerState, request: Request) -> dict[str, Any]:
-    agent = _reader(state, request)
-    if agent is None:
-        raise ServiceError("UNAUTHENTICATED", "an inbox belongs to an agent: use its token", 401)
-    ack = await _json_body(request, _Ack)
-    removed = await run_in_threadpool(state.service.store.ack, agent, ack.position)
-    return {"acknowledged": removed}
+    """The old unsigned acknowledgment, answered with where it went."""
+    raise ServiceError("SIGNED_ACK", _SIGNED_ACK, 410)
 
 
 async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
@@ -880,7 +873,6 @@ class _Frame(msgspec.Struct):
     message: msgspec.Raw = msgspec.Raw(b"")  # empty: none given
     topics: list[str] = []
     replay: bool = False
-    position: _Position | None = None
 
 
 _FRAME_DECODER: Final = msgspec.json.Decoder(_Frame)
@@ -924,13 +916,8 @@ async def _frame_reply(
         if kind == "unsubscribe":
             connection.topics.difference_update(frame.topics)
             return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
-        if kind == "ack" and connection.agent is not None:
-            if frame.position is None:
-                raise ServiceError("MALFORMED", "an ack names the inbox position", 400)
-            done = await run_in_threadpool(
-                state.service.store.ack, connection.agent, frame.position
-            )
-            return {"type": "acked", "id": request_id, "acknowledged": done}
+        if kind == "ack":
+            raise ServiceError("SIGNED_ACK", _SIGNED_ACK, 410)
         if kind == "send":
             if not frame.message:
                 raise ServiceError("MALFORMED", "a send frame carries a message", 400)

@@ -154,7 +154,13 @@ OPENAPI: Final[dict[str, Any]] = {
                 parameters=(_query("after", "Messages after this inbox position (default 0)"),),
             )
         },
-        "/v1/inbox/ack": {"post": _op("Acknowledge a direct message by position", body=True)},
+        "/v1/inbox/ack": {
+            "post": _op(
+                "Gone (410 SIGNED_ACK): acknowledge with a signed request to if://service/inbox,"
+                ' content {"op": "ack", "position": N}',
+                body=True,
+            )
+        },
         "/": {
             "get": _op("The live dashboard (HTML; signs in with the admin token)", secured=False)
         },
