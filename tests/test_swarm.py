@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infrafabric.swarm import AGENTS, start_order
+
 IFAB = shutil.which("ifab", path=str(Path(sys.executable).parent))
 
 
@@ -39,3 +41,11 @@ def test_the_demo_swarm_finishes_its_board_through_a_crash(tmp_path: Path) -> No
     planner = re.search(r"planner\s*\S\s*large\s*\S\s*\$([0-9.]+)", costs)
     assert planner is not None
     assert float(planner.group(1)) > 0  # its completions' usage, priced by the demo policy
+
+
+def test_every_agent_of_the_demo_is_a_process_of_its_own_the_crasher_first() -> None:
+    """The planner ran inside the launcher; the issue asks for separate processes."""
+    order = start_order()
+    assert order[0].role == "crasher"
+    assert sorted(plan.name for plan in order) == sorted(plan.name for plan in AGENTS)
+    assert "planner" in {plan.name for plan in order}

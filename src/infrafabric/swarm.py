@@ -39,7 +39,7 @@ from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
 from infrafabric.server.runner import RunningServer, open_server, run_server
 
-__all__ = ["AGENTS", "BOARD", "SwarmReport", "run_swarm"]
+__all__ = ["AGENTS", "BOARD", "SwarmReport", "run_swarm", "start_order"]
 
 #: A short lease so the crash is visible within seconds.
 DEMO_LEASE: Final = 3.0
@@ -124,16 +124,7 @@ def run_swarm(
         events: Counter[str] = Counter()
         asyncio.run(_load_board(server.url, identities["planner"]))
         with _agents(server.url, identities):
-            asyncio.run(
-                _follow(
-                    server.url,
-                    state.sessions.admin_token,
-                    identities["planner"],
-                    events,
-                    show,
-                    timeout,
-                )
-            )
+            asyncio.run(_follow(server.url, state.sessions.admin_token, events, show, timeout))
         states = Counter(task.state.value for task in state.service.store.tasks())
         report = SwarmReport(server.url, directory, events, states, time.monotonic() - started)
         keep_serving(server)
@@ -168,6 +159,11 @@ def _enroll(server: RunningServer, admin_token: str, plan: AgentPlan) -> Signing
     return identity
 
 
+def start_order() -> list[AgentPlan]:
+    """Every agent of the demo, each to be its own process: the crasher first."""
+    return sorted(AGENTS, key=lambda plan: plan.role != "crasher")
+
+
 @contextlib.contextmanager
 def _agents(
     url: str, identities: dict[str, SigningIdentity]
@@ -175,11 +171,8 @@ def _agents(
     """Start the agent processes; the crasher first, alone until it holds a task, so that
     its crash (and the takeover after its lease) happens in every run."""
     processes = []
-    order = sorted(
-        (plan for plan in AGENTS if plan.name != "planner"), key=lambda plan: plan.role != "crasher"
-    )
     try:
-        for plan in order:  # the planner runs inside the launcher
+        for plan in start_order():
             process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
                 [sys.executable, "-m", "infrafabric.swarm", plan.name, plan.role, url],
                 stdin=subprocess.PIPE,
@@ -209,7 +202,6 @@ def _agents(
 async def _follow(
     url: str,
     admin_token: str,
-    planner: SigningIdentity,
     events: Counter[str],
     show: Callable[[dict[str, Any]], None],
     timeout: float,
@@ -219,7 +211,6 @@ async def _follow(
     async with websockets.asyncio.client.connect(f"{ws_url}/v1/ws?token={admin_token}") as socket:
         await socket.send(json.dumps({"type": "subscribe", "topics": ["if://topic/board/**"]}))
         await socket.recv()  # "subscribed"
-        planning = asyncio.create_task(_plan(url, planner))
         finished: set[str] = set()
         while len(finished) < len(BOARD) and time.monotonic() < deadline:
             try:
@@ -233,20 +224,13 @@ async def _follow(
             show(event)
             if event["state"] in ("completed", "failed", "dead", "cancelled"):
                 finished.add(event["task_id"])
-        planning.cancel()
-        with contextlib.suppress(asyncio.CancelledError, RemoteError):
-            await planning
 
 
 async def _load_board(url: str, identity: SigningIdentity) -> None:
+    """The sample board, created in the planner's name before any agent starts (its own
+    process then works the planning tasks, as a second client of its identity)."""
     async with Client.connect(url, identity) as agent:
         await agent.create_tasks(BOARD)
-
-
-async def _plan(url: str, identity: SigningIdentity) -> None:
-    """The planner works the planning tasks it qualifies for."""
-    async with Client.connect(url, identity) as agent:
-        await _work(agent, "worker")
 
 
 async def _work(agent: Client, role: str) -> None:
