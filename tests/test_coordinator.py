@@ -159,6 +159,19 @@ def test_blocking_offers_a_filler_and_help_reaches_qualified_agents(
     assert kinds[-2:] == ["filler.offered", "help.requested"] or "help.requested" in kinds
 
 
+def test_help_with_nothing_named_goes_to_agents_qualified_for_the_task_itself(
+    coordinator: Coordinator,
+) -> None:
+    """An empty ``needed`` invited anyone at all (every agent has every capability of an
+    empty set); the governor already read it as the task's own needs."""
+    coordinator.create([Task(id="a", title="A", required_capabilities=("ops:k8s",))])
+    agents = {ALICE: ["ops:k8s"], "if://agent/carol": ["code:python"], BOB: ["ops:k8s"]}
+    coordinator.claim("a", ALICE)
+    assert coordinator.request_help("a", ALICE, [], agents) == [BOB]
+    [stored] = [s for s in coordinator.store.events_since(0) if s.event.kind == "help.requested"]
+    assert stored.event.payload == {"needed": ["ops:k8s"], "invited": [BOB]}
+
+
 def test_blocking_reads_the_fillers_not_the_whole_board(
     coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:

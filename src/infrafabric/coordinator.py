@@ -432,13 +432,15 @@ class Coordinator:
         *,
         helpers: Sequence[AgentId] | None = None,
     ) -> list[AgentId]:
-        """Invite up to ``max_helpers`` qualified agents (never the asker) to help on a task
-        ``agent`` owns, or ``helpers`` (the governor's choice, under the same cap: its
+        """Invite up to ``max_helpers`` agents qualified for ``needed`` (the task's own
+        required capabilities if empty; never the asker) to help on a task ``agent`` owns,
+        or ``helpers`` (the governor's choice, under the same cap: its
         policy may only invite fewer); the invitation is a ``help.requested`` event."""
         task = self.get(task_id)
         now = self.clock()
         rules.heartbeat(task, agent, now, self.config)  # owner check, nothing applied
-        wanted = tuple(needed)
+        # nothing named: help with the task itself (as the governor reads it), not anyone
+        wanted = tuple(needed) or task.required_capabilities
         if helpers is None:
             helpers = rules.select_helpers(
                 agents, wanted, exclude=[agent], max_helpers=self.config.max_helpers
