@@ -379,3 +379,33 @@ def test_an_agent_keeps_working_after_a_second_client_signs_as_it(tmp_path: Path
                     assert [m["percent"] for m in milestones] == [25, 50]
 
         asyncio.run(scenario())
+
+
+def test_blocking_clients_in_threads_share_an_embedded_fabric(tmp_path: Path) -> None:
+    """``connect_sync``: each SyncClient runs its own event loop in a thread."""
+    with Fabric.open(
+        tmp_path / "board", synchronous="NORMAL", config=BoardConfig(lease_seconds=3600)
+    ) as fabric:
+        agents = [fabric.enroll(f"agent-{i}") for i in range(4)]
+        with fabric.connect_sync(agents[0]) as planner:
+            planner.create_tasks([{"id": f"t{i:03d}", "title": "x"} for i in range(200)])
+        completed: Counter[str] = Counter()
+        errors: list[BaseException] = []
+
+        def work(identity: SigningIdentity) -> None:
+            try:
+                with fabric.connect_sync(identity) as agent:
+                    while (task := agent.claim_next()) is not None:
+                        agent.complete(task["id"])
+                        completed[task["id"]] += 1
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(agent,)) for agent in agents]
+        for started in threads:
+            started.start()
+        for started in threads:
+            started.join(timeout=120)
+        assert errors == []
+        assert len(completed) == 200
+        assert set(completed.values()) == {1}

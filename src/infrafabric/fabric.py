@@ -6,6 +6,8 @@
     alice = fabric.enroll("alice", ["code:python"])
     async with fabric.connect(alice) as agent:   # the same Client as over the network
         task = await agent.claim_next()
+    with fabric.connect_sync(alice) as agent:    # or blocking, from any thread
+        task = agent.claim_next()
 
 Requests take the same path as on a server: every change is a signed message handed
 to the same committer (verification pipeline, group commit) as ``POST /v1/messages``
@@ -19,14 +21,14 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final
 
 import httpx
 
 from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
-from infrafabric.client import Client
+from infrafabric.client import Client, SyncClient
 from infrafabric.governor.core import Manifest
 from infrafabric.governor.policy import Price
 from infrafabric.keystore import keyring_lock, write_keyring_dir
@@ -149,6 +151,20 @@ class Fabric:
             EMBEDDED_URL,
             identity,
             transport=transport,
+            local=self.state.service,
+            submit=self._submit,
+        ) as client:
+            yield client
+
+    @contextlib.contextmanager
+    def connect_sync(self, identity: SigningIdentity) -> Iterator[SyncClient]:
+        """The blocking SDK for ``identity`` (:class:`~infrafabric.client.SyncClient`: its
+        own event loop in a thread), talking to this fabric in-process. Any number of
+        them, from any threads, share the fabric."""
+        with SyncClient.connect(
+            EMBEDDED_URL,
+            identity,
+            transport=httpx.ASGITransport(app=self.app),
             local=self.state.service,
             submit=self._submit,
         ) as client:
