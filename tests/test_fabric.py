@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from infrafabric import Outbox, encode_json, ops
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import RemoteError
 from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.message import agent_id
-from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
+from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode
 from infrafabric.server.runner import open_server
 from infrafabric.service import ServiceError
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
@@ -409,3 +411,56 @@ def test_blocking_clients_in_threads_share_an_embedded_fabric(tmp_path: Path) ->
         assert errors == []
         assert len(completed) == 200
         assert set(completed.values()) == {1}
+
+
+def test_two_clients_of_one_identity_at_once_even_on_clocks_apart(tmp_path: Path) -> None:
+    """Numbers that follow the clock still meet: two clients signing in the same
+    millisecond drew the same number (the second a REPLAY), and a client whose clock is
+    behind the other's by more than the window (64 ms) was below it. Refused for its
+    number alone, a message is signed again above the server's highest, once."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        coder = fabric.enroll("coder")
+
+        async def scenario() -> None:
+            async with fabric.connect(coder) as agent, fabric.connect(coder) as bridge:
+                await agent.create_task("t", id="t")
+                await agent.claim("t")
+                beats = [client.heartbeat("t") for _ in range(40) for client in (agent, bridge)]
+                assert len(await asyncio.gather(*beats)) == 80
+                bridge._outbox.last_sequence += 200_000  # its clock 200 s ahead
+                for _ in range(5):
+                    for client in (agent, bridge):
+                        assert (await client.heartbeat("t"))["owner"] == coder.agent
+
+        asyncio.run(scenario())
+
+
+def test_in_audit_mode_a_forged_acknowledgment_empties_no_inbox(tmp_path: Path) -> None:
+    """Audit mode carries out what fails a check (and witnesses the failure); a forged
+    ack, in anyone's name, took the message out of that agent's inbox for good."""
+    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
+    with Fabric(state, sweep_every=60.0) as fabric:
+        alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+        async def scenario() -> None:
+            async with fabric.connect(bob) as sender:
+                await sender.send(alice.agent, "inform", {"secret": 1})
+            [entry] = state.service.store.pending(alice.agent)
+            forger = Outbox(SigningIdentity.generate(alice.agent), last_sequence=10**13)
+            forged = forger.message(
+                now=time.time(),
+                performative="request",
+                receiver=ops.INBOX,
+                content={"op": "ack", "position": entry.position},
+            )
+            with pytest.raises(ServiceError) as refused:
+                await state.committer.submit(encode_json(forged), time.time())
+            assert (refused.value.code, refused.value.status) == ("NOT_VERIFIED", 403)
+            assert [e.position for e in state.service.store.pending(alice.agent)] == [
+                entry.position
+            ]
+            async with fabric.connect(alice) as owner:  # her own, signed: gone
+                assert await owner.ack(entry.position) is True
+            assert state.service.store.pending(alice.agent) == []
+
+        asyncio.run(scenario())

@@ -68,15 +68,31 @@ _TOKEN_MARGIN: Final = 60.0
 class RemoteError(PeerError):
     """The server refused a request: ``code`` is its reason code, ``status`` the HTTP status."""
 
-    def __init__(self, code: str, detail: str, status: int) -> None:
+    def __init__(self, code: str, detail: str, status: int, *, highest: int | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.status = status
+        #: refused for its sequence number: the sender's highest the server accepted
+        self.highest = highest
 
     @property
     def retryable(self) -> bool:
         return self.status == 503 or self.code == "BUSY"
+
+    @classmethod
+    def of(cls, error: Any, status: int) -> RemoteError:
+        """The refusal an ``{"code", "detail", "highest"?}`` object (the ``error`` of an
+        answer) describes; ``status`` its HTTP status."""
+        if not isinstance(error, dict):
+            error = {}
+        highest = error.get("highest")
+        return cls(
+            str(error.get("code", "ERROR")),
+            str(error.get("detail", "")),
+            status,
+            highest=highest if isinstance(highest, int) and not isinstance(highest, bool) else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,13 +595,26 @@ class Client:
         trace = _TRACE.get()
         if trace is not None:
             fields.setdefault("trace_id", trace)
+        try:
+            return await self._post_once(**fields)
+        except RemoteError as exc:
+            if exc.highest is None:
+                raise
+            highest = exc.highest
+        # Refused for its number alone (nothing was done): another client of this identity
+        # numbered past it, in the same millisecond or on a clock ahead of ours. Once more,
+        # signed afresh above the highest the server has accepted.
+        self._outbox.last_sequence = max(self._outbox.last_sequence, highest)
+        return await self._post_once(**fields)
+
+    async def _post_once(self, **fields: Any) -> dict[str, Any]:
         if self._submit is not None:
             async with self._send_lock:
                 message = self._outbox.message(now=time.time(), **fields)
                 try:
                     result = await self._submit(encode_json(message))
                 except ServiceError as exc:  # as the HTTP answer would have said it
-                    raise RemoteError(exc.code, exc.detail, exc.status) from None
+                    raise RemoteError.of(exc.to_json()["error"], exc.status) from None
             # the same plain JSON values an HTTP reply would have decoded to
             answer: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
             return answer
@@ -816,14 +845,8 @@ class _RequestSocket:
                 if frame.get("type") == "reply":
                     future.set_result(frame["result"])
                 else:
-                    error = frame.get("error", {})
-                    future.set_exception(
-                        RemoteError(
-                            str(error.get("code", "ERROR")),
-                            str(error.get("detail", "")),
-                            int(frame.get("status", 400)),
-                        )
-                    )
+                    status = int(frame.get("status", 400))
+                    future.set_exception(RemoteError.of(frame.get("error"), status))
         except websockets.exceptions.ConnectionClosed:
             pass
         finally:
@@ -900,10 +923,8 @@ def _reply(response: httpx.Response) -> dict[str, Any]:
             "BAD_RESPONSE", f"HTTP {response.status_code}: not JSON", response.status_code
         ) from None
     if response.status_code != 200:
-        error = document.get("error", {}) if isinstance(document, dict) else {}
-        raise RemoteError(
-            str(error.get("code", "ERROR")), str(error.get("detail", "")), response.status_code
-        )
+        error = document.get("error") if isinstance(document, dict) else None
+        raise RemoteError.of(error, response.status_code)
     if not isinstance(document, dict):
         raise RemoteError("BAD_RESPONSE", "expected a JSON object", response.status_code)
     result: dict[str, Any] = document

@@ -38,6 +38,7 @@ from infrafabric.protocol.identity import b64url_decode
 from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole, KeyState, delegated_key
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
+from infrafabric.protocol.replay import SequenceWindows
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
 from infrafabric.storage.base import AgentRecord, Replayed
 from infrafabric.types import AgentId, Timestamp
@@ -86,11 +87,14 @@ class ServiceError(FabricError):
     """A refused message: ``code`` is stable (a verification reason code or a board code
     such as ``NOT_OWNER``), ``status`` the HTTP status that fits it."""
 
-    def __init__(self, code: str, detail: str, status: int) -> None:
+    def __init__(self, code: str, detail: str, status: int, *, highest: int | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.status = status
+        #: a refusal for the sequence number (``REPLAY`` of a number, ``OUT_OF_SEQUENCE``):
+        #: the sender's highest accepted, so that a client may number its next above it
+        self.highest = highest
 
     @property
     def retryable(self) -> bool:
@@ -99,7 +103,10 @@ class ServiceError(FabricError):
         return self.status == 503
 
     def to_json(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "detail": self.detail}}
+        error: dict[str, Any] = {"code": self.code, "detail": self.detail}
+        if self.highest is not None:
+            error["highest"] = self.highest
+        return {"error": error}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +186,7 @@ class FabricService:
                 # most once a second: an unknown key costs nothing to send)
                 self._load_shared_keys()
                 verdict = self.verifier.check(data, now=now, local=local)
-            message = _accepted(verdict)
+            message = _accepted(verdict, self.verifier.sequences)
             if recorded is not None and verdict.reason is None:
                 recorded.append(message)
             # an operator's authority needs a message that passed every check: audit mode
@@ -228,7 +235,7 @@ class FabricService:
         if receivers == (ops.KEYS,):
             return self._keys(message, key, now)
         if receivers == (ops.INBOX,):
-            return self._inbox(message)
+            return self._inbox(message, key)
         if receivers == (ops.MESH,):
             return self._mesh(message, data, key, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
@@ -718,10 +725,16 @@ class FabricService:
             document: dict[str, Any] = msgspec.to_builtins(self.verifier.keyring.to_file())
         return document
 
-    def _inbox(self, message: IFMessage) -> dict[str, Any]:
+    def _inbox(self, message: IFMessage, key: KeyRecord | None) -> dict[str, Any]:
         """Acknowledge a direct message: it leaves the sender's own inbox, in the commit
-        of the message's batch (a signed message, as every change an agent makes is)."""
+        of the message's batch (a signed message, as every change an agent makes is).
+        Only in a message that passed every check: audit and permissive modes accept a
+        forged one, and a message acknowledged is gone for good."""
         operation = _request(message, _INBOX_DECODER, "inbox")
+        if key is None:
+            raise ServiceError(
+                "NOT_VERIFIED", "an acknowledgment needs a message that passed every check", 403
+            )
         return {"acknowledged": self.store.ack(message.sender, operation.position)}
 
     def _keys(self, message: IFMessage, key: KeyRecord | None, now: Timestamp) -> dict[str, Any]:
@@ -850,11 +863,22 @@ def _retryable(outcome: object) -> bool:
     )
 
 
-def _accepted(verdict: Verdict) -> IFMessage:
+def _accepted(verdict: Verdict, sequences: SequenceWindows) -> IFMessage:
     if verdict.accepted and verdict.message is not None:
         return verdict.message
     reason = verdict.reason or Reason.MALFORMED
-    raise ServiceError(str(reason), verdict.detail, _STATUS_OF_REASON.get(reason, 400))
+    highest = None
+    message = verdict.message
+    # refused with a number the window no longer takes (a replay of the very bytes too):
+    # the highest, which the detail says already, for a client to number past it
+    if (
+        reason in (Reason.REPLAY, Reason.OUT_OF_SEQUENCE)
+        and message is not None
+        and not sequences.would_accept(message.sender, message.sequence_num)
+    ):
+        highest = sequences.highest(message.sender)
+    status = _STATUS_OF_REASON.get(reason, 400)
+    raise ServiceError(str(reason), verdict.detail, status, highest=highest)
 
 
 def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:

@@ -217,6 +217,19 @@ def test_a_replayed_request_is_refused(fabric: Fabric) -> None:
     replay = _post(fabric, create)
     assert (replay.status_code, replay.json()["error"]["code"]) == (409, "REPLAY")
     assert len(fabric.admin_get("/v1/tasks").json()["tasks"]) == 1
+    # a fresh message under a number taken, or one below the window: the refusal names the
+    # highest accepted, so that a client (the SDK) may number its next above it
+    for last, code in ((1000, "REPLAY"), (900, "OUT_OF_SEQUENCE")):
+        again = Outbox(alice, last_sequence=last).message(
+            now=time.time(),
+            performative="request",
+            receiver="if://service/board",
+            content={"op": "create", "tasks": [{"title": "again"}]},
+        )
+        refused = _post(fabric, encode_json(again))
+        assert refused.status_code == 409
+        assert (refused.json()["error"]["code"], refused.json()["error"]["highest"]) == (code, 1001)
+    assert len(fabric.admin_get("/v1/tasks").json()["tasks"]) == 1
 
 
 def test_agents_must_be_enrolled_and_messages_signed(fabric: Fabric) -> None:

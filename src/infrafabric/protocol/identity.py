@@ -147,9 +147,11 @@ class Outbox:
     to one rising order, the order in time, and none falls below the others' window
     (see :mod:`~infrafabric.protocol.replay`). Counting by one from its start, a sender
     that started earlier stayed below a later one's numbers for good: every message it
-    sent after the other's first was ``OUT_OF_SEQUENCE``. (A sender sending more than one
-    message a millisecond for long runs ahead of the clock by the excess, and until it
-    slows, the others' numbers are below its window: one such sender per identity.)
+    sent after the other's first was ``OUT_OF_SEQUENCE``. Two senders may still draw one
+    number (the same millisecond), or one be behind the other by more than the window (a
+    clock apart, or a sender sending faster than one a millisecond); the SDK then signs
+    the refused message again above the highest the refusal names (see
+    :class:`~infrafabric.client.Client`), once.
     """
 
     def __init__(

@@ -223,7 +223,7 @@ class Verifier:
         if not self.sequences.would_accept(sender, number):
             highest = self.sequences.highest(sender)
             if number > highest - self.sequences.window:
-                return Reason.REPLAY, f"sequence {number} already accepted"
+                return Reason.REPLAY, f"sequence {number} already accepted (highest {highest})"
             return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})"
         if record:
             self.nonces.add(sender, message.nonce, sent_at + message.ttl, now)

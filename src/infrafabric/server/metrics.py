@@ -76,7 +76,7 @@ class Metrics:
         self.operations = Histogram(
             "ifab_operation_seconds",
             "Time to carry out and commit one message, by operation (claim, claim_next,"
-            " complete..., direct, topic, keys, governor, unverified)",
+            " complete..., direct, topic, keys, governor, mesh, inbox, unverified)",
             ["op"],
             buckets=BUCKETS,
             registry=registry,
