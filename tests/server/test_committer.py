@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import threading
 import time
@@ -459,3 +460,56 @@ def test_on_the_loop_a_second_loop_may_follow_the_first(tmp_path: Path) -> None:
         reply = asyncio.run(committer.submit(request, time.time()))
         assert reply["tasks"][0]["title"] == title
     committer.close()
+
+
+def test_on_the_loop_a_loop_that_is_gone_is_forgotten(tmp_path: Path) -> None:
+    """Each loop's queue is kept by the loop, weakly: a queue that named its loop kept
+    every loop alive (one per ``asyncio.run``, per blocking client)."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    committer = Committer(service, on_loop=True)
+    outbox = Outbox(agent)
+    for n in range(20):
+        request = _request(outbox, {"op": "create", "tasks": [{"title": f"t{n}"}]})
+        asyncio.run(committer.submit(request, time.time()))
+    gc.collect()
+    assert len(committer._loops) == 0
+    committer.close()
+
+
+def test_on_the_loop_close_from_another_thread_answers_each_loop_s_waiting_once(
+    tmp_path: Path,
+) -> None:
+    """A loop that cannot run its batch (held up) when the committer closes: what waits
+    on it is refused, from the closing thread, once; later submissions are refused."""
+    agent = SigningIdentity.generate(agent_id("a"))
+    service = _service(tmp_path / "board.db", [agent])
+    committer = Committer(service, on_loop=True)
+    outbox = Outbox(agent)
+    submitted, release = threading.Event(), threading.Event()
+    answers: list[Any] = []
+
+    async def held_up() -> None:
+        waiting = asyncio.ensure_future(
+            committer.submit(
+                _request(outbox, {"op": "create", "tasks": [{"title": "x"}]}), time.time()
+            )
+        )
+        await asyncio.sleep(0)  # in the queue, its batch due next
+        submitted.set()
+        release.wait(10)  # the loop held up: its batch cannot run
+        for outcome in await asyncio.gather(waiting, return_exceptions=True):
+            answers.append(outcome)
+        try:
+            await committer.submit(_request(outbox, {"op": "claim_next"}), time.time())
+        except ServiceError as exc:
+            answers.append(exc)
+
+    thread = threading.Thread(target=asyncio.run, args=(held_up(),))
+    thread.start()
+    assert submitted.wait(10)
+    committer.close(timeout=0.2)  # the loop runs but does not get to its batch
+    release.set()
+    thread.join(10)
+    assert [(a.code, a.status) for a in answers] == [("STORE_UNAVAILABLE", 503)] * 2
+    assert service.sizes == []  # refused, not carried out as well
