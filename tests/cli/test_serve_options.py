@@ -55,6 +55,20 @@ def test_health_thresholds_out_of_order_are_refused(tmp_path: Path) -> None:
     assert not (fabric.data / "board.db").exists()  # nothing started, nothing made
 
 
+def test_a_token_variable_no_header_can_carry_is_refused_at_start(tmp_path: Path) -> None:
+    """Compared as UTF-8 bytes with a header read as Latin-1, it could never match."""
+    fabric = Fabric(tmp_path)
+    assert IFAB is not None
+    refused = subprocess.run(
+        [IFAB, "serve", "--port", "0"],
+        env={**fabric.env(), "IFAB_ADMIN_TOKEN": "op\u00e9rateur"},
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "IFAB_ADMIN_TOKEN must be printable ASCII" in refused.stderr.decode()
+    assert not (fabric.data / "board.db").exists()
+
+
 def _stopped(fabric: Fabric) -> str:
     """What ``fabric``'s running ``ifab serve`` printed, once stopped by SIGTERM."""
     process = fabric.process

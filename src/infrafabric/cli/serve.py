@@ -153,7 +153,8 @@ def serve(
     logs.configure("json" if log_format == "json" else "text")
     directory = data or default_data_dir()
     token_file = directory / "admin.token"
-    given_token = given_admin_token() is not None  # as the server reads it
+    with reported_errors():  # a token no header can carry
+        given_token = given_admin_token() is not None  # as the server reads it
     first_token = not given_token and not token_file.exists()
     config = BoardConfig(
         lease_seconds=lease,

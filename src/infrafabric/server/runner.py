@@ -239,8 +239,12 @@ def _admin_token(data_dir: Path) -> str:
 
 def given_admin_token() -> str | None:
     """The operator token ``$IFAB_ADMIN_TOKEN`` gives, if any (empty counts as unset:
-    the data directory's ``admin.token`` is used then)."""
-    return os.environ.get(ENV_ADMIN_TOKEN) or None
+    the data directory's ``admin.token`` is used then). :class:`CallerError` if it is not
+    printable ASCII: it travels in an HTTP header, which no client could send it in."""
+    token = os.environ.get(ENV_ADMIN_TOKEN) or None
+    if token is not None and not (token.isascii() and token.isprintable()):
+        raise CallerError(f"${ENV_ADMIN_TOKEN} must be printable ASCII (it is sent in a header)")
+    return token
 
 
 @dataclass
