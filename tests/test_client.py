@@ -19,6 +19,7 @@ import websockets.asyncio.server
 
 from infrafabric import SigningIdentity, agent_id
 from infrafabric.client import Client, RemoteError
+from infrafabric.service import ServiceError
 from tests.harness import Fabric, enroll
 
 
@@ -255,3 +256,35 @@ def test_a_task_id_is_one_escaped_path_segment(fabric: Fabric) -> None:
         "NOT_FOUND: no task a#b",
         "NOT_FOUND: no task ..",
     ]
+
+
+@pytest.mark.parametrize("ahead_ms", [1_000, 10**9])
+def test_a_message_refused_for_its_number_is_signed_again_only_above_a_plausible_highest(
+    ahead_ms: int,
+) -> None:
+    """A refusal naming a highest a second ahead is another client of the identity: once
+    more, numbered past it. One naming a highest far ahead (a rogue server, or whoever
+    wrote the reply) would push this identity's numbers to the top for good: refused."""
+    sent: list[int] = []
+
+    async def refusing(data: bytes) -> dict[str, object]:  # a peer that refuses once
+        number = json.loads(data)["sequence_num"]
+        sent.append(number)
+        if len(sent) == 1:
+            raise ServiceError("REPLAY", "sequence taken", 409, highest=number + ahead_ms)
+        return {"ok": True}
+
+    async def scenario() -> None:
+        identity = SigningIdentity.generate(agent_id("a"))
+        async with httpx.AsyncClient(base_url="http://unused.invalid") as http:
+            client = Client("http://unused.invalid", identity, http, 0, submit=refusing)
+            if ahead_ms > 600_000:
+                with pytest.raises(RemoteError) as refused:
+                    await client.send("if://agent/b", "inform", {})
+                assert refused.value.highest == sent[0] + ahead_ms
+                assert len(sent) == 1
+            else:
+                await client.send("if://agent/b", "inform", {})
+                assert sent[1] == sent[0] + ahead_ms + 1
+
+    asyncio.run(scenario())

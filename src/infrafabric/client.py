@@ -65,6 +65,11 @@ __all__ = ["Client", "Frame", "RemoteError", "SyncClient"]
 _TOKEN_MARGIN: Final = 60.0
 
 
+#: How far ahead of this client's own numbering (its clock in ms) another client of its
+#: identity may be for a refused message to be numbered past it: ten minutes of clock.
+_MOST_AHEAD_MS: Final = 600_000
+
+
 class RemoteError(PeerError):
     """The server refused a request: ``code`` is its reason code, ``status`` the HTTP status."""
 
@@ -598,7 +603,10 @@ class Client:
         try:
             return await self._post_once(**fields)
         except RemoteError as exc:
-            if exc.highest is None:
+            # A highest far ahead of our clock is not a peer's: a server (or whoever wrote
+            # the reply) could push this identity's numbers to the top, for good.
+            reach = max(self._outbox.last_sequence, int(time.time() * 1000)) + _MOST_AHEAD_MS
+            if exc.highest is None or not 0 < exc.highest <= reach:
                 raise
             highest = exc.highest
         # Refused for its number alone (nothing was done): another client of this identity

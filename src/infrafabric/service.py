@@ -38,7 +38,6 @@ from infrafabric.protocol.identity import b64url_decode
 from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole, KeyState, delegated_key
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
-from infrafabric.protocol.replay import SequenceWindows
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
 from infrafabric.storage.base import AgentRecord, Replayed
 from infrafabric.types import AgentId, Timestamp
@@ -186,7 +185,7 @@ class FabricService:
                 # most once a second: an unknown key costs nothing to send)
                 self._load_shared_keys()
                 verdict = self.verifier.check(data, now=now, local=local)
-            message = _accepted(verdict, self.verifier.sequences)
+            message = _accepted(verdict)
             if recorded is not None and verdict.reason is None:
                 recorded.append(message)
             # an operator's authority needs a message that passed every check: audit mode
@@ -863,22 +862,12 @@ def _retryable(outcome: object) -> bool:
     )
 
 
-def _accepted(verdict: Verdict, sequences: SequenceWindows) -> IFMessage:
+def _accepted(verdict: Verdict) -> IFMessage:
     if verdict.accepted and verdict.message is not None:
         return verdict.message
     reason = verdict.reason or Reason.MALFORMED
-    highest = None
-    message = verdict.message
-    # refused with a number the window no longer takes (a replay of the very bytes too):
-    # the highest, which the detail says already, for a client to number past it
-    if (
-        reason in (Reason.REPLAY, Reason.OUT_OF_SEQUENCE)
-        and message is not None
-        and not sequences.would_accept(message.sender, message.sequence_num)
-    ):
-        highest = sequences.highest(message.sender)
     status = _STATUS_OF_REASON.get(reason, 400)
-    raise ServiceError(str(reason), verdict.detail, status, highest=highest)
+    raise ServiceError(str(reason), verdict.detail, status, highest=verdict.highest)
 
 
 def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import httpx
+import pytest
 
 from infrafabric.client import Client
 from tests.harness import IFAB, RUNNING, Fabric, enroll
@@ -67,6 +68,24 @@ def test_a_token_variable_no_header_can_carry_is_refused_at_start(tmp_path: Path
     assert refused.returncode == 1
     assert "IFAB_ADMIN_TOKEN must be printable ASCII" in refused.stderr.decode()
     assert not (fabric.data / "board.db").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["status"], ["agent", "list"], ["swarm", "--port", "0", "--exit"]]
+)
+def test_operator_commands_refuse_such_a_token_with_a_line_not_a_traceback(
+    tmp_path: Path, command: list[str]
+) -> None:
+    fabric = Fabric(tmp_path)
+    assert IFAB is not None
+    refused = subprocess.run(
+        [IFAB, *command, *(["--data", str(tmp_path / "swarm")] if command[0] == "swarm" else [])],
+        env={**fabric.env(), "IFAB_ADMIN_TOKEN": "op\u00e9rateur"},
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "must be printable ASCII" in refused.stderr.decode()
+    assert "Traceback" not in refused.stderr.decode()
 
 
 def _stopped(fabric: Fabric) -> str:

@@ -216,6 +216,26 @@ def test_two_senders_of_one_identity_that_follow_the_clock_keep_one_order(
     assert all(verifier.check(raw, now=NOW + 9).ok for raw in burst)
 
 
+def test_a_refusal_for_the_number_alone_names_the_highest_a_replay_does_not(
+    keyring: Keyring, make_agent: Make
+) -> None:
+    alice = make_agent("alice")
+    verifier = Verifier(keyring, sequences=SequenceWindows(window=4))
+    alice.last_sequence = 10
+    first = send(alice)  # 11
+    assert verifier.check(first, now=NOW).ok
+    again = verifier.check(first, now=NOW)  # the very bytes: its nonce seen
+    assert (again.reason, again.highest) == (Reason.REPLAY, None)
+    alice.last_sequence = 10
+    taken = verifier.check(send(alice), now=NOW)  # 11 again, a fresh nonce
+    assert (taken.reason, taken.highest) == (Reason.REPLAY, 11)
+    alice.last_sequence = 1
+    old = verifier.check(send(alice), now=NOW)  # 2: below the window
+    assert (old.reason, old.highest) == (Reason.OUT_OF_SEQUENCE, 11)
+    alice.last_sequence = 11
+    assert verifier.check(send(alice), now=NOW).highest is None  # accepted: no highest
+
+
 def test_reordered_messages_inside_the_window_are_accepted_once(
     keyring: Keyring, make_agent: Make
 ) -> None:

@@ -216,6 +216,8 @@ def test_a_replayed_request_is_refused(fabric: Fabric) -> None:
     assert _post(fabric, create).status_code == 200
     replay = _post(fabric, create)
     assert (replay.status_code, replay.json()["error"]["code"]) == (409, "REPLAY")
+    # the very bytes again: no highest, or a client would sign the operation anew
+    assert "highest" not in replay.json()["error"]
     assert len(fabric.admin_get("/v1/tasks").json()["tasks"]) == 1
     # a fresh message under a number taken, or one below the window: the refusal names the
     # highest accepted, so that a client (the SDK) may number its next above it

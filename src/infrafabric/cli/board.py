@@ -34,7 +34,8 @@ from infrafabric.cli.common import (
     reported_errors,
 )
 from infrafabric.client import Client, RemoteError, path_segment
-from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir
+from infrafabric.errors import CallerError
+from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir, header_safe
 
 task_app = typer.Typer(
     help="Tasks on a fabric server: add, import, list, show, claim, progress, done, fail,"
@@ -83,7 +84,10 @@ def _as_agent(server: str, name: str, work: Callable[[Client], Awaitable[T]]) ->
 
 def _admin_token(token: str | None) -> str:
     if token:
-        return token
+        try:
+            return header_safe(token, f"--admin-token (or {ENV_ADMIN_TOKEN})")
+        except CallerError as exc:
+            fail(str(exc))
     path = default_data_dir() / "admin.token"
     try:
         return path.read_text().strip()

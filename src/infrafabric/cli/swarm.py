@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from infrafabric.cli.common import reported_errors
 from infrafabric.server.runner import RunningServer
 from infrafabric.swarm import AGENTS, BOARD, run_swarm
 
@@ -83,9 +84,13 @@ def swarm(
 
     if data is not None:
         directory.append(data)
-    report = run_swarm(
-        port=port, data_dir=data, show=show, keep_serving=_capture(directory, keep_serving, console)
-    )
+    with reported_errors():  # e.g. an $IFAB_ADMIN_TOKEN no header can carry
+        report = run_swarm(
+            port=port,
+            data_dir=data,
+            show=show,
+            keep_serving=_capture(directory, keep_serving, console),
+        )
     if not directory:
         directory.append(report.data_dir)
 

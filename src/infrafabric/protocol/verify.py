@@ -73,6 +73,11 @@ class Verdict:
     detail: str
     message: IFMessage | None
     key: KeyRecord | None = None
+    #: refused for its sequence number alone (a fresh nonce, a number the sender's window
+    #: no longer takes): the highest number accepted from the sender, so that a sender
+    #: with several clients may number past it. ``None`` otherwise, and always for a
+    #: replay of the very bytes (its nonce seen), which must not be answered so.
+    highest: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -190,12 +195,14 @@ class Verifier:
             return self._finish(
                 Reason.BAD_SIGNATURE, "signature does not verify", message, resolution.record
             )
-        reason, detail = self._check_replay(message, sent_at, now, record=True)
+        reason, detail, highest = self._check_replay(message, sent_at, now, record=True)
         if reason is None:
             refusal = self.authorizer.authorize(message)
             if refusal is not None:
                 reason, detail = Reason.UNAUTHORIZED, refusal
-        return self._finish(reason, detail or resolution.detail, message, resolution.record)
+        return self._finish(
+            reason, detail or resolution.detail, message, resolution.record, highest=highest
+        )
 
     def forget(self, message: IFMessage) -> None:
         """Take back what :meth:`check` recorded of ``message`` (its nonce and sequence
@@ -215,20 +222,26 @@ class Verifier:
 
     def _check_replay(
         self, message: IFMessage, sent_at: Timestamp, now: Timestamp, *, record: bool
-    ) -> tuple[Reason | None, str]:
+    ) -> tuple[Reason | None, str, int | None]:
+        """A replay's reason and detail, and the sender's highest number when the number
+        alone was refused (see :attr:`Verdict.highest`)."""
         sender = message.sender
         if self.nonces.seen(sender, message.nonce, now):
-            return Reason.REPLAY, f"nonce {message.nonce} already used"
+            return Reason.REPLAY, f"nonce {message.nonce} already used", None
         number = message.sequence_num
         if not self.sequences.would_accept(sender, number):
             highest = self.sequences.highest(sender)
             if number > highest - self.sequences.window:
-                return Reason.REPLAY, f"sequence {number} already accepted (highest {highest})"
-            return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})"
+                return (
+                    Reason.REPLAY,
+                    f"sequence {number} already accepted (highest {highest})",
+                    highest,
+                )
+            return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})", highest
         if record:
             self.nonces.add(sender, message.nonce, sent_at + message.ttl, now)
             self.sequences.accept(sender, number)
-        return None, ""
+        return None, "", None
 
     def _unsigned(
         self, message: IFMessage, sent_at: Timestamp, now: Timestamp, local: bool
@@ -237,7 +250,8 @@ class Verifier:
         local sender. Unsigned messages are checked against, never recorded in, replay state:
         anyone could have written them."""
         if self.mode is Mode.PERMISSIVE and local:
-            reason, detail = self._check_replay(message, sent_at, now, record=False)
+            # (no highest for an unsigned message: anyone could have written it)
+            reason, detail, _ = self._check_replay(message, sent_at, now, record=False)
             if reason is None:
                 refusal = self.authorizer.authorize(message)
                 if refusal is not None:
@@ -257,9 +271,10 @@ class Verifier:
         key: KeyRecord | None = None,
         *,
         lenient: bool = False,
+        highest: int | None = None,
     ) -> Verdict:
         accepted = reason is None or lenient or (self.mode is Mode.AUDIT and message is not None)
-        verdict = Verdict(accepted, reason, detail, message, key)
+        verdict = Verdict(accepted, reason, detail, message, key, highest)
         self.counts[reason] += 1
         if reason is not None and self.on_reject is not None:
             self.on_reject(verdict)

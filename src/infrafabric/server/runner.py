@@ -54,6 +54,7 @@ __all__ = [
     "RunningServer",
     "default_data_dir",
     "given_admin_token",
+    "header_safe",
     "open_server",
     "run_server",
 ]
@@ -242,8 +243,14 @@ def given_admin_token() -> str | None:
     the data directory's ``admin.token`` is used then). :class:`CallerError` if it is not
     printable ASCII: it travels in an HTTP header, which no client could send it in."""
     token = os.environ.get(ENV_ADMIN_TOKEN) or None
-    if token is not None and not (token.isascii() and token.isprintable()):
-        raise CallerError(f"${ENV_ADMIN_TOKEN} must be printable ASCII (it is sent in a header)")
+    return None if token is None else header_safe(token, f"${ENV_ADMIN_TOKEN}")
+
+
+def header_safe(token: str, what: str) -> str:
+    """``token``, if it can travel in an HTTP header (printable ASCII); else
+    :class:`CallerError` naming ``what`` it came from."""
+    if not (token.isascii() and token.isprintable()):
+        raise CallerError(f"{what} must be printable ASCII (it is sent in a header)")
     return token
 
 
