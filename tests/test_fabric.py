@@ -7,6 +7,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode
 from infrafabric.server.runner import open_server
 from infrafabric.service import ServiceError
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
+
+
+@contextlib.contextmanager
+def _crew(tmp_path: Path, size: int) -> Iterator[tuple[Fabric, list[SigningIdentity]]]:
+    """An embedded fabric whose leases outlast the test, and ``size`` agents enrolled."""
+    with Fabric.open(
+        tmp_path / "board", synchronous="NORMAL", config=BoardConfig(lease_seconds=3600)
+    ) as fabric:
+        yield fabric, [fabric.enroll(f"agent-{i:02d}") for i in range(size)]
 
 
 def test_an_embedded_fabric_speaks_the_same_api(tmp_path: Path) -> None:
@@ -58,10 +68,7 @@ def test_an_embedded_fabric_speaks_the_same_api(tmp_path: Path) -> None:
 
 
 def test_many_embedded_agents_claim_every_task_once(tmp_path: Path) -> None:
-    with Fabric.open(
-        tmp_path / "board", synchronous="NORMAL", config=BoardConfig(lease_seconds=3600)
-    ) as fabric:
-        agents = [fabric.enroll(f"agent-{i:02d}") for i in range(50)]
+    with _crew(tmp_path, 50) as (fabric, agents):
         completed: Counter[str] = Counter()
 
         async def worker(identity: object) -> None:
@@ -323,10 +330,7 @@ def test_agents_in_threads_of_their_own_share_one_embedded_fabric(tmp_path: Path
     """Each thread runs its agent with ``asyncio.run``: an event loop each. The committer
     served one loop at a time, and the others' calls failed with a RuntimeError (their
     tasks left claimed)."""
-    with Fabric.open(
-        tmp_path / "board", synchronous="NORMAL", config=BoardConfig(lease_seconds=3600)
-    ) as fabric:
-        agents = [fabric.enroll(f"agent-{i:02d}") for i in range(8)]
+    with _crew(tmp_path, 8) as (fabric, agents):
         completed: Counter[str] = Counter()
         errors: list[BaseException] = []
 
@@ -385,10 +389,7 @@ def test_an_agent_keeps_working_after_a_second_client_signs_as_it(tmp_path: Path
 
 def test_blocking_clients_in_threads_share_an_embedded_fabric(tmp_path: Path) -> None:
     """``connect_sync``: each SyncClient runs its own event loop in a thread."""
-    with Fabric.open(
-        tmp_path / "board", synchronous="NORMAL", config=BoardConfig(lease_seconds=3600)
-    ) as fabric:
-        agents = [fabric.enroll(f"agent-{i}") for i in range(4)]
+    with _crew(tmp_path, 4) as (fabric, agents):
         with fabric.connect_sync(agents[0]) as planner:
             planner.create_tasks([{"id": f"t{i:03d}", "title": "x"} for i in range(200)])
         completed: Counter[str] = Counter()
