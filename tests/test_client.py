@@ -285,6 +285,6 @@ def test_a_message_refused_for_its_number_is_signed_again_only_above_a_plausible
                 assert len(sent) == 1
             else:
                 await client.send("if://agent/b", "inform", {})
-                assert sent[1] == sent[0] + ahead_ms + 1
+                assert sent[0] + ahead_ms < sent[1] <= sent[0] + ahead_ms + 32
 
     asyncio.run(scenario())

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import functools
 import json
+import secrets
 import ssl
 import threading
 import time
@@ -68,6 +69,12 @@ _TOKEN_MARGIN: Final = 60.0
 #: How far ahead of this client's own numbering (its clock in ms) another client of its
 #: identity may be for a refused message to be numbered past it: ten minutes of clock.
 _MOST_AHEAD_MS: Final = 600_000
+
+
+#: Attempts of a message refused for its number alone (see :meth:`Client._post`), and how
+#: far past the highest accepted a fresh number may land (at random, under this).
+_SEQUENCE_ATTEMPTS: Final = 4
+_SEQUENCE_SKIP: Final = 32
 
 
 class RemoteError(PeerError):
@@ -600,20 +607,29 @@ class Client:
         trace = _TRACE.get()
         if trace is not None:
             fields.setdefault("trace_id", trace)
-        try:
-            return await self._post_once(**fields)
-        except RemoteError as exc:
-            # A highest far ahead of our clock is not a peer's: a server (or whoever wrote
-            # the reply) could push this identity's numbers to the top, for good.
-            reach = max(self._outbox.last_sequence, int(time.time() * 1000)) + _MOST_AHEAD_MS
-            if exc.highest is None or not 0 < exc.highest <= reach:
-                raise
-            highest = exc.highest
-        # Refused for its number alone (nothing was done): another client of this identity
-        # numbered past it, in the same millisecond or on a clock ahead of ours. Once more,
-        # signed afresh above the highest the server has accepted.
-        self._outbox.last_sequence = max(self._outbox.last_sequence, highest)
+        for _ in range(_SEQUENCE_ATTEMPTS - 1):
+            try:
+                return await self._post_once(**fields)
+            except RemoteError as exc:
+                if not self._numbered_past(exc):
+                    raise
         return await self._post_once(**fields)
+
+    def _numbered_past(self, refusal: RemoteError) -> bool:
+        """Whether ``refusal`` was for the message's number alone, so that it may go again
+        (nothing was done): then this client's next number is past the highest the server
+        accepted. Another client of this identity numbered past ours, in the same
+        millisecond or on a clock ahead. By a few more at random: the other client's next
+        number is the highest's next, and drawing it too would be refused again."""
+        highest = refusal.highest
+        # A highest far ahead of our clock is not a peer's: a server (or whoever wrote the
+        # reply) could push this identity's numbers to the top, for good.
+        reach = max(self._outbox.last_sequence, int(time.time() * 1000)) + _MOST_AHEAD_MS
+        if highest is None or not 0 < highest <= reach:
+            return False
+        skip = secrets.randbelow(_SEQUENCE_SKIP)
+        self._outbox.last_sequence = max(self._outbox.last_sequence, highest + skip)
+        return True
 
     async def _post_once(self, **fields: Any) -> dict[str, Any]:
         if self._submit is not None:

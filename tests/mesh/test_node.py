@@ -386,3 +386,20 @@ def test_only_the_offerer_drops_a_link_it_no_longer_wants() -> None:
     low_actions = wire.nodes[low].set_members([n for n in names if n != high], wire.now)
     assert Disconnect(low) not in high_actions  # the answerer keeps it
     assert Disconnect(high) in low_actions  # the offerer drops it
+
+
+def test_a_peer_takes_a_message_that_arrives_a_minute_behind_a_newer_one() -> None:
+    """The SDK numbers its messages by its clock in ms: the window of 4,096 numbers took
+    a message no more than 4 s behind a newer one of its sender (one held up on a link
+    while it reconnected, say); now 65 s, past the longest reconnect backoff."""
+    keyring = Keyring()
+    alice = SigningIdentity.generate(agent_id("alice"))
+    keyring.add(new_key_record(alice.agent, alice.public_key, version=1, now=NOW - 60))
+    receiver = SignedMesh(Outbox(SigningIdentity.generate(agent_id("bob"))), keyring)
+    sender = Outbox(alice, follow_clock=True)
+    late = sender.message(now=NOW, performative="inform", receiver="if://agent/bob", content={})
+    newer = sender.message(
+        now=NOW + 60, performative="inform", receiver="if://agent/bob", content={}
+    )
+    assert receiver.verify(encode_json(newer), NOW + 60).sender == alice.agent
+    assert receiver.verify(encode_json(late), NOW + 60).sender == alice.agent

@@ -150,8 +150,9 @@ class Outbox:
     sent after the other's first was ``OUT_OF_SEQUENCE``. Two senders may still draw one
     number (the same millisecond), or one be behind the other by more than the window (a
     clock apart, or a sender sending faster than one a millisecond); the SDK then signs
-    the refused message again above the highest the refusal names (see
-    :class:`~infrafabric.client.Client`), once.
+    the refused message again past the highest the refusal names (see
+    :class:`~infrafabric.client.Client`). A mesh peer's window is wider (65,536): a
+    message may arrive there up to 65 s of its sender's clock behind a newer one.
     """
 
     def __init__(
