@@ -463,5 +463,29 @@ def test_in_audit_mode_a_forged_acknowledgment_empties_no_inbox(tmp_path: Path) 
             async with fabric.connect(alice) as owner:  # her own, signed: gone
                 assert await owner.ack(entry.position) is True
             assert state.service.store.pending(alice.agent) == []
+            # her own again, under a number another client of hers took (audit mode takes
+            # it, with a reason): her signature is what an acknowledgment needs
+            async with fabric.connect(bob) as sender:
+                await sender.send(alice.agent, "inform", {"secret": 2})
+            [second] = state.service.store.pending(alice.agent)
+            hers = Outbox(alice, last_sequence=10**14)
+            await state.committer.submit(
+                encode_json(
+                    hers.message(
+                        now=time.time(), performative="inform", receiver=bob.agent, content={}
+                    )
+                ),
+                time.time(),
+            )
+            hers.last_sequence -= 1  # the same number, a fresh nonce
+            again = hers.message(
+                now=time.time(),
+                performative="request",
+                receiver=ops.INBOX,
+                content={"op": "ack", "position": second.position},
+            )
+            reply = await state.committer.submit(encode_json(again), time.time())
+            assert reply == {"acknowledged": True}
+            assert state.service.store.pending(alice.agent) == []
 
         asyncio.run(scenario())

@@ -191,13 +191,17 @@ class FabricService:
             # an operator's authority needs a message that passed every check: audit mode
             # accepts a forged or replayed one, which proves nothing about its sender
             key = verdict.key if verdict.reason is None else None
+            # an acknowledgment needs its sender's signature only: audit mode accepts, with
+            # a reason, the replay of a number that two clients of one identity can draw,
+            # and acknowledging again changes nothing
+            signed = verdict.key is not None and verdict.reason in _SIGNATURE_HELD
             window = self.verifier.sequences.snapshot(message.sender)
         # Each server keeps its own replay windows; over a shared store one more check
         # makes a replay through another server fail too: the nonce, recorded once for
         # the fabric until the message expires (spent by _carry_out).
         spend = self.store.shared and verdict.reason is None
         try:
-            reply = self._carry_out(message, data, key, now, spend)
+            reply = self._carry_out(message, data, key, now, spend, signed=signed)
         except BaseException as exc:
             # a refusal answers the message, so a replay of it is refused too; one that
             # left nothing done may be sent again (handle_batch takes the record back)
@@ -216,7 +220,14 @@ class FabricService:
             self.store.remember_sequence(sender, *window)
 
     def _carry_out(
-        self, message: IFMessage, data: bytes, key: KeyRecord | None, now: Timestamp, spend: bool
+        self,
+        message: IFMessage,
+        data: bytes,
+        key: KeyRecord | None,
+        now: Timestamp,
+        spend: bool,
+        *,
+        signed: bool = False,
     ) -> dict[str, Any]:
         if spend and message.receivers != (ops.BOARD,):
             self._spend_nonce(message, now)
@@ -234,7 +245,7 @@ class FabricService:
         if receivers == (ops.KEYS,):
             return self._keys(message, key, now)
         if receivers == (ops.INBOX,):
-            return self._inbox(message, key)
+            return self._inbox(message, signed)
         if receivers == (ops.MESH,):
             return self._mesh(message, data, key, now)
         if any(receiver.startswith("if://service/") for receiver in receivers):
@@ -724,15 +735,15 @@ class FabricService:
             document: dict[str, Any] = msgspec.to_builtins(self.verifier.keyring.to_file())
         return document
 
-    def _inbox(self, message: IFMessage, key: KeyRecord | None) -> dict[str, Any]:
+    def _inbox(self, message: IFMessage, signed: bool) -> dict[str, Any]:
         """Acknowledge a direct message: it leaves the sender's own inbox, in the commit
         of the message's batch (a signed message, as every change an agent makes is).
-        Only in a message that passed every check: audit and permissive modes accept a
-        forged one, and a message acknowledged is gone for good."""
+        Only with the sender's valid signature: audit and permissive modes accept a
+        forged or unsigned one, and a message acknowledged is gone for good."""
         operation = _request(message, _INBOX_DECODER, "inbox")
-        if key is None:
+        if not signed:
             raise ServiceError(
-                "NOT_VERIFIED", "an acknowledgment needs a message that passed every check", 403
+                "NOT_VERIFIED", "an acknowledgment needs its sender's valid signature", 403
             )
         return {"acknowledged": self.store.ack(message.sender, operation.position)}
 
@@ -860,6 +871,10 @@ def _retryable(outcome: object) -> bool:
     return isinstance(outcome, StoreError) or (
         isinstance(outcome, ServiceError) and outcome.retryable
     )
+
+
+#: The refusals the verifier reaches only after the signature verified.
+_SIGNATURE_HELD: Final = frozenset({None, Reason.REPLAY, Reason.OUT_OF_SEQUENCE})
 
 
 def _accepted(verdict: Verdict) -> IFMessage:
