@@ -288,3 +288,27 @@ def test_a_message_refused_for_its_number_is_signed_again_only_above_a_plausible
                 assert sent[0] + ahead_ms < sent[1] <= sent[0] + ahead_ms + 32
 
     asyncio.run(scenario())
+
+
+def test_forged_highests_cannot_walk_the_numbers_ahead_of_the_clock() -> None:
+    """The limit was measured from the client's own numbers, which each retry moved on:
+    replies naming a highest just under it walked them ten minutes a call (25 hours in 50
+    calls). From the clock alone, the second such reply is refused."""
+    sent: list[int] = []
+
+    async def forging(data: bytes) -> dict[str, object]:
+        number = json.loads(data)["sequence_num"]
+        sent.append(number)
+        if len(sent) % 2:  # each call's first attempt: "numbered past by 500 s"
+            raise ServiceError("REPLAY", "sequence taken", 409, highest=number + 500_000)
+        return {"ok": True}
+
+    async def scenario() -> None:
+        identity = SigningIdentity.generate(agent_id("a"))
+        async with httpx.AsyncClient(base_url="http://unused.invalid") as http:
+            client = Client("http://unused.invalid", identity, http, 0, submit=forging)
+            await client.send("if://agent/b", "inform", {})  # 500 s ahead: plausible
+            with pytest.raises(RemoteError):  # 1,000 s ahead of the clock: not a peer's
+                await client.send("if://agent/b", "inform", {})
+
+    asyncio.run(scenario())

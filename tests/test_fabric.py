@@ -418,7 +418,7 @@ def test_two_clients_of_one_identity_at_once_even_on_clocks_apart(tmp_path: Path
     """Numbers that follow the clock still meet: two clients signing in the same
     millisecond drew the same number (the second a REPLAY), and a client whose clock is
     behind the other's by more than the window (64 ms) was below it. Refused for its
-    number alone, a message is signed again above the server's highest, once."""
+    number alone, a message is signed again past the server's highest (four tries at most)."""
     with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
         coder = fabric.enroll("coder")
 
@@ -489,3 +489,29 @@ def test_in_audit_mode_a_forged_acknowledgment_empties_no_inbox(tmp_path: Path) 
             assert state.service.store.pending(alice.agent) == []
 
         asyncio.run(scenario())
+
+
+def test_the_very_bytes_again_after_a_restart_are_refused_without_a_highest(
+    tmp_path: Path,
+) -> None:
+    """The windows come back from the store, the nonces do not: the same create again
+    was refused by the window with a highest, and the SDK would sign it anew (a proxy
+    delivering a POST once more made two tasks)."""
+    alice = SigningIdentity.generate(agent_id("alice"))
+    outbox = Outbox(alice, follow_clock=True)
+    create = encode_json(
+        outbox.message(
+            now=time.time(),
+            performative="request",
+            receiver=ops.BOARD,
+            content={"op": "create", "tasks": [{"title": "once"}]},
+        )
+    )
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        fabric.enroll(alice)
+        asyncio.run(fabric.state.committer.submit(create, time.time()))
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        with pytest.raises(ServiceError) as refused:
+            asyncio.run(fabric.state.committer.submit(create, time.time()))
+        assert (refused.value.code, refused.value.highest) == ("REPLAY", None)
+        assert [task.title for task in fabric.state.service.store.tasks()] == ["once"]

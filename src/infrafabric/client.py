@@ -624,7 +624,9 @@ class Client:
         highest = refusal.highest
         # A highest far ahead of our clock is not a peer's: a server (or whoever wrote the
         # reply) could push this identity's numbers to the top, for good.
-        reach = max(self._outbox.last_sequence, int(time.time() * 1000)) + _MOST_AHEAD_MS
+        # (from the clock alone: measured from our own numbers, each retry would move
+        # the limit on, and forged replies could walk them ahead ten minutes at a time)
+        reach = int(time.time() * 1000) + _MOST_AHEAD_MS
         if highest is None or not 0 < highest <= reach:
             return False
         skip = secrets.randbelow(_SEQUENCE_SKIP)

@@ -185,7 +185,9 @@ class FabricService:
                 # most once a second: an unknown key costs nothing to send)
                 self._load_shared_keys()
                 verdict = self.verifier.check(data, now=now, local=local)
-            message = _accepted(verdict)
+            # Over a shared store another server may have accepted the very bytes, which
+            # this one's nonces do not know: no highest then (see Verdict.highest).
+            message = _accepted(verdict, numbered=not self.store.shared)
             if recorded is not None and verdict.reason is None:
                 recorded.append(message)
             # an operator's authority needs a message that passed every check: audit mode
@@ -873,16 +875,18 @@ def _retryable(outcome: object) -> bool:
     )
 
 
-#: The refusals the verifier reaches only after the signature verified.
+#: The refusals the verifier reaches only after a signature verified (for an unsigned
+#: message, permissive mode, too: hence the key is required beside them).
 _SIGNATURE_HELD: Final = frozenset({None, Reason.REPLAY, Reason.OUT_OF_SEQUENCE})
 
 
-def _accepted(verdict: Verdict) -> IFMessage:
+def _accepted(verdict: Verdict, *, numbered: bool = True) -> IFMessage:
     if verdict.accepted and verdict.message is not None:
         return verdict.message
     reason = verdict.reason or Reason.MALFORMED
     status = _STATUS_OF_REASON.get(reason, 400)
-    raise ServiceError(str(reason), verdict.detail, status, highest=verdict.highest)
+    highest = verdict.highest if numbered else None
+    raise ServiceError(str(reason), verdict.detail, status, highest=highest)
 
 
 def _task(spec: ops.TaskSpec, creator: AgentId) -> Task:

@@ -236,6 +236,31 @@ def test_a_refusal_for_the_number_alone_names_the_highest_a_replay_does_not(
     assert verifier.check(send(alice), now=NOW).highest is None  # accepted: no highest
 
 
+def test_no_highest_for_bytes_the_nonce_cache_cannot_vouch_for(
+    keyring: Keyring, make_agent: Make
+) -> None:
+    """An evicted nonce, or windows restored after a restart: the very bytes accepted
+    then come back refused by the window alone, and must not carry a highest (a client
+    would sign the operation anew: done twice)."""
+    alice = make_agent("alice")
+    verifier = Verifier(keyring, nonces=NonceCache(max_entries=1))
+    first, second = send(alice), send(alice, NOW + 1)
+    assert verifier.check(first, now=NOW + 1).ok
+    assert verifier.check(second, now=NOW + 1).ok  # the cache is full: first's nonce goes
+    again = verifier.check(first, now=NOW + 1)
+    assert (again.reason, again.highest) == (Reason.REPLAY, None)
+    restarted = Verifier(keyring)
+    window = verifier.sequences.snapshot(alice.identity.agent)
+    assert window is not None
+    restarted.sequences.restore(alice.identity.agent, *window)
+    restarted.nonces.complete_since = NOW + 1  # as ifab serve does when it starts
+    replayed = restarted.check(second, now=NOW + 2)
+    assert (replayed.reason, replayed.highest) == (Reason.REPLAY, None)
+    alice.last_sequence -= 1  # a fresh message, sent after the restart, a number taken
+    fresh = restarted.check(send(alice, NOW + 2), now=NOW + 2)
+    assert (fresh.reason, fresh.highest) == (Reason.REPLAY, alice.last_sequence)
+
+
 def test_reordered_messages_inside_the_window_are_accepted_once(
     keyring: Keyring, make_agent: Make
 ) -> None:

@@ -28,6 +28,11 @@ class NonceCache:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
         self.evictions = 0
+        #: The cache knows every nonce of the messages sent after this time that were
+        #: accepted: a nonce it lacks from such a message is fresh. Raised by an eviction
+        #: (to the evicted message's expiry, past its sending), and by whoever restores
+        #: sequence windows from before this cache (a restart: to the time of it).
+        self.complete_since: Timestamp = float("-inf")
         self._expiry: dict[tuple[AgentId, str], Timestamp] = {}
         self._heap: list[tuple[Timestamp, AgentId, str]] = []
 
@@ -43,8 +48,10 @@ class NonceCache:
         """Remember ``nonce`` until ``expires_at``; prunes expired entries as it goes."""
         self._prune(now)
         while len(self._expiry) >= self.max_entries:
-            if self._drop(*heapq.heappop(self._heap)):
+            evicted = heapq.heappop(self._heap)
+            if self._drop(*evicted):
                 self.evictions += 1
+                self.complete_since = max(self.complete_since, evicted[0])
         self._expiry[(sender, nonce)] = expires_at
         heapq.heappush(self._heap, (expires_at, sender, nonce))
 

@@ -73,10 +73,13 @@ class Verdict:
     detail: str
     message: IFMessage | None
     key: KeyRecord | None = None
-    #: refused for its sequence number alone (a fresh nonce, a number the sender's window
-    #: no longer takes): the highest number accepted from the sender, so that a sender
-    #: with several clients may number past it. ``None`` otherwise, and always for a
-    #: replay of the very bytes (its nonce seen), which must not be answered so.
+    #: refused for its sequence number alone (a number the sender's window no longer
+    #: takes, under a nonce known to be fresh): the highest number accepted from the
+    #: sender, so that a sender with several clients may number past it. ``None``
+    #: otherwise, and for anything that may be a replay of the very bytes: a nonce seen,
+    #: or one the cache cannot vouch for (a message sent before
+    #: :attr:`NonceCache.complete_since`: before a restart, or as old as an evicted
+    #: entry), which must not be answered so: a client would sign that operation anew.
     highest: int | None = None
 
     @property
@@ -231,13 +234,18 @@ class Verifier:
         number = message.sequence_num
         if not self.sequences.would_accept(sender, number):
             highest = self.sequences.highest(sender)
+            # Only a message whose nonce the cache would know, had it been accepted, is
+            # known to be fresh: one sent before a restart, or as old as an evicted entry,
+            # may be the very bytes accepted then, and must not be answered with a highest
+            # (a client would sign that operation anew).
+            fresh = highest if sent_at > self.nonces.complete_since else None
             if number > highest - self.sequences.window:
                 return (
                     Reason.REPLAY,
                     f"sequence {number} already accepted (highest {highest})",
-                    highest,
+                    fresh,
                 )
-            return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})", highest
+            return Reason.OUT_OF_SEQUENCE, f"sequence {number} too old (highest {highest})", fresh
         if record:
             self.nonces.add(sender, message.nonce, sent_at + message.ttl, now)
             self.sequences.accept(sender, number)

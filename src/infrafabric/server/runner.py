@@ -123,6 +123,8 @@ def open_server(
     verifier = Verifier(keyring, mode=verify_mode)
     for sender, highest, seen in store.sequences():  # what was accepted before a restart
         verifier.sequences.restore(sender, highest, seen)
+    # (whose nonces this verifier never saw: see Verdict.highest)
+    verifier.nonces.complete_since = time.time()
     driver = None
     if governor:
         if policy is not None:
