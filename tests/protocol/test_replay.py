@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from infrafabric.protocol.replay import NonceCache, SequenceWindow, SequenceWindows
 from infrafabric.types import AgentId
+from tests.conftest import NOW
 
 ALICE = AgentId("if://agent/alice")
 BOB = AgentId("if://agent/bob")
@@ -128,3 +129,17 @@ def test_a_forgotten_sequence_number_is_accepted_once_more() -> None:
     assert not windows.would_accept(ALICE, 6)
     windows.forget(BOB, 1)  # a sender never seen: harmless
     assert windows.would_accept(BOB, 1)
+
+
+def test_the_cache_vouches_for_a_missing_nonce_only_where_it_saw_everything() -> None:
+    """A restart restores some senders' windows but no nonces; a full cache evicts."""
+    cache = NonceCache(max_entries=1)
+    alice, bob = AgentId("if://agent/alice"), AgentId("if://agent/bob")
+    cache.unknown_before(alice, NOW + 30)  # alice's window came back at NOW (skew 30 s)
+    assert not cache.vouches_for(alice, NOW + 30)
+    assert cache.vouches_for(alice, NOW + 30.001)
+    assert cache.vouches_for(bob, NOW)  # nothing of bob's was restored
+    cache.add(bob, "n1", NOW + 300, NOW)
+    cache.add(bob, "n2", NOW + 301, NOW)  # full: n1 (expiring at NOW + 300) goes
+    assert not cache.vouches_for(bob, NOW + 299)
+    assert cache.vouches_for(bob, NOW + 300.5)

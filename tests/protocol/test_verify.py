@@ -253,7 +253,7 @@ def test_no_highest_for_bytes_the_nonce_cache_cannot_vouch_for(
     window = verifier.sequences.snapshot(alice.identity.agent)
     assert window is not None
     restarted.sequences.restore(alice.identity.agent, *window)
-    restarted.nonces.complete_since = NOW + 1  # as ifab serve does when it starts
+    restarted.nonces.unknown_before(alice.identity.agent, NOW + 1)  # as ifab serve does
     replayed = restarted.check(second, now=NOW + 2)
     assert (replayed.reason, replayed.highest) == (Reason.REPLAY, None)
     alice.last_sequence -= 1  # a fresh message, sent after the restart, a number taken

@@ -29,10 +29,11 @@ class NonceCache:
         self.max_entries = max_entries
         self.evictions = 0
         #: The cache knows every nonce of the messages sent after this time that were
-        #: accepted: a nonce it lacks from such a message is fresh. Raised by an eviction
-        #: (to the evicted message's expiry, past its sending), and by whoever restores
-        #: sequence windows from before this cache (a restart: to the time of it).
+        #: accepted: a nonce it lacks from such a message is fresh (see
+        #: :meth:`vouches_for`). Raised by an eviction, to the evicted message's expiry
+        #: (past its sending).
         self.complete_since: Timestamp = float("-inf")
+        self._unknown_before: dict[AgentId, Timestamp] = {}
         self._expiry: dict[tuple[AgentId, str], Timestamp] = {}
         self._heap: list[tuple[Timestamp, AgentId, str]] = []
 
@@ -54,6 +55,17 @@ class NonceCache:
                 self.complete_since = max(self.complete_since, evicted[0])
         self._expiry[(sender, nonce)] = expires_at
         heapq.heappush(self._heap, (expires_at, sender, nonce))
+
+    def unknown_before(self, sender: AgentId, until: Timestamp) -> None:
+        """``sender``'s messages dated up to ``until`` may have been accepted without this
+        cache (its sequence window restored after a restart: ``until`` is the restart's
+        time plus the clock skew a message's date may have)."""
+        self._unknown_before[sender] = max(self._unknown_before.get(sender, until), until)
+
+    def vouches_for(self, sender: AgentId, sent_at: Timestamp) -> bool:
+        """Whether a nonce of ``sender``'s, in a message dated ``sent_at``, that the cache
+        lacks is fresh: had it been accepted, the cache would know it."""
+        return sent_at > max(self.complete_since, self._unknown_before.get(sender, sent_at - 1))
 
     def forget(self, sender: AgentId, nonce: str) -> None:
         """Take back :meth:`add`: the message that used ``nonce`` was never carried out

@@ -77,9 +77,9 @@ class Verdict:
     #: takes, under a nonce known to be fresh): the highest number accepted from the
     #: sender, so that a sender with several clients may number past it. ``None``
     #: otherwise, and for anything that may be a replay of the very bytes: a nonce seen,
-    #: or one the cache cannot vouch for (a message sent before
-    #: :attr:`NonceCache.complete_since`: before a restart, or as old as an evicted
-    #: entry), which must not be answered so: a client would sign that operation anew.
+    #: or one the cache cannot vouch for (:meth:`NonceCache.vouches_for`: a message of a
+    #: sender whose window was restored, dated before the restart, or one as old as an
+    #: evicted entry), which must not be answered so: a client would sign it anew.
     highest: int | None = None
 
     @property
@@ -238,7 +238,7 @@ class Verifier:
             # known to be fresh: one sent before a restart, or as old as an evicted entry,
             # may be the very bytes accepted then, and must not be answered with a highest
             # (a client would sign that operation anew).
-            fresh = highest if sent_at > self.nonces.complete_since else None
+            fresh = highest if self.nonces.vouches_for(sender, sent_at) else None
             if number > highest - self.sequences.window:
                 return (
                     Reason.REPLAY,

@@ -121,10 +121,12 @@ def open_server(
     keyring = load_keyring_dir(keyring_dir)
     coordinator = Coordinator(store, config=config)
     verifier = Verifier(keyring, mode=verify_mode)
+    # Whose nonces this verifier never saw (see Verdict.highest): any message accepted
+    # before now was dated at most the clock skew after it, by its sender's clock.
+    unknown_until = time.time() + verifier.clock_skew
     for sender, highest, seen in store.sequences():  # what was accepted before a restart
         verifier.sequences.restore(sender, highest, seen)
-    # (whose nonces this verifier never saw: see Verdict.highest)
-    verifier.nonces.complete_since = time.time()
+        verifier.nonces.unknown_before(sender, unknown_until)
     driver = None
     if governor:
         if policy is not None:
