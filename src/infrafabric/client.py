@@ -66,11 +66,9 @@ __all__ = ["Client", "Frame", "RemoteError", "SyncClient"]
 _TOKEN_MARGIN: Final = 60.0
 
 
-#: How far ahead of this client's own numbering (its clock in ms) another client of its
-#: identity may be for a refused message to be numbered past it: ten minutes of clock.
+#: How far ahead of this client's clock (in ms) another client of its identity may be
+#: for a refused message to be numbered past it: ten minutes.
 _MOST_AHEAD_MS: Final = 600_000
-
-
 #: Attempts of a message refused for its number alone (see :meth:`Client._post`), and how
 #: far past the highest accepted a fresh number may land (at random, under this).
 _SEQUENCE_ATTEMPTS: Final = 4

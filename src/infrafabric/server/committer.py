@@ -21,9 +21,9 @@ Where a batch runs depends on the store:
   the next batch. A batch is bounded (``max_batch``), and the store's readers (in the
   thread pool) share its lock, so a write would wait for them on any thread.
   A server has one event loop; an embedded fabric may have several (agents in threads of
-  their own, each with ``asyncio.run``, or each a ``SyncClient`` with its loop thread): every loop
-  then has its own queue and runs its own batches, one at a time across the loops (the
-  store's lock), as a server's worker threads do over Redis.
+  their own, each with ``asyncio.run``, or each a ``SyncClient`` with its loop thread):
+  every loop then has its own queue and runs its own batches, one at a time across the
+  loops (the store's lock), as a server's worker threads do over Redis.
 * **On ``workers`` threads** (a shared store: Redis). A store without group commit
   gains nothing from batches, and a thread that waits for each round trip in turn
   leaves both the server's CPU and Redis idle, so several threads run side by side;
