@@ -65,7 +65,8 @@ class NonceCache:
     def vouches_for(self, sender: AgentId, sent_at: Timestamp) -> bool:
         """Whether a nonce of ``sender``'s, in a message dated ``sent_at``, that the cache
         lacks is fresh: had it been accepted, the cache would know it."""
-        return sent_at > max(self.complete_since, self._unknown_before.get(sender, sent_at - 1))
+        unknown_before = self._unknown_before.get(sender, float("-inf"))
+        return sent_at > max(self.complete_since, unknown_before)
 
     def forget(self, sender: AgentId, nonce: str) -> None:
         """Take back :meth:`add`: the message that used ``nonce`` was never carried out
