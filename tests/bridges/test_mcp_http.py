@@ -4,6 +4,7 @@ signed message; the server checks it like any key, on every request."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -139,3 +140,23 @@ async def test_a_token_dies_with_the_key_that_lent_it(fabric: Fabric) -> None:
     ok(fabric("identity", "rotate", "alice", "--emergency"))  # alice's key was stolen
     ok(fabric("agent", "enroll", "alice"))  # the server learns of the revocation
     assert refusal(post(fabric, token)) == "KEY_REVOKED"  # and of the thief's loans
+
+
+def test_a_body_too_large_is_refused_before_it_is_read_whole(fabric: Fabric) -> None:
+    """The MCP SDK read any body whole into memory; a lent key could send gigabytes."""
+    agent(fabric, "alice")
+    token = ok(fabric("mcp", "token", "--as", "alice")).strip()
+    headers = {**MCP_HEADERS, "authorization": f"Bearer {token}"}
+    padded = {**INITIALIZE, "padding": "x" * (300 * 1024)}
+    declared = httpx.post(f"{fabric.url}/mcp", json=padded, headers=headers, timeout=30)
+
+    def chunks() -> Iterator[bytes]:  # no content-length: counted while read
+        yield b'{"padding": "'
+        for _ in range(300):
+            yield b"x" * 1024
+
+    streamed = httpx.post(f"{fabric.url}/mcp", content=chunks(), headers=headers, timeout=30)
+    for response in (declared, streamed):
+        assert response.status_code == 413, response.text
+        assert response.json()["error"]["code"] == "TOO_LARGE"
+    assert post(fabric, token).status_code == 200  # a request of a sane size still works

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from infrafabric import Keyring, SigningIdentity
+from infrafabric.client import Client
 from infrafabric.server.app import ServerState
 from infrafabric.server.runner import RunningServer, open_server, run_server
 from tests.harness import enroll
@@ -29,6 +30,13 @@ class Fabric:
 
     def admin_get(self, path: str) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers={"authorization": f"Bearer {self.admin}"})
+
+
+async def token_of(fabric: Fabric, client: Client) -> str:
+    """The session token ``client`` holds (signing in first if it has none)."""
+    await client._ensure_token()
+    assert client._token is not None
+    return client._token
 
 
 def _builtins(record: object) -> object:

@@ -46,6 +46,10 @@ def test_the_session_cookie_opens_reads_and_nothing_else(fabric: Fabric) -> None
         ({"token": "wrong"}, 401, "UNAUTHENTICATED"),
         ({"password": "x"}, 400, "MALFORMED"),
         ("not json", 400, "MALFORMED"),
+        # read whole before: anyone could make the server hold any amount (no token needed)
+        ("x" * (8 * 1024 * 1024), 413, "TOO_LARGE"),
+        ("[" * 100_000 + "]" * 100_000, 413, "TOO_LARGE"),
+        ('{"token": ' + "[" * 3000 + "]" * 3000 + "}", 400, "MALFORMED"),
     ],
 )
 def test_a_bad_login_is_refused_with_a_reason(

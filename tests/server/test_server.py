@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from infrafabric import (
@@ -32,7 +33,7 @@ from infrafabric.server.hub import REPLAY_LIMIT
 from infrafabric.server.openapi import OPENAPI
 from infrafabric.server.runner import open_server, run_server
 from tests.harness import signed_request
-from tests.server.conftest import Fabric
+from tests.server.conftest import Fabric, token_of
 
 
 def run(coroutine: Any) -> Any:
@@ -103,6 +104,65 @@ def test_authentication_refuses_wrong_keys_and_reused_challenges(fabric: Fabric)
     again = httpx.post(f"{fabric.url}/v1/auth/token", json=answer)
     assert (again.status_code, again.json()["error"]["code"]) == (401, "BAD_CHALLENGE")
     assert httpx.get(f"{fabric.url}/v1/tasks").json()["error"]["code"] == "UNAUTHENTICATED"
+
+
+def test_an_enrollment_refused_halfway_through_its_keys_trusts_none_of_them(
+    fabric: Fabric, tmp_path: Path
+) -> None:
+    """The records before the one refused stayed trusted in the server's memory (not on
+    disk, not witnessed): the agent could sign in and act until the server restarted."""
+    bob = SigningIdentity.generate(agent_id("bob"))
+    twice = SigningIdentity.generate(agent_id("bob"))  # one key listed as two versions
+    now = time.time() - 60
+    records = [
+        new_key_record(bob.agent, bob.public_key, version=1, now=now),
+        new_key_record(bob.agent, twice.public_key, version=2, now=now),
+        new_key_record(bob.agent, twice.public_key, version=3, now=now),
+    ]
+    document = {
+        "format": "infrafabric-keyring/1",
+        "keys": [msgspec.to_builtins(r) for r in records],
+    }
+    refused = httpx.post(
+        f"{fabric.url}/v1/admin/agents",
+        json={"keys": document},
+        headers={"authorization": f"Bearer {fabric.admin}"},
+    )
+    assert (refused.status_code, refused.json()["error"]["code"]) == (409, "KEY_CONFLICT")
+
+    async def scenario() -> None:
+        with pytest.raises(RemoteError) as caught:
+            async with Client.connect(fabric.url, bob):
+                pass
+        assert (caught.value.code, caught.value.status) == ("UNKNOWN_KEY", 401)
+
+    run(scenario())
+    assert not list((tmp_path / "data").rglob("bob.json"))  # nor written down
+    assert bob.agent not in [a["id"] for a in fabric.admin_get("/v1/agents").json()["agents"]]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/events?limit=0",  # a pager that never advances: it answered [] for ever
+        "/v1/events?after=-1",
+        "/v1/events?limit=1e3",
+        "/v1/events?after=" + "9" * 19,
+        "/v1/inbox?after=x",
+        "/v1/events?after=%C2%B2",  # "²": a digit to str.isdigit, not to int()
+    ],
+)
+def test_a_query_number_out_of_its_range_is_refused_with_a_reason(
+    fabric: Fabric, path: str
+) -> None:
+    alice = fabric.enroll("alice")
+
+    async def token() -> str:
+        async with Client.connect(fabric.url, alice) as client:
+            return await token_of(fabric, client)
+
+    reply = httpx.get(f"{fabric.url}{path}", headers={"authorization": f"Bearer {run(token())}"})
+    assert (reply.status_code, reply.json()["error"]["code"]) == (400, "MALFORMED"), reply.text
 
 
 def test_a_signature_of_the_wrong_length_is_refused_as_bad_not_as_a_crash(fabric: Fabric) -> None:

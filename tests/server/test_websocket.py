@@ -14,9 +14,9 @@ import websockets.asyncio.client
 import websockets.exceptions
 
 from infrafabric.client import Client, RemoteError
-from infrafabric.server.app import ServerState
+from infrafabric.server.app import MAX_FRAME_BYTES, ServerState
 from infrafabric.server.runner import open_server
-from tests.server.conftest import Fabric
+from tests.server.conftest import Fabric, token_of
 
 
 def run(coroutine: Any) -> Any:
@@ -29,12 +29,6 @@ def ws_url(fabric: Fabric, token: str, *query: str) -> str:
         + f"/v1/ws?token={token}"
         + "".join(f"&{part}" for part in query)
     )
-
-
-async def token_of(fabric: Fabric, client: Client) -> str:
-    await client._ensure_token()
-    assert client._token is not None
-    return client._token
 
 
 async def frames_until(socket: Any, wanted: str, most: int = 2000) -> list[dict[str, Any]]:
@@ -135,6 +129,13 @@ def test_subscriptions_are_checked_and_bounded(fabric: Fabric) -> None:
         ('{"type": "subscribe", "x": "' + "a" * 70_000 + '"}', 413, "TOO_LARGE", "too large"),
         ('{"type": "subscribe", "topics": 3}', 400, "MALFORMED", "not a frame"),
         ('{"type": "dance"}', 400, "MALFORMED", "unknown frame"),
+        # msgspec raised RecursionError, which dropped the connection without a word
+        (
+            '{"type": "send", "id": 7, "message": ' + "[" * 1000 + "]" * 1000 + "}",
+            400,
+            "MALFORMED",
+            "nested too deep",
+        ),
     ],
 )
 def test_an_unreadable_frame_is_refused_with_its_status_and_the_connection_goes_on(
@@ -172,6 +173,24 @@ def test_a_message_too_large_for_a_frame_gets_its_413_at_once(fabric: Fabric) ->
             assert (refused.value.code, refused.value.status) == ("TOO_LARGE", 413)
             sent = await agent.send(bob.agent, "inform", {"text": "small"})
             assert sent["delivered"][0]["receiver"] == bob.agent
+
+    run(scenario())
+
+
+def test_a_frame_far_too_large_is_cut_off_while_it_arrives(fabric: Fabric) -> None:
+    """uvicorn took in frames up to 16 MiB whole (per connection) before the server
+    refused them; one larger than any frame the server could accept closes with 1009."""
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as client:
+            url = ws_url(fabric, await token_of(fabric, client), "inbox=false")
+            async with websockets.asyncio.client.connect(url) as socket:
+                await socket.send('{"type": "subscribe", "x": "' + "a" * MAX_FRAME_BYTES + '"}')
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    await asyncio.wait_for(socket.recv(), 10)
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == 1009  # "message too big"
 
     run(scenario())
 

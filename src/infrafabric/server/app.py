@@ -42,8 +42,8 @@ from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.addresses import subscription_problem
 from infrafabric.protocol.keyring import KeyRecord, Keyring, KeyringFile
 from infrafabric.protocol.timefmt import parse_timestamp
-from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import AuthError, Sessions
+from infrafabric.server.bodies import MAX_BODY, decode, json_body, loads, read_body
 from infrafabric.server.committer import Committer
 from infrafabric.server.dashboard import dashboard_routes
 from infrafabric.server.hub import QUEUE_LIMIT, Connection, Hub
@@ -76,8 +76,6 @@ SHARED_STORE_WORKERS: Final = 4
 SESSION_COOKIE: Final = "ifab_operator"
 #: The content type of the Prometheus text format.
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-#: Largest request body: a message, or an enrollment with a keyring document.
-MAX_BODY: Final = DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -268,27 +266,6 @@ def _json(document: Any, status: int) -> Response:
     )
 
 
-async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ServiceError("TOO_LARGE", f"body of {declared} bytes > {MAX_BODY}", 413)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise ServiceError("TOO_LARGE", f"body larger than {MAX_BODY} bytes", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _json_body(request: Request, shape: type[Any]) -> Any:
-    data = await _body(request)
-    try:
-        return msgspec.json.decode(data, type=shape)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ServiceError("MALFORMED", str(exc), 400) from None
-
-
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     return header[7:] if header.lower().startswith("bearer ") else None
@@ -350,7 +327,7 @@ class _TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 async def _challenge(state: ServerState, request: Request) -> dict[str, Any]:
-    asked = await _json_body(request, _ChallengeRequest)
+    asked = await json_body(request, _ChallengeRequest)
     try:
         return {"challenge": state.sessions.challenge(asked.agent, state.clock())}
     except AuthError as exc:
@@ -358,7 +335,7 @@ async def _challenge(state: ServerState, request: Request) -> dict[str, Any]:
 
 
 async def _token(state: ServerState, request: Request) -> dict[str, Any]:
-    answer = await _json_body(request, _TokenRequest)
+    answer = await json_body(request, _TokenRequest)
     try:
         token = await run_in_threadpool(  # (over Redis a challenge is spent there)
             state.sessions.token,
@@ -375,7 +352,7 @@ async def _token(state: ServerState, request: Request) -> dict[str, Any]:
 
 
 async def _messages(state: ServerState, request: Request) -> dict[str, Any]:
-    data = await _body(request)
+    data = await read_body(request)
     return await state.committer.submit(data, state.clock())
 
 
@@ -439,7 +416,8 @@ async def _agents(state: ServerState, request: Request) -> dict[str, Any]:
 
 async def _events(state: ServerState, request: Request) -> dict[str, Any]:
     _reader(state, request)
-    after, limit = _int_param(request, "after", 0), min(_int_param(request, "limit", 500), 5000)
+    after = _int_param(request, "after", 0)
+    limit = min(_int_param(request, "limit", 500, least=1), 5000)
     stored = await run_in_threadpool(state.service.store.events_since, after, limit)
     return {"events": [{"seq": s.seq, **msgspec.to_builtins(s.event)} for s in stored]}
 
@@ -467,7 +445,7 @@ async def _ack(state: ServerState, request: Request) -> dict[str, Any]:
 
 async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
     _admin(state, request)
-    enrollment = await _json_body(request, _Enrollment)
+    enrollment = await json_body(request, _Enrollment)
     agents = sorted({record.agent for record in enrollment.keys.keys})
     if len(agents) != 1:
         raise ServiceError("MALFORMED", "enroll one agent at a time", 400)
@@ -482,13 +460,28 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
     events = []
     try:
         with keyring_lock(state.keyring_dir):
+            # Every record is checked, and the agent's keyring file written, before any
+            # is trusted: a refusal halfway through the list (a record contradicting a
+            # trusted one, or another of the list) left the records before it trusted in
+            # this server's memory, unwritten and unwitnessed, until it restarted.
+            staged = Keyring(
+                [*state.keyring.for_agent(agents[0])]
+                + [
+                    known
+                    for key in enrollment.keys.keys
+                    if (known := state.keyring.get(key.kid)) is not None
+                    and known.agent != agents[0]
+                ]
+            )
+            for key in enrollment.keys.keys:
+                staged.add(key)
+            write_keyring_dir(staged, state.keyring_dir, agents=agents)
             for key in enrollment.keys.keys:
                 before = state.keyring.get(key.kid)
                 after = state.keyring.add(key)
                 if before is None or before.state != after.state:
                     events.append(key_event(before, after, now))
-            write_keyring_dir(state.keyring, state.keyring_dir, agents=agents)
-    except KeyringError as exc:  # a record that contradicts a trusted one
+    except KeyringError as exc:  # a record that contradicts a trusted one, or another
         raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
     record = AgentRecord(
         id=agents[0],
@@ -608,9 +601,8 @@ async def _witness_entries(state: ServerState, request: Request) -> dict[str, An
     witness = _witness(state, request)
     start = _int_param(request, "start", 0)
     where = _entry_filter(request)
-    # the limit asked for, before any clamping to the range (an empty range is no error)
-    if "limit" in request.query_params and _int_param(request, "limit", 1) < 1:
-        raise ServiceError("MALFORMED", "limit is at least 1", 400)  # a pager never advancing
+    # the limit as asked, before it is clamped to the range (an empty range is no error)
+    _int_param(request, "limit", 1, least=1)
     if "end" in request.query_params:  # a range: [start, end), at most 1,000 entries
         span = min(max(0, _int_param(request, "end", 0) - start), MAX_WITNESS_ENTRIES)
         limit = min(_int_param(request, "limit", span), span)
@@ -751,7 +743,9 @@ async def _undamaged(answer: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         ) from None
 
 
-def _int_param(request: Request, name: str, default: int) -> int:
+def _int_param(request: Request, name: str, default: int, *, least: int = 0) -> int:
+    """Query parameter ``name``, a decimal integer of at least ``least`` (a ``limit`` of 0
+    would be a pager that never advances); ``default`` when it is not given."""
     text = request.query_params.get(name)
     if text is None:
         return default
@@ -759,12 +753,21 @@ def _int_param(request: Request, name: str, default: int) -> int:
         raise ServiceError(
             "MALFORMED", f"{name} must be a non-negative integer (ASCII, < 10^18)", 400
         )
+    if int(text) < least:
+        raise ServiceError("MALFORMED", f"{name} is at least {least}", 400)
     return int(text)
 
 
 # -- the WebSocket -------------------------------------------------------------------------
 
+#: Largest frame read, in characters: a message and the frame around it.
 MAX_FRAME: Final = MAX_BODY + 1024
+#: Largest frame the WebSocket layer takes in, in bytes (its ``ws_max_size``): any frame
+#: beyond it has more than MAX_FRAME characters (UTF-8 spends at most four bytes on one),
+#: so it is cut off while arriving, closing with 1009, instead of being read whole (up
+#: to uvicorn's default of 16 MiB per connection) only to be refused. Frames between
+#: MAX_FRAME and this still get their 413 frame, naming the request they carried.
+MAX_FRAME_BYTES: Final = 4 * MAX_FRAME
 
 
 async def _websocket(state: ServerState, websocket: WebSocket) -> None:
@@ -875,7 +878,6 @@ class _Frame(msgspec.Struct):
     replay: bool = False
 
 
-_FRAME_DECODER: Final = msgspec.json.Decoder(_Frame)
 _FRAME_ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -893,14 +895,9 @@ async def _frame_reply(
             },
         }
     try:
-        frame = _FRAME_DECODER.decode(text)
-    except msgspec.DecodeError as exc:
-        return {
-            "type": "error",
-            "id": _frame_id(text),
-            "status": 400,
-            "error": {"code": "MALFORMED", "detail": f"not a frame: {exc}"},
-        }
+        frame = decode(text, _Frame, "frame")
+    except ServiceError as exc:
+        return {"type": "error", "id": _frame_id(text), "status": exc.status, **exc.to_json()}
     kind, request_id = frame.type, frame.id
     try:
         if kind == "subscribe":
@@ -949,8 +946,5 @@ def _leading_send_id(text: str) -> int | None:
 def _frame_id(text: str) -> Any:
     """The ``id`` of a frame that did not decode, if it has one, so the error reaches the
     request that caused it."""
-    try:
-        document = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None
+    document = loads(text)
     return document.get("id") if isinstance(document, dict) else None

@@ -21,6 +21,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from infrafabric.server.auth import OPERATOR_SESSION_SECONDS
+from infrafabric.server.bodies import json_body
+from infrafabric.service import ServiceError
 
 if TYPE_CHECKING:
     from infrafabric.server.app import ServerState
@@ -63,10 +65,10 @@ def dashboard_routes(state: ServerState, cookie: str) -> list[Route]:
         return Response(_asset(name), 200, SECURITY_HEADERS, ASSETS[name])
 
     async def login(request: Request) -> Response:
-        try:
-            body = msgspec.json.decode(await request.body(), type=_Login)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _refusal("MALFORMED", str(exc), 400)
+        try:  # read with a bound: anyone may post here, before signing in
+            body = await json_body(request, _Login)
+        except ServiceError as exc:
+            return _refusal(exc.code, exc.detail, exc.status)
         if not state.sessions.is_admin(body.token):
             return _refusal("UNAUTHENTICATED", "that is not this fabric's operator token", 401)
         response = Response(b'{"ok":true}', 200, media_type="application/json")

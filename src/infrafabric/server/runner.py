@@ -37,7 +37,7 @@ from infrafabric.keystore import Keystore, load_keyring_dir
 from infrafabric.outage import Outage
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Mode, Verifier
-from infrafabric.server.app import ServerState, create_app
+from infrafabric.server.app import MAX_FRAME_BYTES, ServerState, create_app
 from infrafabric.server.auth import Sessions
 from infrafabric.service import FabricService
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS, SqliteStore
@@ -283,6 +283,7 @@ def run_server(
         log_config=None if own_logging else uvicorn.config.LOGGING_CONFIG,
         ws_ping_interval=20,
         ws_ping_timeout=20,
+        ws_max_size=MAX_FRAME_BYTES,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="ifab-server", daemon=True)

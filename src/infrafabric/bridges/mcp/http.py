@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Final
 import httpx
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrafabric.bridges.mcp.token import TokenError, parse_token
 from infrafabric.bridges.mcp.tools import build_server
@@ -38,6 +38,9 @@ __all__ = ["McpEndpoint"]
 
 #: Clients kept open for recent callers (each holds a session token; the oldest goes).
 MAX_CLIENTS: Final = 256
+#: Largest request body read: a tool call carrying the largest message (64 KiB), its
+#: content escaped once more inside the JSON-RPC request.
+MAX_BODY: Final = 256 * 1024
 #: The client of the agent the current request acts for.
 _CALLER: Final = contextvars.ContextVar[Client | None]("infrafabric_mcp_caller", default=None)
 _IN_PROCESS_URL: Final = "http://in-process.fabric"
@@ -97,9 +100,15 @@ class McpEndpoint:
         except _Unauthenticated as exc:
             await _refuse(send, exc.code, exc.detail)
             return
+        try:
+            # read here, with a bound: the SDK reads a body whole, however large
+            body = await _bounded_body(scope, receive)
+        except _TooLarge as exc:
+            await _refuse(send, "TOO_LARGE", str(exc), status=413)
+            return
         token = _CALLER.set(client)
         try:
-            await self._manager.handle_request(scope, receive, send)
+            await self._manager.handle_request(scope, _replaying(body, receive), send)
         finally:
             _CALLER.reset(token)
 
@@ -170,17 +179,53 @@ class McpEndpoint:
             return client
 
 
-async def _refuse(send: Send, code: str, detail: str) -> None:
+class _TooLarge(Exception):
+    pass
+
+
+async def _bounded_body(scope: Scope, receive: Receive) -> bytes:
+    """The request's body, refused (:class:`_TooLarge`) past :data:`MAX_BODY`: from its
+    declared length before reading, or while reading."""
+    declared = dict(scope["headers"]).get(b"content-length", b"")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise _TooLarge(f"body of {int(declared)} bytes > {MAX_BODY}")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # the client went away
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _TooLarge(f"body larger than {MAX_BODY} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``body`` (already read) once, then waits as ``receive``
+    does (for the client's disconnect)."""
+    given = False
+
+    async def replay() -> Message:
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _refuse(send: Send, code: str, detail: str, *, status: int = 401) -> None:
     body = json.dumps({"error": {"code": code, "detail": detail}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="infrafabric"'),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="infrafabric"'))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
