@@ -966,10 +966,14 @@ class SyncClient:
             agent.complete(task["id"], {"ok": True})
     """
 
+    #: as :meth:`Client.trace` (the context reaches the loop thread with each call)
+    trace = staticmethod(Client.trace)
+
     def __init__(self, client: Client, loop: asyncio.AbstractEventLoop) -> None:
         self._client = client
         self._loop = loop
         self.agent = client.agent
+        self.identity = client.identity
 
     @classmethod
     @contextlib.contextmanager
@@ -993,7 +997,10 @@ class SyncClient:
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
         if name.startswith("_") or not asyncio.iscoroutinefunction(method):
-            raise AttributeError(f"SyncClient has no {name!r} (streams need the async Client)")
+            raise AttributeError(
+                f"SyncClient has no {name!r}: it runs Client's coroutine methods only"
+                " (stream, use_mesh and outbox need the async Client)"
+            )
 
         def blocking(*args: Any, **kwargs: Any) -> Any:
             return asyncio.run_coroutine_threadsafe(method(*args, **kwargs), self._loop).result()

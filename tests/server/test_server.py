@@ -535,6 +535,12 @@ def test_the_sync_client_for_code_that_is_not_async(fabric: Fabric) -> None:
         assert agent.complete("p", {"ok": True})["state"] == "completed"
         with pytest.raises(AttributeError, match="async Client"):
             agent.stream  # noqa: B018 - the attribute access is the test
+        # Client.trace works here too (docs/server.md says so): it had no trace
+        assert agent.identity is worker
+        with agent.trace("trace-of-q"):
+            agent.create_task("traced", id="q")
+        created = [e for e in agent.events() if e["kind"] == "task.created"]
+        assert [e.get("trace_id") for e in created] == [None, "trace-of-q"]
 
 
 def test_websocket_frames_carry_signed_messages_and_name_each_refusal(fabric: Fabric) -> None:

@@ -54,7 +54,7 @@ def serve(
             "--max-attempts",
             min=1,
             max=20,
-            help="Claims that may end without completion before a task is dead (a task may set its own).",
+            help="Claims that may fail or expire before a task is dead (give_up does not count; a task may set its own).",
         ),
     ] = DEFAULT_CONFIG.max_attempts,
     max_helpers: Annotated[
