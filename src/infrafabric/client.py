@@ -62,8 +62,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Client", "Frame", "RemoteError", "SyncClient"]
 
-#: Renew the token this long before it expires.
+#: Renew the token this long before it expires (at most a quarter of its life).
 _TOKEN_MARGIN: Final = 60.0
+#: A stream whose token could not be renewed (the server unreachable) tries again after.
+_RENEW_RETRY_SECONDS: Final = 5.0
 
 
 #: How far ahead of this client's clock (in ms) another client of its identity may be
@@ -420,6 +422,7 @@ class Client:
                 yield local_frames
             return
         opened = await self._open_stream()
+        held = self._token  # (the one it was opened with)
         async with opened as socket:
             try:
                 await socket.send(
@@ -450,7 +453,36 @@ class Client:
                 except websockets.exceptions.ConnectionClosedError as exc:  # not a clean close
                     raise _disconnected(exc) from None
 
-            yield frames()
+            renewer = asyncio.create_task(self._keep_renewed(socket, held))
+            try:
+                yield frames()
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+
+    async def _keep_renewed(
+        self, socket: websockets.asyncio.client.ClientConnection, held: str | None
+    ) -> None:
+        """Renew a stream's token before it expires: the server closes the stream then.
+        A renewal the server refuses comes back as its error frame, which the stream
+        raises. A sign-in refused for good (a revoked key) renews nothing: the stream
+        closes when its token expires. One that fails for now is tried again."""
+        while True:
+            await asyncio.sleep(max(0.0, self._token_until - time.monotonic()) + 0.05)
+            try:
+                fresh = await self._renewed(held)
+                if fresh is not None:
+                    await socket.send(json.dumps({"type": "renew", "token": fresh}))
+                    held = fresh
+            except websockets.exceptions.ConnectionClosed:
+                return  # the stream says so
+            except RemoteError as exc:
+                if exc.status in (401, 403):
+                    return
+                await asyncio.sleep(_RENEW_RETRY_SECONDS)
+            except httpx.HTTPError:
+                await asyncio.sleep(_RENEW_RETRY_SECONDS)
 
     async def _open_stream(self) -> websockets.asyncio.client.ClientConnection:
         """The stream's WebSocket. A handshake refused with 401 (a server restarted since
@@ -685,7 +717,16 @@ class Client:
 
     async def _request_socket(self) -> _RequestSocket:
         if self._socket is not None and not self._socket.closed:
-            return self._socket
+            # The server closes a socket when the token it holds expires: renewed before
+            # (in band, so the calls in flight on it go on).
+            fresh = await self._renewed(self._socket.token)
+            if fresh is None:
+                return self._socket
+            try:
+                await self._socket.renew(fresh)
+                return self._socket
+            except RemoteError:  # (it closed meanwhile, or refused: a new one, then)
+                await self._close_socket()
         await self._ensure_token()
         ws_url = self.url.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         for attempt in (1, 2):
@@ -704,7 +745,7 @@ class Client:
             except (OSError, websockets.exceptions.WebSocketException) as exc:
                 raise RemoteError("DISCONNECTED", f"cannot reach {self.url}: {exc}", 503) from None
             break
-        self._socket = _RequestSocket(socket)
+        self._socket = _RequestSocket(socket, self._token)
         return self._socket
 
     async def _close_socket(self) -> None:
@@ -750,8 +791,17 @@ class Client:
             "challenge": challenge,
             "signature": b64url_encode(signature),
         }
-        self._token = _reply(await self._http.post("/v1/auth/token", json=answer))["token"]
-        self._token_until = started + TOKEN_SECONDS - _TOKEN_MARGIN
+        reply = _reply(await self._http.post("/v1/auth/token", json=answer))
+        self._token = reply["token"]
+        # (a server before 0.2 did not say; its tokens lived TOKEN_SECONDS)
+        life = float(reply.get("expires_in", TOKEN_SECONDS))
+        self._token_until = started + life - min(_TOKEN_MARGIN, life / 4)
+
+    async def _renewed(self, held: str | None) -> str | None:
+        """A token to renew a socket opened (or last renewed) with ``held``: a fresh one
+        once ``held`` is due for renewal, else ``None``."""
+        await self._ensure_token()
+        return None if self._token == held else self._token
 
 
 @contextlib.asynccontextmanager
@@ -815,8 +865,11 @@ class _RequestSocket:
     """One WebSocket carrying a client's signed messages (``send`` frames) and the replies,
     matched by frame id."""
 
-    def __init__(self, socket: websockets.asyncio.client.ClientConnection) -> None:
+    def __init__(
+        self, socket: websockets.asyncio.client.ClientConnection, token: str | None
+    ) -> None:
         self._socket = socket
+        self.token = token  # the token it was opened or last renewed with
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._last_id = 0
         self.closed = False
@@ -824,11 +877,26 @@ class _RequestSocket:
 
     async def send(self, body: bytes) -> asyncio.Future[dict[str, Any]]:
         """Send one wire message; the future settles with its reply (or a RemoteError)."""
+        return await self._send_frame(
+            lambda frame_id: b'{"type":"send","id":%d,"message":%s}' % (frame_id, body)
+        )
+
+    async def renew(self, token: str) -> None:
+        """Extend this connection's life to ``token``'s (before the one it holds expires)."""
+        frame = {"type": "renew", "token": token}
+        await (
+            await self._send_frame(lambda frame_id: json.dumps({**frame, "id": frame_id}).encode())
+        )
+        self.token = token
+
+    async def _send_frame(self, make: Callable[[int], bytes]) -> asyncio.Future[dict[str, Any]]:
+        """Send the frame ``make`` makes with a fresh frame id; the future settles with
+        the answer of that id."""
         self._last_id += 1
         frame_id = self._last_id
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[frame_id] = future
-        frame = b'{"type":"send","id":%d,"message":%s}' % (frame_id, body)
+        frame = make(frame_id)
         try:
             await self._socket.send(frame.decode())
         except websockets.exceptions.ConnectionClosed as exc:
@@ -868,6 +936,8 @@ class _RequestSocket:
                     continue  # not an answer to us (or one nobody waits for any more)
                 if frame.get("type") == "reply":
                     future.set_result(frame["result"])
+                elif frame.get("type") == "renewed":
+                    future.set_result(frame)
                 else:
                     status = int(frame.get("status", 400))
                     future.set_exception(RemoteError.of(frame.get("error"), status))

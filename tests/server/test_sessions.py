@@ -81,3 +81,19 @@ def test_a_token_that_is_not_ascii_is_simply_not_the_admin_token() -> None:
         assert not sessions.is_admin(token)
         assert sessions.agent_of(token, NOW) is None
         assert not sessions.is_operator_session(token, NOW)
+
+
+def test_a_token_and_an_operator_session_say_when_they_expire() -> None:
+    """A WebSocket lives until then (the server reads it at the handshake and renewal)."""
+    keyring, alice = setup()
+    sessions = Sessions(keyring, "operator token", token_seconds=30.0)
+    token = answer(sessions, alice, sessions.challenge(alice.agent, NOW))
+    assert sessions.token_expiry(token, NOW + 10) == (alice.agent, NOW + 30)
+    assert sessions.token_expiry(token, NOW + 31) is None
+    assert sessions.token_expiry(token[:-2], NOW) is None  # forged
+    session = sessions.operator_session(NOW)
+    until = sessions.operator_session_expiry(session, NOW)
+    assert until is not None
+    assert until > NOW + 3600
+    assert sessions.operator_session_expiry(token, NOW) is None  # a token is no session
+    assert sessions.token_expiry(session, NOW) is None  # nor a session a token

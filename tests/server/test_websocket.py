@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,8 @@ import websockets.asyncio.client
 import websockets.exceptions
 
 from infrafabric.client import Client, RemoteError
-from infrafabric.server.app import MAX_FRAME_BYTES, ServerState
-from infrafabric.server.runner import open_server
+from infrafabric.server.app import MAX_FRAME_BYTES, TOKEN_EXPIRED_CLOSE, ServerState
+from infrafabric.server.runner import open_server, run_server
 from tests.server.conftest import Fabric, token_of
 
 
@@ -383,5 +384,108 @@ def test_an_ack_is_a_signed_message_and_the_unsigned_ways_answer_where_it_went(
             [(bobs, _)] = await sender.inbox()
             assert await client.ack(bobs) is False
             assert [p for p, _ in await sender.inbox()] == [bobs]
+
+    run(scenario())
+
+
+@pytest.fixture
+def short_tokens(tmp_path: Path) -> Iterator[Fabric]:
+    """A real server whose session tokens live 3 s (15 minutes by default)."""
+    state = open_server(tmp_path / "data", synchronous="NORMAL")
+    state.sessions.token_seconds = 3.0
+    with run_server(state) as server:
+        yield Fabric(server, state.sessions.admin_token)
+
+
+def test_a_socket_closes_when_its_token_expires_unless_renewed(short_tokens: Fabric) -> None:
+    """A socket lived on after its token expired (pings kept it up), so an agent whose
+    key was revoked went on reading every board event and its direct messages."""
+    fabric = short_tokens
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def fresh_token(client: Client) -> str:
+        await client._authenticate()
+        assert client._token is not None
+        return client._token
+
+    async def answer(socket: Any, frame: dict[str, Any]) -> dict[str, Any]:
+        await socket.send(json.dumps(frame))
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(socket.recv(), 10))
+        return reply
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as client,
+            Client.connect(fabric.url, bob) as other,
+        ):
+            kept_url = ws_url(fabric, await fresh_token(client), "inbox=false")
+            left_url = ws_url(fabric, await fresh_token(client), "inbox=false")
+            async with (
+                websockets.asyncio.client.connect(kept_url) as kept,
+                websockets.asyncio.client.connect(left_url) as left,
+            ):
+                for token, status, code in [
+                    ("not-a-token", 401, "UNAUTHENTICATED"),
+                    (
+                        await fresh_token(other),
+                        403,
+                        "NOT_OWNER",
+                    ),  # bob's renews no socket of alice's
+                ]:
+                    refused = await answer(kept, {"type": "renew", "id": 1, "token": token})
+                    assert (refused["status"], refused["error"]["code"]) == (status, code)
+                await asyncio.sleep(1.0)
+                renewed = await answer(
+                    kept, {"type": "renew", "id": 2, "token": await fresh_token(client)}
+                )
+                assert renewed["type"] == "renewed"
+                assert 2.0 < renewed["expires_in"] <= 3.0
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    await asyncio.wait_for(left.recv(), 10)  # its token expires in about 2 s
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == TOKEN_EXPIRED_CLOSE
+                # past the first token's expiry, the renewed socket still answers
+                subscribed = await answer(kept, {"type": "subscribe", "topics": ["if://topic/x"]})
+                assert subscribed["type"] == "subscribed"
+                with pytest.raises(websockets.exceptions.ConnectionClosed):
+                    await asyncio.wait_for(kept.recv(), 10)  # until its new token expires
+
+    run(scenario())
+
+
+def test_the_sdk_renews_its_sockets_before_their_tokens_expire(short_tokens: Fabric) -> None:
+    """Its request socket and its streams outlive many tokens without a reconnect: the
+    calls in flight and the events of a stream go on."""
+    fabric = short_tokens
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with (
+            Client.connect(fabric.url, alice) as agent,
+            Client.connect(fabric.url, bob) as planner,
+        ):
+            await agent.tasks()  # (a read: signs in)
+            await agent.send(bob.agent, "inform", {"n": 0})
+            socket = agent._socket
+            async with agent.stream(["if://topic/board/**"]) as frames:
+                seen = []
+                # 7 s, more than two token lives; a call every 0.5 s, within the 0.75 s
+                # before each expiry when the SDK renews (a socket left idle through it
+                # is closed, and the next call opens another)
+                for round_ in range(1, 15):
+                    await asyncio.sleep(0.5)
+                    await planner.create_task(f"round {round_}", id=f"t{round_}")
+                    await agent.send(bob.agent, "inform", {"n": round_})
+                    async with asyncio.timeout(10):
+                        async for frame in frames:
+                            if (
+                                frame.kind == "event"
+                                and frame.data["event"]["kind"] == "task.created"
+                            ):
+                                seen.append(frame.data["event"]["task_id"])
+                                break
+            assert seen == [f"t{n}" for n in range(1, 15)]
+            assert agent._socket is socket  # renewed in band, not opened again
+            assert not socket.closed
 
     run(scenario())

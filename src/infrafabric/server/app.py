@@ -294,14 +294,16 @@ def _admin(state: ServerState, request: Request) -> None:
         raise ServiceError("UNAUTHENTICATED", "this needs the operator's admin token", 401)
 
 
-def _dashboard_socket(state: ServerState, websocket: WebSocket) -> bool:
+def _dashboard_socket(state: ServerState, websocket: WebSocket) -> Timestamp | None:
     """The dashboard's WebSocket: the operator's session cookie, from a page of this very
-    server (a browser sends the cookie to any page's WebSocket: the origin must match)."""
+    server (a browser sends the cookie to any page's WebSocket: the origin must match).
+    When the session expires, or ``None`` if this is no such socket."""
     host = websocket.headers.get("host", "")
     origin = websocket.headers.get("origin", "")
-    same_origin = origin in (f"http://{host}", f"https://{host}")
+    if origin not in (f"http://{host}", f"https://{host}"):
+        return None
     session = websocket.cookies.get(SESSION_COOKIE)
-    return same_origin and state.sessions.is_operator_session(session, state.clock())
+    return state.sessions.operator_session_expiry(session, state.clock())
 
 
 # -- routes -------------------------------------------------------------------------------
@@ -348,7 +350,8 @@ async def _token(state: ServerState, request: Request) -> dict[str, Any]:
     except AuthError as exc:
         # an answer that is not even base64url is a malformed request, as everywhere else
         raise ServiceError(exc.code, exc.detail, 400 if exc.code == "MALFORMED" else 401) from None
-    return {"token": token, "agent": answer.agent}
+    # (how long it opens reads and the WebSocket: the SDK renews it before then)
+    return {"token": token, "agent": answer.agent, "expires_in": state.sessions.token_seconds}
 
 
 async def _messages(state: ServerState, request: Request) -> dict[str, Any]:
@@ -760,6 +763,9 @@ def _int_param(request: Request, name: str, default: int, *, least: int = 0) -> 
 
 # -- the WebSocket -------------------------------------------------------------------------
 
+#: The close code of a connection whose token expired (4000-4999: the application's own;
+#: 4401 as HTTP's 401). The SDK renews its sockets' tokens before they expire.
+TOKEN_EXPIRED_CLOSE: Final = 4401
 #: Largest frame read, in characters: a message and the frame around it.
 MAX_FRAME: Final = MAX_BODY + 1024
 #: Largest frame the WebSocket layer takes in, in bytes (its ``ws_max_size``): any frame
@@ -772,13 +778,20 @@ MAX_FRAME_BYTES: Final = 4 * MAX_FRAME
 
 async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     token = websocket.query_params.get("token")
-    admin = state.sessions.is_admin(token) or (
-        token is None and _dashboard_socket(state, websocket)
-    )
-    agent = None if admin else state.sessions.agent_of(token, state.clock())
-    if agent is None and not admin:
-        await _refuse_handshake(websocket)
-        return
+    # Who is connecting, and until when: a socket lives no longer than the token or the
+    # dashboard session that opened it (or renewed it: a "renew" frame), or it would
+    # outlive a key revoked since, whatever docs/server.md promises of the token.
+    agent, until = None, None
+    if not state.sessions.is_admin(token):  # (the admin token does not expire)
+        opened: tuple[AgentId | None, Timestamp] | None = None
+        if token is not None:
+            opened = state.sessions.token_expiry(token, state.clock())
+        elif (session_until := _dashboard_socket(state, websocket)) is not None:
+            opened = (None, session_until)
+        if opened is None:
+            await _refuse_handshake(websocket)
+            return
+        agent, until = opened
     hub = state.hub
     assert hub is not None  # set by the lifespan before any request
     await websocket.accept()
@@ -786,11 +799,13 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     # messages are not pushed to it as well as to the agent's stream.
     inbox = agent is not None and websocket.query_params.get("inbox", "true") != "false"
     connection = Connection(agent, hub.queue_limit, inbox=inbox, held=[] if inbox else None)
+    connection.until = until
     hub.connections.add(connection)
     receiver = asyncio.current_task()
     assert receiver is not None
     connection.on_overflow = receiver.cancel  # stop reading from a client that will not read
     sender: asyncio.Task[None] | None = None
+    expiry = None if until is None else asyncio.create_task(_expire(state, connection, receiver))
     try:
         # The inbox waiting on connect goes out first, each frame as the client takes it,
         # outside the queue: it may be as long as the queue itself (an agent with a full
@@ -827,17 +842,32 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     except asyncio.CancelledError:
-        if not connection.overflowed:
+        if not (connection.overflowed or connection.expired):
             raise  # the server is stopping: not ours to swallow
     finally:
         hub.connections.discard(connection)
-        if sender is not None:
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sender
+        for task in (sender, expiry):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        closing = None
         if connection.overflowed:
+            closing = (1013, "too slow: frames piled up")
+        elif connection.expired:
+            closing = (TOKEN_EXPIRED_CLOSE, "the token expired: renew it before it does")
+        if closing is not None:
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # it may be gone already
-                await websocket.close(code=1013, reason="too slow: frames piled up")
+                await websocket.close(code=closing[0], reason=closing[1])
+
+
+async def _expire(state: ServerState, connection: Connection, receiver: asyncio.Task[Any]) -> None:
+    """Stop ``connection`` once its token (or session) has expired, unless renewed.
+    (Woken at least every minute: the fabric's clock may be a test's, set by hand.)"""
+    while connection.until is not None and (left := connection.until - state.clock()) >= 0:
+        await asyncio.sleep(min(left + 0.01, 60.0))
+    connection.expired = True
+    receiver.cancel()
 
 
 async def _refuse_handshake(websocket: WebSocket) -> None:
@@ -876,6 +906,7 @@ class _Frame(msgspec.Struct):
     message: msgspec.Raw = msgspec.Raw(b"")  # empty: none given
     topics: list[str] = []
     replay: bool = False
+    token: str | None = None  # a renew frame's
 
 
 _FRAME_ENCODER: Final = msgspec.json.Encoder()
@@ -915,6 +946,8 @@ async def _frame_reply(
             return {"type": "subscribed", "id": request_id, "topics": sorted(connection.topics)}
         if kind == "ack":
             raise ServiceError("SIGNED_ACK", _SIGNED_ACK, 410)
+        if kind == "renew":
+            return _renew(state, connection, frame)
         if kind == "send":
             if not frame.message:
                 raise ServiceError("MALFORMED", "a send frame carries a message", 400)
@@ -930,6 +963,21 @@ async def _frame_reply(
         "status": 400,
         "error": {"code": "MALFORMED", "detail": f"unknown frame {kind!r}"},
     }
+
+
+def _renew(state: ServerState, connection: Connection, frame: _Frame) -> dict[str, Any]:
+    """A fresh token of the connection's own agent extends its life to that token's."""
+    if connection.agent is None:
+        raise ServiceError("MALFORMED", "only an agent's connection is renewed (by a token)", 400)
+    opened = state.sessions.token_expiry(frame.token, state.clock())
+    if opened is None:
+        raise ServiceError("UNAUTHENTICATED", "renew with a valid token", 401)
+    if opened[0] != connection.agent:
+        raise ServiceError(
+            "NOT_OWNER", f"a token of {opened[0]} renews no connection of {connection.agent}", 403
+        )
+    connection.until = max(connection.until or 0.0, opened[1])
+    return {"type": "renewed", "id": frame.id, "expires_in": connection.until - state.clock()}
 
 
 #: How a send frame begins (the SDK writes it so): its id is found without reading on.

@@ -66,7 +66,8 @@ class Sessions:
       time (by default this server's memory; several servers pass the shared store's
       nonce record);
     * a token is the agent and its expiry, MACed. It cannot be withdrawn before it
-      expires (15 minutes), but it only opens reads, the inbox and the WebSocket: a
+      expires (``token_seconds``, 15 minutes), but it only opens reads, the inbox and the
+      WebSocket (which closes when the token it was opened or renewed with expires): a
       revoked key signs no change, and a new token needs a valid key.
     """
 
@@ -76,9 +77,11 @@ class Sessions:
         admin_token: str,
         *,
         used_once: Callable[[str, Timestamp, Timestamp], bool] | None = None,
+        token_seconds: float = TOKEN_SECONDS,
     ) -> None:
         self.keyring = keyring
         self.admin_token = admin_token
+        self.token_seconds = token_seconds
         self._key = HKDF(
             algorithm=hashes.SHA256(), length=32, salt=None, info=b"infrafabric sessions v1"
         ).derive(admin_token.encode())
@@ -116,12 +119,19 @@ class Sessions:
         # spent only once answered: a forged answer must not use up the record's room
         if not self._used_once(challenge, until, now):
             raise AuthError("BAD_CHALLENGE", "unknown, used or expired challenge")
-        return self._seal(b"token", now + TOKEN_SECONDS, agent.encode())
+        return self._seal(b"token", now + self.token_seconds, agent.encode())
 
     def agent_of(self, token: str | None, now: Timestamp) -> AgentId | None:
         """The agent a token belongs to, or ``None`` if it is not one of ours or expired."""
-        subject = self._open(b"token", token, now)
-        return subject.decode() if subject else None
+        opened = self.token_expiry(token, now)
+        return None if opened is None else opened[0]
+
+    def token_expiry(self, token: str | None, now: Timestamp) -> tuple[AgentId, Timestamp] | None:
+        """The agent a token belongs to and when it expires; ``None`` as for :meth:`agent_of`."""
+        opened = self._open(b"token", token, now)
+        if opened is None or not opened[1]:
+            return None
+        return opened[1].decode(), opened[0]
 
     def is_admin(self, token: str | None) -> bool:
         # compared as bytes: compare_digest refuses a str that is not ASCII with a
@@ -136,16 +146,23 @@ class Sessions:
         return self._seal(b"operator", now + OPERATOR_SESSION_SECONDS, b"")
 
     def is_operator_session(self, session: str | None, now: Timestamp) -> bool:
-        return self._open(b"operator", session, now) == b""
+        return self.operator_session_expiry(session, now) is not None
+
+    def operator_session_expiry(self, session: str | None, now: Timestamp) -> Timestamp | None:
+        """When an operator session expires; ``None`` if it is not one or has expired."""
+        opened = self._open(b"operator", session, now)
+        return None if opened is None or opened[1] != b"" else opened[0]
 
     def _seal(self, purpose: bytes, until: Timestamp, subject: bytes) -> str:
         """``until`` and ``subject``, MACed for ``purpose``: a token needing no memory."""
         body = struct.pack(">d", until) + subject
         return b64url_encode(body) + "." + b64url_encode(self._mac(purpose, body))
 
-    def _open(self, purpose: bytes, sealed: str | None, now: Timestamp) -> bytes | None:
-        """The subject of a token :meth:`_seal` made for ``purpose``, if it is one and has
-        not expired; ``None`` otherwise."""
+    def _open(
+        self, purpose: bytes, sealed: str | None, now: Timestamp
+    ) -> tuple[Timestamp, bytes] | None:
+        """The expiry and subject of a token :meth:`_seal` made for ``purpose``, if it is
+        one and has not expired; ``None`` otherwise."""
         if not sealed or sealed.count(".") != 1 or len(sealed) > MAX_TOKEN_CHARS:
             return None
         encoded_body, encoded_mac = sealed.split(".")
@@ -155,9 +172,10 @@ class Sessions:
             return None
         if len(body) < 8 or not hmac.compare_digest(mac, self._mac(purpose, body)):
             return None
-        if struct.unpack(">d", body[:8])[0] < now:
+        until: Timestamp = struct.unpack(">d", body[:8])[0]
+        if until < now:
             return None
-        return body[8:]
+        return until, body[8:]
 
     def _mac(self, purpose: bytes, *parts: bytes) -> bytes:
         digest = hmac.new(self._key, purpose, hashlib.sha256)

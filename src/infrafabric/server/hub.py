@@ -47,6 +47,8 @@ class Connection:
     held: list[tuple[int, str]] | None = None
     replayed: set[int] = field(default_factory=set)  # inbox positions sent on connect
     on_overflow: Callable[[], object] | None = None  # called once, when the queue overflows
+    until: float | None = None  # when its token (or session) expires; None: never
+    expired: bool = False  # it outlived its token and is closing
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.limit)

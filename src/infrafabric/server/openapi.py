@@ -103,7 +103,11 @@ OPENAPI: Final[dict[str, Any]] = {
             "post": _op("Get a challenge for an agent", secured=False, body=True)
         },
         "/v1/auth/token": {
-            "post": _op("Trade a signed challenge for a 15-minute token", secured=False, body=True)
+            "post": _op(
+                "Trade a signed challenge for a token (15 minutes: expires_in says)",
+                secured=False,
+                body=True,
+            )
         },
         "/v1/messages": {
             "post": _op(
