@@ -154,6 +154,7 @@ class Client:
         self._outbox = Outbox(identity, last_sequence=last_sequence, follow_clock=True)
         self._token: str | None = None
         self._token_until = 0.0
+        self._sockets_expire = True  # with their tokens (what the server's token said)
         self._send_lock = asyncio.Lock()  # sequence numbers leave in the order they are made
         # Over a network, signed messages travel on one WebSocket (a frame each way costs
         # far less than an HTTP exchange); an embedded fabric has no sockets, so HTTP.
@@ -793,7 +794,9 @@ class Client:
         }
         reply = _reply(await self._http.post("/v1/auth/token", json=answer))
         self._token = reply["token"]
-        # (a server before 0.2 did not say; its tokens lived TOKEN_SECONDS)
+        # A server that does not say (an older one) gives tokens of TOKEN_SECONDS, and
+        # neither closes a socket when its token expires nor knows the renew frame.
+        self._sockets_expire = "expires_in" in reply
         life = float(reply.get("expires_in", TOKEN_SECONDS))
         self._token_until = started + life - min(_TOKEN_MARGIN, life / 4)
 
@@ -801,7 +804,7 @@ class Client:
         """A token to renew a socket opened (or last renewed) with ``held``: a fresh one
         once ``held`` is due for renewal, else ``None``."""
         await self._ensure_token()
-        return None if self._token == held else self._token
+        return None if self._token == held or not self._sockets_expire else self._token
 
 
 @contextlib.asynccontextmanager

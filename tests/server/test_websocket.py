@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,14 @@ import httpx
 import pytest
 import websockets.asyncio.client
 import websockets.exceptions
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
+from infrafabric import SigningIdentity, agent_id
 from infrafabric.client import Client, RemoteError
+from infrafabric.protocol.identity import b64url_encode
 from infrafabric.server.app import MAX_FRAME_BYTES, TOKEN_EXPIRED_CLOSE, ServerState
 from infrafabric.server.runner import open_server, run_server
 from tests.server.conftest import Fabric, token_of
@@ -487,5 +494,50 @@ def test_the_sdk_renews_its_sockets_before_their_tokens_expire(short_tokens: Fab
             assert seen == [f"t{n}" for n in range(1, 15)]
             assert agent._socket is socket  # renewed in band, not opened again
             assert not socket.closed
+
+    run(scenario())
+
+
+def test_the_sdk_renews_nothing_on_a_server_whose_tokens_do_not_say_when_they_expire() -> None:
+    """An older server neither closes a socket when its token expires nor knows the
+    renew frame: a renewal there would end the stream with MALFORMED."""
+
+    async def challenge(request: Request) -> JSONResponse:
+        return JSONResponse({"challenge": b64url_encode(b"c" * 40)})
+
+    async def token(request: Request) -> JSONResponse:
+        return JSONResponse({"token": f"token-{time.monotonic()}", "agent": "if://agent/old"})
+
+    older = Starlette(
+        routes=[
+            Route("/v1/auth/challenge", challenge, methods=["POST"]),
+            Route("/v1/auth/token", token, methods=["POST"]),
+        ]
+    )
+    identity = SigningIdentity.generate(agent_id("old"))
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=older), base_url="http://older"
+        ) as http:
+            client = Client("http://older", identity, http, last_sequence=0)
+            await client._authenticate()
+            assert client._token is not None
+            assert await client._renewed("the token a socket was opened with") is None
+
+    run(scenario())
+
+
+def test_the_sdk_renews_with_a_fresh_token_once_the_held_one_is_due(fabric: Fabric) -> None:
+    alice = fabric.enroll("alice")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as client:
+            held = await token_of(fabric, client)
+            assert await client._renewed(held) is None  # not due yet
+            client._token_until = 0.0  # due
+            fresh = await client._renewed(held)
+            assert fresh is not None
+            assert fresh != held
 
     run(scenario())
