@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -28,7 +29,7 @@ from infrafabric import (
     encode_json,
 )
 from infrafabric.errors import CallerError
-from infrafabric.keystore import default_home, load_keyring_dir
+from infrafabric.keystore import default_home, load_keyring_dir, write_private
 from infrafabric.protocol.identity import b64url_encode
 from tests.conftest import NOW
 
@@ -260,3 +261,26 @@ def test_racing_creators_make_one_identity(store: Keystore) -> None:
     assert outcomes.count("created") == 1
     assert outcomes.count("exists") == 7
     assert len(store.load_keyring().for_agent("if://agent/alice")) == 1
+
+
+def test_a_private_file_is_written_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write may take fewer bytes than asked (a disk filling up): the rest was dropped
+    and the short file renamed over the good one (an identity's seed lost). A write
+    that fails leaves the old file, and no temporary beside it."""
+    path = tmp_path / "secret"
+    write_private(path, b"old contents\n")
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:3])))
+    write_private(path, b"0123456789" * 10)
+    assert path.read_bytes() == b"0123456789" * 10
+
+    def full_disk(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_private(path, b"new contents that never fit\n")
+    assert path.read_bytes() == b"0123456789" * 10
+    assert [p.name for p in tmp_path.iterdir()] == ["secret"]

@@ -63,6 +63,7 @@ __all__ = [
     "keyring_lock",
     "load_keyring_dir",
     "write_keyring_dir",
+    "write_private",
 ]
 
 ENV_HOME: Final = "IFAB_HOME"
@@ -245,7 +246,7 @@ class Keystore:
                 last = 0
             except ValueError:
                 raise KeystoreCorrupt(str(path), "not a sequence number") from None
-            _write_private(path, f"{last + count}\n".encode("ascii"))
+            write_private(path, f"{last + count}\n".encode("ascii"))
         return last + 1
 
     # -- keyring ------------------------------------------------------------------------
@@ -316,7 +317,7 @@ class Keystore:
             msgspec.json.encode(msgspec.structs.replace(info, sealed=sealed))
         )
         try:
-            _write_private(self._identity_path(name), document, exclusive=exclusive)
+            write_private(self._identity_path(name), document, exclusive=exclusive)
         except FileExistsError:
             raise IdentityExists(name, f"already exists at {self._identity_path(name)}") from None
 
@@ -353,7 +354,7 @@ def write_keyring_dir(
     for agent in wanted:
         document = keyring.to_file(agent)
         name = agent.removeprefix("if://agent/")
-        _write_private(
+        write_private(
             directory / f"{name}.json", msgspec.json.format(msgspec.json.encode(document))
         )
 
@@ -411,8 +412,9 @@ def _unseal(sealed: _Sealed, passphrase: str, aad: bytes, name: str) -> bytes:
         raise WrongPassphrase(name, "wrong passphrase (or the file was altered)") from None
 
 
-def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
-    """Atomically replace ``path`` with ``data``, mode 0600, durable when this returns.
+def write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600, durable when this returns:
+    a crash (``kill -9``) or a full disk leaves the old file or the new one, whole.
 
     ``exclusive``: create ``path``, raising ``FileExistsError`` if it exists, even if
     another process creates it at the same moment.
@@ -421,10 +423,15 @@ def _write_private(path: Path, data: bytes, *, exclusive: bool = False) -> None:
     temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:  # a write may take less than asked (a full disk, a signal)
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        os.unlink(temp)  # (nothing half-written is ever renamed into place)
+        raise
+    os.close(fd)
     if exclusive:
         try:
             os.link(temp, path)  # fails if path exists: no check-then-write race

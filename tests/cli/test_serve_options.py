@@ -144,3 +144,20 @@ def test_an_empty_token_variable_counts_as_unset(tmp_path: Path) -> None:
     fabric = _GivenToken(tmp_path, "")  # the server then makes and uses the file: it says so
     fabric.start()
     assert f"operator token (new): {fabric.admin_token}" in _stopped(fabric)
+
+
+@pytest.mark.parametrize("secret", ["admin.token", "witness.passphrase"])
+def test_a_secret_file_too_short_to_be_one_is_refused_at_start(tmp_path: Path, secret: str) -> None:
+    """A crash while the first start wrote admin.token left it empty, and an empty
+    operator token keyed every session's MAC with nothing: anyone could forge a token."""
+    fabric = Fabric(tmp_path)
+    fabric.data.mkdir(parents=True)
+    (fabric.data / secret).write_text("\n")
+    assert IFAB is not None
+    refused = subprocess.run(
+        [IFAB, "serve", "--port", "0"], env=fabric.env(), capture_output=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert f"{secret} holds 0 characters, too few for a secret" in refused.stderr.decode()
+    assert "Traceback" not in refused.stderr.decode()

@@ -33,7 +33,7 @@ from infrafabric.coordinator import Coordinator
 from infrafabric.errors import CallerError
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.governor.policy import DEFAULT_POLICY
-from infrafabric.keystore import Keystore, load_keyring_dir
+from infrafabric.keystore import Keystore, load_keyring_dir, write_private
 from infrafabric.outage import Outage
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.verify import Mode, Verifier
@@ -212,6 +212,10 @@ def open_store_url(url: str) -> RedisStore:
     return RedisStore(url)
 
 
+#: The shortest secret a data directory's admin.token or witness.passphrase may hold.
+MIN_SECRET_CHARS: Final = 16
+
+
 def _fabric_identity(data_dir: Path) -> SigningIdentity:
     """The fabric's own key, sealed in ``keys/`` like any identity (Argon2id and
     ChaCha20-Poly1305). The passphrase is ``$IFAB_WITNESS_PASSPHRASE``; without it one is
@@ -227,15 +231,28 @@ def _fabric_identity(data_dir: Path) -> SigningIdentity:
 
 
 def _local_secret(path: Path) -> str:
-    """The secret kept in ``path``, made (random, 256 bits, file mode 0600) if missing."""
+    """The secret kept in ``path``, made (random, 256 bits, file mode 0600) if missing.
+
+    Written whole or not at all (a temporary file, flushed, then linked into place): a
+    crash or a full disk while it was written once left an empty file, and an empty
+    operator token made every session token and dashboard session forgeable. A file
+    too short to hold a secret is refused rather than used."""
     try:
-        return path.read_text().strip()
+        secret = path.read_text().strip()
     except FileNotFoundError:
         secret = secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secret + "\n")
+        try:
+            write_private(path, (secret + "\n").encode("ascii"), exclusive=True)
+        except FileExistsError:  # another process made it a moment ago: use that one
+            return _local_secret(path)
         return secret
+    if len(secret) < MIN_SECRET_CHARS:
+        raise CallerError(
+            f"{path} holds {len(secret)} characters, too few for a secret (at least"
+            f" {MIN_SECRET_CHARS}); if nobody set it, delete it and a new one is made"
+            " (what the old one opened stops working)"
+        )
+    return secret
 
 
 def _admin_token(data_dir: Path) -> str:
