@@ -16,6 +16,7 @@ import pytest
 from infrafabric import Outbox, encode_json, ops
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import RemoteError
+from infrafabric.errors import StoreError
 from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.message import agent_id
@@ -515,3 +516,74 @@ def test_the_very_bytes_again_after_a_restart_are_refused_without_a_highest(
             asyncio.run(fabric.state.committer.submit(create, time.time()))
         assert (refused.value.code, refused.value.highest) == ("REPLAY", None)
         assert [task.title for task in fabric.state.service.store.tasks()] == ["once"]
+
+
+def _events(fabric: Fabric, component: str) -> list[tuple[str, str | None]]:
+    """The ``component`` events in the board's log: (kind, the agent they name)."""
+    stored = fabric.state.service.store.events_since(0, 1000)
+    return [
+        (s.event.kind, s.event.payload.get("agent"))
+        for s in stored
+        if s.event.component == component
+    ]
+
+
+def test_a_key_is_trusted_only_once_its_enrollment_is_witnessed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key was trusted, and its keyring file written, before the commit recording
+    it: a commit that failed (or a crash before it) left a key trusted that no event
+    recorded, and enrolling again recorded none either (nothing new to trust)."""
+    with Fabric.open(tmp_path / "board") as fabric:
+        store = fabric.state.service.store
+        bob = SigningIdentity.generate(agent_id("bob"))
+
+        def lost(*args: object) -> None:
+            raise StoreError("disk full (a fault made for the test)")
+
+        with monkeypatch.context() as faults:
+            faults.setattr(store, "enroll", lost)
+            with pytest.raises(StoreError):
+                fabric.enroll(bob, ["code:python"])
+        assert fabric.state.keyring.get(bob.kid) is None
+        assert not (fabric.state.keyring_dir / "bob.json").exists()
+        fabric.enroll(bob, ["code:python"])  # the operator tries again
+        assert fabric.state.keyring.get(bob.kid) is not None
+        assert _events(fabric, "keys") == [("key.added", bob.agent), ("agent.enrolled", bob.agent)]
+
+
+def test_a_lent_key_is_trusted_only_once_its_lending_is_witnessed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lending whose batch failed (503, "send again") left the key trusted anyway, and
+    written to the keyring directory, with no key.delegated event."""
+    with Fabric.open(tmp_path / "board") as fabric:
+        alice = fabric.enroll("alice")
+        lent = SigningIdentity.generate(alice.agent)
+        coordinator = fabric.state.service.coordinator
+
+        def lost(events: Any) -> None:
+            raise StoreError("disk full (a fault made for the test)")
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent:
+                with monkeypatch.context() as faults:
+                    faults.setattr(coordinator, "record", lost)
+                    with pytest.raises(RemoteError) as refused:
+                        await agent.delegate(lent.public_key, 3600)
+                    assert refused.value.status == 503
+                assert fabric.state.keyring.get(lent.kid) is None
+                assert lent.kid not in (fabric.state.keyring_dir / "alice.json").read_text()
+                await agent.delegate(lent.public_key, 3600)
+                assert fabric.state.keyring.get(lent.kid) is not None
+                assert lent.kid in (fabric.state.keyring_dir / "alice.json").read_text()
+                await agent.recall(lent.kid)
+                recalled = fabric.state.keyring.get(lent.kid)
+                assert recalled is not None
+                assert recalled.state == "revoked"
+
+        asyncio.run(scenario())
+        assert [kind for kind, _ in _events(fabric, "keys")][-2:] == [
+            "key.delegated",
+            "key.recalled",
+        ]

@@ -31,11 +31,10 @@ from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
 from infrafabric.client import Client, SyncClient
 from infrafabric.governor.core import Manifest
 from infrafabric.governor.policy import Price
-from infrafabric.keystore import keyring_lock, write_keyring_dir
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
-from infrafabric.server.app import ServerState, create_app, enrolled_event, key_event
+from infrafabric.server.app import ServerState, create_app, enroll_keys
 from infrafabric.server.runner import open_server, sweep_until
 from infrafabric.storage.base import AgentRecord
 
@@ -119,28 +118,19 @@ class Fabric:
         # leaves nothing behind (a key trusted but never witnessed)
         self.state.service.check_manifest(identity.agent, manifest)
         now = time.time()
-        # the key goes to the data directory's keyring too, as a server's enrollment
-        # writes it: the agent record is in the store, and a fabric opened again must
-        # still know the key that record belongs to
-        events = []
-        with keyring_lock(self.state.keyring_dir):
-            key = new_key_record(
-                identity.agent, identity.public_key, version=identity.version, now=now - 60
-            )
-            before = self.state.keyring.get(key.kid)
-            after = self.state.keyring.add(key)
-            if before is None or before.state != after.state:
-                events.append(key_event(before, after, now))
-            write_keyring_dir(self.state.keyring, self.state.keyring_dir, agents=[identity.agent])
-        self.state.service.share_keys([identity.agent])  # a shared store: the other servers
+        key = new_key_record(
+            identity.agent, identity.public_key, version=identity.version, now=now - 60
+        )
         record = AgentRecord(
             id=identity.agent,
             capabilities=manifest.capabilities,
             description=description,
             enrolled_at=now,
         )
-        # witnessed as a server's enrollment is: the key it trusts, and the agent
-        self.state.service.enroll(record, [*events, enrolled_event(record, now)], manifest)
+        # as a server's enrollment: witnessed (the key, the agent), then written to the
+        # data directory's keyring (a fabric opened again must still know the key the
+        # agent's record belongs to) and trusted
+        enroll_keys(self.state, record, [key], manifest, now)
         return identity
 
     @contextlib.asynccontextmanager

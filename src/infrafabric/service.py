@@ -35,7 +35,14 @@ from infrafabric.errors import CallerError, FabricError, KeyringError, StoreErro
 from infrafabric.governor.core import Manifest, ManifestError
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.protocol.identity import b64url_decode
-from infrafabric.protocol.keyring import KeyRecord, KeyringFile, KeyRole, KeyState, delegated_key
+from infrafabric.protocol.keyring import (
+    KeyRecord,
+    Keyring,
+    KeyringFile,
+    KeyRole,
+    KeyState,
+    delegated_key,
+)
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
@@ -764,13 +771,18 @@ class FabricService:
         if self.agent(agent) is None:
             raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
         keyring = self.verifier.keyring
+        # Worked out on a copy of the key: on a local store the change is witnessed (this
+        # batch's commit) before the key is trusted or recalled, and its keyring file
+        # written (after the commit). The other way round, a crash or a failed commit left
+        # a lent key trusted that no event recorded, after a refusal.
         with self._verify_lock:
             if isinstance(operation, ops.Delegate):
                 record = delegated_key(
                     agent, b64url_decode(operation.public_key), key, now, operation.seconds
                 )
+                known = keyring.get(record.kid)
                 try:
-                    keyring.add(record)
+                    record = Keyring([] if known is None else [known]).add(record)
                 except KeyringError as exc:
                     raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
                 kind = "key.delegated"
@@ -778,20 +790,48 @@ class FabricService:
                 lent = keyring.get(operation.kid)
                 if lent is None or lent.agent != agent or lent.role is not KeyRole.DELEGATE:
                     raise ServiceError("NOT_FOUND", f"{agent} lent no key {operation.kid}", 404)
+                record = lent
                 if lent.state is KeyState.ACTIVE:
-                    keyring.revoke(lent.kid, now)
-                record = keyring.get(lent.kid) or lent
+                    record = Keyring([lent]).revoke(lent.kid, now)
                 kind = "key.recalled"
-        if self.keys_changed is not None:
-            self.keys_changed(agent)
-        self.share_keys([agent])
         payload: dict[str, Any] = {"agent": agent, "kid": record.kid, "by": key.kid}
         if record.valid_until is not UNSET:
             payload["valid_until"] = record.valid_until
         self.coordinator.record(
             [BoardEvent(component="keys", kind=kind, actor=agent, at=now, payload=payload)]
         )
+        if self.store.shared:
+            # Over Redis the other servers read the keys when the event reaches them, so
+            # the keys go first (a shared store's writes are not one transaction anyway).
+            self._trust(agent, record)
+        else:
+            self._after_commit(lambda: self._trust(agent, record))
         return {"key": msgspec.to_builtins(record)}
+
+    def _trust(self, agent: AgentId, record: KeyRecord) -> None:
+        """Trust ``record`` (a key lent, or its recall: the keyring keeps the further
+        state), write the agent's keyring file and share it; once witnessed."""
+        with self._verify_lock:
+            self.verifier.keyring.add(record)
+        if self.keys_changed is not None:
+            self.keys_changed(agent)
+        self.share_keys([agent])
+
+    def _after_commit(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once the batch this thread is in has committed (now if none);
+        not at all if it rolls back. Its failure is logged: what committed stays."""
+
+        def guarded() -> None:
+            try:
+                action()
+            except Exception:
+                _log.exception("after a commit, %r failed", action)
+
+        held: list[Callable[[], None]] | None = getattr(self._held, "announcements", None)
+        if held is None:
+            guarded()
+        else:
+            held.append(guarded)
 
     def _witness_verdict(self, verdict: Verdict) -> None:
         """Audit mode: log every message that failed a check (accepted or not) as a

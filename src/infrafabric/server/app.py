@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -460,43 +460,66 @@ async def _enroll(state: ServerState, request: Request) -> dict[str, Any]:
     )
     state.service.check_manifest(agents[0], manifest)  # before any key is trusted
     now = state.clock()
-    events = []
-    try:
-        with keyring_lock(state.keyring_dir):
-            # Every record is checked, and the agent's keyring file written, before any
-            # is trusted: a refusal halfway through the list (a record contradicting a
-            # trusted one, or another of the list) left the records before it trusted in
-            # this server's memory, unwritten and unwitnessed, until it restarted.
-            staged = Keyring(
-                [*state.keyring.for_agent(agents[0])]
-                + [
-                    known
-                    for key in enrollment.keys.keys
-                    if (known := state.keyring.get(key.kid)) is not None
-                    and known.agent != agents[0]
-                ]
-            )
-            for key in enrollment.keys.keys:
-                staged.add(key)
-            write_keyring_dir(staged, state.keyring_dir, agents=agents)
-            for key in enrollment.keys.keys:
-                before = state.keyring.get(key.kid)
-                after = state.keyring.add(key)
-                if before is None or before.state != after.state:
-                    events.append(key_event(before, after, now))
-    except KeyringError as exc:  # a record that contradicts a trusted one, or another
-        raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
     record = AgentRecord(
         id=agents[0],
         capabilities=tuple(enrollment.capabilities),
         description=enrollment.description,
         enrolled_at=now,
     )
-    await run_in_threadpool(state.service.share_keys, agents)  # for the other servers
-    await run_in_threadpool(
-        state.service.enroll, record, [*events, enrolled_event(record, now)], manifest
-    )
+    await run_in_threadpool(enroll_keys, state, record, enrollment.keys.keys, manifest, now)
     return {"agent": msgspec.to_builtins(record)}
+
+
+def enroll_keys(
+    state: ServerState,
+    record: AgentRecord,
+    keys: Sequence[KeyRecord],
+    manifest: Manifest,
+    now: Timestamp,
+) -> None:
+    """Enroll ``record``'s agent with ``keys`` (its records: new, or new states of known
+    ones): witnessed first, then trusted.
+
+    Every record is checked first, on a copy of the keys it touches: a refusal halfway
+    through the list (a record contradicting a trusted one, or another of the list) left
+    the records before it trusted. The agent's record and the key events then commit
+    (for the witness) before the keyring file is written and the keys are trusted: the
+    other way round, a crash between the two left keys trusted after the restart that
+    no event recorded, and the operator's retry recorded none either (its events were
+    reckoned against the keys already trusted). A crash after the commit leaves them
+    witnessed but not yet trusted, and the retry records them again. (Over a shared
+    store the keys are shared first, for the other servers: see below.)"""
+    agent = record.id
+    with keyring_lock(state.keyring_dir):
+        staged = Keyring(
+            [*state.keyring.for_agent(agent)]
+            + [
+                known
+                for key in keys
+                if (known := state.keyring.get(key.kid)) is not None and known.agent != agent
+            ]
+        )
+        events = []
+        try:
+            for key in keys:
+                before = staged.get(key.kid)
+                after = staged.add(key)
+                if before is None or before.state != after.state:
+                    events.append(key_event(before, after, now))
+        except KeyringError as exc:  # a record that contradicts a trusted one, or another
+            raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
+        witnessed = [*events, enrolled_event(record, now)]
+        shared = state.service.store.shared
+        if not shared:
+            state.service.enroll(record, witnessed, manifest)
+        write_keyring_dir(staged, state.keyring_dir, agents=[agent])
+        for key in keys:  # (checked above: nothing can contradict them now)
+            state.keyring.add(key)
+        if shared:
+            # Over Redis the other servers read the keys when the enrollment's event
+            # reaches them: the keys go first (there its writes are not one transaction).
+            state.service.share_keys([agent])
+            state.service.enroll(record, witnessed, manifest)
 
 
 def enrolled_event(record: AgentRecord, now: Timestamp) -> BoardEvent:
