@@ -18,6 +18,7 @@ import pytest
 import websockets.asyncio.server
 
 from infrafabric import SigningIdentity, agent_id
+from infrafabric import client as client_module
 from infrafabric.client import Client, RemoteError
 from infrafabric.service import ServiceError
 from tests.harness import Fabric, enroll
@@ -109,6 +110,14 @@ async def _stalled_peer(connections: list[str]) -> AsyncIterator[int]:
         yield listener.getsockname()[1]
 
 
+@pytest.fixture
+def frames_of_any_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDK refuses a message over 64 KiB before sending it (no server takes one); the
+    fake peers here take any, and a frame of 16 MiB is what fills the TCP buffers."""
+    monkeypatch.setattr(client_module, "DEFAULT_MAX_BYTES", 2**25)
+
+
+@pytest.mark.usefixtures("frames_of_any_size")
 def test_calls_to_a_peer_that_stopped_reading_end_at_their_timeout() -> None:
     """A frame the peer does not take keeps its send waiting for the buffer to drain: the
     call still fails at its timeout with TIMEOUT, and so does a call queued behind it
@@ -137,6 +146,7 @@ def test_calls_to_a_peer_that_stopped_reading_end_at_their_timeout() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.usefixtures("frames_of_any_size")
 def test_a_call_cancelled_while_its_frame_waits_leaves_the_other_calls_their_replies() -> None:
     """A caller that gives up a call (cancels it) while the peer has not taken its frame
     yet: the frame went whole to the transport, so the connection stays; a call already

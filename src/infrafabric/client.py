@@ -53,6 +53,7 @@ from infrafabric.protocol.message import (
     encode_json,
     new_conversation_id,
 )
+from infrafabric.protocol.verify import DEFAULT_MAX_BYTES
 from infrafabric.server.auth import TOKEN_SECONDS, auth_input
 from infrafabric.service import FabricService, ServiceError
 from infrafabric.types import Address
@@ -153,7 +154,8 @@ class Client:
         self._http = http
         self._outbox = Outbox(identity, last_sequence=last_sequence, follow_clock=True)
         self._token: str | None = None
-        self._token_until = 0.0
+        self._token_until = 0.0  # when to sign in again (monotonic)
+        self._token_expires = 0.0  # when the token expires, at the latest (monotonic)
         self._sockets_expire = True  # with their tokens (what the server's token said)
         self._send_lock = asyncio.Lock()  # sequence numbers leave in the order they are made
         # Over a network, signed messages travel on one WebSocket (a frame each way costs
@@ -694,9 +696,17 @@ class Client:
             async with asyncio.timeout(self._timeout):
                 async with self._send_lock:
                     socket = await self._request_socket()
-                    message = self._outbox.message(now=time.time(), **fields)
+                    wire = encode_json(self._outbox.message(now=time.time(), **fields))
+                    if len(wire) > DEFAULT_MAX_BYTES:
+                        # Refused here: a frame far over the server's limit closes the
+                        # socket (1009), failing every call in flight on it.
+                        raise RemoteError(
+                            "TOO_LARGE",
+                            f"{len(wire)} bytes > {DEFAULT_MAX_BYTES}: no server takes it",
+                            413,
+                        )
                     handed = sending = True
-                    reply = await socket.send(encode_json(message))
+                    reply = await socket.send(wire)
                     sending = False
                 # Wait outside the lock: the next message may leave before this reply is
                 # back (the server answers the frames of one connection in order).
@@ -720,11 +730,19 @@ class Client:
         if self._socket is not None and not self._socket.closed:
             # The server closes a socket when the token it holds expires: renewed before
             # (in band, so the calls in flight on it go on).
-            fresh = await self._renewed(self._socket.token)
+            try:
+                fresh = await self._renewed(self._socket.token)
+            except (RemoteError, httpx.HTTPError) as exc:
+                # cannot sign in now: the socket serves while its token lasts (a refusal
+                # for good, a revoked key, fails the call as any message would fail)
+                refused = isinstance(exc, RemoteError) and exc.status in (401, 403)
+                if refused or time.monotonic() >= self._socket.expires:
+                    raise
+                return self._socket
             if fresh is None:
                 return self._socket
             try:
-                await self._socket.renew(fresh)
+                await self._socket.renew(fresh, self._token_expires)
                 return self._socket
             except RemoteError:  # (it closed meanwhile, or refused: a new one, then)
                 await self._close_socket()
@@ -746,7 +764,7 @@ class Client:
             except (OSError, websockets.exceptions.WebSocketException) as exc:
                 raise RemoteError("DISCONNECTED", f"cannot reach {self.url}: {exc}", 503) from None
             break
-        self._socket = _RequestSocket(socket, self._token)
+        self._socket = _RequestSocket(socket, self._token, self._token_expires)
         return self._socket
 
     async def _close_socket(self) -> None:
@@ -798,7 +816,8 @@ class Client:
         # neither closes a socket when its token expires nor knows the renew frame.
         self._sockets_expire = "expires_in" in reply
         life = float(reply.get("expires_in", TOKEN_SECONDS))
-        self._token_until = started + life - min(_TOKEN_MARGIN, life / 4)
+        self._token_expires = started + life  # (on this clock; the server's is later)
+        self._token_until = self._token_expires - min(_TOKEN_MARGIN, life / 4)
 
     async def _renewed(self, held: str | None) -> str | None:
         """A token to renew a socket opened (or last renewed) with ``held``: a fresh one
@@ -869,10 +888,14 @@ class _RequestSocket:
     matched by frame id."""
 
     def __init__(
-        self, socket: websockets.asyncio.client.ClientConnection, token: str | None
+        self,
+        socket: websockets.asyncio.client.ClientConnection,
+        token: str | None,
+        expires: float,
     ) -> None:
         self._socket = socket
         self.token = token  # the token it was opened or last renewed with
+        self.expires = expires  # when that expires, at the latest (monotonic)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._last_id = 0
         self.closed = False
@@ -884,13 +907,14 @@ class _RequestSocket:
             lambda frame_id: b'{"type":"send","id":%d,"message":%s}' % (frame_id, body)
         )
 
-    async def renew(self, token: str) -> None:
-        """Extend this connection's life to ``token``'s (before the one it holds expires)."""
+    async def renew(self, token: str, expires: float) -> None:
+        """Extend this connection's life to ``token``'s (before the one it holds expires),
+        which expires at ``expires`` at the latest."""
         frame = {"type": "renew", "token": token}
         await (
             await self._send_frame(lambda frame_id: json.dumps({**frame, "id": frame_id}).encode())
         )
-        self.token = token
+        self.token, self.expires = token, expires
 
     async def _send_frame(self, make: Callable[[int], bytes]) -> asyncio.Future[dict[str, Any]]:
         """Send the frame ``make`` makes with a fresh frame id; the future settles with

@@ -4,6 +4,7 @@ not cost the others their events, and every refusal names its reason."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import websockets.asyncio.client
 import websockets.exceptions
@@ -539,5 +541,138 @@ def test_the_sdk_renews_with_a_fresh_token_once_the_held_one_is_due(fabric: Fabr
             fresh = await client._renewed(held)
             assert fresh is not None
             assert fresh != held
+
+    run(scenario())
+
+
+def test_a_message_far_too_large_fails_alone_not_the_calls_beside_it(fabric: Fabric) -> None:
+    """The SDK sent it, the server's WebSocket layer closed the connection (1009) and
+    every call in flight on it failed DISCONNECTED, some of them carried out."""
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.tasks()
+            small = [agent.send(bob.agent, "inform", {"n": n}) for n in range(20)]
+            huge = agent.send(bob.agent, "inform", {"x": "a" * 300_000})
+            *sent, refused = await asyncio.gather(*small, huge, return_exceptions=True)
+            assert all(isinstance(result, dict) for result in sent), sent
+            assert isinstance(refused, RemoteError)
+            assert (refused.code, refused.status) == ("TOO_LARGE", 413)
+
+    run(scenario())
+
+
+def test_a_frame_carried_out_when_the_token_expires_still_gets_its_reply(
+    short_tokens: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The expiry cancelled the handler mid-frame: the message was committed, and its
+    reply never sent (the client read DISCONNECTED, "may have been carried out")."""
+    fabric = short_tokens
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+    committer = fabric.server.state.committer
+    real_submit = committer.submit
+
+    async def slow_submit(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        await asyncio.sleep(2.0)  # across the token's expiry
+        return await real_submit(*args, **kwargs)
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as client:
+            token = await token_of(fabric, client)
+            outbox = client.outbox
+            async with websockets.asyncio.client.connect(
+                ws_url(fabric, token, "inbox=false")
+            ) as socket:
+                await asyncio.sleep(1.5)  # the token expires 1.5 s on: while it is carried out
+                message = outbox.message(
+                    now=time.time(), performative="inform", receiver=bob.agent, content={}
+                )
+                monkeypatch.setattr(committer, "submit", slow_submit)
+                await socket.send(
+                    json.dumps({"type": "send", "id": 9, "message": msgspec.to_builtins(message)})
+                )
+                reply = json.loads(await asyncio.wait_for(socket.recv(), 10))
+                assert (reply["type"], reply["id"]) == ("reply", 9)
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    await asyncio.wait_for(socket.recv(), 10)
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == TOKEN_EXPIRED_CLOSE
+
+    run(scenario())
+
+
+def test_a_connection_whose_client_is_gone_leaves_no_task_behind(fabric: Fabric) -> None:
+    """A send that failed (the client gone) made the handler's cleanup stop short: the
+    task waiting for the token's expiry lived on, holding the connection, 15 minutes."""
+    alice = fabric.enroll("alice")
+    state = fabric.server.state
+    assert state.hub is not None
+
+    async def token() -> str:
+        async with Client.connect(fabric.url, alice) as client:
+            return await token_of(fabric, client)
+
+    query = f"token={run(token())}&inbox=false".encode()
+
+    async def drive() -> list[str]:
+        gone = asyncio.Event()
+        frames = iter(
+            [
+                {"type": "websocket.connect"},
+                {"type": "websocket.receive", "text": json.dumps({"type": "subscribe"})},
+            ]
+        )
+
+        async def receive() -> dict[str, Any]:
+            following = next(frames, None)
+            if following is not None:
+                return following
+            await gone.wait()
+            await asyncio.sleep(0.05)
+            return {"type": "websocket.disconnect", "code": 1006}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "websocket.send":
+                gone.set()
+                raise OSError("the client is gone")  # as uvicorn's ClientDisconnected
+
+        scope = {
+            "type": "websocket", "asgi": {"version": "3.0"}, "path": "/v1/ws",
+            "raw_path": b"/v1/ws", "query_string": query, "headers": [(b"host", b"x")],
+            "scheme": "ws", "server": ("127.0.0.1", 1), "client": ("127.0.0.1", 2),
+            "root_path": "", "subprotocols": [], "extensions": {"websocket.http.response": {}},
+        }  # fmt: skip
+        app = fabric.server.server.config.loaded_app
+        with contextlib.suppress(Exception):
+            await app(scope, receive, send)
+        await asyncio.sleep(0.2)
+        return [task.get_coro().__qualname__ for task in asyncio.all_tasks() if not task.done()]
+
+    alive = asyncio.run_coroutine_threadsafe(drive(), state.hub.loop).result(20)
+    assert "_expire" not in alive
+    assert "_send_frames" not in alive
+
+
+def test_a_socket_still_serves_while_its_token_lasts_if_signing_in_again_fails(
+    fabric: Fabric,
+) -> None:
+    """Once its token was due for renewal, a failed sign-in (the HTTP side unreachable a
+    moment) failed calls the open socket could still carry."""
+    alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+
+    async def scenario() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.send(bob.agent, "inform", {"n": 1})  # the socket opens
+            working = agent._http
+            async with httpx.AsyncClient(base_url="http://127.0.0.1:9") as unreachable:
+                agent._http = unreachable
+                agent._token_until = 0.0  # due: it signs in again before the next call
+                sent = await agent.send(bob.agent, "inform", {"n": 2})
+                assert sent["delivered"][0]["receiver"] == bob.agent
+                agent._socket.expires = 0.0  # and once the held token has expired, it fails
+                with pytest.raises(httpx.HTTPError):
+                    await agent.send(bob.agent, "inform", {"n": 3})
+            agent._http = working
 
     run(scenario())

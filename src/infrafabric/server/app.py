@@ -789,6 +789,8 @@ def _int_param(request: Request, name: str, default: int, *, least: int = 0) -> 
 #: The close code of a connection whose token expired (4000-4999: the application's own;
 #: 4401 as HTTP's 401). The SDK renews its sockets' tokens before they expire.
 TOKEN_EXPIRED_CLOSE: Final = 4401
+#: How long the replies a connection had queued when its token expired may take to go.
+EXPIRED_DRAIN_SECONDS: Final = 5.0
 #: Largest frame read, in characters: a message and the frame around it.
 MAX_FRAME: Final = MAX_BODY + 1024
 #: Largest frame the WebSocket layer takes in, in bytes (its ``ws_max_size``): any frame
@@ -851,8 +853,9 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
             backlog += [frame for position, frame in connection.held or () if position not in sent]
             connection.held = None
         sender = asyncio.create_task(_send_frames(websocket, connection, backlog))
-        while True:
+        while not connection.expired:
             text = await _receive_text(websocket)
+            connection.busy = True  # (its token's expiry lets this frame finish)
             if text is None:
                 reply: dict[str, Any] = {
                     "type": "error",
@@ -862,6 +865,7 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
             else:
                 reply = await _frame_reply(state, hub, connection, text)
             connection.offer(_FRAME_ENCODER.encode(reply).decode())
+            connection.busy = False
     except WebSocketDisconnect:
         pass
     except asyncio.CancelledError:
@@ -869,11 +873,16 @@ async def _websocket(state: ServerState, websocket: WebSocket) -> None:
             raise  # the server is stopping: not ours to swallow
     finally:
         hub.connections.discard(connection)
-        for task in (sender, expiry):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        if connection.expired and sender is not None and not sender.done():
+            # the replies already queued (to frames carried out) go out before the close
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.queue.join(), EXPIRED_DRAIN_SECONDS)
+        tasks = [task for task in (sender, expiry) if task is not None]
+        for task in tasks:
+            task.cancel()
+        # (each awaited whatever it raised: a sender that failed must not leave the
+        # expiry task waiting out the token's life, holding the connection)
+        await asyncio.gather(*tasks, return_exceptions=True)
         closing = None
         if connection.overflowed:
             closing = (1013, "too slow: frames piled up")
@@ -890,7 +899,8 @@ async def _expire(state: ServerState, connection: Connection, receiver: asyncio.
     while connection.until is not None and (left := connection.until - state.clock()) >= 0:
         await asyncio.sleep(min(left + 0.01, 60.0))
     connection.expired = True
-    receiver.cancel()
+    if not connection.busy:  # waiting for a frame; one being carried out finishes first
+        receiver.cancel()
 
 
 async def _refuse_handshake(websocket: WebSocket) -> None:
@@ -919,6 +929,7 @@ async def _send_frames(websocket: WebSocket, connection: Connection, backlog: li
     while True:
         frame = await connection.queue.get()
         await websocket.send_text(frame)
+        connection.queue.task_done()
 
 
 class _Frame(msgspec.Struct):

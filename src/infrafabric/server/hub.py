@@ -49,6 +49,7 @@ class Connection:
     on_overflow: Callable[[], object] | None = None  # called once, when the queue overflows
     until: float | None = None  # when its token (or session) expires; None: never
     expired: bool = False  # it outlived its token and is closing
+    busy: bool = False  # a frame of its client is being carried out
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.limit)
