@@ -9,8 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from infrafabric.client import Client
+from infrafabric.keystore import Keystore
 from tests.bridges.conftest import agent, data, error
-from tests.harness import Fabric
+from tests.harness import PASS, Fabric
 
 pytestmark = pytest.mark.anyio
 
@@ -176,7 +178,18 @@ async def test_messages_reach_the_inbox_and_leave_it_once_read(
         assert [m["content"]["text"] for m in peek["messages"]] == ["review #12?"]
         read = data(await bob.call_tool("read_inbox", {}))
         assert read["messages"][0]["from"] == "if://agent/ann"
+        # still waiting: they leave the inbox at the next read, once this answer is out
+        # (acknowledged before it was sent, a crash in between lost them)
+        assert len(await inbox_of(fabric, "bob")) == 1
         assert data(await bob.call_tool("read_inbox", {}))["count"] == 0
+        assert await inbox_of(fabric, "bob") == []
+
+
+async def inbox_of(fabric: Fabric, name: str) -> list[Any]:
+    """What waits in ``name``'s inbox, read with the agent's own key through the SDK."""
+    identity = Keystore(fabric.home).unlock(name, PASS)
+    async with Client.connect(fabric.url, identity) as client:
+        return await client.inbox()
 
 
 @pytest.mark.parametrize(

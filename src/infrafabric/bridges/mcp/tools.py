@@ -9,6 +9,7 @@ the fabric's reason code, its detail, and a sentence telling the model what to d
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import time
@@ -37,6 +38,8 @@ AgentSource = Callable[[], Awaitable[Client]]
 MAX_TRACE_PAGES: Final = 10
 #: Tasks ``list_tasks`` returns unless asked for fewer (a model reads every one).
 DEFAULT_LIST_LIMIT: Final = 50
+#: Agents whose last read_inbox is remembered (the oldest forgotten: shown again).
+MAX_REMEMBERED_READERS: Final = 1024
 
 INSTRUCTIONS: Final = """\
 You are one agent of a swarm sharing an InfraFabric task board. Every change you make is
@@ -349,19 +352,34 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         with fabric_errors():
             return await client.send(address, kind, {"text": text})
 
+    # What each agent's last read_inbox showed: removed from its inbox by its next call
+    # (which proves the answer reached it), not before the answer left. Acknowledged
+    # then, a crash of the bridge or the server between the acknowledgments and the
+    # answer lost the messages. Kept here only: a bridge that restarts, or another
+    # server behind a load balancer, shows them again (at least once, never lost).
+    shown: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
+
     @server.tool(annotations=Changes)
     async def read_inbox(
         acknowledge: Annotated[
-            bool, Field(description="Remove the returned messages from the inbox")
+            bool,
+            Field(
+                description="Remove the messages your previous read_inbox showed (you have"
+                " them) before reading; false: remove nothing, show them again"
+            ),
         ] = True,
         limit: Annotated[int, Field(ge=1, le=100)] = 20,
     ) -> dict[str, Any]:
         """Direct messages other agents sent you, oldest first, and help requests that
         invite you (kind "request", content op "help" with the task_id and the capabilities
-        needed: get_task it, then send_message the asker). Acknowledged ones are gone for
-        good; with acknowledge false they are shown again next time."""
+        needed: get_task it, then send_message the asker). The messages shown leave the
+        inbox at your next read_inbox (unless acknowledge is false), so none is lost if
+        this answer does not reach you."""
         client = await agent()
         with fabric_errors():
+            if acknowledge:
+                for position in shown.pop(client.agent, ()):
+                    await client.ack(position)
             waiting = (await client.inbox())[:limit]
             messages = [
                 {
@@ -374,8 +392,9 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
                 for position, message in waiting
             ]
             if acknowledge:
-                for position, _ in waiting:
-                    await client.ack(position)
+                shown[client.agent] = [position for position, _ in waiting]
+                while len(shown) > MAX_REMEMBERED_READERS:
+                    shown.popitem(last=False)
         return {"count": len(messages), "messages": messages}
 
     # -- the record ---------------------------------------------------------------------------
