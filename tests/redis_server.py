@@ -21,11 +21,12 @@ REDIS_SERVER = shutil.which("redis-server")
 
 
 class RedisServer:
-    def __init__(self, directory: Path, *, fsync: str = "always") -> None:
+    def __init__(self, directory: Path, *, fsync: str = "always", appendonly: str = "yes") -> None:
         assert REDIS_SERVER is not None, "redis-server is missing: `make test` installs it"
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        self.appendonly = appendonly
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -38,7 +39,7 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--save", "", "--appendonly", "yes",
+                "--dir", str(self.directory), "--save", "", "--appendonly", self.appendonly,
                 "--appendfsync", self.fsync, "--protected-mode", "yes",
                 "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
             ],

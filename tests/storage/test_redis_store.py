@@ -653,3 +653,23 @@ def test_the_relay_follows_an_event_counter_that_went_back(
     # real loss takes their stream entries too, so event 3 can be written again)
     relay._follow_a_counter_that_went_back()
     assert relay._positions[relay._events_key] == "2-0"  # from where new events come
+
+
+def test_a_redis_that_keeps_no_append_only_file_is_named_at_start(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stock Redis keeps none: killed, it loses every change acknowledged since its last
+    snapshot. The server started on it without a word."""
+    volatile = RedisServer(tmp_path / "volatile", appendonly="no").start()
+    try:
+        with caplog.at_level("WARNING", logger="infrafabric.storage.redis"):
+            RedisStore(volatile.url).close()
+            RedisStore(redis_url).close()  # (the tests' Redis keeps one: no word)
+        warned = [r.getMessage() for r in caplog.records if "append-only" in r.getMessage()]
+        assert warned == [
+            f"Redis at {volatile.url} keeps no append-only file (appendonly no): if it is"
+            " killed, every change the fabric acknowledged since its last snapshot is lost;"
+            " set appendonly yes with appendfsync always (see docs/operations.md)"
+        ]
+    finally:
+        volatile.stop()

@@ -372,6 +372,7 @@ class RedisStore:
             first.close()
             raise
         _warn_if_evicting(first, self.url)
+        _warn_if_not_durable(first, self.url)
         self._apply = first.register_script(_APPLY)
         self._deliver = first.register_script(_DELIVER)
         self._remember = first.register_script(_REMEMBER)
@@ -839,6 +840,24 @@ def _warn_if_evicting(client: Any, url: str) -> None:
             " or replays and duplicate deliveries may get through",
             url,
             policy,
+        )
+
+
+def _warn_if_not_durable(client: Any, url: str) -> None:
+    """A Redis without its append-only file (``appendonly no``, stock Redis's default)
+    loses every change since its last snapshot when it is killed: all the fabric
+    acknowledged meanwhile. docs/operations.md says never to run a fabric so; say it here
+    too, where the operator looks first."""
+    try:
+        appendonly = client.config_get("appendonly").get("appendonly")
+    except redis.exceptions.RedisError:  # a managed Redis may refuse CONFIG: say nothing
+        return
+    if appendonly in ("no", b"no"):
+        _log.warning(
+            "Redis at %s keeps no append-only file (appendonly no): if it is killed, every"
+            " change the fabric acknowledged since its last snapshot is lost; set"
+            " appendonly yes with appendfsync always (see docs/operations.md)",
+            url,
         )
 
 
