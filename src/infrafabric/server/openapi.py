@@ -148,7 +148,9 @@ OPENAPI: Final[dict[str, Any]] = {
                 "Board events after ?after=seq (replay)",
                 parameters=(
                     _query("after", "Events after this sequence number (default 0)"),
-                    _query("limit", "At most this many events (default 500, at most 5,000)"),
+                    _query(
+                        "limit", "At most this many events (default 500, at most 5,000)", _POSITIVE
+                    ),
                 ),
             )
         },
