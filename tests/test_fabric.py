@@ -587,3 +587,42 @@ def test_a_lent_key_is_trusted_only_once_its_lending_is_witnessed(
             "key.delegated",
             "key.recalled",
         ]
+
+
+def test_a_recall_takes_effect_before_its_event(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Applied after the commit, a recall whose keyring file was then lost (a crash, a
+    full disk) was witnessed and answered "revoked" while the file still said active:
+    the key was trusted again after a restart. It fails closed now: the key is recalled
+    first, even if the event then cannot be recorded (the agent sends it again)."""
+    lent = SigningIdentity.generate(agent_id("alice"))
+    with Fabric.open(tmp_path / "board") as fabric:
+        alice = fabric.enroll("alice")
+        coordinator = fabric.state.service.coordinator
+
+        def lost(events: Any) -> None:
+            raise StoreError("disk full (a fault made for the test)")
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent:
+                await agent.delegate(lent.public_key, 3600)
+                with monkeypatch.context() as faults:
+                    faults.setattr(coordinator, "record", lost)
+                    with pytest.raises(RemoteError) as refused:
+                        await agent.recall(lent.kid)
+                    assert refused.value.status == 503
+                recalled = fabric.state.keyring.get(lent.kid)
+                assert recalled is not None
+                assert recalled.state == "revoked"  # though no event says so yet
+                await agent.recall(lent.kid)  # sent again: now witnessed
+
+        asyncio.run(scenario())
+        assert [kind for kind, _ in _events(fabric, "keys")][-2:] == [
+            "key.delegated",
+            "key.recalled",
+        ]
+    with Fabric.open(tmp_path / "board") as reopened:
+        record = reopened.state.keyring.get(lent.kid)
+        assert record is not None
+        assert record.state == "revoked"

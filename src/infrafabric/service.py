@@ -771,10 +771,14 @@ class FabricService:
         if self.agent(agent) is None:
             raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
         keyring = self.verifier.keyring
-        # Worked out on a copy of the key: on a local store the change is witnessed (this
-        # batch's commit) before the key is trusted or recalled, and its keyring file
-        # written (after the commit). The other way round, a crash or a failed commit left
-        # a lent key trusted that no event recorded, after a refusal.
+        # Worked out on a copy of the key. A key lent is trusted (and its keyring file
+        # written) only once the lending is witnessed, after this batch's commit: the
+        # other way round, a crash or a failed commit left a lent key trusted that no
+        # event recorded, after a refusal. A recall takes effect at once, before its event
+        # (failing closed: a recall no event records harms nothing, a recall witnessed but
+        # lost with its keyring file would trust the key again after a restart). Over
+        # Redis the keys go first either way: the other servers read them when the event
+        # reaches them.
         with self._verify_lock:
             if isinstance(operation, ops.Delegate):
                 record = delegated_key(
@@ -797,14 +801,13 @@ class FabricService:
         payload: dict[str, Any] = {"agent": agent, "kid": record.kid, "by": key.kid}
         if record.valid_until is not UNSET:
             payload["valid_until"] = record.valid_until
+        first = self.store.shared or kind == "key.recalled"
+        if first:
+            self._trust(agent, record)
         self.coordinator.record(
             [BoardEvent(component="keys", kind=kind, actor=agent, at=now, payload=payload)]
         )
-        if self.store.shared:
-            # Over Redis the other servers read the keys when the event reaches them, so
-            # the keys go first (a shared store's writes are not one transaction anyway).
-            self._trust(agent, record)
-        else:
+        if not first:
             self._after_commit(lambda: self._trust(agent, record))
         return {"key": msgspec.to_builtins(record)}
 

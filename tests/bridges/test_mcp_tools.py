@@ -11,7 +11,7 @@ import pytest
 
 from infrafabric.client import Client
 from infrafabric.keystore import Keystore
-from tests.bridges.conftest import agent, data, error
+from tests.bridges.conftest import agent, data, error, http_session, lent_token
 from tests.harness import PASS, Fabric
 
 pytestmark = pytest.mark.anyio
@@ -250,3 +250,19 @@ async def test_witness_trace_follows_a_traced_job(fabric: Fabric, connect: Any) 
             await asyncio.sleep(0.1)
         events = [entry["event"] for entry in trace["entries"]]
         assert events[:3] == ["task.created", "task.claimed", "task.completed"]
+
+
+async def test_what_one_client_was_shown_is_not_removed_by_another_of_the_agent(
+    fabric: Fabric,
+) -> None:
+    """Remembered by agent, one MCP client's read_inbox removed what another had been
+    shown, and that one's answer may never have reached it."""
+    agent(fabric, "ann")
+    agent(fabric, "bob")
+    async with http_session(fabric.url, await lent_token(fabric, "ann")) as ann:
+        data(await ann.call_tool("send_message", {"to": "bob", "text": "one"}))
+    first, second = await lent_token(fabric, "bob"), await lent_token(fabric, "bob")
+    async with http_session(fabric.url, first) as one, http_session(fabric.url, second) as two:
+        assert data(await one.call_tool("read_inbox", {}))["count"] == 1
+        assert data(await two.call_tool("read_inbox", {}))["count"] == 1  # still there
+        assert data(await one.call_tool("read_inbox", {}))["count"] == 0  # one's, removed

@@ -478,18 +478,26 @@ def enroll_keys(
     now: Timestamp,
 ) -> None:
     """Enroll ``record``'s agent with ``keys`` (its records: new, or new states of known
-    ones): witnessed first, then trusted.
+    ones): new keys witnessed first, then trusted.
 
     Every record is checked first, on a copy of the keys it touches: a refusal halfway
     through the list (a record contradicting a trusted one, or another of the list) left
     the records before it trusted. The agent's record and the key events then commit
-    (for the witness) before the keyring file is written and the keys are trusted: the
+    (for the witness) before a new key is written to the keyring file and trusted: the
     other way round, a crash between the two left keys trusted after the restart that
     no event recorded, and the operator's retry recorded none either (its events were
     reckoned against the keys already trusted). A crash after the commit leaves them
-    witnessed but not yet trusted, and the retry records them again. (Over a shared
-    store the keys are shared first, for the other servers: see below.)"""
+    witnessed but not yet trusted, and the retry records them again.
+
+    A known key's further state (deprecated, revoked) takes effect before its event, as
+    a recall does: failing closed (a revocation no event records harms nothing; one
+    witnessed but lost with its keyring file would trust the key again after a restart).
+    Over a shared store every key goes first: the other servers read the keys when the
+    enrollment's event reaches them. The store's commit runs outside the keyring's lock:
+    a batch holds the store's lock and may take the keyring's (a key recalled by message).
+    """
     agent = record.id
+    shared = state.service.store.shared
     with keyring_lock(state.keyring_dir):
         staged = Keyring(
             [*state.keyring.for_agent(agent)]
@@ -499,27 +507,37 @@ def enroll_keys(
                 if (known := state.keyring.get(key.kid)) is not None and known.agent != agent
             ]
         )
-        events = []
+        events, further = [], []
         try:
             for key in keys:
                 before = staged.get(key.kid)
                 after = staged.add(key)
                 if before is None or before.state != after.state:
                     events.append(key_event(before, after, now))
+                    if before is not None:
+                        further.append(after)
         except KeyringError as exc:  # a record that contradicts a trusted one, or another
             raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
-        witnessed = [*events, enrolled_event(record, now)]
-        shared = state.service.store.shared
-        if not shared:
-            state.service.enroll(record, witnessed, manifest)
-        write_keyring_dir(staged, state.keyring_dir, agents=[agent])
-        for key in keys:  # (checked above: nothing can contradict them now)
-            state.keyring.add(key)
+        first = list(keys) if shared else further
+        if first:
+            _trust_keys(state, agent, first)
         if shared:
-            # Over Redis the other servers read the keys when the enrollment's event
-            # reaches them: the keys go first (there its writes are not one transaction).
             state.service.share_keys([agent])
-            state.service.enroll(record, witnessed, manifest)
+    state.service.enroll(record, [*events, enrolled_event(record, now)], manifest)
+    if not shared:
+        with keyring_lock(state.keyring_dir):
+            _trust_keys(state, agent, keys)
+
+
+def _trust_keys(state: ServerState, agent: AgentId, keys: Sequence[KeyRecord]) -> None:
+    """Trust ``keys`` (the keyring keeps each key's furthest state) and write ``agent``'s
+    keyring file (the caller holds the keyring's lock)."""
+    try:
+        for key in keys:
+            state.keyring.add(key)
+    except KeyringError as exc:  # (checked on a copy: only a change meanwhile gets here)
+        raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
+    write_keyring_dir(state.keyring, state.keyring_dir, agents=[agent])
 
 
 def enrolled_event(record: AgentRecord, now: Timestamp) -> BoardEvent:

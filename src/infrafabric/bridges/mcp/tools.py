@@ -38,7 +38,7 @@ AgentSource = Callable[[], Awaitable[Client]]
 MAX_TRACE_PAGES: Final = 10
 #: Tasks ``list_tasks`` returns unless asked for fewer (a model reads every one).
 DEFAULT_LIST_LIMIT: Final = 50
-#: Agents whose last read_inbox is remembered (the oldest forgotten: shown again).
+#: Callers whose last read_inbox is remembered (the oldest forgotten: shown again).
 MAX_REMEMBERED_READERS: Final = 1024
 
 INSTRUCTIONS: Final = """\
@@ -352,11 +352,13 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         with fabric_errors():
             return await client.send(address, kind, {"text": text})
 
-    # What each agent's last read_inbox showed: removed from its inbox by its next call
+    # What each caller's last read_inbox showed: removed from its inbox by its next call
     # (which proves the answer reached it), not before the answer left. Acknowledged
     # then, a crash of the bridge or the server between the acknowledgments and the
-    # answer lost the messages. Kept here only: a bridge that restarts, or another
-    # server behind a load balancer, shows them again (at least once, never lost).
+    # answer lost the messages. By caller, the key it signs with (a lent key: one MCP
+    # client's token), not by agent: another client of the same agent must not remove
+    # what this one was shown. Kept here only: a bridge that restarts, or another server
+    # behind a load balancer, shows them again (at least once, never lost).
     shown: collections.OrderedDict[str, list[int]] = collections.OrderedDict()
 
     @server.tool(annotations=Changes)
@@ -378,7 +380,7 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
         client = await agent()
         with fabric_errors():
             if acknowledge:
-                for position in shown.pop(client.agent, ()):
+                for position in shown.pop(client.identity.kid, ()):
                     await client.ack(position)
             waiting = (await client.inbox())[:limit]
             messages = [
@@ -392,7 +394,7 @@ def build_server(agent: AgentSource, *, name: str = "infrafabric") -> MCPServer:
                 for position, message in waiting
             ]
             if acknowledge:
-                shown[client.agent] = [position for position, _ in waiting]
+                shown[client.identity.kid] = [position for position, _ in waiting]
                 while len(shown) > MAX_REMEMBERED_READERS:
                     shown.popitem(last=False)
         return {"count": len(messages), "messages": messages}
