@@ -875,11 +875,7 @@ class FabricService:
                 except Exception:
                     _log.exception("listener %r failed", listener)
 
-        held: list[Callable[[], None]] | None = getattr(self._held, "announcements", None)
-        if held is None:
-            announce()
-        else:
-            held.append(announce)
+        self._after_commit(announce)
 
 
 def _request(message: IFMessage, decoder: msgspec.json.Decoder[T], service: str) -> T:
