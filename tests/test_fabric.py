@@ -18,9 +18,12 @@ from infrafabric.board.rules import BoardConfig
 from infrafabric.client import RemoteError
 from infrafabric.errors import StoreError
 from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
+from infrafabric.governor.core import Manifest
 from infrafabric.protocol.identity import SigningIdentity
+from infrafabric.protocol.keyring import Keyring
 from infrafabric.protocol.message import agent_id
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode
+from infrafabric.server.app import enroll_keys
 from infrafabric.server.runner import open_server
 from infrafabric.service import ServiceError
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
@@ -626,3 +629,39 @@ def test_a_recall_takes_effect_before_its_event(
         record = reopened.state.keyring.get(lent.kid)
         assert record is not None
         assert record.state == "revoked"
+
+
+def test_a_revocation_by_enrollment_whose_commit_failed_is_recorded_by_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revocation takes effect before its event (failing closed); when the commit
+    then failed, the retry found the key revoked already and recorded nothing."""
+    with Fabric.open(tmp_path / "board") as fabric:
+        alice = fabric.enroll("alice")
+        key = fabric.state.keyring.get(alice.kid)
+        assert key is not None
+        revoked = Keyring([key]).revoke(alice.kid, time.time())
+        agent_record = fabric.state.service.agent(alice.agent)
+        assert agent_record is not None
+
+        def enroll_again() -> None:
+            enroll_keys(fabric.state, agent_record, [revoked], Manifest(), time.time())
+
+        def lost(*args: object) -> None:
+            raise StoreError("disk full (a fault made for the test)")
+
+        with monkeypatch.context() as faults:
+            faults.setattr(fabric.state.service.store, "enroll", lost)
+            with pytest.raises(StoreError):
+                enroll_again()
+        assert fabric.state.keyring.get(alice.kid).state == "revoked"  # type: ignore[union-attr]
+        enroll_again()  # the operator tries again
+        assert _events(fabric, "keys")[-2:] == [
+            ("key.revoked", alice.agent),
+            ("agent.enrolled", alice.agent),
+        ]
+        enroll_again()  # and once recorded, it is not recorded again
+        assert _events(fabric, "keys")[-2:] == [
+            ("agent.enrolled", alice.agent),
+            ("agent.enrolled", alice.agent),
+        ]

@@ -46,7 +46,7 @@ from infrafabric.protocol.keyring import (
 from infrafabric.protocol.message import IFMessage, encode_json
 from infrafabric.protocol.reasons import Reason
 from infrafabric.protocol.verify import Mode, Verdict, Verifier
-from infrafabric.storage.base import AgentRecord, Replayed
+from infrafabric.storage.base import AgentRecord, Replayed, SharesKeys
 from infrafabric.types import AgentId, Timestamp
 
 __all__ = ["Delivery", "FabricService", "ServiceError"]
@@ -460,12 +460,17 @@ class FabricService:
             keyring = self.verifier.keyring
             with self._verify_lock:  # what another server wrote (a revocation) is kept
                 self._load_shared_keys()
-            self.store.save_state(
-                {
+                documents = {
                     KEYS_PREFIX + agent: msgspec.json.encode(keyring.to_file(agent))
                     for agent in agents
                 }
-            )
+            # Merged key by key where the store can (saved whole, a copy made before
+            # another server revoked a key and saved after took the revocation back)
+            if isinstance(self.store, SharesKeys):
+                for name, document in documents.items():
+                    self.store.share_keyring(name, document)
+            else:
+                self.store.save_state(documents)
 
     def load_shared_keys(self) -> None:
         """On a shared store: trust the keys the other servers enrolled or revoked, and

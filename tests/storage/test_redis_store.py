@@ -14,12 +14,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
+from infrafabric import SigningIdentity, agent_id
 from infrafabric.board.model import Task, TaskState
 from infrafabric.board.rules import BoardConfig, Outcome, cancel, claim, create
 from infrafabric.coordinator import AGENT_STRIPES, Coordinator
 from infrafabric.errors import StoreError, StoreUnavailable
+from infrafabric.protocol.keyring import (
+    KEYRING_FORMAT,
+    KeyRecord,
+    Keyring,
+    KeyringFile,
+    new_key_record,
+)
 from infrafabric.server.relay import Relay
 from infrafabric.storage.base import Conflict, Replayed, Store
 from infrafabric.storage.redis import RedisStore, claim_key, redacted, redis_version_supported
@@ -673,3 +682,34 @@ def test_a_redis_that_keeps_no_append_only_file_is_named_at_start(
         ]
     finally:
         volatile.stop()
+
+
+def test_a_keyring_shared_late_never_takes_back_a_revocation(redis_url: str) -> None:
+    """Shared whole, a copy made before another server revoked a key and saved after it
+    put the key back active in Redis, for every server that read it then."""
+    agent = agent_id("alice")
+    one, two, three = (SigningIdentity.generate(agent) for _ in range(3))
+    now = time.time()
+    record = {
+        i.kid: new_key_record(agent, i.public_key, version=1, now=now) for i in (one, two, three)
+    }
+
+    def document(*records: KeyRecord) -> bytes:
+        return msgspec.json.encode(KeyringFile(format=KEYRING_FORMAT, keys=records))
+
+    store = RedisStore(redis_url)
+    try:
+        store.share_keyring("keyring/alice", document(record[one.kid], record[two.kid]))
+        revoked = Keyring([record[one.kid]]).revoke(one.kid, now)
+        store.share_keyring("keyring/alice", document(revoked))  # another server's recall
+        before = store.state_version()
+        store.share_keyring("keyring/alice", document(record[one.kid], record[three.kid]))  # late
+        shared = msgspec.json.decode(
+            store.load_state("keyring/")["keyring/alice"], type=KeyringFile
+        )
+        states = {key.kid: str(key.state) for key in shared.keys}
+        assert states == {one.kid: "revoked", two.kid: "active", three.kid: "active"}
+        time.sleep(0.1)  # (the generation is read at most every 50 ms)
+        assert store.state_version() > before  # the other servers see that keys changed
+    finally:
+        store.close()

@@ -96,6 +96,9 @@ class ServerState:
     spend: SpendSeries = field(default_factory=SpendSeries, init=False)  # from the witness
     spend_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
     committer: Committer = field(init=False)
+    # Keys whose further state (deprecated, revoked) an enrollment applied before its
+    # commit, which then failed: the retry owes their event (see enroll_keys).
+    unwitnessed_keys: set[str] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         # Redis: many messages in flight at once, on threads; SQLite: one writer, on the
@@ -492,6 +495,8 @@ def enroll_keys(
     A known key's further state (deprecated, revoked) takes effect before its event, as
     a recall does: failing closed (a revocation no event records harms nothing; one
     witnessed but lost with its keyring file would trust the key again after a restart).
+    Should the commit then fail, the retry records its event all the same (the key's
+    state no longer changes then); a restart in between forgets that debt.
     Over a shared store every key goes first: the other servers read the keys when the
     enrollment's event reaches them. The store's commit runs outside the keyring's lock:
     a batch holds the store's lock and may take the keyring's (a key recalled by message).
@@ -516,14 +521,18 @@ def enroll_keys(
                     events.append(key_event(before, after, now))
                     if before is not None:
                         further.append(after)
+                elif after.kid in state.unwitnessed_keys:  # applied, its commit failed
+                    events.append(key_event(before, after, now))
         except KeyringError as exc:  # a record that contradicts a trusted one, or another
             raise ServiceError("KEY_CONFLICT", str(exc), 409) from None
         first = list(keys) if shared else further
+        state.unwitnessed_keys.update(key.kid for key in further)
         if first:
             _trust_keys(state, agent, first)
         if shared:
             state.service.share_keys([agent])
     state.service.enroll(record, [*events, enrolled_event(record, now)], manifest)
+    state.unwitnessed_keys.difference_update(event.payload["kid"] for event in events)
     if not shared:
         with keyring_lock(state.keyring_dir):
             _trust_keys(state, agent, keys)

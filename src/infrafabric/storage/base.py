@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -263,6 +263,17 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the engine's resources; further calls are errors."""
+
+
+@runtime_checkable
+class SharesKeys(Protocol):
+    """A store several processes share keys through (Redis)."""
+
+    def share_keyring(self, name: str, document: bytes) -> None:
+        """Merge keyring document ``document`` (a ``KeyringFile`` as JSON) into the state
+        document ``name``, atomically, key by key: the record of the furthest state wins,
+        so a copy made before another process revoked a key, saved after, does not take
+        the revocation back."""
 
 
 class OneProcess:

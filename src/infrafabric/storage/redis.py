@@ -233,6 +233,37 @@ redis.call('HSET', p .. 'seqw', sender, ARGV[3] .. ':' .. seen)
 return 1
 """
 
+# ARGV: prefix, the state document's name, a keyring document (JSON): merged into the
+# one kept, key by key (kid), the record of the furthest state winning (the order of
+# protocol/keyring.py), so that a copy made before a revocation and saved after it never
+# takes the revocation back. Then the state generation moves, as any save moves it.
+_SHARE_KEYRING = """
+local order = {active = 0, deprecated = 1, revoked = 2, compromised = 3}
+local p, name, new = ARGV[1], ARGV[2], cjson.decode(ARGV[3])
+local old = redis.call('HGET', p .. 'st', name)
+if old then
+  local kept, kids = {}, {}
+  for _, record in ipairs(cjson.decode(old).keys) do
+    kept[record.kid] = record
+    table.insert(kids, record.kid)
+  end
+  for _, record in ipairs(new.keys) do
+    local known = kept[record.kid]
+    if known == nil then
+      table.insert(kids, record.kid)
+      kept[record.kid] = record
+    elseif (order[record.state] or 0) >= (order[known.state] or 0) then
+      kept[record.kid] = record
+    end
+  end
+  local keys = {}
+  for i, kid in ipairs(kids) do keys[i] = kept[kid] end
+  new.keys = keys
+end
+redis.call('HSET', p .. 'st', name, cjson.encode(new))
+redis.call('INCR', p .. 'stgen')
+"""
+
 # ARGV: prefix, agent, time: keep the later time.
 _SEEN = """
 local old = tonumber(redis.call('HGET', ARGV[1] .. 'seen', ARGV[2]) or '-1')
@@ -377,6 +408,7 @@ class RedisStore:
         self._deliver = first.register_script(_DELIVER)
         self._remember = first.register_script(_REMEMBER)
         self._seen = first.register_script(_SEEN)
+        self._share_keyring = first.register_script(_SHARE_KEYRING)
         self._fetch = first.register_script(_FETCH)
         self._claimable = first.register_script(_CLAIMABLE)
         # a claimant is a thread of this store's process: "<this store>.<thread>"
@@ -568,6 +600,10 @@ class RedisStore:
             txn.documents.update(documents)
         elif documents:
             self._commit(_Transaction(documents=dict(documents), generation=expected))
+
+    def share_keyring(self, name: str, document: bytes) -> None:
+        with self._guard():
+            self._share_keyring(client=self.redis, args=[self.prefix, name, document])
 
     def state_version(self) -> int:
         """A number that changes whenever any process saves a state document: a process
