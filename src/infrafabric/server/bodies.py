@@ -21,17 +21,17 @@ MAX_BODY: Final = DEFAULT_MAX_BYTES
 T = TypeVar("T")
 
 
-async def read_body(request: Request) -> bytes:
+async def read_body(request: Request, most: int = MAX_BODY) -> bytes:
     """The body, refused with 413 ``TOO_LARGE`` as soon as it is known to exceed
-    :data:`MAX_BODY`: from its declared length before reading, or while reading."""
+    ``most`` bytes: from its declared length before reading, or while reading."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY:
-        raise ServiceError("TOO_LARGE", f"body of {declared} bytes > {MAX_BODY}", 413)
+    if declared is not None and declared.isdigit() and int(declared) > most:
+        raise ServiceError("TOO_LARGE", f"body of {declared} bytes > {most}", 413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY:
-            raise ServiceError("TOO_LARGE", f"body larger than {MAX_BODY} bytes", 413)
+        if size > most:
+            raise ServiceError("TOO_LARGE", f"body larger than {most} bytes", 413)
         chunks.append(chunk)
     return b"".join(chunks)
 

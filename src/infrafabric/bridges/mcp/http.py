@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 import httpx
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infrafabric.bridges.mcp.token import TokenError, parse_token
@@ -30,6 +31,8 @@ from infrafabric.bridges.mcp.tools import build_server
 from infrafabric.client import Client
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import KeyRole
+from infrafabric.server.bodies import read_body
+from infrafabric.service import ServiceError
 
 if TYPE_CHECKING:
     from infrafabric.server.app import ServerState
@@ -102,9 +105,11 @@ class McpEndpoint:
             return
         try:
             # read here, with a bound: the SDK reads a body whole, however large
-            body = await _bounded_body(scope, receive)
-        except _TooLarge as exc:
-            await _refuse(send, "TOO_LARGE", str(exc), status=413)
+            body = await read_body(Request(scope, receive), MAX_BODY)
+        except ServiceError as exc:
+            await _refuse(send, exc.code, exc.detail, status=exc.status)
+            return
+        except ClientDisconnect:  # gone before its body came: nobody to answer
             return
         token = _CALLER.set(client)
         try:
@@ -177,31 +182,6 @@ class McpEndpoint:
                 _, (_, oldest) = self._clients.popitem(last=False)
                 await oldest.aclose()
             return client
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _bounded_body(scope: Scope, receive: Receive) -> bytes:
-    """The request's body, refused (:class:`_TooLarge`) past :data:`MAX_BODY`: from its
-    declared length before reading, or while reading."""
-    declared = dict(scope["headers"]).get(b"content-length", b"")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise _TooLarge(f"body of {int(declared)} bytes > {MAX_BODY}")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY:
-            raise _TooLarge(f"body larger than {MAX_BODY} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
