@@ -480,11 +480,9 @@ class Client:
                     held = fresh
             except websockets.exceptions.ConnectionClosed:
                 return  # the stream says so
-            except RemoteError as exc:
-                if exc.status in (401, 403):
+            except (RemoteError, httpx.HTTPError) as exc:
+                if _refused_for_good(exc):
                     return
-                await asyncio.sleep(_RENEW_RETRY_SECONDS)
-            except httpx.HTTPError:
                 await asyncio.sleep(_RENEW_RETRY_SECONDS)
 
     async def _open_stream(self) -> websockets.asyncio.client.ClientConnection:
@@ -727,23 +725,25 @@ class Client:
             ) from None
 
     async def _request_socket(self) -> _RequestSocket:
-        if self._socket is not None and not self._socket.closed:
+        held = self._socket
+        if held is not None and not held.closed:
+            if held.token == self._token and time.monotonic() <= self._token_until:
+                return held  # (every call but one in ~14 minutes: nothing to await)
             # The server closes a socket when the token it holds expires: renewed before
             # (in band, so the calls in flight on it go on).
             try:
-                fresh = await self._renewed(self._socket.token)
+                fresh = await self._renewed(held.token)
             except (RemoteError, httpx.HTTPError) as exc:
                 # cannot sign in now: the socket serves while its token lasts (a refusal
                 # for good, a revoked key, fails the call as any message would fail)
-                refused = isinstance(exc, RemoteError) and exc.status in (401, 403)
-                if refused or time.monotonic() >= self._socket.expires:
+                if _refused_for_good(exc) or time.monotonic() >= held.expires:
                     raise
-                return self._socket
+                return held
             if fresh is None:
-                return self._socket
+                return held
             try:
-                await self._socket.renew(fresh, self._token_expires)
-                return self._socket
+                await held.renew(fresh, self._token_expires)
+                return held
             except RemoteError:  # (it closed meanwhile, or refused: a new one, then)
                 await self._close_socket()
         await self._ensure_token()
@@ -994,6 +994,12 @@ def _stream_frame(text: str | bytes) -> Frame | str:
     if frame["type"] in ("event", "message"):
         return Frame(frame["type"], frame.get("topic"), frame.get("position"), frame)
     return str(frame["type"])
+
+
+def _refused_for_good(failure: Exception) -> bool:
+    """Whether signing in failed for a reason that waiting will not mend (a key revoked
+    or unknown), not for the moment (the server unreachable, busy)."""
+    return isinstance(failure, RemoteError) and failure.status in (401, 403)
 
 
 def _refused_handshake(exc: websockets.exceptions.InvalidStatus) -> RemoteError:
