@@ -15,17 +15,18 @@ import pytest
 
 from infrafabric import Outbox, encode_json, ops
 from infrafabric.board.rules import BoardConfig
-from infrafabric.client import RemoteError
+from infrafabric.client import Client, RemoteError
 from infrafabric.errors import StoreError
 from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
 from infrafabric.governor.core import Manifest
 from infrafabric.protocol.identity import SigningIdentity
-from infrafabric.protocol.keyring import Keyring
+from infrafabric.protocol.keyring import Keyring, KeyRole, new_key_record
 from infrafabric.protocol.message import agent_id
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode
 from infrafabric.server.app import enroll_keys
 from infrafabric.server.runner import open_server
-from infrafabric.service import ServiceError
+from infrafabric.service import InProcess, ServiceError
+from infrafabric.storage.base import AgentRecord
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
 
 
@@ -211,9 +212,10 @@ def test_a_record_read_while_the_agent_is_enrolled_again_is_not_kept(tmp_path: P
 def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_same(
     tmp_path: Path,
 ) -> None:
-    """An embedded claim hands its signed bytes straight to the committer (an HTTP
-    request and answer around them took most of its time); what comes back, a reply or a
-    refusal with its code and status, is what ``POST /v1/messages`` would have said."""
+    """A signed embedded claim (``signed=True``) hands its bytes straight to the
+    committer (an HTTP request and answer around them took most of its time); what comes
+    back, a reply or a refusal with its code and status, is what ``POST /v1/messages``
+    would have said."""
     with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
         alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
         paths: list[str] = []
@@ -226,7 +228,10 @@ def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_
         fabric.app = watched  # type: ignore[assignment]
 
         async def scenario() -> None:
-            async with fabric.connect(alice) as agent, fabric.connect(bob) as other:
+            async with (
+                fabric.connect(alice, signed=True) as agent,
+                fabric.connect(bob, signed=True) as other,
+            ):
                 [created] = await agent.create_tasks([{"id": "a", "title": "A"}])
                 assert created["state"] == "available"
                 claimed = await agent.claim("a")
@@ -241,8 +246,144 @@ def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_
                 assert (await other.task("a"))["owner"] == alice.agent  # a read: over ASGI
 
         asyncio.run(scenario())
+        # signed, checked: the agents' sequence numbers were recorded
+        assert fabric.state.service.verifier.sequences.snapshot(alice.agent) is not None
     assert "/v1/messages" not in paths
     assert "/v1/tasks/a" in paths
+
+
+def test_board_operations_in_process_go_unsigned_and_read_as_signed_ones_do(
+    tmp_path: Path,
+) -> None:
+    """By default an embedded client hands its board operations over as data: nothing
+    signed, nothing checked by the verifier, no HTTP; replies and refusals read as those
+    of signed messages, and decisions name the agent and the trace. A help request still
+    goes signed: the invited agent receives the asker's own message."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice, bob = fabric.enroll("alice"), fabric.enroll("bob", ["review:code"])
+        paths: list[str] = []
+        app = fabric.app
+
+        async def watched(scope: Any, receive: Any, send: Any) -> None:
+            paths.append(scope.get("path", ""))
+            await app(scope, receive, send)
+
+        fabric.app = watched  # type: ignore[assignment]
+        sequences = fabric.state.service.verifier.sequences
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent, fabric.connect(bob) as other:
+                await agent.create_tasks([{"id": "a", "title": "A"}])
+                with Client.trace("trace-7"):
+                    claimed = await agent.claim("a")
+                assert (claimed["id"], claimed["owner"]) == ("a", alice.agent)
+                assert isinstance(claimed["milestones"], list)  # JSON values, as over HTTP
+                with pytest.raises(RemoteError) as refused:
+                    await other.complete("a", {})
+                assert (refused.value.code, refused.value.status) == ("NOT_OWNER", 403)
+                with pytest.raises(RemoteError) as too_large:
+                    await agent.create_task("big", description="x" * DEFAULT_MAX_BYTES)
+                assert (too_large.value.code, too_large.value.status) == ("TOO_LARGE", 413)
+                assert sequences.snapshot(alice.agent) is None  # no signed message yet
+                assert await agent.request_help("a", ["review:code"]) == [bob.agent]
+                [(_, invitation)] = await other.inbox()
+                assert invitation.sender == alice.agent
+                assert invitation.content["op"] == "help"
+                assert sequences.snapshot(alice.agent) is not None  # that one was signed
+
+        asyncio.run(scenario())
+        claims = [
+            s.event
+            for s in fabric.state.service.store.events_since(0, 1000)
+            if s.event.kind == "task.claimed"
+        ]
+        assert [(e.actor, e.trace_id) for e in claims] == [(alice.agent, "trace-7")]
+    assert "/v1/messages" not in paths
+
+
+def test_a_recalled_key_stops_its_in_process_client_at_once(tmp_path: Path) -> None:
+    """The key of an in-process client is checked at every operation, as a signed
+    message's would be: once recalled, the next operation is refused and changes nothing."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice = fabric.enroll("alice")
+        lent = SigningIdentity.generate(alice.agent)
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent:
+                await agent.delegate(lent.public_key, 3600)
+                async with fabric.connect(lent) as helper:
+                    await helper.create_task("A", id="a")
+                    assert (await helper.claim("a"))["owner"] == alice.agent
+                    await agent.recall(lent.kid)
+                    with pytest.raises(RemoteError) as refused:
+                        await helper.complete("a", {})
+                    assert (refused.value.code, refused.value.status) == ("KEY_REVOKED", 401)
+                assert (await agent.task("a"))["state"] == "claimed"
+
+        asyncio.run(scenario())
+
+
+def test_an_in_process_operation_is_refused_as_a_signed_one_would_be(tmp_path: Path) -> None:
+    """Handed to the committer directly: an unknown key, another agent's key, a help
+    request (it must be signed), an operation that is not one, a trace IFMessage would
+    refuse, one too large: each refused with its code, and nothing written."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+        task = [{"id": "a", "title": "A"}]
+        create = {"op": "create", "tasks": task}
+        cases = [
+            (InProcess(alice.agent, "no-such-kid", create), "UNKNOWN_KEY", 401),
+            (InProcess(alice.agent, bob.kid, create), "UNKNOWN_KEY", 401),
+            (
+                InProcess(alice.agent, alice.kid, {"op": "help", "task_id": "a", "needed": []}),
+                "UNSIGNED",
+                401,
+            ),
+            (InProcess(alice.agent, alice.kid, {"op": "claim"}), "INVALID_OPERATION", 422),
+            (InProcess(alice.agent, alice.kid, {"op": {1, 2}}), "INVALID_OPERATION", 422),
+            (InProcess(alice.agent, alice.kid, create, "a trace"), "MALFORMED", 400),
+            (
+                InProcess(alice.agent, alice.kid, {**create, "x": "y" * DEFAULT_MAX_BYTES}),
+                "TOO_LARGE",
+                413,
+            ),
+        ]
+        for request, code, status in cases:
+            with pytest.raises(ServiceError) as refused:
+                asyncio.run(fabric.state.committer.submit(request, time.time()))
+            assert (refused.value.code, refused.value.status) == (code, status), request
+        assert list(fabric.state.service.store.tasks()) == []
+        reply = asyncio.run(
+            fabric.state.committer.submit(InProcess(alice.agent, alice.kid, create), time.time())
+        )
+        assert [t["id"] for t in reply["tasks"]] == ["a"]
+
+
+def test_an_operator_in_process_may_cancel_any_task(tmp_path: Path) -> None:
+    """An operator's key carries its authority in process too, and only an operator's."""
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
+        operator = SigningIdentity.generate(agent_id("ops"))
+        now = time.time()
+        key = new_key_record(
+            operator.agent, operator.public_key, version=1, now=now - 60, role=KeyRole.OPERATOR
+        )
+        record = AgentRecord(id=operator.agent, enrolled_at=now)
+        enroll_keys(fabric.state, record, [key], Manifest(), now)
+
+        async def scenario() -> None:
+            async with (
+                fabric.connect(alice) as creator,
+                fabric.connect(bob) as other,
+                fabric.connect(operator) as ops_,
+            ):
+                await creator.create_task("A", id="a")
+                with pytest.raises(RemoteError) as refused:
+                    await other.cancel("a", "not mine")
+                assert refused.value.code == "NOT_CREATOR"
+                assert (await ops_.cancel("a", "stale"))["state"] == "cancelled"
+
+        asyncio.run(scenario())
 
 
 @pytest.mark.parametrize("synchronous", ["FULL", "NORMAL"])
@@ -375,16 +516,16 @@ def test_an_agent_keeps_working_after_a_second_client_signs_as_it(tmp_path: Path
         coder = fabric.enroll("coder")
 
         async def scenario() -> None:
-            async with fabric.connect(coder) as agent:
+            async with fabric.connect(coder, signed=True) as agent:
                 await agent.create_task("t", id="t")
                 await agent.claim("t")
                 await asyncio.sleep(0.2)  # its numbers counted from its start, 200 ms ago
-                async with fabric.connect(coder) as shell:
+                async with fabric.connect(coder, signed=True) as shell:
                     await shell.progress("t", 25, "from a shell")
                 for _ in range(3):
                     assert (await agent.heartbeat("t"))["owner"] == coder.agent
                 await agent.progress("t", 50, "the agent again")
-                async with fabric.connect(coder) as shell:
+                async with fabric.connect(coder, signed=True) as shell:
                     milestones = (await shell.task("t"))["milestones"]
                     assert [m["percent"] for m in milestones] == [25, 50]
 
@@ -427,7 +568,10 @@ def test_two_clients_of_one_identity_at_once_even_on_clocks_apart(tmp_path: Path
         coder = fabric.enroll("coder")
 
         async def scenario() -> None:
-            async with fabric.connect(coder) as agent, fabric.connect(coder) as bridge:
+            async with (
+                fabric.connect(coder, signed=True) as agent,
+                fabric.connect(coder, signed=True) as bridge,
+            ):
                 await agent.create_task("t", id="t")
                 await agent.claim("t")
                 beats = [client.heartbeat("t") for _ in range(40) for client in (agent, bridge)]

@@ -132,6 +132,17 @@ def _with_usage(operation: dict[str, Any], usage: Mapping[str, Any] | None) -> d
     return operation if usage is None else {**operation, "usage": dict(usage)}
 
 
+#: An embedded fabric's board for one connected agent: an operation (and the trace of the
+#: call) in, the reply out, a refusal raised as :class:`~infrafabric.service.ServiceError`.
+InProcessBoard = Callable[[dict[str, Any], "str | None"], Awaitable[dict[str, Any]]]
+
+
+def _as_decoded(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` as the same plain JSON values an HTTP reply would have decoded to."""
+    answer: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
+    return answer
+
+
 class Client:
     """One agent's connection to a fabric. Use :meth:`connect`."""
 
@@ -144,11 +155,14 @@ class Client:
         local: FabricService | None = None,
         timeout: float = 30.0,
         submit: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None,
+        operate: InProcessBoard | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._local = local  # the in-process service of an embedded fabric, for streams
         # an embedded fabric's committer: signed messages handed over with no HTTP at all
         self._submit = submit
+        # and its board: operations handed over as data, not signed (see Fabric.connect)
+        self._operate = operate
         self.identity = identity
         self.agent = identity.agent
         self._http = http
@@ -177,6 +191,7 @@ class Client:
         transport: httpx.AsyncBaseTransport | None = None,
         local: FabricService | None = None,
         submit: Callable[[bytes], Awaitable[dict[str, Any]]] | None = None,
+        operate: InProcessBoard | None = None,
     ) -> AsyncIterator[Client]:
         """Connect ``identity`` to the fabric at ``url`` and authenticate.
 
@@ -185,17 +200,19 @@ class Client:
         its time in milliseconds, so numbers keep rising across restarts, and several
         clients of one identity at once keep to one order (see
         :class:`~infrafabric.protocol.identity.Outbox`).
-        ``transport``, ``local`` and ``submit`` are for an embedded fabric (see
-        :meth:`infrafabric.fabric.Fabric.connect`): requests go to the application in this
-        process instead of over a socket, and signed messages straight to its committer
+        ``transport``, ``local``, ``submit`` and ``operate`` are for an embedded fabric
+        (see :meth:`infrafabric.fabric.Fabric.connect`): requests go to the application in
+        this process instead of over a socket, signed messages straight to its committer
         (``submit``: the wire bytes in, the reply out, a refusal raised as
-        :class:`~infrafabric.service.ServiceError`).
+        :class:`~infrafabric.service.ServiceError`), and with ``operate`` board
+        operations other than help requests as data, unsigned (the operation and the
+        trace in, the reply out).
         """
         start = int(time.time() * 1000) if last_sequence is None else last_sequence
         async with httpx.AsyncClient(
             base_url=url, timeout=timeout, transport=transport, verify=_tls_context()
         ) as http:
-            client = cls(url, identity, http, start, local, timeout, submit)
+            client = cls(url, identity, http, start, local, timeout, submit, operate)
             await client._authenticate()
             try:
                 yield client
@@ -632,6 +649,13 @@ class Client:
         return task
 
     async def _board(self, operation: dict[str, Any]) -> dict[str, Any]:
+        # (a help request goes signed: the invited agents receive the asker's message)
+        if self._operate is not None and operation["op"] != "help":
+            try:
+                result = await self._operate(operation, _TRACE.get())
+            except ServiceError as exc:  # as the HTTP answer would have said it
+                raise RemoteError.of(exc.to_json()["error"], exc.status) from None
+            return _as_decoded(result)
         return await self._post(performative="request", receiver=ops.BOARD, content=operation)
 
     async def _post(self, **fields: Any) -> dict[str, Any]:
@@ -672,9 +696,7 @@ class Client:
                     result = await self._submit(encode_json(message))
                 except ServiceError as exc:  # as the HTTP answer would have said it
                     raise RemoteError.of(exc.to_json()["error"], exc.status) from None
-            # the same plain JSON values an HTTP reply would have decoded to
-            answer: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
-            return answer
+            return _as_decoded(result)
         if not self._use_socket:
             async with self._send_lock:
                 message = self._outbox.message(now=time.time(), **fields)

@@ -9,11 +9,21 @@
     with fabric.connect_sync(alice) as agent:    # or blocking, from any thread
         task = agent.claim_next()
 
-Requests take the same path as on a server: every change is a signed message handed
-to the same committer (verification pipeline, group commit) as ``POST /v1/messages``
-hands it, with no HTTP around it; the other requests go to the same application,
-called in-process through httpx's ASGI transport. Only the socket is missing. A sweeper thread returns expired
-leases every second. For single-process swarms and tests.
+Requests take the server's path with no socket and no HTTP where it can be spared. A
+client connects as over a network (a challenge and answer with the agent's key), then:
+
+* board operations go to the same committer (group commit) as ``POST /v1/messages``
+  hands a signed message to, but as data, unsigned: in one process a signature proves
+  nothing (see :class:`~infrafabric.service.InProcess`), and signing and checking
+  took half of a claim's time. The agent's key is checked at every operation.
+* messages to agents and topics, and help requests, are signed and go through the
+  verification pipeline, as their receivers check who sent them
+  (``connect(identity, signed=True)`` signs every operation too, as over a network);
+* the other requests go to the same application, called in-process through httpx's
+  ASGI transport.
+
+A sweeper thread returns expired leases every second. For single-process swarms and
+tests.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ from typing import Any, Final
 import httpx
 
 from infrafabric.board.rules import DEFAULT_CONFIG, BoardConfig
-from infrafabric.client import Client, SyncClient
+from infrafabric.client import Client, InProcessBoard, SyncClient
 from infrafabric.governor.core import Manifest
 from infrafabric.governor.policy import Price
 from infrafabric.protocol.identity import SigningIdentity
@@ -36,6 +46,7 @@ from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
 from infrafabric.server.app import ServerState, create_app, enroll_keys
 from infrafabric.server.runner import open_server, sweep_until
+from infrafabric.service import InProcess
 from infrafabric.storage.base import AgentRecord
 
 __all__ = ["Fabric"]
@@ -134,8 +145,19 @@ class Fabric:
         return identity
 
     @contextlib.asynccontextmanager
-    async def connect(self, identity: SigningIdentity) -> AsyncIterator[Client]:
-        """An SDK client for ``identity``, talking to this fabric in-process."""
+    async def connect(
+        self, identity: SigningIdentity, *, signed: bool = False
+    ) -> AsyncIterator[Client]:
+        """An SDK client for ``identity``, talking to this fabric in-process.
+
+        Connecting proves that the caller holds ``identity``'s private key (the challenge
+        and answer a server asks for). Then board operations (except help requests) go
+        to the board as data, unsigned, with the key checked again at each one (see
+        :class:`~infrafabric.service.InProcess` for why); messages to agents and topics,
+        and help requests, are signed as over a network, since their receivers check
+        who sent them. ``signed=True`` signs every operation too and has it checked by
+        the verification pipeline, exactly as a server would: for testing what an agent
+        sends, at about twice the cost of a claim."""
         transport = httpx.ASGITransport(app=self.app)
         async with Client.connect(
             EMBEDDED_URL,
@@ -143,20 +165,24 @@ class Fabric:
             transport=transport,
             local=self.state.service,
             submit=self._submit,
+            operate=None if signed else self._board_of(identity),
         ) as client:
             yield client
 
     @contextlib.contextmanager
-    def connect_sync(self, identity: SigningIdentity) -> Iterator[SyncClient]:
+    def connect_sync(
+        self, identity: SigningIdentity, *, signed: bool = False
+    ) -> Iterator[SyncClient]:
         """The blocking SDK for ``identity`` (:class:`~infrafabric.client.SyncClient`: its
-        own event loop in a thread), talking to this fabric in-process. Any number of
-        them, from any threads, share the fabric."""
+        own event loop in a thread), talking to this fabric in-process as :meth:`connect`
+        does. Any number of them, from any threads, share the fabric."""
         with SyncClient.connect(
             EMBEDDED_URL,
             identity,
             transport=httpx.ASGITransport(app=self.app),
             local=self.state.service,
             submit=self._submit,
+            operate=None if signed else self._board_of(identity),
         ) as client:
             yield client
 
@@ -165,6 +191,17 @@ class Fabric:
         (the same verification and group commit), without building an HTTP request and
         answer around it: that took most of an embedded claim's time."""
         return await self.state.committer.submit(data, self.state.clock())
+
+    def _board_of(self, identity: SigningIdentity) -> InProcessBoard:
+        """The board as ``identity``'s client reaches it: each operation to the same
+        committer as a signed message (the same group commit, in order with them)."""
+        agent, kid = identity.agent, identity.kid
+        committer, clock = self.state.committer, self.state.clock
+
+        async def operate(operation: dict[str, Any], trace: str | None) -> dict[str, Any]:
+            return await committer.submit(InProcess(agent, kid, operation, trace), clock())
+
+        return operate
 
     def close(self) -> None:
         self._stop.set()

@@ -18,7 +18,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -44,12 +44,13 @@ from infrafabric.protocol.keyring import (
     delegated_key,
 )
 from infrafabric.protocol.message import IFMessage, encode_json
+from infrafabric.protocol.patterns import TokenField
 from infrafabric.protocol.reasons import Reason
-from infrafabric.protocol.verify import Mode, Verdict, Verifier
+from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode, Verdict, Verifier
 from infrafabric.storage.base import AgentRecord, Replayed, SharesKeys
-from infrafabric.types import AgentId, Timestamp
+from infrafabric.types import AgentId, KeyId, Timestamp
 
-__all__ = ["Delivery", "FabricService", "ServiceError"]
+__all__ = ["Delivery", "FabricService", "InProcess", "ServiceError"]
 
 _STATUS_OF_REASON: Final = {
     Reason.TOO_LARGE: 413,
@@ -113,6 +114,28 @@ class ServiceError(FabricError):
         if self.highest is not None:
             error["highest"] = self.highest
         return {"error": error}
+
+
+@dataclass(frozen=True, slots=True)
+class InProcess:
+    """A board operation from a client in the fabric's own process (an embedded fabric's
+    :meth:`~infrafabric.fabric.Fabric.connect`), handed over as data, not as a signed
+    message.
+
+    A signature proves who sent bytes that crossed a boundary. In process there is no
+    boundary: the code that holds the client holds the fabric too, and could call the
+    board directly; nothing is read off a wire, so nothing can be forged or replayed on
+    the way; and the fabric keeps no request's signature (the witness records its
+    decisions, which it signs itself). Signing and checking each operation here took
+    half of an embedded claim's time and proved nothing. What does count is checked:
+    the client proved it holds the agent's private key when it connected (the same
+    challenge and answer as over a network), and the key is checked again at every
+    operation (see :meth:`FabricService.handle_in_process`)."""
+
+    agent: AgentId
+    kid: KeyId
+    operation: Mapping[str, Any]
+    trace_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,8 +308,42 @@ class FabricService:
                 self._announce(self._listeners.topics, receiver, body)
         return {"delivered": delivered, "published": published}
 
+    def handle_in_process(self, request: InProcess, now: Timestamp) -> dict[str, Any]:
+        """Carry out a board operation from a client in this process (see
+        :class:`InProcess`); returns the reply a signed request would have had, or raises
+        :class:`ServiceError` with the codes it would have had. The key is checked as the
+        verifier checks a signed message's key, at every operation: a key revoked, or
+        deprecated past its grace, stops its sessions at once."""
+        with self._verify_lock:
+            key = self.verifier.keyring.resolve(request.agent, request.kid, now)
+        if key.reason is not None or key.record is None:
+            reason = key.reason or Reason.UNKNOWN_KEY
+            raise ServiceError(str(reason), key.detail, _STATUS_OF_REASON.get(reason, 401))
+        self._operation.name = "board"
+        try:
+            # the same bound and the same checks as the content of a signed request
+            content = _CONTENT_ENCODER.encode(request.operation)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ServiceError("INVALID_OPERATION", f"not JSON data: {exc}", 422) from None
+        if len(content) > DEFAULT_MAX_BYTES:
+            raise ServiceError(
+                "TOO_LARGE", f"{len(content)} bytes > {DEFAULT_MAX_BYTES} in one operation", 413
+            )
+        try:
+            operation = _OPERATION_DECODER.decode(content)
+        except msgspec.ValidationError as exc:
+            raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
+        trace = request.trace_id
+        if trace is not None:
+            try:
+                msgspec.convert(trace, TokenField)  # as IFMessage's trace_id
+            except msgspec.ValidationError as exc:
+                raise ServiceError("MALFORMED", f"trace_id: {exc}", 400) from None
+        operator = key.record.role is KeyRole.OPERATOR
+        return self._board_operation(operation, request.agent, trace, operator, None)
+
     def handle_batch(
-        self, batch: Sequence[tuple[bytes, Timestamp]]
+        self, batch: Sequence[tuple[bytes | InProcess, Timestamp]]
     ) -> list[dict[str, Any] | ServiceError]:
         """Carry out several wire messages with one commit (group commit, see
         :meth:`~infrafabric.storage.base.Store.batch`): the reply or refusal of each, in
@@ -311,7 +368,10 @@ class FabricService:
                         self._operation.name = "unverified"
                         before = len(recorded)
                         try:
-                            results.append(self.handle(data, now=now, recorded=recorded))
+                            if isinstance(data, InProcess):
+                                results.append(self.handle_in_process(data, now))
+                            else:
+                                results.append(self.handle(data, now=now, recorded=recorded))
                         except ServiceError as exc:
                             results.append(exc)
                         except StoreError as exc:  # if the batch is lost, the commit says so
@@ -539,17 +599,28 @@ class FabricService:
         """One board operation; ``operator``: the message passed every check under an
         operator's key (it may cancel any task)."""
         operation = _request(message, _OPERATION_DECODER, "board")
+        trace = None if message.trace_id is UNSET else message.trace_id
+        return self._board_operation(operation, message.sender, trace, operator, message)
+
+    def _board_operation(
+        self,
+        operation: ops.Operation,
+        agent: AgentId,
+        trace: str | None,
+        operator: bool,
+        message: IFMessage | None,
+    ) -> dict[str, Any]:
+        """``operation`` carried out for ``agent``, its refusals as :class:`ServiceError`;
+        ``message``: the signed request that asked for it (``None`` in process)."""
         self._operation.name = type(operation).__struct_config__.tag or "board"
-        agent = message.sender
         record = self.agent(agent)
         if record is None:
             raise ServiceError("NOT_ENROLLED", f"{agent} is not enrolled in this fabric", 403)
-        trace = None if message.trace_id is UNSET else message.trace_id
         if self.governor is not None:
             self.governor.seen(agent)
         try:
             with self.coordinator.traced(trace):
-                return self._operate(operation, message, record, operator)
+                return self._operate(operation, agent, record, operator, message)
         except (NotOwner, LeaseLost) as exc:
             raise ServiceError(
                 "LEASE_LOST" if isinstance(exc, LeaseLost) else "NOT_OWNER", str(exc), 403
@@ -582,12 +653,12 @@ class FabricService:
     def _operate(
         self,
         operation: ops.Operation,
-        message: IFMessage,
+        agent: AgentId,
         record: AgentRecord,
-        operator: bool = False,
+        operator: bool,
+        message: IFMessage | None,
     ) -> dict[str, Any]:
         board = self.coordinator
-        agent = message.sender
         match operation:
             case ops.Create(tasks=specs):
                 return {
@@ -648,6 +719,13 @@ class FabricService:
             case ops.GiveUp(task_id=task_id):
                 return {"task": _task_json(board.give_up(task_id, agent))}
             case ops.Help(task_id=task_id, needed=needed):
+                if message is None:
+                    raise ServiceError(
+                        "UNSIGNED",
+                        "a help request reaches the invited agents' inboxes as the asker's"
+                        " own signed message: send it signed",
+                        _STATUS_OF_REASON[Reason.UNSIGNED],
+                    )
                 agents = {a.id: a.capabilities for a in self.store.agents()}
                 chosen = None
                 if self.governor is not None:

@@ -46,7 +46,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from infrafabric.service import FabricService, ServiceError
+from infrafabric.service import FabricService, InProcess, ServiceError
 from infrafabric.types import Timestamp
 
 __all__ = ["MAX_BATCH", "Committer"]
@@ -55,7 +55,9 @@ __all__ = ["MAX_BATCH", "Committer"]
 #: store's write lock is never held for long.
 MAX_BATCH: Final = 64
 
-_Job = tuple[bytes, Timestamp, "asyncio.Future[dict[str, Any]]", asyncio.AbstractEventLoop]
+_Job = tuple[
+    bytes | InProcess, Timestamp, "asyncio.Future[dict[str, Any]]", asyncio.AbstractEventLoop
+]
 _STOP: Final = None
 
 
@@ -88,9 +90,12 @@ class Committer:
         self._start_lock = threading.Lock()
         self._turn = itertools.count()
 
-    async def submit(self, data: bytes, now: Timestamp, key: object = None) -> dict[str, Any]:
-        """Carry out one wire message; its reply, or the service's refusal raised.
-        Messages with the same ``key`` (a connection) are carried out in order."""
+    async def submit(
+        self, data: bytes | InProcess, now: Timestamp, key: object = None
+    ) -> dict[str, Any]:
+        """Carry out one wire message (or an operation from this process); its reply, or
+        the service's refusal raised. Messages with the same ``key`` (a connection) are
+        carried out in order."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         if self.on_loop:
@@ -106,7 +111,7 @@ class Committer:
 
     async def _submit_on_loop(
         self,
-        data: bytes,
+        data: bytes | InProcess,
         now: Timestamp,
         future: asyncio.Future[dict[str, Any]],
         loop: asyncio.AbstractEventLoop,
