@@ -137,6 +137,10 @@ def _with_usage(operation: dict[str, Any], usage: Mapping[str, Any] | None) -> d
 InProcessBoard = Callable[[dict[str, Any], "str | None"], Awaitable[dict[str, Any]]]
 
 
+#: Tasks asked for per page of ``GET /v1/tasks`` (the most a server gives).
+TASK_PAGE_MOST: Final = 5000
+
+
 def _as_decoded(result: dict[str, Any]) -> dict[str, Any]:
     """``result`` as the same plain JSON values an HTTP reply would have decoded to."""
     answer: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
@@ -524,10 +528,18 @@ class Client:
     # -- reads ----------------------------------------------------------------------------
 
     async def tasks(self, *states: str) -> list[dict[str, Any]]:
-        tasks: list[dict[str, Any]] = (
-            await self._get("/v1/tasks", params={"state": list(states)})
-        )["tasks"]
-        return tasks
+        """Every task (or those in ``states``), by id: the server's pages, read in turn."""
+        tasks: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            params: dict[str, Any] = {"state": list(states), "limit": TASK_PAGE_MOST}
+            if after is not None:
+                params["after"] = after
+            page = await self._get("/v1/tasks", params=params)
+            tasks += page["tasks"]
+            after = page.get("next")  # (absent: a server that answers the board whole)
+            if not after:
+                return tasks
 
     async def task(self, task_id: str) -> dict[str, Any]:
         task: dict[str, Any] = (await self._get(f"/v1/tasks/{path_segment(task_id)}"))["task"]

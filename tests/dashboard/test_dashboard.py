@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.sync_api import Page, expect
 
 from infrafabric.client import SyncClient
@@ -91,6 +92,20 @@ def test_the_board_moves_live_as_agents_work(fabric: Fabric, page: Page) -> None
     expect(progressing.locator("progress")).to_have_attribute("value", "50")
     page.click("#tabs button[data-view=events]")
     expect(page.locator("#events")).to_contain_text("task.claimed api by coder")
+
+
+def test_every_page_of_the_board_is_shown(
+    fabric: Fabric, page: Page, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server answers the board a page at a time; the dashboard reads every page."""
+    from infrafabric.server import app
+
+    monkeypatch.setattr(app, "MAX_TASK_PAGE", 2)
+    ids = [f"t{i}" for i in range(5)]
+    as_agent(fabric, "lead", lambda c: c.create_tasks([{"id": i, "title": i} for i in ids]))
+    sign_in(page, fabric)
+    for task in ids:
+        expect(card(page, "available", task)).to_be_visible(timeout=5 * SECOND)
 
 
 def test_an_agent_turns_yellow_when_it_falls_silent(fabric: Fabric, page: Page) -> None:

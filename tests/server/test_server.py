@@ -703,3 +703,49 @@ def test_a_blocked_agent_is_offered_the_fillers_the_governor_would_give_it(
             return (claimed and claimed["id"]), (filler and filler["id"])
 
     assert run(scenario()) == ("main", "fill")
+
+
+def test_the_board_is_listed_a_page_at_a_time(
+    fabric: Fabric, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/tasks`` answers a page (read under the store's lock: the whole of a
+    large board held every claim up while it was read); the SDK, the CLI and the
+    dashboard read the pages in turn."""
+    from infrafabric.cli.board import _read_tasks
+    from infrafabric.server import app
+
+    alice = fabric.enroll("alice")
+    ids = [f"t{i}" for i in range(7)]
+
+    async def make() -> None:
+        async with Client.connect(fabric.url, alice) as agent:
+            await agent.create_tasks([{"id": i, "title": i} for i in ids])
+            await agent.claim("t3")
+
+    run(make())
+    first = fabric.admin_get("/v1/tasks?limit=3").json()
+    assert ([t["id"] for t in first["tasks"]], first["next"]) == (ids[:3], "t2")
+    second = fabric.admin_get("/v1/tasks?limit=3&after=t2").json()
+    assert ([t["id"] for t in second["tasks"]], second["next"]) == (ids[3:6], "t5")
+    last = fabric.admin_get("/v1/tasks?limit=3&after=t5").json()
+    assert ([t["id"] for t in last["tasks"]], last["next"]) == (["t6"], None)
+    claimed = fabric.admin_get("/v1/tasks?state=claimed&limit=3").json()
+    assert ([t["id"] for t in claimed["tasks"]], claimed["next"]) == (["t3"], None)
+    assert [t["id"] for t in fabric.admin_get("/v1/tasks").json()["tasks"]] == ids
+    for refused in ("limit=0", "limit=-1", "limit=x", f"after={'a' * 129}"):
+        reply = fabric.admin_get(f"/v1/tasks?{refused}")
+        assert (reply.status_code, reply.json()["error"]["code"]) == (400, "MALFORMED"), refused
+    monkeypatch.setattr(app, "MAX_TASK_PAGE", 2)  # a page of two, whatever is asked
+    assert len(fabric.admin_get("/v1/tasks?limit=5000").json()["tasks"]) == 2
+
+    async def listed() -> tuple[list[str], list[str]]:
+        async with Client.connect(fabric.url, alice) as agent:
+            every = [t["id"] for t in await agent.tasks()]
+            available = [t["id"] for t in await agent.tasks("available")]
+            return every, available
+
+    every, available = run(listed())
+    assert every == ids
+    assert available == [i for i in ids if i != "t3"]
+    assert [t["id"] for t in _read_tasks(fabric.url, None, fabric.admin)] == ids
+    assert [t["id"] for t in _read_tasks(fabric.url, None, fabric.admin, ["claimed"])] == ["t3"]

@@ -118,6 +118,32 @@ def test_the_event_log_keeps_a_bounded_tail(store: Store) -> None:
     assert len(kept) < 1200  # ...but they do prune: the oldest events are gone
 
 
+def test_tasks_are_read_in_pages_by_id(store: Store) -> None:
+    """``after`` and ``limit`` page through the board by id, with or without states, so
+    that no read of a large board holds the store for long. Ids of other scripts sort
+    by code point on every engine (Python's order, not a locale's)."""
+    ids = ["b", "a", "a-1", "B", "z", "\u00e9t\u00e9", "\u4efb\u52a1", "\U0001f600", "c"]
+    add(store, *(Task(id=i, title=i, dependencies=("c",) if i == "z" else ()) for i in ids))
+    everything = [t.id for t in store.tasks()]
+    assert everything == sorted(ids)
+    pages: list[list[str]] = []
+    after: str | None = None
+    while page := [t.id for t in store.tasks(after=after, limit=4)]:
+        pages.append(page)
+        after = page[-1]
+    assert pages == [everything[0:4], everything[4:8], everything[8:]]
+    available = [t.id for t in store.tasks([TaskState.AVAILABLE])]
+    assert "z" not in available  # waiting for c
+    assert [t.id for t in store.tasks([TaskState.AVAILABLE], after="a", limit=3)] == [
+        i for i in available if i > "a"
+    ][:3]
+    waiting_or_available = [TaskState.WAITING, TaskState.AVAILABLE]
+    assert [t.id for t in store.tasks(waiting_or_available, after="c")] == [
+        i for i in everything if i > "c"
+    ]
+    assert store.tasks(after=everything[-1]) == []
+
+
 def test_threads_racing_for_tasks_each_win_a_task_once(store: Store) -> None:
     add(store, *(Task(id=f"t{i:03d}", title="x") for i in range(60)))
     winners: dict[str, str] = {}

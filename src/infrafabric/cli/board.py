@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -33,7 +33,7 @@ from infrafabric.cli.common import (
     print_table,
     reported_errors,
 )
-from infrafabric.client import Client, RemoteError, path_segment
+from infrafabric.client import TASK_PAGE_MOST, Client, RemoteError, path_segment
 from infrafabric.errors import CallerError
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir, header_safe
 
@@ -143,6 +143,29 @@ def _read(
     return _as_agent(server, name, get)
 
 
+def _read_tasks(
+    server: str, name: str | None, token: str | None, states: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Every task (or those in ``states``): ``GET /v1/tasks`` answers a page at a time."""
+    if name is not None:
+
+        async def get(agent: Client) -> list[dict[str, Any]]:
+            return await agent.tasks(*states)
+
+        return _as_agent(server, name, get)
+    tasks: list[dict[str, Any]] = []
+    after: str | None = None
+    while True:
+        params: dict[str, Any] = {"state": list(states), "limit": TASK_PAGE_MOST}
+        if after is not None:
+            params["after"] = after
+        page = _admin_request(server, token, "GET", "/v1/tasks", params=params)
+        tasks += page["tasks"]
+        after = page.get("next")
+        if not after:
+            return tasks
+
+
 def _show(task: dict[str, Any] | None) -> None:
     if task is None:
         typer.echo("nothing to claim")
@@ -235,7 +258,7 @@ def task_list(
 ) -> None:
     """List tasks (as an identity with --as, else as the operator)."""
     states = [s.value for s in state]  # (an unknown state is a usage error, exit 2)
-    tasks = _read(server, agent, admin_token, "/v1/tasks", state=states)["tasks"]
+    tasks = _read_tasks(server, agent, admin_token, states)
     rows = [
         (t["id"], t["state"], str(t["priority"]), t.get("owner") or "", t["title"][:60])
         for t in tasks
@@ -428,7 +451,7 @@ def status(
     server: Server = DEFAULT_SERVER, agent: AsOptional = None, admin_token: AdminToken = None
 ) -> None:
     """The board at a glance: tasks by state, who holds what, agents' health."""
-    tasks = _read(server, agent, admin_token, "/v1/tasks")["tasks"]
+    tasks = _read_tasks(server, agent, admin_token)
     agents = _read(server, agent, admin_token, "/v1/agents")["agents"]
     console = Console(highlight=False, soft_wrap=True)
     counts = Counter(task["state"] for task in tasks)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -76,6 +77,12 @@ SHARED_STORE_WORKERS: Final = 4
 SESSION_COOKIE: Final = "ifab_operator"
 #: The content type of the Prometheus text format.
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+#: ``GET /v1/tasks``: tasks per page by default, and at most (a page of 5,000 tasks is
+#: about 2 MB of JSON and a few ms of the store's time).
+TASK_PAGE: Final = 500
+MAX_TASK_PAGE: Final = 5000
+#: The longest task id (``ops.TaskIdText``): an ``after`` beyond it is no task's id.
+MAX_TASK_ID: Final = 128
 
 
 @dataclass
@@ -369,8 +376,17 @@ async def _tasks(state: ServerState, request: Request) -> dict[str, Any]:
         states = [TaskState(name) for name in wanted] or None
     except ValueError:
         raise ServiceError("MALFORMED", f"unknown state among {wanted}", 400) from None
-    tasks = await run_in_threadpool(state.service.store.tasks, states)
-    return {"tasks": msgspec.to_builtins(tasks)}
+    after = request.query_params.get("after")
+    if after is not None and len(after) > MAX_TASK_ID:
+        raise ServiceError("MALFORMED", f"after is a task id (at most {MAX_TASK_ID})", 400)
+    limit = min(_int_param(request, "limit", TASK_PAGE, least=1), MAX_TASK_PAGE)
+    # A page, not the board: the whole of a large board, read under the store's lock,
+    # held every claim up for as long as the read took, and any agent may ask.
+    tasks = await run_in_threadpool(
+        functools.partial(state.service.store.tasks, states, after=after, limit=limit)
+    )
+    more = len(tasks) == limit
+    return {"tasks": msgspec.to_builtins(tasks), "next": tasks[-1].id if more else None}
 
 
 async def _task(state: ServerState, request: Request) -> dict[str, Any]:

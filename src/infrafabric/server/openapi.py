@@ -118,7 +118,8 @@ OPENAPI: Final[dict[str, Any]] = {
         },
         "/v1/tasks": {
             "get": _op(
-                "The board's tasks (repeat ?state= to filter)",
+                "A page of the board's tasks by id (repeat ?state= to filter); next: the"
+                " after of the next page, null on the last",
                 parameters=(
                     {
                         **_query(
@@ -132,6 +133,14 @@ OPENAPI: Final[dict[str, Any]] = {
                         "style": "form",
                         "explode": True,
                     },
+                    _query(
+                        "after",
+                        "Tasks whose id sorts after this one (the previous page's next)",
+                        {"type": "string", "maxLength": 128},
+                    ),
+                    _query(
+                        "limit", "At most this many tasks (default 500, at most 5,000)", _POSITIVE
+                    ),
                 ),
             )
         },

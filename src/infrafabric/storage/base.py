@@ -104,8 +104,17 @@ class Store(Protocol):
     def get_many(self, task_ids: Iterable[str]) -> dict[str, Task]:
         """The tasks of ``task_ids`` that exist, by id (one read, however many)."""
 
-    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
-        """All tasks, or those in ``states``."""
+    def tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        """All tasks, or those in ``states``, by id; a page: those whose id sorts after
+        ``after`` (by code point), at most ``limit``. Each read of a page is short, so a
+        pager reading a large board never holds a store's lock for long; the pages are
+        not one snapshot (a task keeps its id, so none is read twice or skipped)."""
 
     def task_counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state (states with none may be missing), counted

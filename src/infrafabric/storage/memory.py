@@ -50,11 +50,21 @@ class MemoryStore(OneProcess):
         with self._lock:
             return {i: self._tasks[i] for i in task_ids if i in self._tasks}
 
-    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+    def tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
         wanted = None if states is None else set(states)
         with self._lock:
-            chosen = [t for t in self._tasks.values() if wanted is None or t.state in wanted]
-        return sorted(chosen, key=lambda task: task.id)
+            chosen = [
+                t
+                for t in self._tasks.values()
+                if (wanted is None or t.state in wanted) and (after is None or t.id > after)
+            ]
+        return sorted(chosen, key=lambda task: task.id)[:limit]
 
     def task_counts(self) -> dict[TaskState, int]:
         with self._lock:

@@ -270,10 +270,11 @@ local old = tonumber(redis.call('HGET', ARGV[1] .. 'seen', ARGV[2]) or '-1')
 if tonumber(ARGV[3]) > old then redis.call('HSET', ARGV[1] .. 'seen', ARGV[2], ARGV[3]) end
 """
 
-# ARGV: prefix, how ("ids": a zset range, "avail": claim keys, "fillers": the claim
-# keys of fillers, "due": by lease score, "members": a set, "list": the ids that
-# follow), key suffix, then the range (a count for "fillers") or the ids. Returns the
-# task documents in order ("" for a task that does not exist).
+# ARGV: prefix, how ("ids": a zset range, "lex": a zset's members after a bound ("-" or
+# "(id"), at most a count (-1: all), "avail": claim keys, "fillers": the claim keys of
+# fillers, "due": by lease score, "members": a set, "list": the ids that follow), key
+# suffix, then the range (a count for "fillers") or the ids. Returns the task documents
+# in order ("" for a task that does not exist).
 _FETCH = """
 local p, how, key = ARGV[1], ARGV[2], ARGV[1] .. ARGV[3]
 local ids
@@ -284,6 +285,8 @@ elseif how == 'due' then
   ids = redis.call('ZRANGEBYSCORE', key, '-inf', '(' .. ARGV[4], 'LIMIT', 0, ARGV[5])
 elseif how == 'members' then
   ids = redis.call('SMEMBERS', key)
+elseif how == 'lex' then
+  ids = redis.call('ZRANGEBYLEX', key, ARGV[4], '+', 'LIMIT', 0, ARGV[5])
 elseif how == 'fillers' then
   -- claim keys of fillers begin with "1" (real work with "0"): their end of the zset
   ids = redis.call('ZRANGEBYLEX', key, '[1', '+', 'LIMIT', 0, ARGV[4])
@@ -458,13 +461,23 @@ class RedisStore:
                 txn.reads.setdefault(task_id, None if task is None else task.version)
         return found
 
-    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+    def tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        # the id sets are scored alike, so ordered by their members' bytes: a range by
+        # lexicographic order from just after ``after`` (UTF-8 bytes sort as code points)
+        start = "-" if after is None else f"({after}"
+        count = -1 if limit is None else limit
         if states is None:
-            return self._tasks("ids", "ids", 0, -1)
+            return self._tasks("lex", "ids", start, count)
         found: list[Task] = []
         for state in set(states):
-            found += self._tasks("ids", f"s:{state}", 0, -1)
-        return sorted(found, key=lambda task: task.id)
+            found += self._tasks("lex", f"s:{state}", start, count)
+        return sorted(found, key=lambda task: task.id)[:limit]
 
     def task_counts(self) -> dict[TaskState, int]:
         with self._guard():

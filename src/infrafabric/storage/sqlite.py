@@ -181,17 +181,28 @@ class SqliteStore(OneProcess):
                     found[task.id] = task
         return found
 
-    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+    def tasks(
+        self,
+        states: Iterable[TaskState] | None = None,
+        *,
+        after: str | None = None,
+        limit: int | None = None,
+    ) -> list[Task]:
+        # (ids are TEXT compared with SQLite's BINARY collation: UTF-8 bytes, which sort
+        # as code points do, as Python's str comparison does)
+        where = ["id > ?"] if after is not None else []
+        parameters: list[object] = [] if after is None else [after]
+        if states is not None:
+            wanted = [str(state) for state in states]
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            parameters += wanted
+        query = "SELECT doc FROM tasks"
+        if where:
+            query += " WHERE " + " AND ".join(where)
+        query += " ORDER BY id LIMIT ?"  # (-1: no limit)
+        parameters.append(-1 if limit is None else limit)
         with self._read() as db:
-            if states is None:
-                rows = db.execute("SELECT doc FROM tasks ORDER BY id").fetchall()
-            else:
-                wanted = [str(state) for state in states]
-                marks = ",".join("?" * len(wanted))
-                rows = db.execute(
-                    f"SELECT doc FROM tasks WHERE state IN ({marks}) ORDER BY id",  # noqa: S608 - only "?" marks
-                    wanted,
-                ).fetchall()
+            rows = db.execute(query, parameters).fetchall()
         return [_TASK_DECODER.decode(row[0]) for row in rows]
 
     def task_counts(self) -> dict[TaskState, int]:

@@ -78,8 +78,21 @@
 
   // -- loading and following -----------------------------------------------------------
 
+  // The board a page at a time (GET /v1/tasks answers at most 5,000 tasks per request).
+  async function allTasks() {
+    const tasks = [];
+    let after = null;
+    do {
+      const query = after === null ? "" : `&after=${encodeURIComponent(after)}`;
+      const page = await api(`/v1/tasks?limit=5000${query}`);
+      tasks.push(...page.tasks);
+      after = page.next ?? null;
+    } while (after !== null);
+    return { tasks };
+  }
+
   async function start() {
-    const [tasks, agents] = await Promise.all([api("/v1/tasks"), api("/v1/agents")]);
+    const [tasks, agents] = await Promise.all([allTasks(), api("/v1/agents")]);
     $("#login").hidden = true;
     $("#tabs").hidden = false;
     $("#logout").hidden = false;
