@@ -16,7 +16,7 @@ import pytest
 from infrafabric import Outbox, encode_json, ops
 from infrafabric.board.rules import BoardConfig
 from infrafabric.client import Client, RemoteError
-from infrafabric.errors import StoreError
+from infrafabric.errors import MessageError, StoreError
 from infrafabric.fabric import EMBEDDED_CHECKPOINT_SECONDS, Fabric
 from infrafabric.governor.core import Manifest
 from infrafabric.protocol.identity import SigningIdentity
@@ -25,7 +25,7 @@ from infrafabric.protocol.message import agent_id
 from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode
 from infrafabric.server.app import enroll_keys
 from infrafabric.server.runner import open_server
-from infrafabric.service import InProcess, ServiceError
+from infrafabric.service import InProcess, InProcessSession, ServiceError
 from infrafabric.storage.base import AgentRecord
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
 
@@ -324,39 +324,130 @@ def test_a_recalled_key_stops_its_in_process_client_at_once(tmp_path: Path) -> N
 
 
 def test_an_in_process_operation_is_refused_as_a_signed_one_would_be(tmp_path: Path) -> None:
-    """Handed to the committer directly: an unknown key, another agent's key, a help
-    request (it must be signed), an operation that is not one, a trace IFMessage would
-    refuse, one too large: each refused with its code, and nothing written."""
+    """Handed to the committer directly: a session never opened (an ``InProcess`` made
+    from names alone) or closed, an unknown key, another agent's key, a help request (it
+    must be signed), an operation that is not one, one too large: each refused with its
+    code, and nothing written."""
     with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
         alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
-        task = [{"id": "a", "title": "A"}]
-        create = {"op": "create", "tasks": task}
+        service = fabric.state.service
+        session = InProcessSession(alice.agent, alice.kid)
+        create = {"op": "create", "tasks": [{"id": "a", "title": "A"}]}
+
+        def submit(request: InProcess) -> Any:
+            return asyncio.run(fabric.state.committer.submit(request, time.time()))
+
+        with pytest.raises(ServiceError) as refused:
+            submit(InProcess(session, create))  # not opened: names prove nothing
+        assert (refused.value.code, refused.value.status) == ("UNAUTHENTICATED", 401)
+        service.open_in_process(session)
+        unknown, others = (
+            InProcessSession(alice.agent, "no-such-kid"),
+            InProcessSession(alice.agent, bob.kid),
+        )
+        service.open_in_process(unknown)
+        service.open_in_process(others)
+        help_ = {"op": "help", "task_id": "a", "needed": []}
         cases = [
-            (InProcess(alice.agent, "no-such-kid", create), "UNKNOWN_KEY", 401),
-            (InProcess(alice.agent, bob.kid, create), "UNKNOWN_KEY", 401),
-            (
-                InProcess(alice.agent, alice.kid, {"op": "help", "task_id": "a", "needed": []}),
-                "UNSIGNED",
-                401,
-            ),
-            (InProcess(alice.agent, alice.kid, {"op": "claim"}), "INVALID_OPERATION", 422),
-            (InProcess(alice.agent, alice.kid, {"op": {1, 2}}), "INVALID_OPERATION", 422),
-            (InProcess(alice.agent, alice.kid, create, "a trace"), "MALFORMED", 400),
-            (
-                InProcess(alice.agent, alice.kid, {**create, "x": "y" * DEFAULT_MAX_BYTES}),
-                "TOO_LARGE",
-                413,
-            ),
+            (InProcess(unknown, create), "UNKNOWN_KEY", 401),
+            (InProcess(others, create), "UNKNOWN_KEY", 401),
+            (InProcess(session, help_), "UNSIGNED", 401),
+            (InProcess(session, {"op": "claim"}), "INVALID_OPERATION", 422),
+            (InProcess(session, {**create, "x": "y" * DEFAULT_MAX_BYTES}), "TOO_LARGE", 413),
         ]
         for request, code, status in cases:
             with pytest.raises(ServiceError) as refused:
-                asyncio.run(fabric.state.committer.submit(request, time.time()))
+                submit(request)
             assert (refused.value.code, refused.value.status) == (code, status), request
-        assert list(fabric.state.service.store.tasks()) == []
-        reply = asyncio.run(
-            fabric.state.committer.submit(InProcess(alice.agent, alice.kid, create), time.time())
-        )
-        assert [t["id"] for t in reply["tasks"]] == ["a"]
+        assert list(service.store.tasks()) == []
+        assert [t["id"] for t in submit(InProcess(session, create))["tasks"]] == ["a"]
+        service.close_in_process(session)
+        with pytest.raises(ServiceError) as refused:
+            submit(InProcess(session, {"op": "claim", "task_id": "a"}))
+        assert refused.value.code == "UNAUTHENTICATED"
+        assert service.store.get("a").state == "available"  # type: ignore[union-attr]
+
+
+def test_an_in_process_operation_is_plain_json_copied_when_made(tmp_path: Path) -> None:
+    """The checks a signed message's content gets, at the call (the same MessageError the
+    SDK raises before signing); and what the caller changes afterwards, while the
+    operation waits for its batch, changes nothing."""
+    session = InProcessSession(agent_id("alice"), "kid")
+    deep: dict[str, Any] = {}
+    for _ in range(100):
+        deep = {"x": deep}
+    for content in (
+        {"op": "create", "tasks": [{"title": float("nan")}]},
+        {"op": "complete", "task_id": "a", "result": {"n": 2**70}},
+        {"op": "complete", "task_id": "a", "result": {1: "x"}},
+        {"op": {1, 2}},
+        {"op": "complete", "task_id": "a", "result": deep},
+    ):
+        with pytest.raises(MessageError):
+            InProcess(session, content)
+    with pytest.raises(MessageError):
+        InProcess(session, {"op": "claim", "task_id": "a"}, "a trace with spaces")
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice = fabric.enroll("alice")
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent:
+                spec = {"id": "a", "title": "as called"}
+                creating = asyncio.create_task(agent.create_tasks([spec]))
+                await asyncio.sleep(0)  # it runs up to its wait for the batch
+                spec["title"] = "changed after the call"
+                await creating
+                await agent.claim("a")
+                result = {"notes": ["as called"]}
+                completing = asyncio.create_task(agent.complete("a", result))
+                await asyncio.sleep(0)
+                result["notes"].append("changed after the call")
+                await completing
+                with pytest.raises(MessageError):
+                    await agent.create_task("b", description=float("inf"))  # type: ignore[arg-type]
+
+        asyncio.run(scenario())
+        task = fabric.state.service.store.get("a")
+        assert task is not None
+        assert (task.title, task.result) == ("as called", {"notes": ["as called"]})
+        assert fabric.state.service.store.get("b") is None
+
+
+def test_blocking_clients_hand_their_operations_over_unsigned_too(tmp_path: Path) -> None:
+    with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
+        alice = fabric.enroll("alice")
+        with fabric.connect_sync(alice) as agent:
+            agent.create_task("A", id="a")
+            assert agent.claim("a")["owner"] == alice.agent
+        assert fabric.state.service.verifier.sequences.snapshot(alice.agent) is None
+        with fabric.connect_sync(alice, signed=True) as agent:
+            agent.heartbeat("a")
+        assert fabric.state.service.verifier.sequences.snapshot(alice.agent) is not None
+
+
+def test_a_fabric_that_needs_signed_messages_gets_them_in_process_too(tmp_path: Path) -> None:
+    """In audit mode a message that fails a check is carried out and witnessed as such;
+    by rules, a message is authorized: both need the signed message, so an embedded
+    client signs every operation there, and the unsigned path refuses."""
+    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
+    with Fabric(state, sweep_every=60.0) as fabric:
+        alice = fabric.enroll("alice")
+        assert not state.service.takes_in_process
+
+        async def scenario() -> None:
+            async with fabric.connect(alice) as agent:
+                await agent.create_task("A", id="a")
+                await agent.claim("a")
+
+        asyncio.run(scenario())
+        assert state.service.verifier.sequences.snapshot(alice.agent) is not None
+        session = InProcessSession(alice.agent, alice.kid)
+        state.service.open_in_process(session)
+        with pytest.raises(ServiceError) as refused:
+            asyncio.run(
+                state.committer.submit(InProcess(session, {"op": "claim_next"}), time.time())
+            )
+        assert (refused.value.code, refused.value.status) == ("UNSIGNED", 401)
 
 
 def test_an_operator_in_process_may_cancel_any_task(tmp_path: Path) -> None:

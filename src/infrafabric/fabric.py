@@ -46,7 +46,7 @@ from infrafabric.protocol.keyring import new_key_record
 from infrafabric.protocol.message import agent_id
 from infrafabric.server.app import ServerState, create_app, enroll_keys
 from infrafabric.server.runner import open_server, sweep_until
-from infrafabric.service import InProcess
+from infrafabric.service import InProcess, InProcessSession
 from infrafabric.storage.base import AgentRecord
 
 __all__ = ["Fabric"]
@@ -158,16 +158,17 @@ class Fabric:
         who sent them. ``signed=True`` signs every operation too and has it checked by
         the verification pipeline, exactly as a server would: for testing what an agent
         sends, at about twice the cost of a claim."""
-        transport = httpx.ASGITransport(app=self.app)
+        session = self._session_for(identity, signed)
         async with Client.connect(
             EMBEDDED_URL,
             identity,
-            transport=transport,
+            transport=httpx.ASGITransport(app=self.app),
             local=self.state.service,
             submit=self._submit,
-            operate=None if signed else self._board_of(identity),
+            operate=None if session is None else self._board_of(session),
         ) as client:
-            yield client
+            with self._open(session):
+                yield client
 
     @contextlib.contextmanager
     def connect_sync(
@@ -176,14 +177,18 @@ class Fabric:
         """The blocking SDK for ``identity`` (:class:`~infrafabric.client.SyncClient`: its
         own event loop in a thread), talking to this fabric in-process as :meth:`connect`
         does. Any number of them, from any threads, share the fabric."""
-        with SyncClient.connect(
-            EMBEDDED_URL,
-            identity,
-            transport=httpx.ASGITransport(app=self.app),
-            local=self.state.service,
-            submit=self._submit,
-            operate=None if signed else self._board_of(identity),
-        ) as client:
+        session = self._session_for(identity, signed)
+        with (
+            SyncClient.connect(
+                EMBEDDED_URL,
+                identity,
+                transport=httpx.ASGITransport(app=self.app),
+                local=self.state.service,
+                submit=self._submit,
+                operate=None if session is None else self._board_of(session),
+            ) as client,
+            self._open(session),
+        ):
             yield client
 
     async def _submit(self, data: bytes) -> dict[str, Any]:
@@ -192,14 +197,36 @@ class Fabric:
         answer around it: that took most of an embedded claim's time."""
         return await self.state.committer.submit(data, self.state.clock())
 
-    def _board_of(self, identity: SigningIdentity) -> InProcessBoard:
-        """The board as ``identity``'s client reaches it: each operation to the same
+    def _session_for(self, identity: SigningIdentity, signed: bool) -> InProcessSession | None:
+        """The session whose board operations go unsigned, or ``None``: signed asked for,
+        or a fabric that needs signed messages (see ``FabricService.takes_in_process``)."""
+        if signed or not self.state.service.takes_in_process:
+            return None
+        return InProcessSession(identity.agent, identity.kid)
+
+    @contextlib.contextmanager
+    def _open(self, session: InProcessSession | None) -> Iterator[None]:
+        """Hold ``session`` open while its client is in use. Entered once the client has
+        connected, which it does only after proving that it holds the key."""
+        if session is None:
+            yield
+            return
+        service = self.state.service
+        service.open_in_process(session)
+        try:
+            yield
+        finally:
+            service.close_in_process(session)
+
+    def _board_of(self, session: InProcessSession) -> InProcessBoard:
+        """The board as ``session``'s client reaches it: each operation to the same
         committer as a signed message (the same group commit, in order with them)."""
-        agent, kid = identity.agent, identity.kid
         committer, clock = self.state.committer, self.state.clock
 
         async def operate(operation: dict[str, Any], trace: str | None) -> dict[str, Any]:
-            return await committer.submit(InProcess(agent, kid, operation, trace), clock())
+            # (made here, in the caller's turn: the operation is copied before any await)
+            request = InProcess(session, operation, trace)
+            return await committer.submit(request, clock())
 
         return operate
 

@@ -18,7 +18,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -31,7 +31,7 @@ from infrafabric.board.model import Blocker, BoardEvent, Task, TaskState, Urgenc
 from infrafabric.board.rules import InvalidTask, LeaseLost, NotOwner, qualifies
 from infrafabric.board.transitions import IllegalTransition
 from infrafabric.coordinator import Busy, Coordinator, TaskNotFound
-from infrafabric.errors import CallerError, FabricError, KeyringError, StoreError
+from infrafabric.errors import CallerError, FabricError, KeyringError, MessageError, StoreError
 from infrafabric.governor.core import Manifest, ManifestError
 from infrafabric.governor.driver import GovernorDriver
 from infrafabric.protocol.identity import b64url_decode
@@ -43,14 +43,14 @@ from infrafabric.protocol.keyring import (
     KeyState,
     delegated_key,
 )
-from infrafabric.protocol.message import IFMessage, encode_json
+from infrafabric.protocol.message import IFMessage, content_copy, encode_json
 from infrafabric.protocol.patterns import TokenField
 from infrafabric.protocol.reasons import Reason
-from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode, Verdict, Verifier
+from infrafabric.protocol.verify import AllowAll, Mode, Verdict, Verifier
 from infrafabric.storage.base import AgentRecord, Replayed, SharesKeys
 from infrafabric.types import AgentId, KeyId, Timestamp
 
-__all__ = ["Delivery", "FabricService", "InProcess", "ServiceError"]
+__all__ = ["Delivery", "FabricService", "InProcess", "InProcessSession", "ServiceError"]
 
 _STATUS_OF_REASON: Final = {
     Reason.TOO_LARGE: 413,
@@ -116,6 +116,18 @@ class ServiceError(FabricError):
         return {"error": error}
 
 
+@dataclass(eq=False)
+class InProcessSession:
+    """An agent's client in the fabric's own process, once it has authenticated (proved
+    that it holds ``kid``'s private key). The service carries out :class:`InProcess`
+    operations only for sessions it holds open (:meth:`FabricService.open_in_process`):
+    an ``InProcess`` names no key and carries no proof of its own, so one built from
+    anything read off a wire would be refused, not believed."""
+
+    agent: AgentId
+    kid: KeyId
+
+
 @dataclass(frozen=True, slots=True)
 class InProcess:
     """A board operation from a client in the fabric's own process (an embedded fabric's
@@ -128,14 +140,28 @@ class InProcess:
     the way; and the fabric keeps no request's signature (the witness records its
     decisions, which it signs itself). Signing and checking each operation here took
     half of an embedded claim's time and proved nothing. What does count is checked:
-    the client proved it holds the agent's private key when it connected (the same
-    challenge and answer as over a network), and the key is checked again at every
-    operation (see :meth:`FabricService.handle_in_process`)."""
+    the client proved it holds the agent's private key when its session opened (the
+    same challenge and answer as over a network), the session must still be open, and
+    the key is checked again at every operation (see
+    :meth:`FabricService.handle_in_process`).
 
-    agent: AgentId
-    kid: KeyId
-    operation: Mapping[str, Any]
+    Made, the operation is copied as plain JSON data, with the checks a signed
+    message's content gets (:func:`~infrafabric.protocol.message.content_copy`: no NaN,
+    no integer beyond 2**53, string keys, nesting within bounds; a ``trace_id`` as
+    IFMessage's): what the caller changes afterwards changes nothing, and a refusal is
+    the same :class:`~infrafabric.errors.MessageError` the SDK raises before signing."""
+
+    session: InProcessSession
+    operation: dict[str, Any]
     trace_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "operation", content_copy(self.operation))
+        if self.trace_id is not None:
+            try:
+                msgspec.convert(self.trace_id, TokenField)
+            except msgspec.ValidationError as exc:
+                raise MessageError(f"trace_id: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +209,7 @@ class FabricService:
         #: event loop, so every request that arrives meanwhile waits behind it.
         self.batch_observers: list[Callable[[int, float], None]] = []
         self._operation = threading.local()  # what the message being handled asked for
+        self._in_process: set[InProcessSession] = set()  # open sessions (see InProcess)
         #: agent records read from the store, and when (see :meth:`agent`); the
         #: generation rises with each enrollment here
         self._records: dict[AgentId, tuple[AgentRecord, float]] = {}
@@ -308,39 +335,65 @@ class FabricService:
                 self._announce(self._listeners.topics, receiver, body)
         return {"delivered": delivered, "published": published}
 
+    def open_in_process(self, session: InProcessSession) -> None:
+        """Take :class:`InProcess` operations for ``session`` from now on: its client has
+        authenticated (see :meth:`~infrafabric.fabric.Fabric.connect`)."""
+        self._in_process.add(session)
+
+    def close_in_process(self, session: InProcessSession) -> None:
+        """Take no more operations for ``session`` (its client is closing)."""
+        self._in_process.discard(session)
+
+    @property
+    def takes_in_process(self) -> bool:
+        """Whether unsigned in-process operations may stand for signed messages here:
+        only under a strict verifier with no authorization rules, over a store of this
+        process's own. An audit or permissive verifier carries out (and witnesses)
+        messages that fail a check, and rules authorize messages: both need the message
+        itself. Over a shared store the other servers' keys are reloaded on a signed
+        message's unknown key."""
+        return (
+            self.verifier.mode is Mode.STRICT
+            and isinstance(self.verifier.authorizer, AllowAll)
+            and not self.store.shared
+        )
+
     def handle_in_process(self, request: InProcess, now: Timestamp) -> dict[str, Any]:
         """Carry out a board operation from a client in this process (see
         :class:`InProcess`); returns the reply a signed request would have had, or raises
-        :class:`ServiceError` with the codes it would have had. The key is checked as the
-        verifier checks a signed message's key, at every operation: a key revoked, or
-        deprecated past its grace, stops its sessions at once."""
+        :class:`ServiceError` with the code it would have had. Its session must be open
+        (``UNAUTHENTICATED``), and its key is checked as the verifier checks a signed
+        message's, at every operation: a key revoked, or deprecated past its grace,
+        stops its sessions at once. The content is bounded by the verifier's
+        ``max_bytes`` (a signed message's envelope would add some 600 bytes to it)."""
+        session = request.session
+        self._operation.name = "board"
+        if session not in self._in_process:
+            raise ServiceError(
+                "UNAUTHENTICATED", "no open session in this process for that operation", 401
+            )
+        if not self.takes_in_process:
+            raise ServiceError(
+                "UNSIGNED",
+                "this fabric checks messages in audit or permissive mode, or by rules,"
+                " or over a shared store: board operations must be signed",
+                401,
+            )
         with self._verify_lock:
-            key = self.verifier.keyring.resolve(request.agent, request.kid, now)
+            key = self.verifier.keyring.resolve(session.agent, session.kid, now)
         if key.reason is not None or key.record is None:
             reason = key.reason or Reason.UNKNOWN_KEY
             raise ServiceError(str(reason), key.detail, _STATUS_OF_REASON.get(reason, 401))
-        self._operation.name = "board"
-        try:
-            # the same bound and the same checks as the content of a signed request
-            content = _CONTENT_ENCODER.encode(request.operation)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise ServiceError("INVALID_OPERATION", f"not JSON data: {exc}", 422) from None
-        if len(content) > DEFAULT_MAX_BYTES:
-            raise ServiceError(
-                "TOO_LARGE", f"{len(content)} bytes > {DEFAULT_MAX_BYTES} in one operation", 413
-            )
+        content = _CONTENT_ENCODER.encode(request.operation)  # (plain JSON data: see InProcess)
+        most = self.verifier.max_bytes
+        if len(content) > most:
+            raise ServiceError("TOO_LARGE", f"{len(content)} bytes > {most} in one operation", 413)
         try:
             operation = _OPERATION_DECODER.decode(content)
         except msgspec.ValidationError as exc:
             raise ServiceError("INVALID_OPERATION", str(exc), 422) from None
-        trace = request.trace_id
-        if trace is not None:
-            try:
-                msgspec.convert(trace, TokenField)  # as IFMessage's trace_id
-            except msgspec.ValidationError as exc:
-                raise ServiceError("MALFORMED", f"trace_id: {exc}", 400) from None
         operator = key.record.role is KeyRole.OPERATOR
-        return self._board_operation(operation, request.agent, trace, operator, None)
+        return self._board_operation(operation, session.agent, request.trace_id, operator, None)
 
     def handle_batch(
         self, batch: Sequence[tuple[bytes | InProcess, Timestamp]]
