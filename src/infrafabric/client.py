@@ -8,7 +8,8 @@
         await agent.complete(task["id"], {"ok": True})
 
 Every call that changes something is a signed IFMessage (the identity never leaves the
-process); reads use a 15-minute token from an Ed25519 challenge-response, renewed
+process; a client of an embedded fabric hands its board operations over unsigned, see
+:meth:`infrafabric.fabric.Fabric.connect`); reads use a 15-minute token from an Ed25519 challenge-response, renewed
 automatically. Refusals raise :class:`RemoteError` with the server's reason code.
 """
 

@@ -157,7 +157,9 @@ class Fabric:
         and help requests, are signed as over a network, since their receivers check
         who sent them. ``signed=True`` signs every operation too and has it checked by
         the verification pipeline, exactly as a server would: for testing what an agent
-        sends, at about twice the cost of a claim."""
+        sends, at about twice the cost of a claim. A fabric whose verifier runs in audit
+        or permissive mode or by authorization rules signs every operation anyway (both
+        need the message itself)."""
         session = self._session_for(identity, signed)
         async with Client.connect(
             EMBEDDED_URL,

@@ -1,7 +1,8 @@
 """The fabric service: one verified IFMessage in, one reply out, whatever the transport.
 
 The server calls it for every HTTP or WebSocket message, the embedded mode calls it
-directly. Every message goes through the verification pipeline first; then:
+directly (and hands it board operations unsigned, see :class:`InProcess`). Every
+message goes through the verification pipeline first; then:
 
 * a ``request`` to ``if://service/board`` carries a board operation (:mod:`infrafabric.ops`);
 * a message to ``if://agent/...`` is kept in each receiver's inbox until acknowledged;
@@ -181,7 +182,9 @@ class _Listeners:
 
 
 class FabricService:
-    """Verification, board operations, inboxes and topics behind one ``handle`` call."""
+    """Verification, board operations, inboxes and topics behind ``handle`` (a wire
+    message) and ``handle_in_process`` (an operation from this process), both carried
+    out in batches by ``handle_batch``."""
 
     def __init__(
         self,
@@ -882,7 +885,7 @@ class FabricService:
 
     def _inbox(self, message: IFMessage, signed: bool) -> dict[str, Any]:
         """Acknowledge a direct message: it leaves the sender's own inbox, in the commit
-        of the message's batch (a signed message, as every change an agent makes is).
+        of the message's batch (a signed message, as every change an agent makes through a server is).
         Only with the sender's valid signature: audit and permissive modes accept a
         forged or unsigned one, and a message acknowledged is gone for good."""
         operation = _request(message, _INBOX_DECODER, "inbox")

@@ -1,4 +1,5 @@
-"""Group commit: the signed messages are carried out many per transaction.
+"""Group commit: the signed messages (and an embedded fabric's unsigned board operations,
+:class:`~infrafabric.service.InProcess`) are carried out many per transaction.
 
 Handing each request to a thread pool costs a thread switch per message and, with
 ``synchronous=FULL``, a disk flush per message. The committer takes the messages that are
