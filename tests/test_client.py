@@ -78,7 +78,7 @@ def test_a_read_dropped_by_the_server_is_sent_again_once(reset: bool) -> None:
     async def read(client: Client) -> None:
         assert await client.tasks() == []
 
-    assert requests_made(reset, read) == [b"GET /v1/tasks? HTTP/1.1"] * 2
+    assert requests_made(reset, read) == [b"GET /v1/tasks?limit=5000 HTTP/1.1"] * 2
 
 
 @pytest.mark.parametrize("reset", [False, True])
@@ -322,3 +322,18 @@ def test_forged_highests_cannot_walk_the_numbers_ahead_of_the_clock() -> None:
                 await client.send("if://agent/b", "inform", {})
 
     asyncio.run(scenario())
+
+
+def test_a_next_page_that_does_not_move_on_is_refused() -> None:
+    """A server (or whatever wrote the reply) whose ``next`` repeats would have the SDK,
+    the CLI and the dashboard ask for the same page for ever."""
+    from infrafabric.client import next_page
+
+    assert next_page(None, {"tasks": [], "next": None}) is None
+    assert next_page(None, {"tasks": []}) is None  # a server that answers the board whole
+    assert next_page(None, {"next": "t1"}) == "t1"
+    assert next_page("t1", {"next": "t2"}) == "t2"
+    for after, following in (("t2", "t2"), ("t2", "t1"), ("t2", 3)):
+        with pytest.raises(RemoteError) as refused:
+            next_page(after, {"next": following})
+        assert refused.value.code == "MALFORMED"

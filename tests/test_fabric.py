@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -387,6 +388,10 @@ def test_an_in_process_operation_is_plain_json_copied_when_made(tmp_path: Path) 
             InProcess(session, content)
     with pytest.raises(MessageError):
         InProcess(session, {"op": "claim", "task_id": "a"}, "a trace with spaces")
+    with pytest.raises(MessageError):
+        InProcess(session, ["op", "claim"])  # type: ignore[arg-type]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        session.agent = agent_id("bob")  # type: ignore[misc]
     with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
         alice = fabric.enroll("alice")
 

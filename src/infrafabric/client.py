@@ -142,6 +142,19 @@ InProcessBoard = Callable[[dict[str, Any], "str | None"], Awaitable[dict[str, An
 TASK_PAGE_MOST: Final = 5000
 
 
+def next_page(after: str | None, page: Mapping[str, Any]) -> str | None:
+    """The ``after`` of the page that follows ``page`` of ``GET /v1/tasks`` (read after
+    ``after``), or ``None`` at the end (and from a server that answers the board whole,
+    with no ``next``). A ``next`` that does not move on would have a reader ask for
+    the same page for ever: refused."""
+    following = page.get("next")
+    if following is None:
+        return None
+    if not isinstance(following, str) or (after is not None and following <= after):
+        raise RemoteError("MALFORMED", f"a next page after {after!r} at {following!r}", 502)
+    return following
+
+
 def _as_decoded(result: dict[str, Any]) -> dict[str, Any]:
     """``result`` as the same plain JSON values an HTTP reply would have decoded to."""
     answer: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(result))
@@ -538,8 +551,8 @@ class Client:
                 params["after"] = after
             page = await self._get("/v1/tasks", params=params)
             tasks += page["tasks"]
-            after = page.get("next")  # (absent: a server that answers the board whole)
-            if not after:
+            after = next_page(after, page)
+            if after is None:
                 return tasks
 
     async def task(self, task_id: str) -> dict[str, Any]:

@@ -158,8 +158,8 @@ class Fabric:
         who sent them. ``signed=True`` signs every operation too and has it checked by
         the verification pipeline, exactly as a server would: for testing what an agent
         sends, at about twice the cost of a claim. A fabric whose verifier runs in audit
-        or permissive mode or by authorization rules signs every operation anyway (both
-        need the message itself)."""
+        or permissive mode or by authorization rules, or one over a shared store, signs
+        every operation anyway (see ``FabricService.takes_in_process``)."""
         session = self._session_for(identity, signed)
         async with Client.connect(
             EMBEDDED_URL,

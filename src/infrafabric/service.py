@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
@@ -117,7 +117,7 @@ class ServiceError(FabricError):
         return {"error": error}
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)  # (open sessions are known by identity, not by value)
 class InProcessSession:
     """An agent's client in the fabric's own process, once it has authenticated (proved
     that it holds ``kid``'s private key). The service carries out :class:`InProcess`
@@ -157,6 +157,8 @@ class InProcess:
     trace_id: str | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.operation, Mapping):
+            raise MessageError(f"an operation is a JSON object, not {type(self.operation)}")
         object.__setattr__(self, "operation", content_copy(self.operation))
         if self.trace_id is not None:
             try:

@@ -126,12 +126,16 @@ def test_acknowledged_operations_survive_kill_9_of_the_server(tmp_path: Path) ->
     assert acknowledged, "the server died before anything was acknowledged"
     fabric.start()  # same data directory
     token = (fabric.data / "admin.token").read_text().strip()
-    tasks = {
-        t["id"]: t
-        for t in httpx.get(
-            f"{fabric.url}/v1/tasks", headers={"authorization": f"Bearer {token}"}
-        ).json()["tasks"]
-    }
+    tasks: dict[str, Any] = {}
+    after = ""
+    while after is not None:  # the board a page at a time
+        page = httpx.get(
+            f"{fabric.url}/v1/tasks",
+            params={"after": after, "limit": 5000},
+            headers={"authorization": f"Bearer {token}"},
+        ).json()
+        tasks.update((t["id"], t) for t in page["tasks"])
+        after = page["next"]
     assert len(tasks) == TASKS
     for operation, task_id in acknowledged:
         state = tasks[task_id]["state"]

@@ -31,7 +31,7 @@ def test_every_templated_path_declares_its_parameters_and_queries_are_declared(
     def queries(path: str) -> set[str]:
         return {p["name"] for p in paths[path]["get"].get("parameters", []) if p["in"] == "query"}
 
-    assert queries("/v1/tasks") == {"state"}
+    assert queries("/v1/tasks") == {"state", "after", "limit"}
     assert queries("/v1/events") == {"after", "limit"}
     assert queries("/v1/inbox") == {"after"}
     assert queries("/v1/witness/proof") == {"index", "hash", "size"}

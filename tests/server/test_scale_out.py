@@ -341,7 +341,9 @@ def test_a_redis_restart_mid_run_loses_nothing_acknowledged(
         assert witnessed.size >= witnessed_before  # no witness entry was lost
         # the servers came back by themselves: all three still answer
         for through in range(3):
-            assert len(cluster.get("/v1/tasks?state=completed", through)["tasks"]) == tasks
+            assert (
+                len(cluster.get("/v1/tasks?state=completed&limit=5000", through)["tasks"]) == tasks
+            )
     finally:
         cluster.stop()
         redis_server.stop()

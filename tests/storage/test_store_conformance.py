@@ -118,30 +118,71 @@ def test_the_event_log_keeps_a_bounded_tail(store: Store) -> None:
     assert len(kept) < 1200  # ...but they do prune: the oldest events are gone
 
 
+def _every_page(
+    store: Store, states: list[TaskState] | None, limit: int
+) -> tuple[list[list[str]], list[str]]:
+    """Each page's ids, following ``next`` to the end, and all of them."""
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page = store.task_page(states, after, limit)
+        assert len(page.tasks) <= limit
+        pages.append([t.id for t in page.tasks])
+        if page.next is None:
+            return pages, [i for ids in pages for i in ids]
+        assert after is None or page.next > after  # it moves on
+        after = page.next
+
+
 def test_tasks_are_read_in_pages_by_id(store: Store) -> None:
-    """``after`` and ``limit`` page through the board by id, with or without states, so
-    that no read of a large board holds the store for long. Ids of other scripts sort
-    by code point on every engine (Python's order, not a locale's)."""
+    """``task_page`` pages through the board by id, with or without states, so that no
+    read of a large board holds the store for long. Ids of other scripts sort by code
+    point on every engine (Python's order, not a locale's)."""
     ids = ["b", "a", "a-1", "B", "z", "\u00e9t\u00e9", "\u4efb\u52a1", "\U0001f600", "c"]
     add(store, *(Task(id=i, title=i, dependencies=("c",) if i == "z" else ()) for i in ids))
     everything = [t.id for t in store.tasks()]
     assert everything == sorted(ids)
-    pages: list[list[str]] = []
-    after: str | None = None
-    while page := [t.id for t in store.tasks(after=after, limit=4)]:
-        pages.append(page)
-        after = page[-1]
+    pages, listed = _every_page(store, None, 4)
     assert pages == [everything[0:4], everything[4:8], everything[8:]]
+    assert listed == everything
+    assert store.task_page(None, everything[-1], 4) == ([], None)
+    exactly = store.task_page(None, everything[4], 4)  # the last four: full, so a next
+    assert ([t.id for t in exactly.tasks], exactly.next) == (everything[5:], everything[-1])
     available = [t.id for t in store.tasks([TaskState.AVAILABLE])]
     assert "z" not in available  # waiting for c
-    assert [t.id for t in store.tasks([TaskState.AVAILABLE], after="a", limit=3)] == [
-        i for i in available if i > "a"
-    ][:3]
-    waiting_or_available = [TaskState.WAITING, TaskState.AVAILABLE]
-    assert [t.id for t in store.tasks(waiting_or_available, after="c")] == [
-        i for i in everything if i > "c"
-    ]
-    assert store.tasks(after=everything[-1]) == []
+    assert _every_page(store, [TaskState.AVAILABLE], 3)[1] == available
+    page = store.task_page([TaskState.AVAILABLE], "a", 3)
+    assert [t.id for t in page.tasks] == [i for i in available if i > "a"][:3]
+    # several states: the first of all of them, not of each
+    store.apply(claim(store.get("c"), ALICE, T0, BoardConfig()))  # type: ignore[arg-type]
+    two = [TaskState.WAITING, TaskState.CLAIMED]
+    assert _every_page(store, two, 1)[1] == ["c", "z"]
+    assert [t.id for t in store.task_page(two, None, 1).tasks] == ["c"]
+
+
+def test_a_page_of_some_states_reads_a_bounded_stretch_of_the_board(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite walks the ids for a page of some states (no index gives their order), at
+    most TASK_PAGE_SCAN tasks: then it answers what it found, maybe nothing, with the
+    next page's start, and the pages together still list every such task once."""
+    from infrafabric.storage import sqlite
+
+    monkeypatch.setattr(sqlite, "TASK_PAGE_SCAN", 3)
+    store = SqliteStore(tmp_path / "board.db")
+    try:
+        add(store, *(Task(id=f"t{i:02d}", title="x") for i in range(10)))
+        for task_id in ("t01", "t08"):
+            store.apply(claim(store.get(task_id), ALICE, T0, BoardConfig()))  # type: ignore[arg-type]
+        first = store.task_page([TaskState.CLAIMED], None, 5)
+        assert ([t.id for t in first.tasks], first.next) == (["t01"], "t02")
+        second = store.task_page([TaskState.CLAIMED], "t02", 5)
+        assert (second.tasks, second.next) == ([], "t05")  # nothing among t03..t05
+        pages, listed = _every_page(store, [TaskState.CLAIMED], 5)
+        assert listed == ["t01", "t08"]
+        assert len(pages) == 4  # t00-t02, t03-t05, t06-t08, t09
+    finally:
+        store.close()
 
 
 def test_threads_racing_for_tasks_each_win_a_task_once(store: Store) -> None:

@@ -33,7 +33,7 @@ from infrafabric.cli.common import (
     print_table,
     reported_errors,
 )
-from infrafabric.client import TASK_PAGE_MOST, Client, RemoteError, path_segment
+from infrafabric.client import TASK_PAGE_MOST, Client, RemoteError, next_page, path_segment
 from infrafabric.errors import CallerError
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir, header_safe
 
@@ -161,8 +161,11 @@ def _read_tasks(
             params["after"] = after
         page = _admin_request(server, token, "GET", "/v1/tasks", params=params)
         tasks += page["tasks"]
-        after = page.get("next")
-        if not after:
+        try:
+            after = next_page(after, page)
+        except RemoteError as exc:
+            fail(f"{exc.code}: {exc.detail}")
+        if after is None:
             return tasks
 
 

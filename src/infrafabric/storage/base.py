@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import msgspec
 
@@ -21,6 +21,7 @@ __all__ = [
     "Replayed",
     "Store",
     "StoredEvent",
+    "TaskPage",
     "claim_order",
 ]
 
@@ -104,17 +105,19 @@ class Store(Protocol):
     def get_many(self, task_ids: Iterable[str]) -> dict[str, Task]:
         """The tasks of ``task_ids`` that exist, by id (one read, however many)."""
 
-    def tasks(
-        self,
-        states: Iterable[TaskState] | None = None,
-        *,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[Task]:
-        """All tasks, or those in ``states``, by id; a page: those whose id sorts after
-        ``after`` (by code point), at most ``limit``. Each read of a page is short, so a
-        pager reading a large board never holds a store's lock for long; the pages are
-        not one snapshot (a task keeps its id, so none is read twice or skipped)."""
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        """All tasks, or those in ``states``, by id."""
+
+    def task_page(
+        self, states: Iterable[TaskState] | None, after: str | None, limit: int
+    ) -> TaskPage:
+        """A page of :meth:`tasks`: those whose id sorts after ``after`` (by code point),
+        at most ``limit``, and the ``after`` of the next page (``None`` at the end). Each
+        page is one bounded read (a store that must scan for ``states`` scans at most a
+        fixed number of tasks, and may then answer fewer than ``limit`` with a ``next``),
+        so paging through a large board never holds the store for long. The pages are
+        not one snapshot: a task that changes state between two pages may be listed in
+        both or in neither; each page is consistent in itself."""
 
     def task_counts(self) -> dict[TaskState, int]:
         """How many tasks are in each state (states with none may be missing), counted
@@ -272,6 +275,13 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release the engine's resources; further calls are errors."""
+
+
+class TaskPage(NamedTuple):
+    """One page of tasks by id (see :meth:`Store.task_page`)."""
+
+    tasks: list[Task]
+    next: str | None  # the ``after`` of the next page; ``None``: this was the last
 
 
 @runtime_checkable

@@ -16,6 +16,7 @@ from infrafabric.storage.base import (
     OneProcess,
     Store,
     StoredEvent,
+    TaskPage,
     claim_order,
 )
 
@@ -50,13 +51,15 @@ class MemoryStore(OneProcess):
         with self._lock:
             return {i: self._tasks[i] for i in task_ids if i in self._tasks}
 
-    def tasks(
-        self,
-        states: Iterable[TaskState] | None = None,
-        *,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[Task]:
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
+        wanted = None if states is None else set(states)
+        with self._lock:
+            chosen = [t for t in self._tasks.values() if wanted is None or t.state in wanted]
+        return sorted(chosen, key=lambda task: task.id)
+
+    def task_page(
+        self, states: Iterable[TaskState] | None, after: str | None, limit: int
+    ) -> TaskPage:
         wanted = None if states is None else set(states)
         with self._lock:
             chosen = [
@@ -64,7 +67,8 @@ class MemoryStore(OneProcess):
                 for t in self._tasks.values()
                 if (wanted is None or t.state in wanted) and (after is None or t.id > after)
             ]
-        return sorted(chosen, key=lambda task: task.id)[:limit]
+        page = sorted(chosen, key=lambda task: task.id)[:limit]
+        return TaskPage(page, page[-1].id if len(page) == limit else None)
 
     def task_counts(self) -> dict[TaskState, int]:
         with self._lock:

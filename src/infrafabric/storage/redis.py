@@ -86,6 +86,7 @@ from infrafabric.storage.base import (
     Replayed,
     Store,
     StoredEvent,
+    TaskPage,
 )
 
 __all__ = ["RedisStore", "claim_key", "redacted", "redis_errors", "redis_version_supported"]
@@ -270,11 +271,12 @@ local old = tonumber(redis.call('HGET', ARGV[1] .. 'seen', ARGV[2]) or '-1')
 if tonumber(ARGV[3]) > old then redis.call('HSET', ARGV[1] .. 'seen', ARGV[2], ARGV[3]) end
 """
 
-# ARGV: prefix, how ("ids": a zset range, "lex": a zset's members after a bound ("-" or
-# "(id"), at most a count (-1: all), "avail": claim keys, "fillers": the claim keys of
-# fillers, "due": by lease score, "members": a set, "list": the ids that follow), key
-# suffix, then the range (a count for "fillers") or the ids. Returns the task documents
-# in order ("" for a task that does not exist).
+# ARGV: prefix, how ("ids": a zset range, "lex": the members after a bound ("-" or
+# "(id"), at most a count, of each zset named after them, "avail": claim keys, "fillers":
+# the claim keys of fillers, "due": by lease score, "members": a set, "list": the ids
+# that follow), key suffix, then the range (a count for "fillers", bound and count for
+# "lex") or the ids. Returns the task documents in order ("" for a task that does not
+# exist; for "lex", each zset's in turn).
 _FETCH = """
 local p, how, key = ARGV[1], ARGV[2], ARGV[1] .. ARGV[3]
 local ids
@@ -286,7 +288,12 @@ elseif how == 'due' then
 elseif how == 'members' then
   ids = redis.call('SMEMBERS', key)
 elseif how == 'lex' then
-  ids = redis.call('ZRANGEBYLEX', key, ARGV[4], '+', 'LIMIT', 0, ARGV[5])
+  ids = {}
+  for n = 6, #ARGV do
+    for _, id in ipairs(redis.call('ZRANGEBYLEX', p .. ARGV[n], ARGV[4], '+', 'LIMIT', 0, ARGV[5])) do
+      ids[#ids + 1] = id
+    end
+  end
 elseif how == 'fillers' then
   -- claim keys of fillers begin with "1" (real work with "0"): their end of the zset
   ids = redis.call('ZRANGEBYLEX', key, '[1', '+', 'LIMIT', 0, ARGV[4])
@@ -461,23 +468,31 @@ class RedisStore:
                 txn.reads.setdefault(task_id, None if task is None else task.version)
         return found
 
-    def tasks(
-        self,
-        states: Iterable[TaskState] | None = None,
-        *,
-        after: str | None = None,
-        limit: int | None = None,
-    ) -> list[Task]:
-        # the id sets are scored alike, so ordered by their members' bytes: a range by
-        # lexicographic order from just after ``after`` (UTF-8 bytes sort as code points)
-        start = "-" if after is None else f"({after}"
-        count = -1 if limit is None else limit
+    def tasks(self, states: Iterable[TaskState] | None = None) -> list[Task]:
         if states is None:
-            return self._tasks("lex", "ids", start, count)
+            return self._tasks("ids", "ids", 0, -1)
         found: list[Task] = []
         for state in set(states):
-            found += self._tasks("lex", f"s:{state}", start, count)
-        return sorted(found, key=lambda task: task.id)[:limit]
+            found += self._tasks("ids", f"s:{state}", 0, -1)
+        return sorted(found, key=lambda task: task.id)
+
+    def task_page(
+        self, states: Iterable[TaskState] | None, after: str | None, limit: int
+    ) -> TaskPage:
+        # The id sets are scored alike, so ordered by their members' bytes (UTF-8 bytes
+        # sort as code points do): a lexicographic range from just after ``after``, of
+        # each set in one script (read one by one, a task claimed between two reads was
+        # listed twice, or not at all); the first ``limit`` of all are among each set's
+        # own first ``limit``.
+        start = "-" if after is None else f"({after}"
+        sets = ["ids"] if states is None else sorted({f"s:{state}" for state in states})
+        with self._guard():
+            docs = self._fetch(
+                client=self.redis, args=[self.prefix, "lex", "", start, limit, *sets]
+            )
+        found = sorted((_TASK_DECODER.decode(doc) for doc in docs if doc), key=lambda t: t.id)
+        page = found[:limit]
+        return TaskPage(page, page[-1].id if len(page) == limit else None)
 
     def task_counts(self) -> dict[TaskState, int]:
         with self._guard():

@@ -86,7 +86,12 @@
       const query = after === null ? "" : `&after=${encodeURIComponent(after)}`;
       const page = await api(`/v1/tasks?limit=5000${query}`);
       tasks.push(...page.tasks);
-      after = page.next ?? null;
+      const next = page.next ?? null;
+      // a next that does not move on would ask for the same page for ever
+      if (next !== null && (typeof next !== "string" || (after !== null && next <= after))) {
+        throw new Error(`MALFORMED: a next page after ${after} at ${next}`);
+      }
+      after = next;
     } while (after !== null);
     return { tasks };
   }
