@@ -9,8 +9,8 @@
 
 Every call that changes something is a signed IFMessage (the identity never leaves the
 process; a client of an embedded fabric hands its board operations over unsigned, see
-:meth:`infrafabric.fabric.Fabric.connect`); reads use a 15-minute token from an Ed25519 challenge-response, renewed
-automatically. Refusals raise :class:`RemoteError` with the server's reason code.
+:meth:`infrafabric.fabric.Fabric.connect`); reads use a 15-minute token from an Ed25519
+challenge-response, renewed automatically. Refusals raise :class:`RemoteError` with the server's reason code.
 """
 
 from __future__ import annotations

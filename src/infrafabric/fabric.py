@@ -161,14 +161,7 @@ class Fabric:
         or permissive mode or by authorization rules, or one over a shared store, signs
         every operation anyway (see ``FabricService.takes_in_process``)."""
         session = self._session_for(identity, signed)
-        async with Client.connect(
-            EMBEDDED_URL,
-            identity,
-            transport=httpx.ASGITransport(app=self.app),
-            local=self.state.service,
-            submit=self._submit,
-            operate=None if session is None else self._board_of(session),
-        ) as client:
+        async with Client.connect(EMBEDDED_URL, identity, **self._in_process(session)) as client:
             with self._open(session):
                 yield client
 
@@ -180,18 +173,20 @@ class Fabric:
         own event loop in a thread), talking to this fabric in-process as :meth:`connect`
         does. Any number of them, from any threads, share the fabric."""
         session = self._session_for(identity, signed)
-        with (
-            SyncClient.connect(
-                EMBEDDED_URL,
-                identity,
-                transport=httpx.ASGITransport(app=self.app),
-                local=self.state.service,
-                submit=self._submit,
-                operate=None if session is None else self._board_of(session),
-            ) as client,
-            self._open(session),
-        ):
+        options = self._in_process(session)
+        with SyncClient.connect(EMBEDDED_URL, identity, **options) as client, self._open(session):
             yield client
+
+    def _in_process(self, session: InProcessSession | None) -> dict[str, Any]:
+        """What a client needs to reach this fabric in process: the application (reads,
+        over httpx's ASGI transport), the service (streams), the committer (signed
+        messages) and, with a ``session``, the board (unsigned operations)."""
+        return {
+            "transport": httpx.ASGITransport(app=self.app),
+            "local": self.state.service,
+            "submit": self._submit,
+            "operate": None if session is None else self._board_of(session),
+        }
 
     async def _submit(self, data: bytes) -> dict[str, Any]:
         """A signed message to the committer, as ``POST /v1/messages`` hands it over
