@@ -31,6 +31,31 @@ from infrafabric.storage.base import AgentRecord
 from infrafabric.storage.sqlite import CHECKPOINT_SECONDS
 
 
+def _watch_paths(fabric: Fabric) -> list[str]:
+    """The paths of the requests the fabric's application is asked from now on (clients
+    connected later reach it through the watcher)."""
+    paths: list[str] = []
+    app = fabric.app
+
+    async def watched(scope: Any, receive: Any, send: Any) -> None:
+        paths.append(scope.get("path", ""))
+        await app(scope, receive, send)
+
+    fabric.app = watched  # type: ignore[assignment]
+    return paths
+
+
+async def _claim_a(agent: Client, other: Client) -> None:
+    """``agent`` claims task ``a``: the reply as JSON values, as over HTTP; ``other`` may
+    not complete it (the refusal's code and status as over HTTP)."""
+    claimed = await agent.claim("a")
+    assert (claimed["id"], claimed["owner"]) == ("a", agent.agent)
+    assert isinstance(claimed["milestones"], list)
+    with pytest.raises(RemoteError) as refused:
+        await other.complete("a", {})
+    assert (refused.value.code, refused.value.status) == ("NOT_OWNER", 403)
+
+
 @contextlib.contextmanager
 def _crew(tmp_path: Path, size: int) -> Iterator[tuple[Fabric, list[SigningIdentity]]]:
     """An embedded fabric whose leases outlast the test, and ``size`` agents enrolled."""
@@ -219,14 +244,7 @@ def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_
     would have said."""
     with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
         alice, bob = fabric.enroll("alice"), fabric.enroll("bob")
-        paths: list[str] = []
-        app = fabric.app
-
-        async def watched(scope: Any, receive: Any, send: Any) -> None:
-            paths.append(scope.get("path", ""))
-            await app(scope, receive, send)
-
-        fabric.app = watched  # type: ignore[assignment]
+        paths = _watch_paths(fabric)
 
         async def scenario() -> None:
             async with (
@@ -235,12 +253,7 @@ def test_signed_messages_go_to_the_committer_without_http_and_refusals_read_the_
             ):
                 [created] = await agent.create_tasks([{"id": "a", "title": "A"}])
                 assert created["state"] == "available"
-                claimed = await agent.claim("a")
-                assert (claimed["id"], claimed["owner"]) == ("a", alice.agent)
-                assert isinstance(claimed["milestones"], list)  # JSON values, as over HTTP
-                with pytest.raises(RemoteError) as refused:
-                    await other.complete("a", {})
-                assert (refused.value.code, refused.value.status) == ("NOT_OWNER", 403)
+                await _claim_a(agent, other)
                 with pytest.raises(RemoteError) as too_large:
                     await agent.send(bob.agent, "inform", {"text": "x" * DEFAULT_MAX_BYTES})
                 assert (too_large.value.code, too_large.value.status) == ("TOO_LARGE", 413)
@@ -262,26 +275,14 @@ def test_board_operations_in_process_go_unsigned_and_read_as_signed_ones_do(
     goes signed: the invited agent receives the asker's own message."""
     with Fabric.open(tmp_path / "board", synchronous="NORMAL") as fabric:
         alice, bob = fabric.enroll("alice"), fabric.enroll("bob", ["review:code"])
-        paths: list[str] = []
-        app = fabric.app
-
-        async def watched(scope: Any, receive: Any, send: Any) -> None:
-            paths.append(scope.get("path", ""))
-            await app(scope, receive, send)
-
-        fabric.app = watched  # type: ignore[assignment]
+        paths = _watch_paths(fabric)
         sequences = fabric.state.service.verifier.sequences
 
         async def scenario() -> None:
             async with fabric.connect(alice) as agent, fabric.connect(bob) as other:
                 await agent.create_tasks([{"id": "a", "title": "A"}])
                 with Client.trace("trace-7"):
-                    claimed = await agent.claim("a")
-                assert (claimed["id"], claimed["owner"]) == ("a", alice.agent)
-                assert isinstance(claimed["milestones"], list)  # JSON values, as over HTTP
-                with pytest.raises(RemoteError) as refused:
-                    await other.complete("a", {})
-                assert (refused.value.code, refused.value.status) == ("NOT_OWNER", 403)
+                    await _claim_a(agent, other)
                 with pytest.raises(RemoteError) as too_large:
                     await agent.create_task("big", description="x" * DEFAULT_MAX_BYTES)
                 assert (too_large.value.code, too_large.value.status) == ("TOO_LARGE", 413)

@@ -142,6 +142,15 @@ InProcessBoard = Callable[[dict[str, Any], "str | None"], Awaitable[dict[str, An
 TASK_PAGE_MOST: Final = 5000
 
 
+def tasks_query(states: Sequence[str], after: str | None) -> dict[str, Any]:
+    """The query of ``GET /v1/tasks`` for the page after ``after`` (the first: ``None``),
+    as large as a server gives."""
+    query: dict[str, Any] = {"state": list(states), "limit": TASK_PAGE_MOST}
+    if after is not None:
+        query["after"] = after
+    return query
+
+
 def next_page(after: str | None, page: Mapping[str, Any]) -> str | None:
     """The ``after`` of the page that follows ``page`` of ``GET /v1/tasks`` (read after
     ``after``), or ``None`` at the end (and from a server that answers the board whole,
@@ -546,10 +555,7 @@ class Client:
         tasks: list[dict[str, Any]] = []
         after: str | None = None
         while True:
-            params: dict[str, Any] = {"state": list(states), "limit": TASK_PAGE_MOST}
-            if after is not None:
-                params["after"] = after
-            page = await self._get("/v1/tasks", params=params)
+            page = await self._get("/v1/tasks", params=tasks_query(states, after))
             tasks += page["tasks"]
             after = next_page(after, page)
             if after is None:

@@ -33,7 +33,7 @@ from infrafabric.cli.common import (
     print_table,
     reported_errors,
 )
-from infrafabric.client import TASK_PAGE_MOST, Client, RemoteError, next_page, path_segment
+from infrafabric.client import Client, RemoteError, next_page, path_segment, tasks_query
 from infrafabric.errors import CallerError
 from infrafabric.server.runner import ENV_ADMIN_TOKEN, default_data_dir, header_safe
 
@@ -156,10 +156,7 @@ def _read_tasks(
     tasks: list[dict[str, Any]] = []
     after: str | None = None
     while True:
-        params: dict[str, Any] = {"state": list(states), "limit": TASK_PAGE_MOST}
-        if after is not None:
-            params["after"] = after
-        page = _admin_request(server, token, "GET", "/v1/tasks", params=params)
+        page = _admin_request(server, token, "GET", "/v1/tasks", params=tasks_query(states, after))
         tasks += page["tasks"]
         try:
             after = next_page(after, page)
