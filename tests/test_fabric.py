@@ -23,7 +23,7 @@ from infrafabric.governor.core import Manifest
 from infrafabric.protocol.identity import SigningIdentity
 from infrafabric.protocol.keyring import Keyring, KeyRole, new_key_record
 from infrafabric.protocol.message import agent_id
-from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode
+from infrafabric.protocol.verify import DEFAULT_MAX_BYTES, Mode, Rule, RuleAuthorizer
 from infrafabric.server.app import enroll_keys
 from infrafabric.server.runner import open_server
 from infrafabric.service import InProcess, InProcessSession, ServiceError
@@ -431,11 +431,18 @@ def test_blocking_clients_hand_their_operations_over_unsigned_too(tmp_path: Path
         assert fabric.state.service.verifier.sequences.snapshot(alice.agent) is not None
 
 
-def test_a_fabric_that_needs_signed_messages_gets_them_in_process_too(tmp_path: Path) -> None:
-    """In audit mode a message that fails a check is carried out and witnessed as such;
-    by rules, a message is authorized: both need the signed message, so an embedded
-    client signs every operation there, and the unsigned path refuses."""
-    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=Mode.AUDIT)
+@pytest.mark.parametrize("needs", ["audit", "permissive", "rules"])
+def test_a_fabric_that_needs_signed_messages_gets_them_in_process_too(
+    tmp_path: Path, needs: str
+) -> None:
+    """In audit mode a message that fails a check is carried out and witnessed as such,
+    in permissive mode an unsigned one from a local sender is accepted, and by rules a
+    message is authorized: all need the signed message, so an embedded client signs
+    every operation there, and the unsigned path refuses."""
+    mode = {"audit": Mode.AUDIT, "permissive": Mode.PERMISSIVE}.get(needs, Mode.STRICT)
+    state = open_server(tmp_path / "data", synchronous="NORMAL", verify_mode=mode)
+    if needs == "rules":
+        state.service.verifier.authorizer = RuleAuthorizer([Rule("if://agent/**")])
     with Fabric(state, sweep_every=60.0) as fabric:
         alice = fabric.enroll("alice")
         assert not state.service.takes_in_process

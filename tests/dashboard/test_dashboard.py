@@ -108,6 +108,29 @@ def test_every_page_of_the_board_is_shown(
         expect(card(page, "available", task)).to_be_visible(timeout=5 * SECOND)
 
 
+def test_a_next_page_that_does_not_move_on_stops_the_reading(fabric: Fabric, page: Page) -> None:
+    """A reply whose ``next`` repeats (a broken proxy, say) would have the dashboard ask
+    for the same page for ever: it stops and says why."""
+    asked: list[str] = []
+
+    def same_page(route: Any) -> None:
+        asked.append(route.request.url)
+        route.fulfill(json={"tasks": [], "next": "t1"})
+
+    page.route("**/v1/tasks?*", same_page)
+    page.goto(fabric.url)
+    page.fill("#token", fabric.admin)
+    page.click("#login button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("MALFORMED", timeout=5 * SECOND)
+    # each reading (at load, with no session yet, and at sign-in) asked twice, then stopped
+    first, second = (
+        f"{fabric.url}/v1/tasks?limit=5000",
+        f"{fabric.url}/v1/tasks?limit=5000&after=t1",
+    )
+    assert len(asked) in (2, 4)
+    assert asked == [first, second] * (len(asked) // 2)
+
+
 def test_an_agent_turns_yellow_when_it_falls_silent(fabric: Fabric, page: Page) -> None:
     sign_in(page, fabric)
     expect(page.locator("#live")).to_have_text("live", timeout=5 * SECOND)
