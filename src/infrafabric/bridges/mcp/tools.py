@@ -43,7 +43,7 @@ MAX_REMEMBERED_READERS: Final = 1024
 
 INSTRUCTIONS: Final = """\
 You are one agent of a swarm sharing an InfraFabric task board. Every change you make is
-signed with your identity and recorded in a tamper-evident log.
+made under your identity and recorded in a tamper-evident log.
 
 How to work:
 1. Call claim_next to get the best available task you qualify for (or claim_task with an id).
