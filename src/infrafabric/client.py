@@ -138,14 +138,10 @@ def _with_usage(operation: dict[str, Any], usage: Mapping[str, Any] | None) -> d
 InProcessBoard = Callable[[dict[str, Any], "str | None"], Awaitable[dict[str, Any]]]
 
 
-#: Tasks asked for per page of ``GET /v1/tasks`` (the most a server gives).
-TASK_PAGE_MOST: Final = 5000
-
-
 def tasks_query(states: Sequence[str], after: str | None) -> dict[str, Any]:
     """The query of ``GET /v1/tasks`` for the page after ``after`` (the first: ``None``),
     as large as a server gives."""
-    query: dict[str, Any] = {"state": list(states), "limit": TASK_PAGE_MOST}
+    query: dict[str, Any] = {"state": list(states), "limit": ops.MAX_TASK_PAGE}
     if after is not None:
         query["after"] = after
     return query

@@ -19,6 +19,8 @@ __all__ = [
     "INBOX",
     "KEYS",
     "MAX_DELEGATION_SECONDS",
+    "MAX_TASK_ID",
+    "MAX_TASK_PAGE",
     "MESH",
     "MESH_STATUS_TOPIC",
     "Ack",
@@ -53,7 +55,12 @@ __all__ = [
 #: The address agents send board operations to.
 BOARD: Final = "if://service/board"
 
-TaskIdText = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")]
+#: The longest task id.
+MAX_TASK_ID: Final = 128
+#: The most tasks one page of ``GET /v1/tasks`` holds (about 2 MB of JSON).
+MAX_TASK_PAGE: Final = 5000
+
+TaskIdText = Annotated[str, Meta(pattern=rf"^[A-Za-z0-9][A-Za-z0-9._:-]{{0,{MAX_TASK_ID - 1}}}\Z")]
 Capability = Annotated[str, Meta(pattern=r"^[a-z0-9_-]{1,32}:[a-z0-9_.*-]{1,64}\Z")]
 Capabilities = Annotated[list[Capability], Meta(max_length=64)]
 Text = Annotated[str, Meta(max_length=10_000)]

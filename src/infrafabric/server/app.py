@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from infrafabric import logs
+from infrafabric import logs, ops
 from infrafabric._version import __version__
 from infrafabric.board.model import BoardEvent, TaskState
 from infrafabric.bridges.mcp.route import McpRoute
@@ -76,12 +76,10 @@ SHARED_STORE_WORKERS: Final = 4
 SESSION_COOKIE: Final = "ifab_operator"
 #: The content type of the Prometheus text format.
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-#: ``GET /v1/tasks``: tasks per page by default, and at most (a page of 5,000 tasks is
-#: about 2 MB of JSON; see ``Store.task_page`` for the store's time).
+#: ``GET /v1/tasks``: tasks per page by default, and at most (see ``Store.task_page`` for
+#: the store's time).
 TASK_PAGE: Final = 500
-MAX_TASK_PAGE: Final = 5000
-#: The longest task id (``ops.TaskIdText``): an ``after`` beyond it is no task's id.
-MAX_TASK_ID: Final = 128
+MAX_TASK_PAGE: Final = ops.MAX_TASK_PAGE
 
 
 @dataclass
@@ -376,8 +374,8 @@ async def _tasks(state: ServerState, request: Request) -> dict[str, Any]:
     except ValueError:
         raise ServiceError("MALFORMED", f"unknown state among {wanted}", 400) from None
     after = request.query_params.get("after")
-    if after is not None and len(after) > MAX_TASK_ID:
-        raise ServiceError("MALFORMED", f"after is a task id (at most {MAX_TASK_ID})", 400)
+    if after is not None and len(after) > ops.MAX_TASK_ID:  # no task's id
+        raise ServiceError("MALFORMED", f"after is a task id (at most {ops.MAX_TASK_ID})", 400)
     limit = min(_int_param(request, "limit", TASK_PAGE, least=1), MAX_TASK_PAGE)
     # A page, not the board: the whole of a large board, read under the store's lock,
     # held every claim up for as long as the read took, and any agent may ask.
